@@ -1,0 +1,64 @@
+"""Codegen: lower a traced graph to Flax source and variables, without Keras.
+
+``generate(graph)`` runs lower -> render -> format.  The lowering API (``register`` and
+the IR types) is public: it is how built-in layers are converted, and how users plug in
+their own layer classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kgen.codegen.format import check_source, format_source
+from kgen.codegen.ir import (
+    NOT_TRAIN,
+    SELF,
+    TRAIN,
+    BinOp,
+    Call,
+    Index,
+    Lowered,
+    Module,
+    Neg,
+    Node,
+    Ref,
+    Sym,
+)
+from kgen.codegen.lower import lower
+from kgen.codegen.registry import Unsupported, register, registered
+from kgen.codegen.render import render
+
+__all__ = [
+    "generate",
+    "Generated",
+    "register",
+    "registered",
+    "Unsupported",
+    "Lowered",
+    "Module",
+    "Call",
+    "Sym",
+    "BinOp",
+    "Neg",
+    "Index",
+    "Node",
+    "Ref",
+    "SELF",
+    "TRAIN",
+    "NOT_TRAIN",
+    "check_source",
+]
+
+
+@dataclass
+class Generated:
+    source: str  # formatted Python source of the module
+    class_name: str  # the top-level nn.Module class
+    variables: dict  # {collection: nested dict of numpy arrays}
+
+
+def generate(graph, *, class_name: str | None = None, regenerate: str = "") -> Generated:
+    """trace output -> formatted Flax module source and its variables."""
+    lowered = lower(graph)
+    rendered = render(lowered, class_name=class_name, regenerate=regenerate)
+    return Generated(format_source(rendered.source), rendered.class_name, rendered.variables)

@@ -1,0 +1,140 @@
+"""Lower a traced graph: every node becomes a :class:`~kgen.codegen.ir.Lowered`.
+
+Unsupported classes and configs are collected across the whole graph (nested models
+included) and raised together in one :class:`~kgen.errors.UnsupportedError`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from kgen.codegen import ir
+from kgen.codegen.registry import Unsupported, lookup
+from kgen.errors import UnsupportedError
+from kgen.tracer.graph import topological_nodes
+
+__all__ = ["lower", "LoweredGraph", "LoweredNode"]
+
+
+@dataclass
+class LoweredNode:
+    id: str
+    node: ir.Node
+    lowered: ir.Lowered | None  # None for input nodes
+    n_outputs: int
+    calls_of_layer: int  # how many nodes share this node's layer
+    subclass: LoweredGraph | None = None
+
+
+@dataclass
+class LoweredGraph:
+    graph: nx.DiGraph
+    nodes: list[LoweredNode] = field(default_factory=list)
+    children: list[LoweredGraph] = field(default_factory=list)  # nested model classes
+
+    @property
+    def name(self) -> str:
+        return self.graph.graph["name"]
+
+
+class _Problems:
+    def __init__(self):
+        self.unsupported: dict[str, list[str]] = defaultdict(list)  # class -> layer names
+        self.configs: list[str] = []
+
+    def raise_if_any(self) -> None:
+        if not self.unsupported and not self.configs:
+            return
+        lines = []
+        if self.unsupported:
+            total = sum(len(v) for v in self.unsupported.values())
+            lines.append(
+                f"{total} layer(s) of {len(self.unsupported)} unsupported class(es): "
+                + "; ".join(
+                    f"{cls} x{len(names)} ({_names(names)})"
+                    for cls, names in sorted(self.unsupported.items())
+                )
+            )
+        if self.configs:
+            lines.append(f"{len(self.configs)} unsupported config(s): " + "; ".join(self.configs))
+        lines.append(
+            "Register a lowering for these with kgen.codegen.register (see README, "
+            "'Custom layers'), or pass --plugin MODULE to the CLI."
+        )
+        raise UnsupportedError(" | ".join(lines))
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", ... {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _display_class(node: ir.Node) -> str:
+    if node.kind == "op":
+        return f"keras.ops {node.class_name}"
+    if node.class_name == "TFOpLambda":
+        return f"TFOpLambda tf.{node.config.get('function', node.name)}"
+    return node.class_name
+
+
+def lower(graph: nx.DiGraph) -> LoweredGraph:
+    problems = _Problems()
+    result = _lower(graph, problems)
+    problems.raise_if_any()
+    return result
+
+
+def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
+    out = LoweredGraph(graph)
+    children: dict[str, LoweredGraph] = {}  # nested model name -> its class
+    calls = defaultdict(int)
+    for nid in graph.nodes:
+        calls[graph.nodes[nid]["name"]] += 1
+    for nid in topological_nodes(graph):
+        data = graph.nodes[nid]
+        node = ir.Node.from_graph(graph, nid)
+        n_out = len(data["output_shapes"])
+        lnode = LoweredNode(nid, node, None, n_out, calls[node.name])
+        out.nodes.append(lnode)
+        if node.kind == "input":
+            continue
+        if node.kind == "model":
+            sub = data["subgraph"]
+            if node.name not in children:
+                children[node.name] = _lower(sub, problems)
+                out.children.append(children[node.name])
+            lnode.subclass = children[node.name]
+            lnode.lowered = ir.Lowered(
+                expr=ir.Call(ir.SELF, _model_call_args(sub, node), {"train": ir.TRAIN}),
+                module=ir.Module(ir.LocalClass("")),  # class name filled in by render
+            )
+            continue
+        spec = lookup(node.kind, node.class_name)
+        if spec is None or node.source not in spec.sources:
+            problems.unsupported[_display_class(node)].append(node.name)
+            continue
+        config_problems = spec.check_config(node.config) if node.call_index == 0 else []
+        if config_problems:
+            problems.configs.extend(
+                f"{node.name!r} ({node.class_name}): {p}" for p in config_problems
+            )
+            continue
+        try:
+            lnode.lowered = spec.fn(node)
+        except Unsupported as exc:
+            problems.configs.append(f"{node.name!r} ({node.class_name}): {exc.describe()}")
+    return out
+
+
+def _model_call_args(sub: nx.DiGraph, node: ir.Node) -> tuple:
+    """Flatten a nested model's call argument into its inputs, in Keras order."""
+    specs = sub.graph["inputs"]
+    value = node.args[0] if node.args else next(iter(node.kwargs.values()))
+    if sub.graph["input_structure"] == "dict" and isinstance(value, dict):
+        return tuple(value[s.name] for s in specs)
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return (value,)

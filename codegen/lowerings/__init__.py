@@ -1,0 +1,12 @@
+"""Built-in lowerings, one module per Keras layer family; importing registers them."""
+
+from kgen.codegen.lowerings import (  # noqa: F401
+    activations,
+    convolutional,
+    core,
+    merging,
+    normalization,
+    ops,
+    pooling,
+    reshaping,
+)

@@ -1,0 +1,35 @@
+"""Small helpers shared by the lowering families."""
+
+from __future__ import annotations
+
+from kgen.codegen.registry import Unsupported
+
+
+def ntuple(value, n: int, field: str = "value") -> tuple:
+    """Keras int-or-tuple config values as an n-tuple of ints."""
+    if isinstance(value, int):
+        return (value,) * n
+    value = tuple(int(v) for v in value)
+    if len(value) == 1 and n > 1:
+        return value * n
+    if len(value) != n:
+        raise Unsupported(field, value, f"an int or {n} ints")
+    return value
+
+
+def flax_padding(value, allowed=("valid", "same")) -> str:
+    value = str(value).lower()
+    if value not in allowed:
+        raise Unsupported("padding", value, ", ".join(repr(a) for a in allowed))
+    return value.upper()
+
+
+def channels_last(config: dict) -> None:
+    fmt = config.get("data_format", "channels_last")
+    if fmt not in (None, "channels_last"):
+        raise Unsupported("data_format", fmt, "'channels_last'")
+
+
+def drop_defaults(kwargs: dict, defaults: dict) -> dict:
+    """Keep only arguments that differ from the callee's defaults (readable calls)."""
+    return {k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v}

@@ -1,0 +1,68 @@
+"""Core layers: Dense, Dropout and its inference-time identities, Rescaling, Identity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kgen.codegen.ir import NOT_TRAIN, SELF, BinOp, Call, Lowered, Module, Node, Sym
+from kgen.codegen.lowerings.activations import apply_activation
+from kgen.codegen.registry import Unsupported, register
+
+
+@register(
+    "Dense",
+    family="core",
+    handles={"units", "activation", "use_bias"},
+    requires={"lora_rank": None, "lora_alpha": None, "quantization_config": None},
+)
+def lower_dense(node: Node) -> Lowered:
+    c = node.config
+    use_bias = bool(c.get("use_bias", True))
+    params = {"kernel": node.weight("kernel")}
+    if use_bias:
+        params["bias"] = node.weight("bias")
+    module = Module(Sym("nn.Dense"), (int(c["units"]),), {} if use_bias else {"use_bias": False})
+    expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
+    return Lowered(expr, module=module, variables={"params": params})
+
+
+@register("Dropout", family="core", handles={"rate", "noise_shape", "seed"})
+def lower_dropout(node: Node) -> Lowered:
+    c = node.config
+    rate = float(c["rate"])
+    kwargs = {}
+    noise_shape = c.get("noise_shape")
+    if noise_shape is not None:
+        dims = tuple(i for i, d in enumerate(noise_shape) if d == 1)
+        if dims:
+            kwargs["broadcast_dims"] = dims
+    return Lowered(
+        Call(SELF, (node.input,), {"deterministic": NOT_TRAIN}),
+        module=Module(Sym("nn.Dropout"), (rate,), kwargs),
+    )
+
+
+@register("Identity", family="core")
+def lower_identity(node: Node) -> Lowered:
+    return Lowered(node.input)
+
+
+@register("Rescaling", family="core", handles={"scale", "offset"})
+def lower_rescaling(node: Node) -> Lowered:
+    c = node.config
+    scale, offset = _constant(c.get("scale", 1.0), "scale"), _constant(c.get("offset", 0.0), "offset")
+    expr = node.input
+    if not (isinstance(scale, float) and scale == 1.0):
+        expr = BinOp("*", expr, scale)
+    if not (isinstance(offset, float) and offset == 0.0):
+        expr = BinOp("+", expr, offset)
+    return Lowered(expr)
+
+
+def _constant(value, field):
+    if isinstance(value, (int, float)):
+        return float(value)
+    arr = np.asarray(value, dtype=np.float32)
+    if arr.size > 4096:
+        raise Unsupported(field, f"array of shape {arr.shape}", "at most 4096 values")
+    return float(arr) if arr.ndim == 0 else arr

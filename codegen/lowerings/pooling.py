@@ -1,0 +1,71 @@
+"""Pooling: Max/AveragePooling1D/2D/3D and the global poolings.
+
+Keras ``strides=None`` means strides = pool_size (Flax: 1), and 'same' average pooling
+divides by the count of real cells (Flax: ``count_include_pad=False``).
+"""
+
+from __future__ import annotations
+
+from kgen.codegen.ir import Call, Lowered, Node, Sym
+from kgen.codegen.lowerings.common import channels_last, flax_padding, ntuple
+from kgen.codegen.registry import register
+
+_RANK = {"1D": 1, "2D": 2, "3D": 3}
+_POOL_FIELDS = {"pool_size", "strides", "padding", "data_format"}
+
+
+def _pool(node: Node, fn: str) -> Lowered:
+    c = node.config
+    channels_last(c)
+    n = _RANK[node.class_name[-2:]]
+    window = ntuple(c["pool_size"], n, "pool_size")
+    strides = window if c.get("strides") is None else ntuple(c["strides"], n, "strides")
+    padding = flax_padding(c.get("padding", "valid"))
+    kwargs = {"strides": strides, "padding": padding}
+    if fn == "nn.avg_pool" and padding == "SAME":
+        kwargs["count_include_pad"] = False
+    return Lowered(Call(Sym(fn), (node.input, window), kwargs))
+
+
+@register("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", family="pooling", handles=_POOL_FIELDS)
+def lower_max_pooling(node: Node) -> Lowered:
+    return _pool(node, "nn.max_pool")
+
+
+@register(
+    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", family="pooling", handles=_POOL_FIELDS
+)
+def lower_average_pooling(node: Node) -> Lowered:
+    return _pool(node, "nn.avg_pool")
+
+
+def _global(node: Node, fn: str) -> Lowered:
+    c = node.config
+    channels_last(c)
+    axes = tuple(range(1, node.rank - 1))
+    kwargs = {"axis": axes}
+    if c.get("keepdims"):
+        kwargs["keepdims"] = True
+    return Lowered(Call(Sym(fn), (node.input,), kwargs))
+
+
+@register(
+    "GlobalMaxPooling1D",
+    "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D",
+    family="pooling",
+    handles={"data_format", "keepdims"},
+)
+def lower_global_max_pooling(node: Node) -> Lowered:
+    return _global(node, "jnp.max")
+
+
+@register(
+    "GlobalAveragePooling1D",
+    "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D",
+    family="pooling",
+    handles={"data_format", "keepdims"},
+)
+def lower_global_average_pooling(node: Node) -> Lowered:
+    return _global(node, "jnp.mean")

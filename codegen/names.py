@@ -1,0 +1,69 @@
+"""Identifier sanitising, after torch.fx's ``_Namespace``.
+
+Names read from a model file are untrusted.  Every name that reaches generated source
+goes through a :class:`Namespace`: characters outside ``[A-Za-z0-9_]`` become ``_``, a
+leading digit gets a prefix, keywords, builtins and reserved names get a suffix, and
+clashes get ``_1``, ``_2``... so the result is always a fresh, plain ASCII identifier.
+"""
+
+from __future__ import annotations
+
+import builtins
+import keyword
+import re
+
+__all__ = ["Namespace", "sanitize", "pascal_case", "snake_case"]
+
+_ILLEGAL = re.compile(r"[^0-9A-Za-z_]+")
+_RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+
+
+def sanitize(name: str, fallback: str = "v") -> str:
+    """A plain identifier made from ``name`` (may still be a keyword or builtin)."""
+    text = _ILLEGAL.sub("_", str(name)).strip("_")
+    text = re.sub(r"_+", "_", text)
+    if not text:
+        text = fallback
+    if text[0].isdigit():
+        text = f"{fallback}_{text}"
+    return text
+
+
+def pascal_case(name: str) -> str:
+    parts = [p for p in re.split(r"[^0-9A-Za-z]+", str(name)) if p]
+    text = "".join(p[:1].upper() + p[1:] for p in parts) or "Model"
+    if text[0].isdigit():
+        text = "Model" + text
+    return text
+
+
+def snake_case(name: str) -> str:
+    text = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", str(name))
+    return sanitize(text.lower(), fallback="model")
+
+
+class Namespace:
+    """Hands out unique identifiers within one scope."""
+
+    def __init__(self, reserved=()):
+        self._used: set[str] = set(reserved)
+        self._by_key: dict[object, str] = {}
+
+    def reserve(self, *names: str) -> None:
+        self._used.update(names)
+
+    def create(self, candidate: str, key: object = None, fallback: str = "v") -> str:
+        """A fresh identifier for ``candidate``; the same ``key`` gets the same name."""
+        if key is not None and key in self._by_key:
+            return self._by_key[key]
+        base = sanitize(candidate, fallback)
+        if base in _RESERVED:
+            base = f"{base}_"
+        name, n = base, 1
+        while name in self._used or name in _RESERVED:
+            name = f"{base}_{n}"
+            n += 1
+        self._used.add(name)
+        if key is not None:
+            self._by_key[key] = name
+        return name

@@ -1,0 +1,184 @@
+"""Numerical parity: randomise every Keras variable, run Keras and the generated module
+on the same batch, and report the relative error ``max|delta| / max|reference|``."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["randomize", "random_inputs", "compare", "ParityReport", "TOLERANCE"]
+
+TOLERANCE = 1e-4
+
+
+def _leaf_name(variable) -> str:
+    name = getattr(variable, "path", None) or variable.name
+    return name.split("/")[-1].split(":")[0]
+
+
+def random_value(name: str, shape: tuple, dtype, rng: np.random.Generator) -> np.ndarray:
+    """A random value for one variable, by its Keras name.
+
+    Variances and gammas are positive; nothing keeps its initial value, so a swapped or
+    missing weight mapping cannot hide behind zeros and ones.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        return rng.integers(1, 100, size=shape).astype(dtype)
+    if dtype.kind == "b":
+        return rng.integers(0, 2, size=shape).astype(dtype)
+    if "variance" in name or name in ("var", "moving_var"):
+        v = rng.uniform(0.5, 1.5, size=shape)
+    elif name in ("gamma", "scale") or name.endswith("gamma"):
+        v = rng.uniform(0.5, 1.5, size=shape)
+    elif "mean" in name:
+        v = rng.normal(0.0, 0.3, size=shape)
+    elif name in ("beta", "bias") or name.endswith("bias") or len(shape) <= 1:
+        v = rng.normal(0.0, 0.2, size=shape)
+    else:
+        fan_in = math.prod(shape[:-1]) if len(shape) > 1 else 1
+        if "depthwise" in name and len(shape) >= 3:
+            fan_in = math.prod(shape[:-2])
+        v = rng.normal(0.0, 1.0 / math.sqrt(max(fan_in, 1)), size=shape)
+    return v.astype(dtype)
+
+
+def randomize(model, seed: int = 0) -> int:
+    """Set every variable of a Keras model (trainable or not) to random values.
+
+    Returns the number of variables changed.  Works for Keras 3 and tf.keras models.
+    """
+    rng = np.random.default_rng(seed)
+    n = 0
+    for v in model.weights:
+        shape = tuple(int(d) for d in v.shape)
+        dtype = getattr(v.dtype, "as_numpy_dtype", v.dtype)
+        v.assign(random_value(_leaf_name(v), shape, dtype, rng))
+        n += 1
+    return n
+
+
+def random_inputs(specs, batch: int = 2, seed: int = 1, low: float = -1.0, high: float = 1.0):
+    """One random batch for each input spec (``None`` non-batch dims become 8)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for spec in specs:
+        shape = (batch, *(8 if d is None else int(d) for d in spec.shape[1:]))
+        if str(spec.dtype).startswith(("int", "uint")):
+            out.append(rng.integers(0, 10, size=shape).astype(spec.dtype))
+        else:
+            out.append(rng.uniform(low, high, size=shape).astype(np.float32))
+    return out
+
+
+@dataclass
+class OutputReport:
+    name: str
+    shape: tuple
+    max_abs: float
+    max_rel: float
+    top1: float | None  # fraction of rows with the same argmax (rank-2 outputs)
+
+
+@dataclass
+class ParityReport:
+    outputs: list[OutputReport] = field(default_factory=list)
+    tolerance: float = TOLERANCE
+
+    @property
+    def max_rel(self) -> float:
+        return max((o.max_rel for o in self.outputs), default=0.0)
+
+    @property
+    def ok(self) -> bool:
+        return all(math.isfinite(o.max_rel) and o.max_rel <= self.tolerance for o in self.outputs)
+
+    def lines(self) -> list[str]:
+        rows = []
+        for o in self.outputs:
+            top1 = "" if o.top1 is None else f"  top-1 agreement {o.top1:.1%}"
+            rows.append(
+                f"{o.name} {o.shape}: max abs {o.max_abs:.3e}  max rel {o.max_rel:.3e}{top1}"
+            )
+        return rows
+
+
+def _flatten_outputs(value, prefix="output"):
+    if isinstance(value, dict):
+        items = []
+        for k, v in value.items():
+            items += _flatten_outputs(v, str(k))
+        return items
+    if isinstance(value, (list, tuple)):
+        items = []
+        for i, v in enumerate(value):
+            items += _flatten_outputs(v, f"{prefix}[{i}]")
+        return items
+    return [(prefix, np.asarray(value))]
+
+
+def compare(reference, result, tolerance: float = TOLERANCE) -> ParityReport:
+    """Compare nested outputs (Keras's structure) element by element."""
+    ref = _flatten_outputs(reference)
+    got = _flatten_outputs(result)
+    if len(ref) != len(got):
+        raise AssertionError(f"{len(got)} outputs, Keras has {len(ref)}")
+    report = ParityReport(tolerance=tolerance)
+    for (name, r), (_, g) in zip(ref, got):
+        r = r.astype(np.float64)
+        g = np.asarray(g, dtype=np.float64)
+        if r.shape != g.shape:
+            raise AssertionError(f"{name}: shape {g.shape}, Keras has {r.shape}")
+        diff = float(np.max(np.abs(r - g))) if r.size else 0.0
+        scale = float(np.max(np.abs(r))) if r.size else 0.0
+        rel = diff / scale if scale > 0 else diff
+        if not np.all(np.isfinite(g)) or not np.all(np.isfinite(r)):
+            rel = math.inf
+        top1 = None
+        if r.ndim == 2 and r.shape[-1] > 1:
+            top1 = float(np.mean(np.argmax(r, -1) == np.argmax(g, -1)))
+        report.outputs.append(OutputReport(name, tuple(r.shape), diff, rel, top1))
+    return report
+
+
+def keras_predict(model, inputs, input_structure: str, names: list[str]):
+    """Run a Keras model in inference mode on numpy inputs."""
+    if input_structure == "dict":
+        feed = dict(zip(names, inputs))
+    elif input_structure == "list":
+        feed = list(inputs)
+    else:
+        feed = inputs[0]
+    out = model(feed, training=False)
+    return _to_numpy(out)
+
+
+def _to_numpy(value):
+    if isinstance(value, dict):
+        return {k: _to_numpy(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_numpy(v) for v in value)
+    return np.asarray(value)
+
+
+def check_model(model, *, seed: int = 0, batch: int = 2, randomize_weights: bool = True,
+                tolerance: float = TOLERANCE, conversion=None, inputs=None):
+    """Randomise (optionally), convert and compare one model. Returns (conversion, report)."""
+    import jax
+
+    from kgen.api import convert
+
+    if randomize_weights:
+        randomize(model, seed)
+    if conversion is None:
+        conversion = convert(model)
+    if inputs is None:
+        inputs = random_inputs(conversion.inputs, batch=batch, seed=seed + 1)
+    names = [s.name for s in conversion.inputs]
+    reference = keras_predict(model, inputs, conversion.input_structure, names)
+    module = conversion.module
+    apply = jax.jit(lambda v, *xs: module.apply(v, *xs))
+    result = apply(conversion.variables, *inputs)
+    return conversion, compare(reference, jax.device_get(result), tolerance)

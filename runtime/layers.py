@@ -1,0 +1,115 @@
+"""Flax modules for Keras layers that need more than one line of generated code.
+
+Each reproduces the Keras inference formula exactly (see the notes on each class); the
+generated modules call them as ``rt.<Name>(...)``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["BatchNorm", "SeparableConv", "PReLU"]
+
+
+def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    shape = [1] * ndim
+    for a, s in zip(axes, sizes):
+        shape[a] = s
+    return shape
+
+
+class BatchNorm(nn.Module):
+    """Keras ``BatchNormalization``.
+
+    Inference uses the Keras/TF form ``x * inv + (beta - mean * inv)`` with
+    ``inv = rsqrt(var + eps) * gamma``, which rounds differently from Flax's
+    ``(x - mean) * inv + beta``.  Training normalises with the biased batch variance and
+    updates ``batch_stats`` as ``m * momentum + batch * (1 - momentum)``; set
+    ``unbiased_update`` for tf.keras's fused kernel, which updates the moving variance
+    with the unbiased ``n / (n - 1)`` batch variance.
+    """
+
+    axis: Sequence[int] = (-1,)
+    epsilon: float = 1e-3
+    momentum: float = 0.99
+    center: bool = True
+    scale: bool = True
+    unbiased_update: bool = False
+
+    @nn.compact
+    def __call__(self, x, *, use_running_average: bool = True):
+        axes = tuple(a % x.ndim for a in self.axis)
+        feature_shape = tuple(x.shape[a] for a in axes)
+        mean_v = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
+        var_v = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
+        gamma = self.param("scale", nn.initializers.ones, feature_shape) if self.scale else None
+        beta = self.param("bias", nn.initializers.zeros, feature_shape) if self.center else None
+        if use_running_average:
+            mean, var = mean_v.value, var_v.value
+        else:
+            reduce = tuple(i for i in range(x.ndim) if i not in axes)
+            mean = jnp.mean(x, axis=reduce)
+            var = jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduce)), axis=reduce)
+            if not self.is_initializing():
+                n = 1
+                for i in reduce:
+                    n *= x.shape[i]
+                update_var = var * (n / max(n - 1, 1)) if self.unbiased_update else var
+                m = self.momentum
+                mean_v.value = mean_v.value * m + lax.stop_gradient(mean) * (1.0 - m)
+                var_v.value = var_v.value * m + lax.stop_gradient(update_var) * (1.0 - m)
+        shape = _broadcast_shape(x.ndim, axes, feature_shape)
+        inv = lax.rsqrt(var + self.epsilon)
+        if gamma is not None:
+            inv = inv * gamma
+        shift = -mean * inv if beta is None else beta - mean * inv
+        return x * inv.reshape(shape) + shift.reshape(shape)
+
+
+class SeparableConv(nn.Module):
+    """Keras ``SeparableConv1D/2D``: depthwise conv (the layer's strides, padding and
+    dilation), then a 1x1 pointwise conv, then one bias.  The activation is applied by
+    the caller."""
+
+    features: int
+    kernel_size: Sequence[int]
+    depth_multiplier: int = 1
+    strides: Sequence[int] | int = 1
+    padding: str = "VALID"
+    kernel_dilation: Sequence[int] | int = 1
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        channels = x.shape[-1]
+        ones = (1,) * len(self.kernel_size)
+        x = nn.Conv(
+            channels * self.depth_multiplier,
+            tuple(self.kernel_size),
+            strides=self.strides,
+            padding=self.padding,
+            kernel_dilation=self.kernel_dilation,
+            feature_group_count=channels,
+            use_bias=False,
+            name="depthwise",
+        )(x)
+        return nn.Conv(
+            self.features, ones, padding="VALID", use_bias=self.use_bias, name="pointwise"
+        )(x)
+
+
+class PReLU(nn.Module):
+    """Keras ``PReLU``: ``relu(x) - alpha * relu(-x)``, alpha shaped like the input minus
+    the batch dim, with the shared axes set to 1 (Flax's PReLU is scalar-only)."""
+
+    alpha_shape: Sequence[int]
+
+    @nn.compact
+    def __call__(self, x):
+        alpha = self.param("alpha", nn.initializers.zeros, tuple(self.alpha_shape))
+        return jax.nn.relu(x) - alpha * jax.nn.relu(-x)

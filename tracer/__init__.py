@@ -1,0 +1,27 @@
+"""Tracer: the only part of kgen that imports Keras.
+
+``trace(model)`` reads a Keras functional or Sequential model's own layer graph into a
+:class:`networkx.DiGraph` of plain data (see :mod:`kgen.tracer.graph`).
+"""
+
+from __future__ import annotations
+
+from kgen.tracer.graph import InputSpec, Ref, topological_nodes
+
+__all__ = ["trace", "Ref", "InputSpec", "topological_nodes"]
+
+
+def trace(model):
+    """Trace a Keras 3 (``keras``) or legacy tf.keras (``tf_keras``) model."""
+    module = type(model).__module__
+    if module.startswith(("tf_keras", "keras.src.", "keras.")) and not module.startswith("tf_keras"):
+        from kgen.tracer.keras3 import trace_keras3
+
+        return trace_keras3(model)
+    if module.startswith("tf_keras"):
+        from kgen.tracer.tf_keras import trace_tf_keras
+
+        return trace_tf_keras(model)
+    from kgen.errors import TraceError
+
+    raise TraceError(f"not a Keras model: {type(model).__name__}")

@@ -1,0 +1,75 @@
+"""The application catalog: every model kgen converts by name, and how to build it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kgen.errors import SourceError
+
+__all__ = ["Application", "APPLICATIONS", "get", "names"]
+
+
+@dataclass(frozen=True)
+class Application:
+    name: str  # catalog / CLI name, e.g. "InceptionV3"
+    family: str
+    input_size: int  # default square input size
+    preprocess: str  # preprocess_input mode: caffe, tf, torch or none (built in)
+    source: str = "keras3"  # "keras3" (keras.applications) or "tf_keras"
+    smallest: bool = False  # the family's smallest model: in the default test suite
+
+
+def _family(family, names_sizes, preprocess, source="keras3"):
+    return [
+        Application(n, family, s, preprocess, source, smallest=(i == 0))
+        for i, (n, s) in enumerate(names_sizes)
+    ]
+
+
+_ALL = [
+    *_family("convnext", [("ConvNeXtTiny", 224), ("ConvNeXtSmall", 224), ("ConvNeXtBase", 224),
+                          ("ConvNeXtLarge", 224), ("ConvNeXtXLarge", 224)], "none"),
+    *_family("densenet", [("DenseNet121", 224), ("DenseNet169", 224), ("DenseNet201", 224)], "torch"),
+    *_family("efficientnet", [("EfficientNetB0", 224), ("EfficientNetB1", 240),
+                              ("EfficientNetB2", 260), ("EfficientNetB3", 300),
+                              ("EfficientNetB4", 380), ("EfficientNetB5", 456),
+                              ("EfficientNetB6", 528), ("EfficientNetB7", 600)], "none"),
+    *_family("efficientnet_v2", [("EfficientNetV2B0", 224), ("EfficientNetV2B1", 240),
+                                 ("EfficientNetV2B2", 260), ("EfficientNetV2B3", 300),
+                                 ("EfficientNetV2S", 384), ("EfficientNetV2M", 480),
+                                 ("EfficientNetV2L", 480)], "none"),
+    *_family("inception_resnet_v2", [("InceptionResNetV2", 299)], "tf"),
+    *_family("inception_v3", [("InceptionV3", 299)], "tf"),
+    *_family("mobilenet", [("MobileNet", 224)], "tf"),
+    *_family("mobilenet_v2", [("MobileNetV2", 224)], "tf"),
+    *_family("mobilenet_v3", [("MobileNetV3Small", 224), ("MobileNetV3Large", 224)], "none"),
+    *_family("nasnet", [("NASNetMobile", 224), ("NASNetLarge", 331)], "tf"),
+    *_family("resnet", [("ResNet50", 224), ("ResNet101", 224), ("ResNet152", 224)], "caffe"),
+    *_family("resnet_v2", [("ResNet50V2", 224), ("ResNet101V2", 224), ("ResNet152V2", 224)], "tf"),
+    *_family("vgg", [("VGG16", 224), ("VGG19", 224)], "caffe"),
+    *_family("xception", [("Xception", 299)], "tf"),
+]
+APPLICATIONS: dict[str, Application] = {a.name: a for a in _ALL}
+
+
+def names() -> list[str]:
+    return list(APPLICATIONS)
+
+
+def get(name: str) -> Application:
+    try:
+        return APPLICATIONS[name]
+    except KeyError:
+        close = [n for n in APPLICATIONS if n.lower() == name.lower()]
+        hint = f" (did you mean {close[0]}?)" if close else " (see `kgen list`)"
+        raise SourceError(f"unknown application {name!r}{hint}") from None
+
+
+def build(app: Application, *, weights=None, **options):
+    """Build the Keras model for ``app`` (``weights``: None, "imagenet" or a file path)."""
+    if app.source == "tf_keras":
+        import tf_keras.applications as apps
+    else:
+        import keras.applications as apps
+    constructor = getattr(apps, app.name)
+    return constructor(weights=weights, **options)
