@@ -1,0 +1,39 @@
+"""Parity helpers shared by the tests: build a Keras model, randomise every variable,
+convert it, and compare with Keras itself in the same process."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kgen.verify import TOLERANCE, check_model
+
+
+def one_layer_model(layer, *input_shapes, dtype="float32"):
+    """A functional model applying ``layer`` to inputs of ``input_shapes`` (no batch dim).
+
+    With several shapes the layer is called on a list (merge layers).
+    """
+    import keras
+
+    inputs = [keras.Input(shape, dtype=dtype) for shape in input_shapes]
+    outputs = layer(inputs if len(inputs) > 1 else inputs[0])
+    return keras.Model(inputs, outputs)
+
+
+def assert_parity(model, *, seed=0, batch=2, inputs=None, tolerance=TOLERANCE, train=False):
+    """Randomise, convert and compare; fail with the full report above ``tolerance``."""
+    conversion, report = check_model(
+        model, seed=seed, batch=batch, inputs=inputs, tolerance=tolerance
+    )
+    assert report.ok, "\n".join(["parity failed:", *report.lines()])
+    return conversion, report
+
+
+def assert_layer_parity(layer, *input_shapes, seed=0, inputs=None, tolerance=TOLERANCE):
+    """One-layer parity test: the layer alone in a functional model."""
+    model = one_layer_model(layer, *input_shapes)
+    return assert_parity(model, seed=seed, inputs=inputs, tolerance=tolerance)
+
+
+def rand(*shape, seed=0, low=-1.0, high=1.0):
+    return np.random.default_rng(seed).uniform(low, high, size=shape).astype(np.float32)
