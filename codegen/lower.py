@@ -75,8 +75,8 @@ def _names(names: list[str], limit: int = 5) -> str:
 def _display_class(node: ir.Node) -> str:
     if node.kind == "op":
         return f"keras.ops {node.class_name}"
-    if node.class_name == "TFOpLambda":
-        return f"TFOpLambda tf.{node.config.get('function', node.name)}"
+    if node.kind == "tfop":
+        return f"TFOpLambda tf.{node.class_name}"
     return node.class_name
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = ["register", "lookup", "registered", "Unsupported", "LoweringSpec"]
 
-KINDS = ("layer", "op")
+KINDS = ("layer", "op", "tfop")  # tfop: a tf.keras TFOpLambda, keyed by TF symbol
 SOURCES = ("keras3", "tf_keras")
 
 # Config fields with no effect on inference.
@@ -100,8 +100,9 @@ def register(
 ):
     """Register ``fn(node) -> Lowered`` for Keras classes ``class_names``.
 
-    ``kind`` is ``"layer"`` for ``keras.layers.Layer`` subclasses and ``"op"`` for Keras 3
-    Operation nodes (``x + 1``, ``keras.ops.mean``), which share class names with layers.
+    ``kind`` is ``"layer"`` for ``keras.layers.Layer`` subclasses, ``"op"`` for Keras 3
+    Operation nodes (``x + 1``, ``keras.ops.mean``), which share class names with layers,
+    and ``"tfop"`` for tf.keras ``TFOpLambda`` nodes, keyed by TF symbol (``math.multiply``).
     Registering the same (kind, class) twice is an error.
     """
     if kind not in KINDS:

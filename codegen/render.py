@@ -222,7 +222,10 @@ class _ClassRenderer:
             if low.comment:
                 body.append("# " + _comment(low.comment))
             body.append(f"{', '.join(outs)} = {text}")
-        returns = py_literal(map_refs(g.graph["outputs"], self._code), self.used)
+        outputs = g.graph["outputs"]
+        if isinstance(outputs, list):  # several outputs come back as a tuple
+            outputs = tuple(outputs)
+        returns = py_literal(map_refs(outputs, self._code), self.used)
         shapes = tuple(tuple(s.shape) for s in g.graph["inputs"])
         kind = g.graph.get("class_name", "Functional")
         return _Class(

@@ -14,14 +14,14 @@ __all__ = ["trace", "Ref", "InputSpec", "topological_nodes"]
 def trace(model):
     """Trace a Keras 3 (``keras``) or legacy tf.keras (``tf_keras``) model."""
     module = type(model).__module__
-    if module.startswith(("tf_keras", "keras.src.", "keras.")) and not module.startswith("tf_keras"):
-        from kgen.tracer.keras3 import trace_keras3
-
-        return trace_keras3(model)
-    if module.startswith("tf_keras"):
+    if module.startswith("tf_keras") or any(c.__module__.startswith("tf_keras") for c in type(model).__mro__):
         from kgen.tracer.tf_keras import trace_tf_keras
 
         return trace_tf_keras(model)
+    if module.startswith("keras") or any(c.__module__.startswith("keras") for c in type(model).__mro__):
+        from kgen.tracer.keras3 import trace_keras3
+
+        return trace_keras3(model)
     from kgen.errors import TraceError
 
     raise TraceError(f"not a Keras model: {type(model).__name__}")

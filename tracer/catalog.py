@@ -26,6 +26,8 @@ def _family(family, names_sizes, preprocess, source="keras3"):
     ]
 
 
+_REGNET_SIZES = ("002", "004", "006", "008", "016", "032", "040", "064", "080", "120", "160", "320")
+
 _ALL = [
     *_family("convnext", [("ConvNeXtTiny", 224), ("ConvNeXtSmall", 224), ("ConvNeXtBase", 224),
                           ("ConvNeXtLarge", 224), ("ConvNeXtXLarge", 224)], "none"),
@@ -48,6 +50,11 @@ _ALL = [
     *_family("resnet_v2", [("ResNet50V2", 224), ("ResNet101V2", 224), ("ResNet152V2", 224)], "tf"),
     *_family("vgg", [("VGG16", 224), ("VGG19", 224)], "caffe"),
     *_family("xception", [("Xception", 299)], "tf"),
+    # Only in legacy tf.keras (the tf_keras package): built with Keras 2 semantics.
+    *_family("resnet_rs", [(f"ResNetRS{d}", 224) for d in (50, 101, 152, 200, 270, 350, 420)],
+             "none", "tf_keras"),
+    *_family("regnetx", [(f"RegNetX{s}", 224) for s in _REGNET_SIZES], "none", "tf_keras"),
+    *_family("regnety", [(f"RegNetY{s}", 224) for s in _REGNET_SIZES], "none", "tf_keras"),
 ]
 APPLICATIONS: dict[str, Application] = {a.name: a for a in _ALL}
 

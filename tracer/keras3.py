@@ -8,8 +8,6 @@ not list are traced too.  Each symbolic tensor names its producer through
 
 from __future__ import annotations
 
-import numbers
-
 import keras
 import networkx as nx
 import numpy as np
@@ -17,6 +15,7 @@ from keras.src.models.functional import Functional
 
 from kgen.errors import TraceError
 from kgen.tracer.graph import InputSpec, Ref, iter_refs
+from kgen.tracer.plain import plain as _plain
 
 _IGNORED_CALL_KWARGS = {"mask": None, "training": None}
 
@@ -41,27 +40,6 @@ def _functional_of(model):
 
 def _is_graph_model(op) -> bool:
     return isinstance(op, (keras.Sequential, Functional))
-
-
-def _plain(value):
-    """Configs and constant arguments as plain Python/numpy values."""
-    if isinstance(value, dict):
-        if value.get("class_name") == "__numpy__":
-            return np.asarray(value["config"]["value"], dtype=value["config"].get("dtype"))
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v) for v in value)
-    if isinstance(value, np.ndarray):
-        return value.copy()
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (bool, str, type(None), numbers.Number, slice, type(Ellipsis))):
-        return value
-    if hasattr(value, "numpy"):  # a backend tensor passed as a constant
-        return np.asarray(keras.ops.convert_to_numpy(value))
-    if hasattr(value, "get_config"):
-        return {"class_name": type(value).__name__, "config": _plain(value.get_config())}
-    return repr(value)
 
 
 def _shape(t) -> tuple:

@@ -2,6 +2,7 @@
 
 from kgen.codegen.lowerings import (  # noqa: F401
     activations,
+    applications,
     convolutional,
     core,
     merging,
@@ -9,4 +10,5 @@ from kgen.codegen.lowerings import (  # noqa: F401
     ops,
     pooling,
     reshaping,
+    tf_ops,
 )
