@@ -57,8 +57,13 @@ class Generated:
     variables: dict  # {collection: nested dict of numpy arrays}
 
 
-def generate(graph, *, class_name: str | None = None, regenerate: str = "") -> Generated:
-    """trace output -> formatted Flax module source and its variables."""
+def generate(
+    graph, *, class_name: str | None = None, regenerate: str = "", metadata: dict | None = None
+) -> Generated:
+    """trace output -> formatted Flax module source and its variables.
+
+    ``metadata``: optional ``{"preprocess": mode, "input_size": n}`` (see ``render``).
+    """
     lowered = lower(graph)
-    rendered = render(lowered, class_name=class_name, regenerate=regenerate)
+    rendered = render(lowered, class_name=class_name, regenerate=regenerate, metadata=metadata)
     return Generated(format_source(rendered.source), rendered.class_name, rendered.variables)

@@ -31,7 +31,9 @@ def format_source(source: str) -> str:
 
 def check_source(source: str) -> list[str]:
     """``ruff check`` findings (empty when clean)."""
-    proc = _ruff(["check", "--output-format", "concise", "--no-cache"], source)
+    # kgen is first-party wherever this runs, so isort's verdict does not depend on the cwd
+    first_party = ["--config", "lint.isort.known-first-party = ['kgen']"]
+    proc = _ruff(["check", "--output-format", "concise", "--no-cache", *first_party], source)
     if proc.returncode == 0:
         return []
     return [line for line in proc.stdout.splitlines() if line.strip() and "Found" not in line]

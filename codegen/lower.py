@@ -60,9 +60,15 @@ class _Problems:
             )
         if self.configs:
             lines.append(f"{len(self.configs)} unsupported config(s): " + "; ".join(self.configs))
+        if "Lambda" in self.unsupported:
+            lines.append(
+                "Lambda layers run arbitrary Python, so kgen never executes or decompiles "
+                "them: move the code into a custom layer class and register a lowering for it"
+            )
         lines.append(
-            "Register a lowering for these with kgen.codegen.register (see README, "
-            "'Custom layers'), or pass --plugin MODULE to the CLI."
+            "To convert a layer kgen lacks, register a lowering for its class with "
+            "@kgen.codegen.register in a module of yours and pass it with --plugin MODULE "
+            "(see README, 'Custom layers')"
         )
         raise UnsupportedError(" | ".join(lines))
 
@@ -120,6 +126,14 @@ def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
         if config_problems:
             problems.configs.extend(
                 f"{node.name!r} ({node.class_name}): {p}" for p in config_problems
+            )
+            continue
+        if node.kwargs.get("mask") is not None and "mask" not in spec.handles:
+            # Keras passes a mask (Masking, Embedding(mask_zero=True)) to layers whose
+            # call takes one; a lowering that ignores it would silently differ.
+            problems.configs.append(
+                f"{node.name!r} ({node.class_name}): a Keras mask reaches this layer, "
+                "which kgen lowers without mask support"
             )
             continue
         try:

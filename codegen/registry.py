@@ -79,7 +79,9 @@ class LoweringSpec:
             if _is_default_like(value):
                 continue
             problems.append(f"unknown config field {key}={_short(value)}")
-        dtype = config.get("dtype")
+        # A layer's ``dtype`` is its dtype policy; an op's (Cast, OneHot, ...) is an
+        # argument its lowering handles.
+        dtype = config.get("dtype") if self.kind != "op" else None
         policy = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
         if policy not in (None, "float32"):
             problems.append(f"dtype policy {policy!r} is not supported (supported: 'float32')")
@@ -97,13 +99,15 @@ def register(
     requires: dict | None = None,
     sources=SOURCES,
     notes: str = "",
+    replace: bool = False,
 ):
     """Register ``fn(node) -> Lowered`` for Keras classes ``class_names``.
 
     ``kind`` is ``"layer"`` for ``keras.layers.Layer`` subclasses, ``"op"`` for Keras 3
     Operation nodes (``x + 1``, ``keras.ops.mean``), which share class names with layers,
     and ``"tfop"`` for tf.keras ``TFOpLambda`` nodes, keyed by TF symbol (``math.multiply``).
-    Registering the same (kind, class) twice is an error.
+    Registering the same (kind, class) twice is an error unless ``replace=True`` (a
+    plug-in deliberately overriding a built-in lowering).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
@@ -111,7 +115,7 @@ def register(
     def decorator(fn):
         for class_name in class_names:
             key = (kind, class_name)
-            if key in _REGISTRY:
+            if key in _REGISTRY and not replace:
                 other = _REGISTRY[key].fn
                 raise ValueError(
                     f"{kind} {class_name!r} already has a lowering: "
@@ -133,6 +137,7 @@ def register(
 
 
 def lookup(kind: str, class_name: str) -> LoweringSpec | None:
+    """The lowering registered for ``(kind, class_name)``, or None."""
     _load_builtin()
     return _REGISTRY.get((kind, class_name))
 

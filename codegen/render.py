@@ -250,6 +250,27 @@ def _comment(text: str) -> str:
 _ENV.filters["py"] = py_literal
 
 
+def _metadata_attrs(metadata: dict) -> tuple[list[str], str]:
+    """Class-attribute lines and the preprocess mode literal for the top-level class."""
+    from kgen.runtime.preprocessing import MODES
+
+    unknown = set(metadata) - {"preprocess", "input_size"}
+    if unknown:
+        raise ValueError(f"unknown metadata keys {sorted(unknown)}")
+    attrs, preprocess = [], ""
+    mode = metadata.get("preprocess")
+    if mode is not None:
+        if mode not in MODES:
+            raise ValueError(f"unknown preprocess mode {mode!r}; expected one of {MODES}")
+        preprocess = py_literal(mode)
+        attrs.append(f"preprocess_mode = {preprocess}")
+    size = metadata.get("input_size")
+    if size is not None:
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        attrs.append(f"input_size = {py_literal(tuple(int(d) for d in size))}")
+    return attrs, preprocess
+
+
 @dataclass
 class Rendered:
     source: str
@@ -257,8 +278,19 @@ class Rendered:
     variables: dict
 
 
-def render(lowered: LoweredGraph, *, class_name: str | None = None, regenerate: str = "") -> Rendered:
-    """Source (unformatted) and Flax variables of the module for ``lowered``."""
+def render(
+    lowered: LoweredGraph,
+    *,
+    class_name: str | None = None,
+    regenerate: str = "",
+    metadata: dict | None = None,
+) -> Rendered:
+    """Source (unformatted) and Flax variables of the module for ``lowered``.
+
+    ``metadata`` (catalog applications): ``{"preprocess": mode, "input_size": n}`` adds
+    ``preprocess_mode``/``input_size`` class attributes and a ``preprocess`` staticmethod
+    to the top-level class.
+    """
     classes: list[_Class] = []
     by_id: dict[int, _Class] = {}
     class_names = Namespace(set(ir.NAMESPACES))
@@ -275,7 +307,8 @@ def render(lowered: LoweredGraph, *, class_name: str | None = None, regenerate: 
         classes.append(cls)
 
     visit(lowered, top_name)
-    used = sorted(set().union(*(c.used for c in classes)))
+    top_attrs, preprocess = _metadata_attrs(metadata or {})
+    used = sorted(set().union(*(c.used for c in classes), {"rt"} if preprocess else set()))
     imports = sorted(ir.NAMESPACES[a] for a in used if a != "rt")
     template = _ENV.get_template("module.py.j2")
     source = template.render(
@@ -285,5 +318,7 @@ def render(lowered: LoweredGraph, *, class_name: str | None = None, regenerate: 
         local_imports=[ir.NAMESPACES["rt"]] if "rt" in used else [],
         classes=classes,
         top=top_name,
+        top_attrs=top_attrs,
+        preprocess=preprocess,
     )
     return Rendered(source=source, class_name=top_name, variables=classes[-1].variables)

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import click
 
@@ -33,6 +35,64 @@ def _console():
     from rich.console import Console
 
     return Console(stderr=True)
+
+
+def _fileno(stream) -> int | None:
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def _framework_output(quiet: bool):
+    """Keep stdout for results, and drop TensorFlow's native log lines.
+
+    TensorFlow's C++ code writes to file descriptor 2 while it is imported (absl's
+    "WARNING: All log messages before absl::InitializeLog() ...", CUDA probing), before
+    ``TF_CPP_MIN_LOG_LEVEL`` can help.  Around loading and converting, fd 2 points at
+    the null device and Python's ``sys.stderr`` at a copy of the real one, so kgen's own
+    messages and the spinner still show.  What Keras prints to stdout (``Downloading
+    data from ...`` and its progress bar) goes to stderr on a terminal, and nowhere
+    otherwise or with ``--json``.  ``KGEN_DEBUG=1`` keeps everything.
+    """
+    with contextlib.ExitStack() as stack:
+        if not os.environ.get("KGEN_DEBUG"):
+            stack.enter_context(_native_stderr_silenced())
+        show = os.environ.get("KGEN_DEBUG") or (not quiet and sys.stderr.isatty())
+        stack.enter_context(contextlib.redirect_stdout(sys.stderr if show else io.StringIO()))
+        yield
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):
+        yield
+        return
+    python_stderr = None
+    if _fileno(sys.stderr) == 2:  # Python's stderr is fd 2 itself: give it a copy
+        python_stderr = sys.stderr
+        sys.stderr = os.fdopen(
+            os.dup(saved),
+            "w",
+            buffering=1,
+            encoding=python_stderr.encoding,
+            errors="backslashreplace",
+        )
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    os.close(null)
+    try:
+        yield
+    finally:
+        if python_stderr is not None:
+            copy, sys.stderr = sys.stderr, python_stderr
+            copy.close()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @contextlib.contextmanager
@@ -109,22 +169,127 @@ _weights_help = (
 )
 
 
-def _load(source, weights, quiet, verify=False):
-    from kgen.tracer.load import load_source
+def _parse_shape(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected H,W,C such as 160,160,3") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise click.BadParameter(f"{value!r}: expected H,W,C such as 160,160,3")
+    return shape
 
-    options = {}
+
+def _app_options(fn):
+    """Options users set on keras.applications constructors (applications only)."""
+    options = [
+        click.option("--include-top/--no-include-top", "include_top", default=None,
+                     help="Keep the classifier head (default: the application's)."),
+        click.option("--pooling", type=click.Choice(["none", "avg", "max"]), default=None,
+                     help="Final pooling when the head is left out."),
+        click.option("--input-shape", callback=_parse_shape, default=None, metavar="H,W,C",
+                     help="Input shape, e.g. 160,160,3."),
+        click.option("--classes", type=click.IntRange(min=1), default=None,
+                     help="Number of classes (with --weights none/random or a weights file)."),
+        click.option("--classifier-activation", default=None, metavar="NAME|none",
+                     help="Activation of the last layer, e.g. softmax or none (logits)."),
+        click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNets)."),
+        click.option("--depth-multiplier", type=click.IntRange(min=1), default=None,
+                     help="Depth multiplier (MobileNet)."),
+        click.option("--minimalistic", is_flag=True, default=None,
+                     help="MobileNetV3 without SE, hard-swish and 5x5 convolutions."),
+        click.option("--include-preprocessing/--no-include-preprocessing",
+                     "include_preprocessing", default=None,
+                     help="Built-in preprocessing layers (families that have them)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _collect_options(source: str, values: dict) -> dict:
     from kgen.tracer import catalog
 
+    options = {k: v for k, v in values.items() if v is not None}
+    if "pooling" in options and options["pooling"] == "none":
+        options["pooling"] = None
+    if "classifier_activation" in options and options["classifier_activation"].lower() == "none":
+        options["classifier_activation"] = None
+    if options and source not in catalog.APPLICATIONS:
+        flags = ", ".join("--" + k.replace("_", "-") for k in options)
+        raise KgenError(f"{flags} only apply to application names, not to {source!r}")
+    return options
+
+
+def _load(source, weights, quiet, verify=False, options=None):
+    from kgen.tracer import catalog
+    from kgen.tracer.load import load_source
+
+    options = dict(options or {})
     if verify and source in catalog.APPLICATIONS:
-        options["classifier_activation"] = None  # compare logits, not softmax
+        options.setdefault("classifier_activation", None)  # compare logits, not softmax
     with _step(f"building {source}", quiet):
         return load_source(source, weights, **options)
 
 
-def _module_name(loaded, conversion_default: str) -> str:
-    if loaded.app is not None:
-        return loaded.app.name.lower()
-    return conversion_default
+def _app_inputs(loaded, batch: int, seed: int):
+    """A random batch at an application's catalog input size when its spatial dims are
+    free (MobileNetV3, include_top=False): check_model's default 8x8 shrinks to nothing
+    in a stride-32 stack.  None (check_model's own inputs) otherwise."""
+    from kgen.tracer.graph import InputSpec
+    from kgen.verify import random_inputs
+
+    if loaded.app is None:
+        return None
+    shapes = [tuple(t.shape) for t in loaded.model.inputs]
+    if all(d is not None for shape in shapes for d in shape[1:]):
+        return None
+    size = loaded.app.input_size
+    specs = [
+        InputSpec(str(i), str(i), (None, *(size if d is None else int(d) for d in shape[1:])))
+        for i, shape in enumerate(shapes)
+    ]
+    return random_inputs(specs, batch=batch, seed=seed + 1)
+
+
+def _app_names(loaded, options: dict) -> tuple[str | None, str | None]:
+    """(class name, module name) for an application, distinct per architecture option."""
+    from kgen.tracer import catalog
+
+    if loaded.app is None:
+        return None, None
+    if not options:
+        return loaded.app.name, loaded.app.name.lower()
+    return catalog.variant_names(loaded.app, options)
+
+
+def _check_output_dir(output: str) -> None:
+    """Fail before the slow steps when the output cannot be a directory."""
+    for parent in (Path(output), *Path(output).parents):
+        if parent.exists():
+            if not parent.is_dir():
+                raise KgenError(f"output {output!r} is not a directory ({str(parent)!r} is a file)")
+            if not os.access(parent, os.W_OK):
+                raise KgenError(f"output directory {str(parent)!r} is not writable")
+            return
+
+
+def _regenerate_text(source: str, output: str, weights, app_options: dict) -> str:
+    words = ["kgen emit", source]
+    if weights is not None:
+        words.append(f"--weights {weights}")
+    for key, value in app_options.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else flag.replace("--", "--no-", 1))
+        elif isinstance(value, tuple):
+            words.append(f"{flag} {','.join(str(v) for v in value)}")
+        else:
+            words.append(f"{flag} {value}")
+    return " ".join([*words, "-o", output])
 
 
 @main.command()
@@ -132,7 +297,8 @@ def _module_name(loaded, conversion_default: str) -> str:
 @click.option("-o", "--output", default="generated", show_default=True, help="Output directory.")
 @click.option("--weights", default=None, metavar="imagenet|none|PATH", help=_weights_help)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line describing the result.")
-def emit(source, output, weights, as_json):
+@_app_options
+def emit(source, output, weights, as_json, **app_options):
     """Convert SOURCE (an application name or a .keras/.h5 file) to a Flax module.
 
     Writes OUTPUT/<name>.py and, unless --weights none, OUTPUT/<name>.safetensors.
@@ -141,18 +307,30 @@ def emit(source, output, weights, as_json):
     from kgen.codegen.names import snake_case
 
     start = time.perf_counter()
-    loaded = _load(source, weights, as_json)
-    model = loaded.model
-    class_name = loaded.app.name if loaded.app else None
-    with _step("converting", as_json):
-        conversion = convert(
-            model,
-            class_name=class_name,
-            regenerate=f"kgen emit {source} -o {output}" if loaded.app else "",
-        )
-    conversion.module_name = _module_name(loaded, snake_case(conversion.class_name))
+    options = _collect_options(source, app_options)
+    _check_output_dir(output)
+    with _framework_output(as_json):
+        loaded = _load(source, weights, as_json, options=options)
+        class_name, module_name = _app_names(loaded, options)
+        metadata = None
+        if loaded.app:
+            size = options.get("input_shape", (loaded.app.input_size,) * 2)[:2]
+            metadata = {"preprocess": loaded.app.preprocess, "input_size": tuple(size)}
+        with _step("converting", as_json):
+            conversion = convert(
+                loaded.model,
+                class_name=class_name,
+                regenerate=_regenerate_text(source, output, weights, app_options)
+                if loaded.app
+                else "",
+                metadata=metadata,
+            )
+    conversion.module_name = module_name or snake_case(conversion.class_name)
     with _step("writing", as_json):
-        py_path, st_path = conversion.write(output, weights=weights != "none")
+        try:
+            py_path, st_path = conversion.write(output, weights=weights != "none")
+        except OSError as exc:
+            raise KgenError(f"cannot write to {output}: {exc.strerror or exc}") from None
     seconds = time.perf_counter() - start
     if as_json:
         click.echo(
@@ -173,31 +351,63 @@ def emit(source, output, weights, as_json):
 
 
 @main.command()
-@click.argument("source")
+@click.argument("source", required=False)
 @click.option("--weights", default="random", show_default=True,
               metavar="random|imagenet|model|PATH",
               help="random: set EVERY Keras variable to random values first; imagenet: "
                    "the ImageNet weights; model: a model file's own weights; PATH: a "
                    "Keras weights file.")
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights and inputs.")
-@click.option("--batch", default=2, show_default=True, help="Batch size of the random input.")
+@click.option(
+    "--batch",
+    default=2,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Batch size of the random input.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
-def verify(source, weights, seed, batch, as_json):
+@click.option("--all", "all_apps", is_flag=True,
+              help="Verify every application, one subprocess each, and print a table.")
+@click.option("--markdown", default=None, metavar="PATH",
+              help="With --all: also write the table as Markdown (e.g. docs/catalog.md).")
+@click.option("--only", type=click.Choice(["keras3", "tf_keras"]), default=None,
+              help="With --all: only applications of this Keras.")
+@_app_options
+def verify(source, weights, seed, batch, as_json, all_apps, markdown, only, **app_options):
     """Convert SOURCE and compare it with Keras on a random batch.
 
     By default EVERY Keras variable (BN statistics, gammas, betas, biases) is first set
     to random values.  Exits 1 if the relative error max|flax - keras| / max|keras| of
-    any output is above 1e-4.
+    any output is above 1e-4.  Applications are compared on logits
+    (classifier_activation=None) unless --classifier-activation is given.
     """
+    from kgen.tracer import catalog
     from kgen.verify import TOLERANCE, check_model
 
-    randomize = weights == "random"
-    load_weights = {"random": "none", "model": None}.get(weights, weights)
-    loaded = _load(source, load_weights, as_json, verify=True)
-    with _step(f"converting and comparing {source}", as_json):
-        conversion, report = check_model(
-            loaded.model, seed=seed, batch=batch, randomize_weights=randomize
+    if all_apps:
+        return _verify_all(seed, markdown, only, as_json, source)
+    if source is None:
+        raise click.UsageError("give a SOURCE or --all")
+    options = _collect_options(source, app_options)
+
+    if weights == "model" and source in catalog.APPLICATIONS:
+        raise KgenError(
+            "--weights model means a model file's own weights; for an application use "
+            "random, imagenet or a weights file PATH"
         )
+    randomize = weights in ("random", "none")
+    load_weights = {"random": "none", "model": None}.get(weights, weights)
+    with _framework_output(as_json):
+        loaded = _load(source, load_weights, as_json, verify=True, options=options)
+        params = int(loaded.model.count_params())
+        with _step(f"converting and comparing {source}", as_json):
+            conversion, report = check_model(
+                loaded.model,
+                seed=seed,
+                batch=batch,
+                randomize_weights=randomize,
+                inputs=_app_inputs(loaded, batch, seed),
+            )
     if as_json:
         click.echo(
             json.dumps(
@@ -205,6 +415,8 @@ def verify(source, weights, seed, batch, as_json):
                     "source": source,
                     "class": conversion.class_name,
                     "layers": conversion.n_layers,
+                    "params": params,
+                    "convert_seconds": round(conversion.seconds, 3),
                     "randomized": randomize,
                     "max_rel": report.max_rel,
                     "tolerance": TOLERANCE,
@@ -224,6 +436,119 @@ def verify(source, weights, seed, batch, as_json):
         sign = "<=" if report.ok else ">"
         click.echo(f"{verdict}: max rel {report.max_rel:.3e} {sign} {TOLERANCE:.0e}")
     if not report.ok:
+        raise SystemExit(1)
+
+
+def _verify_all(seed, markdown, only, as_json, source) -> None:
+    from kgen import catalog_run
+    from kgen.tracer.catalog import APPLICATIONS
+
+    if source is not None:
+        raise click.UsageError("give either a SOURCE or --all, not both")
+    names = [n for n, app in APPLICATIONS.items() if only in (None, app.source)]
+
+    def progress(name, row):
+        if row is None:
+            click.echo(f"verifying {name} ...", err=True)
+        else:
+            result = "pass" if row.ok else f"FAIL {row.error}"
+            rel = "" if row.max_rel is None else f" max rel {row.max_rel:.2e}"
+            click.echo(f"  {name}: {result}{rel} ({row.wall:.0f} s)", err=True)
+
+    rows = catalog_run.run_catalog(names, seed=seed, progress=None if as_json else progress)
+    if as_json:
+        click.echo(json.dumps([r.__dict__ for r in rows]))
+    else:
+        click.echo(catalog_run.text_table(rows))
+    if markdown:
+        command = "kgen verify --all" + (f" --only {only}" if only else "") + f" --markdown {markdown}"
+        catalog_run.write_markdown(rows, markdown, command)
+    if not all(r.ok for r in rows):
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--markdown", default=None, metavar="PATH",
+              help="Write the table to PATH (docs/layers.md) instead of printing it.")
+def layers(markdown):
+    """The supported Keras layers, ops and TF symbols, from the lowering registry."""
+    from kgen.layer_table import layer_table_markdown
+
+    text = layer_table_markdown()
+    if markdown is None:
+        click.echo(text, nl=False)
+        return
+    path = Path(markdown)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("source")
+@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
+@click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
+@_app_options
+def bench(source, batch, repeats, as_json, **app_options):
+    """Inference time of the generated module vs Keras, in the same process and batch.
+
+    Reports medians and the speed ratio (Keras time / Flax time, on this machine's
+    devices); compile time of the jitted Flax module is reported separately.
+    """
+    from kgen.bench import bench_model
+
+    options = _collect_options(source, app_options)
+    with _framework_output(as_json):
+        loaded = _load(source, "none", as_json, verify=True, options=options)
+        with _step(f"benchmarking {source}", as_json):
+            result = bench_model(loaded.model, source, batch=batch, repeats=repeats)
+    if as_json:
+        click.echo(json.dumps({**result.__dict__, "speedup": result.speedup}))
+    else:
+        click.echo(result.line())
+
+
+
+@main.command()
+@click.option("-o", "--output", default=None, metavar="DIR",
+              help="Write the generated module here (default: a temporary directory).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
+def demo(output, as_json):
+    """Convert a real trained model and compare it with Keras, offline.
+
+    The model is a small CNN trained on scikit-learn's 8x8 digits (shipped with kgen;
+    rebuild it with `python -m kgen.examples.digits.train`).  Keras and the generated Flax
+    module classify the held-out split; exits 1 unless at least 99.9% of predictions are
+    identical and the logits' relative error is at most 1e-5.
+    """
+    from kgen.examples.digits import demo as digits_demo
+
+    if output is not None:
+        _check_output_dir(output)
+    with _framework_output(as_json), _step("converting the digits CNN and comparing", as_json):
+        result = digits_demo.run(output)
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    else:
+        click.echo(f"{result.model}: {result.layers} layers -> {result.class_name}")
+        if output is not None:
+            click.echo(f"wrote {result.module} and {result.weights}")
+        click.echo(f"held-out digits: {result.samples} images")
+        click.echo(f"  {'':24}{'Keras':>8}{'Flax':>8}")
+        click.echo(f"  {'accuracy':24}{result.keras_accuracy:8.2%}{result.flax_accuracy:8.2%}")
+        same = round(result.same_predictions * result.samples)
+        click.echo(
+            f"  identical predictions   {result.same_predictions:.2%} ({same}/{result.samples})"
+        )
+        click.echo(f"  logits                  max abs {result.max_abs:.3e}  "
+                   f"max rel {result.max_rel:.3e}")
+        verdict = "PASS" if result.ok else "FAIL"
+        click.echo(
+            f"{verdict}: identical predictions >= {digits_demo.MIN_SAME_PREDICTIONS:.1%}, "
+            f"max rel <= {digits_demo.MAX_REL:.0e}"
+        )
+    if not result.ok:
         raise SystemExit(1)
 
 

@@ -57,6 +57,11 @@ def randomize(model, seed: int = 0) -> int:
         dtype = getattr(v.dtype, "as_numpy_dtype", v.dtype)
         v.assign(random_value(_leaf_name(v), shape, dtype, rng))
         n += 1
+    # Layers that cache values derived from their weights (Normalization's mean and
+    # variance) refresh them in finalize_state(), as loading weights does.
+    for layer in model._flatten_layers(include_self=False):
+        if hasattr(layer, "finalize_state"):
+            layer.finalize_state()
     return n
 
 
@@ -106,9 +111,9 @@ class ParityReport:
 
 
 def _flatten_outputs(value, prefix="output"):
-    if isinstance(value, dict):
+    if isinstance(value, dict):  # by key: jax.jit returns dicts in sorted key order
         items = []
-        for k, v in value.items():
+        for k, v in sorted(value.items(), key=lambda kv: str(kv[0])):
             items += _flatten_outputs(v, str(k))
         return items
     if isinstance(value, (list, tuple)):
@@ -126,7 +131,9 @@ def compare(reference, result, tolerance: float = TOLERANCE) -> ParityReport:
     if len(ref) != len(got):
         raise AssertionError(f"{len(got)} outputs, Keras has {len(ref)}")
     report = ParityReport(tolerance=tolerance)
-    for (name, r), (_, g) in zip(ref, got):
+    for (name, r), (got_name, g) in zip(ref, got):
+        if name != got_name:
+            raise AssertionError(f"output {got_name!r} where Keras has {name!r}")
         r = r.astype(np.float64)
         g = np.asarray(g, dtype=np.float64)
         if r.shape != g.shape:

@@ -3,7 +3,18 @@
 Light on purpose: it never imports Keras or TensorFlow.
 """
 
+from kgen.runtime.applications import LayerScale
 from kgen.runtime.layers import BatchNorm, PReLU, SeparableConv
+from kgen.runtime.noise import AlphaDropout, GaussianDropout, GaussianNoise
+from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
+from kgen.runtime.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
+from kgen.runtime.normalization import (
+    GroupNorm,
+    LayerNorm,
+    Normalization,
+    l2_normalize,
+    normalize,
+)
 from kgen.runtime.ops import (
     batch_reshape,
     crop,
@@ -17,10 +28,31 @@ from kgen.runtime.ops import (
     tanh_shrink,
     zero_pad,
 )
+from kgen.runtime.preprocessing import decode_predictions, preprocess_input
+from kgen.runtime.resampling import center_crop, resize, upsample
 from kgen.runtime.variables import check_variables, load_variables, save_variables
 
 __all__ = [
+    "AdditiveAttention",
+    "Attention",
+    "MultiHeadAttention",
+    "GRU",
+    "LSTM",
+    "Bidirectional",
+    "SimpleRNN",
+    "AlphaDropout",
+    "GaussianDropout",
+    "GaussianNoise",
+    "GroupNorm",
+    "l2_normalize",
+    "center_crop",
+    "resize",
+    "upsample",
     "BatchNorm",
+    "LayerNorm",
+    "LayerScale",
+    "Normalization",
+    "normalize",
     "PReLU",
     "SeparableConv",
     "batch_reshape",
@@ -37,4 +69,6 @@ __all__ = [
     "save_variables",
     "softmax",
     "zero_pad",
+    "preprocess_input",
+    "decode_predictions",
 ]

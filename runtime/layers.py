@@ -6,14 +6,14 @@ generated modules call them as ``rt.<Name>(...)``.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["BatchNorm", "SeparableConv", "PReLU"]
+__all__ = ["BatchNorm", "PReLU", "SeparableConv"]
 
 
 def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> list[int]:
@@ -29,7 +29,7 @@ class BatchNorm(nn.Module):
     Inference uses the Keras/TF form ``x * inv + (beta - mean * inv)`` with
     ``inv = rsqrt(var + eps) * gamma``, which rounds differently from Flax's
     ``(x - mean) * inv + beta``.  Training normalises with the biased batch variance and
-    updates ``batch_stats`` as ``m * momentum + batch * (1 - momentum)``; set
+    updates ``batch_stats`` (when mutable) as ``m * momentum + batch * (1 - momentum)``; set
     ``unbiased_update`` for tf.keras's fused kernel, which updates the moving variance
     with the unbiased ``n / (n - 1)`` batch variance.
     """
@@ -55,7 +55,10 @@ class BatchNorm(nn.Module):
             reduce = tuple(i for i in range(x.ndim) if i not in axes)
             mean = jnp.mean(x, axis=reduce)
             var = jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduce)), axis=reduce)
-            if not self.is_initializing():
+            # Only when the caller lets batch_stats change (``mutable=["batch_stats"]``): a
+            # tf.keras layer called with ``training=True`` uses batch statistics even
+            # when the generated module runs for inference.
+            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
                 n = 1
                 for i in reduce:
                     n *= x.shape[i]

@@ -6,31 +6,36 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "relu",
-    "leaky_relu",
-    "hard_sigmoid_tf_keras",
-    "zero_pad",
-    "crop",
-    "softmax",
-    "soft_shrink",
-    "hard_shrink",
-    "tanh_shrink",
-    "sparsemax",
     "batch_reshape",
+    "crop",
+    "hard_shrink",
+    "hard_sigmoid_tf_keras",
+    "leaky_relu",
+    "relu",
+    "soft_shrink",
+    "softmax",
+    "sparsemax",
+    "tanh_shrink",
+    "zero_pad",
 ]
 
 
 def relu(x, negative_slope=0.0, max_value=None, threshold=0.0):
-    """Keras ``ReLU`` layer / ``activations.relu`` with all its options."""
+    """Keras ``ReLU`` layer / ``activations.relu`` with all its options.
+
+    Follows ``keras.src.activations.activations.ReLU.static_call``: keep ``x`` where
+    ``x > threshold`` (so ``x == threshold`` gives 0), clip to ``[0, max_value]``, then
+    subtract ``negative_slope * relu(threshold - x)``.
+    """
     if negative_slope == 0.0 and max_value is None and threshold == 0.0:
         return jax.nn.relu(x)
-    if threshold != 0.0:
-        neg = negative_slope * (x - threshold)
-        y = jnp.where(x >= threshold, x, neg)
-    else:
-        y = jnp.where(x >= 0, x, negative_slope * x)
+    if max_value is None and threshold == 0.0:
+        return leaky_relu(x, negative_slope)
+    y = jnp.where(x > threshold, x, 0.0) if threshold != 0.0 else jax.nn.relu(x)
     if max_value is not None:
-        y = jnp.minimum(y, max_value)
+        y = jnp.clip(y, 0.0, max_value)
+    if negative_slope != 0.0:
+        y = y - negative_slope * jax.nn.relu(threshold - x)
     return y
 
 
@@ -73,15 +78,21 @@ def tanh_shrink(x):
 
 
 def sparsemax(x, axis=-1):
-    """Sparsemax (Martins & Astudillo, 2016), as ``keras.ops.sparsemax``."""
-    z = jnp.moveaxis(x, axis, -1)
-    z_sorted = -jnp.sort(-z, axis=-1)
-    k = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
-    cumsum = jnp.cumsum(z_sorted, axis=-1)
-    support = (1 + k * z_sorted) > cumsum
-    k_z = jnp.sum(support, axis=-1, keepdims=True).astype(z.dtype)
-    tau = (jnp.take_along_axis(cumsum, k_z.astype(jnp.int32) - 1, axis=-1) - 1) / k_z
-    return jnp.moveaxis(jnp.maximum(z - tau, 0.0), -1, axis)
+    """``keras.ops.sparsemax`` exactly as every Keras 3 backend computes it.
+
+    Keras's threshold is ``tau = (sum of the cumulative sums over the support - 1) / k``,
+    not the paper's ``(cumsum[k - 1] - 1) / k`` (Martins & Astudillo, 2016), so its output
+    need not sum to 1; parity with Keras wins here.
+    """
+    z_sorted = -jnp.sort(-x, axis=axis)
+    cumsum = jnp.cumsum(z_sorted, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    r = jnp.arange(1, x.shape[axis] + 1, dtype=x.dtype).reshape(shape)
+    support = z_sorted - (cumsum - 1) / r > 0
+    k = jnp.sum(support, axis=axis, keepdims=True).astype(x.dtype)
+    tau = (jnp.sum(jnp.where(support, cumsum, 0.0), axis=axis, keepdims=True) - 1) / k
+    return jnp.maximum(x - tau, 0.0)
 
 
 def batch_reshape(x, target):

@@ -11,7 +11,7 @@ from safetensors.numpy import load_file, save_file
 
 from kgen.errors import WeightsError
 
-__all__ = ["save_variables", "load_variables", "flatten", "unflatten", "check_variables"]
+__all__ = ["check_variables", "flatten", "load_variables", "save_variables", "unflatten"]
 
 SEP = "/"
 
@@ -42,8 +42,11 @@ def save_variables(variables: dict, path: str | os.PathLike) -> None:
     """Write ``{collection: {...}}`` to a safetensors file, atomically."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(flatten(variables), str(tmp), metadata={"format": "kgen-flax-variables"})
-    os.replace(tmp, path)
+    try:
+        save_file(flatten(variables), str(tmp), metadata={"format": "kgen-flax-variables"})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_variables(path: str | os.PathLike, module=None) -> dict:
@@ -58,7 +61,8 @@ def load_variables(path: str | os.PathLike, module=None) -> dict:
     except FileNotFoundError:
         raise WeightsError(f"weights file not found: {path}") from None
     except Exception as exc:  # safetensors raises its own error types
-        raise WeightsError(f"cannot read weights file {path}: {exc}") from None
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise WeightsError(f"cannot read weights file {path}: {text}") from None
     variables = jax.tree_util.tree_map(jax.numpy.asarray, unflatten(flat))
     if module is not None:
         check_variables(module, variables)
@@ -69,8 +73,10 @@ def _expected_shapes(module) -> dict[str, tuple]:
     shapes = getattr(module, "input_shapes", None)
     if shapes is None:
         raise WeightsError(f"{type(module).__name__} has no input_shapes; is it a kgen module?")
+    dtypes = getattr(module, "input_dtypes", None) or ("float32",) * len(shapes)
     inputs = [
-        jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in s), np.float32) for s in shapes
+        jax.ShapeDtypeStruct(tuple(1 if d is None else d for d in s), np.dtype(t))
+        for s, t in zip(shapes, dtypes)
     ]
     abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)
     leaves = jax.tree_util.tree_leaves_with_path(dict(abstract))

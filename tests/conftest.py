@@ -16,4 +16,18 @@ def _clear_keras_session():
     yield
     import keras
 
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)  # gc.collect() costs ~0.5 s a test
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="Rewrite tests/golden/*.py from the current generator instead of comparing.",
+    )
+
+
+@pytest.fixture
+def update_golden(request) -> bool:
+    """True when run with --update-golden (tests/test_golden.py rewrites its files)."""
+    return request.config.getoption("--update-golden")

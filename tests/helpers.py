@@ -37,3 +37,26 @@ def assert_layer_parity(layer, *input_shapes, seed=0, inputs=None, tolerance=TOL
 
 def rand(*shape, seed=0, low=-1.0, high=1.0):
     return np.random.default_rng(seed).uniform(low, high, size=shape).astype(np.float32)
+
+
+def run_cli(*args):
+    """Run ``kgen ARGS`` in-process; ``result.exit_code`` carries SystemExit codes."""
+    from click.testing import CliRunner
+
+    from kgen.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def import_file(path):
+    """Import a generated ``.py`` file as a fresh module."""
+    import importlib.util
+    import sys
+    import uuid
+
+    name = f"kgen_test_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from kgen.errors import SourceError
 
-__all__ = ["Application", "APPLICATIONS", "get", "names"]
+__all__ = ["Application", "APPLICATIONS", "OPTION_KEYS", "build", "get", "names", "variant_names"]
 
 
 @dataclass(frozen=True)
@@ -80,3 +80,63 @@ def build(app: Application, *, weights=None, **options):
         import keras.applications as apps
     constructor = getattr(apps, app.name)
     return constructor(weights=weights, **options)
+
+
+# Options users set on applications, with the constructor keyword each maps to.
+OPTION_KEYS = (
+    "include_top",
+    "pooling",
+    "input_shape",
+    "classes",
+    "classifier_activation",
+    "alpha",
+    "depth_multiplier",
+    "minimalistic",
+    "include_preprocessing",
+)
+
+
+def _token(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}".replace(".", "")
+    if isinstance(value, (tuple, list)):
+        return "x".join(str(v) for v in value)
+    return "".join(ch for ch in str(value) if ch.isalnum())
+
+
+_LABELS = {
+    "include_top": "top",
+    "pooling": "pool",
+    "input_shape": "input",
+    "classes": "classes",
+    "classifier_activation": "act",
+    "alpha": "alpha",
+    "depth_multiplier": "depth",
+    "minimalistic": "minimalistic",
+    "include_preprocessing": "preprocessing",
+}
+
+
+def variant_names(app: Application, options: dict) -> tuple[str, str]:
+    """(class name, module name) for ``app`` built with non-default ``options``.
+
+    Options that change the architecture or outputs give a distinct, stable name, e.g.
+    MobileNet(alpha=0.5, input_shape=(160, 160, 3)) -> ``MobileNetAlpha05Input160x160x3``
+    in ``mobilenet_alpha05_input160x160x3.py``.
+    """
+    parts = []
+    for key in OPTION_KEYS:
+        if key not in options:
+            continue
+        value = options[key]
+        if isinstance(value, bool):
+            parts.append(f"{_token(value)}{_LABELS[key]}")
+        else:
+            parts.append(f"{_LABELS[key]}{_token(value)}")
+    class_name = app.name + "".join(p[:1].upper() + p[1:] for p in parts)
+    module_name = "_".join([app.name.lower(), *parts])
+    return class_name, module_name

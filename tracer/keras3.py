@@ -123,6 +123,8 @@ class _Tracer:
         op = node.operation
         node_index = op._inbound_nodes.index(node)
         nid = self.node_id(op, node_index)
+        if nid in self.graph:  # a mask's producer, added early by add_mask_producers
+            return
         outputs = list(node.outputs)
         attrs = dict(
             name=str(op.name),
@@ -150,6 +152,11 @@ class _Tracer:
             for k, v in node.arguments.kwargs.items()
             if not (k in _IGNORED_CALL_KWARGS and v is _IGNORED_CALL_KWARGS[k])
         }
+        if isinstance(op, keras.layers.Layer) and not _is_graph_model(op):
+            for key, mask in _runtime_masks(op, node).items():
+                if kwargs.get(key) is None:
+                    self.add_mask_producers(mask)
+                    kwargs[key] = self.convert_args(mask)
         attrs.update(args=args, kwargs=kwargs)
         attrs["input_shapes"] = [_shape(kt) for kt in node.arguments.keras_tensors]
 
@@ -174,6 +181,68 @@ class _Tracer:
             if not self.graph.has_edge(ref.node, nid):
                 self.graph.add_edge(ref.node, nid, uses=[])
             self.graph.edges[ref.node, nid]["uses"].append((path, ref.index))
+
+
+    def add_mask_producers(self, value) -> None:
+        """Trace the op nodes computing a Keras mask that no recorded argument uses."""
+        for kt in _keras_tensors(value):
+            op, node_index, _ = kt._keras_history
+            if self.node_id(op, node_index) in self.graph:
+                continue
+            knode = op._inbound_nodes[node_index]
+            self.add_mask_producers(list(knode.arguments.keras_tensors))
+            self.add_node(knode)
+
+
+def _keras_tensors(value) -> list:
+    if isinstance(value, keras.KerasTensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [kt for v in value for kt in _keras_tensors(v)]
+    if isinstance(value, dict):
+        return [kt for v in value.values() for kt in _keras_tensors(v)]
+    return []
+
+
+def _runtime_masks(layer, node) -> dict:
+    """The mask arguments ``Layer.__call__`` fills in from its inputs' Keras masks.
+
+    Keras does this on every call (``keras/src/layers/layer.py``, "Populate mask
+    argument(s)"): ``mask`` for a layer with one tensor argument, ``<arg>_mask`` for
+    each tensor argument otherwise.  A node keeps them only when Keras happened not to
+    copy the call's kwargs (one positional tensor, no conversion), so they are
+    recomputed here from the symbolic masks; without this, masks reaching
+    ``MultiHeadAttention``, ``Attention`` or a layer called with extra keyword
+    arguments would be invisible in the graph.
+    """
+    from keras.src.backend import get_keras_mask
+    from keras.src.layers.layer import CallSpec
+
+    try:
+        spec = CallSpec(
+            layer._call_signature, layer._call_context_args, node.arguments.args, node.arguments.kwargs
+        )
+    except (TypeError, ValueError):
+        return {}
+
+    def masks_of(value):
+        if isinstance(value, keras.KerasTensor):
+            return get_keras_mask(value)
+        if isinstance(value, (list, tuple)):
+            return type(value)(masks_of(v) for v in value)
+        return None
+
+    found = {}
+    tensors = spec.tensor_arguments_dict
+    if len(tensors) == 1:
+        if "mask" in spec.argument_names and spec.arguments_dict.get("mask") is None:
+            found["mask"] = masks_of(next(iter(tensors.values())))
+    else:
+        for name, value in tensors.items():
+            key = f"{name}_mask"
+            if key in spec.argument_names and spec.arguments_dict.get(key) is None:
+                found[key] = masks_of(value)
+    return {k: v for k, v in found.items() if _keras_tensors(v)}
 
 
 def _collect(value, path, out):

@@ -44,6 +44,19 @@ def _weights(layer) -> dict[str, np.ndarray]:
     return out
 
 
+def _config(layer) -> dict:
+    """``get_config()``, plus what it leaves out but inference or training depends on.
+
+    A BatchNormalization's ``fused`` flag is resolved at build time (rank-4/5 input,
+    channel axis first or last, no renorm) and not serialised; the fused kernel updates
+    the moving variance with the unbiased batch variance, the other path with the biased.
+    """
+    config = _plain(layer.get_config())
+    if isinstance(layer, tf_keras.layers.BatchNormalization) and isinstance(layer.fused, bool):
+        config["fused"] = layer.fused
+    return config
+
+
 def _slice_dict(value):
     """SlicingOpLambda stores slices as {'start','stop','step'} dicts."""
     if isinstance(value, dict) and set(value) == {"start", "stop", "step"}:
@@ -167,7 +180,7 @@ class _Tracer:
         elif cls in _OP_LAYERS:
             attrs.update(kind="tfop", class_name=str(layer.symbol), config={})
         else:
-            attrs.update(kind="layer", config=_plain(layer.get_config()), weights=_weights(layer))
+            attrs.update(kind="layer", config=_config(layer), weights=_weights(layer))
         self.graph.add_node(nid, **attrs)
         for part, value in (("args", args), ("kwargs", kwargs)):
             for path, ref in iter_refs(value, (part,)):

@@ -9,6 +9,10 @@ from kgen.codegen.lowerings import (  # noqa: F401
     normalization,
     ops,
     pooling,
+    recurrent,
+    attention,
     reshaping,
+    resampling,
+    sequence,
     tf_ops,
 )

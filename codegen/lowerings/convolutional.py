@@ -1,4 +1,5 @@
-"""Convolutions: Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D.
+"""Convolutions: Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D,
+Conv1D/2D/3DTranspose.
 
 Keras kernels are (*k, in/groups, out), Flax's HWIO layout.  Padding 'same' is TF SAME
 in both; Flax's own default is SAME, so padding is always passed.
@@ -83,6 +84,7 @@ def _depthwise_kernel(node: Node):
     "DepthwiseConv2D",
     family="convolutional",
     handles=_CONV_FIELDS - {"filters", "groups"} | {"depth_multiplier"},
+    requires={"groups": 1},  # tf.keras serialises its Conv base's groups=1
 )
 def lower_depthwise_conv(node: Node) -> Lowered:
     n = _rank(node)
@@ -113,6 +115,7 @@ def lower_depthwise_conv(node: Node) -> Lowered:
     "SeparableConv2D",
     family="convolutional",
     handles=_CONV_FIELDS - {"groups"} | {"depth_multiplier"},
+    requires={"groups": 1},  # tf.keras serialises its Conv base's groups=1
 )
 def lower_separable_conv(node: Node) -> Lowered:
     n = _rank(node)
@@ -135,5 +138,61 @@ def lower_separable_conv(node: Node) -> Lowered:
         pointwise["bias"] = node.weight("bias")
     params = {"depthwise": {"kernel": _depthwise_kernel(node)}, "pointwise": pointwise}
     module = Module(Sym("rt.SeparableConv"), (int(c["filters"]), ntuple(c["kernel_size"], n)), kwargs)
+    expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
+    return Lowered(expr, module=module, variables={"params": params})
+
+
+def conv_transpose_pads(kernel, stride, dilation, padding: str, output_padding) -> tuple:
+    """(lo, hi) pads of ``lax.conv_transpose`` for one spatial dim, as Keras computes them
+    (``keras/src/backend/common/backend_utils.py``,
+    ``_convert_conv_transpose_padding_args_from_keras_to_jax``)."""
+    k = (kernel - 1) * dilation + 1
+    if padding == "valid":
+        extra = max(k, stride) - k if output_padding is None else output_padding
+        return (k - 1, k - 1 + extra)
+    if output_padding is None:
+        total = stride + k - 2
+    else:
+        total = k + k % 2 - 2 + output_padding
+    lo = min(total // 2 + total % 2, k - 1)
+    return (lo, total - lo)
+
+
+@register(
+    "Conv1DTranspose",
+    "Conv2DTranspose",
+    "Conv3DTranspose",
+    family="convolutional",
+    handles=_CONV_FIELDS - {"groups"} | {"output_padding"},
+    requires={"groups": 1},  # tf.keras configs carry Conv's groups
+    notes="dilation checked against Keras's JAX backend (TF's CPU kernels lack it)",
+)
+def lower_conv_transpose(node: Node) -> Lowered:
+    """Keras kernels are (*k, filters, in): ``nn.ConvTranspose(transpose_kernel=True)``
+    with Keras's explicit pads, which ``lax.conv_transpose`` reads exactly as the Keras
+    JAX backend does (the string paddings differ once ``output_padding`` is set)."""
+    n = node.rank - 2
+    c = node.config
+    channels_last(c)
+    kernel = ntuple(c["kernel_size"], n, "kernel_size")
+    strides = ntuple(c.get("strides", 1), n, "strides")
+    dilation = ntuple(c.get("dilation_rate", 1), n, "dilation_rate")
+    padding = flax_padding(c.get("padding", "valid")).lower()
+    out_pad = c.get("output_padding")
+    out_pad = (None,) * n if out_pad is None else ntuple(out_pad, n, "output_padding")
+    pads = tuple(
+        conv_transpose_pads(k, s, d, padding, p)
+        for k, s, d, p in zip(kernel, strides, dilation, out_pad)
+    )
+    use_bias = bool(c.get("use_bias", True))
+    kwargs = drop_defaults(
+        {"strides": strides, "padding": pads, "kernel_dilation": dilation, "use_bias": use_bias},
+        {"strides": (1,) * n, "kernel_dilation": (1,) * n, "use_bias": True},
+    )
+    kwargs["transpose_kernel"] = True
+    params = {"kernel": node.weight("kernel")}
+    if use_bias:
+        params["bias"] = node.weight("bias")
+    module = Module(Sym("nn.ConvTranspose"), (int(c["filters"]), kernel), kwargs)
     expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
     return Lowered(expr, module=module, variables={"params": params})

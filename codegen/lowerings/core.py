@@ -6,6 +6,7 @@ import numpy as np
 
 from kgen.codegen.ir import NOT_TRAIN, SELF, BinOp, Call, Lowered, Module, Node, Sym
 from kgen.codegen.lowerings.activations import apply_activation
+from kgen.codegen.lowerings.common import channels_last
 from kgen.codegen.registry import Unsupported, register
 
 
@@ -66,3 +67,54 @@ def _constant(value, field):
     if arr.size > 4096:
         raise Unsupported(field, f"array of shape {arr.shape}", "at most 4096 values")
     return float(arr) if arr.ndim == 0 else arr
+
+
+# Inference-time identities.  In training the noise layers run their Keras formula
+# (rt.GaussianNoise, ...) with the "dropout" rng stream, as nn.Dropout does.  (A traced
+# training=False is not a reliable opt-out: Keras records the call signature's default,
+# and model(x, training=True) overrides it.)
+def _noise(node: Node, amount: float, module: Module) -> Lowered:
+    if amount == 0:
+        return Lowered(node.input)
+    return Lowered(Call(SELF, (node.input,), {"deterministic": NOT_TRAIN}), module=module)
+
+
+@register("GaussianNoise", family="core", handles={"stddev", "seed"})
+def lower_gaussian_noise(node: Node) -> Lowered:
+    stddev = float(node.config["stddev"])
+    return _noise(node, stddev, Module(Sym("rt.GaussianNoise"), (stddev,)))
+
+
+@register("GaussianDropout", family="core", handles={"rate", "seed"})
+def lower_gaussian_dropout(node: Node) -> Lowered:
+    rate = float(node.config["rate"])
+    return _noise(node, rate, Module(Sym("rt.GaussianDropout"), (rate,)))
+
+
+@register("AlphaDropout", family="core", handles={"rate", "noise_shape", "seed"})
+def lower_alpha_dropout(node: Node) -> Lowered:
+    rate = float(node.config["rate"])
+    noise_shape = node.config.get("noise_shape")
+    kwargs = {} if noise_shape is None else {"noise_shape": tuple(noise_shape)}
+    return _noise(node, rate, Module(Sym("rt.AlphaDropout"), (rate,), kwargs))
+
+
+@register(
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    family="core",
+    handles={"rate", "seed", "data_format"},
+)
+def lower_spatial_dropout(node: Node) -> Lowered:
+    """Whole feature maps: ``nn.Dropout`` broadcast over the spatial dims."""
+    channels_last(node.config)
+    rate = float(node.config["rate"])
+    spatial = tuple(range(1, node.rank - 1))
+    return _noise(node, rate, Module(Sym("nn.Dropout"), (rate,), {"broadcast_dims": spatial}))
+
+
+@register("ActivityRegularization", family="core", handles={"l1", "l2"})
+def lower_activity_regularization(node: Node) -> Lowered:
+    """Only adds a loss term in Keras; an identity on values."""
+    return Lowered(node.input)

@@ -6,7 +6,7 @@ divides by the count of real cells (Flax: ``count_include_pad=False``).
 
 from __future__ import annotations
 
-from kgen.codegen.ir import Call, Lowered, Node, Sym
+from kgen.codegen.ir import Call, Index, Lowered, Node, Sym
 from kgen.codegen.lowerings.common import channels_last, flax_padding, ntuple
 from kgen.codegen.registry import register
 
@@ -39,13 +39,14 @@ def lower_average_pooling(node: Node) -> Lowered:
     return _pool(node, "nn.avg_pool")
 
 
-def _global(node: Node, fn: str) -> Lowered:
+def _global(node: Node, fn: str, **extra) -> Lowered:
     c = node.config
     channels_last(c)
     axes = tuple(range(1, node.rank - 1))
     kwargs = {"axis": axes}
     if c.get("keepdims"):
         kwargs["keepdims"] = True
+    kwargs.update(extra)
     return Lowered(Call(Sym(fn), (node.input,), kwargs))
 
 
@@ -65,7 +66,12 @@ def lower_global_max_pooling(node: Node) -> Lowered:
     "GlobalAveragePooling2D",
     "GlobalAveragePooling3D",
     family="pooling",
-    handles={"data_format", "keepdims"},
+    handles={"data_format", "keepdims", "mask"},
+    notes="1D: Keras 3 masks (mean over unmasked steps)",
 )
 def lower_global_average_pooling(node: Node) -> Lowered:
-    return _global(node, "jnp.mean")
+    mask = node.kwargs.get("mask")  # (batch, steps), only GlobalAveragePooling1D takes one
+    if mask is None:
+        return _global(node, "jnp.mean")
+    # Keras: the sum over the unmasked steps / their count (NaN when all are masked).
+    return _global(node, "jnp.mean", where=Index(mask, (slice(None), slice(None), None)))

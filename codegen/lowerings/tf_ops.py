@@ -1,27 +1,129 @@
 """tf.keras ``TFOpLambda`` / ``SlicingOpLambda`` nodes, keyed by their TF symbol.
 
 tf.keras turns TF calls on Keras tensors (``x * 2.``, ``tf.concat``, ``x[:, 1:]``) into
-these layers.  Positional and keyword arguments are bound to the TF signature below,
-so ``tf.concat([a, b], -1)`` and ``tf.concat([a, b], axis=-1)`` lower the same way.
+these layers.  Positional and keyword arguments are bound to the TF signature in
+:data:`SIGNATURES` (checked against TensorFlow's own in the tests), so
+``tf.concat([a, b], -1)`` and ``tf.concat([a, b], axis=-1)`` lower the same way, and an
+argument a lowering does not implement is an error unless it has its no-op value.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from kgen.codegen.ir import BinOp, Call, Index, Lowered, Neg, Node, Sym
 from kgen.codegen.registry import Unsupported, register
 
+__all__ = ["SIGNATURES"]
+
 _ONLY_TF = ("tf_keras",)
 
+_XY = ("x", "y", "name")
+_X = ("x", "name")
+_FEATURES = ("features", "name")
+_REDUCE = ("input_tensor", "axis", "keepdims", "name")
 
-def _bind(node: Node, *names: str, defaults: dict | None = None) -> dict:
-    """Map a TF call's positional and keyword arguments onto ``names``."""
+#: TF parameter order of every symbol lowered here (``tf.<symbol>``'s signature).
+SIGNATURES: dict[str, tuple[str, ...]] = {
+    # binary operators
+    "__operators__.add": _XY,
+    "math.add": _XY,
+    "math.subtract": _XY,
+    "math.multiply": _XY,
+    "math.truediv": _XY,
+    "math.divide": _XY,
+    "math.pow": _XY,
+    "math.floordiv": _XY,
+    "compat.v1.floor_div": _XY,
+    "math.floormod": _XY,
+    "math.maximum": _XY,
+    "math.minimum": _XY,
+    "linalg.matmul": (
+        "a",
+        "b",
+        "transpose_a",
+        "transpose_b",
+        "adjoint_a",
+        "adjoint_b",
+        "a_is_sparse",
+        "b_is_sparse",
+        "output_type",
+        "grad_a",
+        "grad_b",
+        "name",
+    ),
+    # elementwise
+    "nn.relu": _FEATURES,
+    "nn.relu6": _FEATURES,
+    "nn.elu": _FEATURES,
+    "nn.selu": _FEATURES,
+    "math.softplus": _FEATURES,
+    "nn.silu": ("features", "beta"),
+    "nn.gelu": ("features", "approximate", "name"),
+    "nn.leaky_relu": ("features", "alpha", "name"),
+    "math.sigmoid": _X,
+    "math.tanh": _X,
+    "math.exp": _X,
+    "math.log": _X,
+    "math.sqrt": _X,
+    "math.rsqrt": _X,
+    "math.abs": _X,
+    "math.square": _X,
+    "math.negative": _X,
+    "clip_by_value": ("t", "clip_value_min", "clip_value_max", "name"),
+    # reductions and softmax
+    "math.reduce_mean": _REDUCE,
+    "math.reduce_sum": _REDUCE,
+    "math.reduce_max": _REDUCE,
+    "math.reduce_min": _REDUCE,
+    "math.reduce_prod": _REDUCE,
+    "nn.softmax": ("logits", "axis", "name"),
+    # shapes
+    "__operators__.getitem": ("tensor", "slice_spec", "var"),
+    "concat": ("values", "axis", "name"),
+    "reshape": ("tensor", "shape", "name"),
+    "transpose": ("a", "perm", "conjugate", "name"),
+    "compat.v1.transpose": ("a", "perm", "name", "conjugate"),
+    "expand_dims": ("input", "axis", "name"),
+    "squeeze": ("input", "axis", "name"),
+    "compat.v1.squeeze": ("input", "axis", "name", "squeeze_dims"),
+}
+
+
+def _constant(value):
+    """A 0-d array constant (``2. * x`` stores ``array(2.)``) as a plain Python number."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        return value.item()
+    return value
+
+
+def _bind(node: Node, required=(), defaults: dict | None = None, fixed: dict | None = None) -> dict:
+    """Bind a TF call's positional and keyword arguments to the symbol's signature.
+
+    ``required`` names the arguments the TF function has no default for; ``defaults``
+    are the TF defaults of the arguments the lowering implements; ``fixed`` are
+    arguments it only supports at one (no-op) value.  ``name`` is dropped.
+    """
+    params = SIGNATURES[node.class_name]
+    shown = ", ".join(p for p in params if p != "name")
+    if len(node.args) > len(params):
+        raise Unsupported(f"tf.{node.class_name} positional arguments", len(node.args), shown)
     bound = dict(defaults or {})
-    for name, value in zip(names, node.args):
-        bound[name] = value
-    for key, value in node.kwargs.items():
-        if key not in names:
-            raise Unsupported(f"tf.{node.class_name} argument {key}", value, ", ".join(names))
-        bound[key] = value
+    for key, value in [*zip(params, node.args), *node.kwargs.items()]:
+        if key not in params:
+            raise Unsupported(f"tf.{node.class_name} argument {key}", value, shown)
+        bound[key] = _constant(value)
+    bound.pop("name", None)
+    for key, value in (fixed or {}).items():
+        if key in bound and (got := bound.pop(key)) != value:
+            raise Unsupported(f"tf.{node.class_name} argument {key}", got, repr(value))
+    for key in required:
+        if key not in bound:
+            raise Unsupported(f"tf.{node.class_name} argument {key}", None, "a value")
+    unknown = set(bound) - set(required) - set(defaults or {})
+    if unknown:
+        key = min(unknown)
+        raise Unsupported(f"tf.{node.class_name} argument {key}", bound[key], "its default")
     return bound
 
 
@@ -31,94 +133,123 @@ def _axis(value):
     return None if value is None else int(value)
 
 
+def _tf(*symbols: str):
+    return register(*symbols, family="tf_ops", kind="tfop", sources=_ONLY_TF)
+
+
 _BINARY = {
     "__operators__.add": "+",
     "math.add": "+",
     "math.subtract": "-",
-    "__operators__.sub": "-",
     "math.multiply": "*",
-    "__operators__.mul": "*",
     "math.truediv": "/",
     "math.divide": "/",
-    "__operators__.truediv": "/",
     "math.pow": "**",
-    "__operators__.pow": "**",
     "math.floordiv": "//",
-    "linalg.matmul": "@",
+    "compat.v1.floor_div": "//",
+    "math.floormod": "%",
 }
 
 
+@_tf(*_BINARY)
 def lower_tf_binary(node: Node) -> Lowered:
-    b = _bind(node, "x", "y")
+    b = _bind(node, ("x", "y"))
     return Lowered(BinOp(_BINARY[node.class_name], b["x"], b["y"]))
 
 
-for _symbol in _BINARY:
-    register(_symbol, family="tf_ops", kind="tfop", sources=_ONLY_TF)(lower_tf_binary)
+_MATMUL_FIXED = {
+    k: False
+    for k in (
+        "transpose_a",
+        "transpose_b",
+        "adjoint_a",
+        "adjoint_b",
+        "a_is_sparse",
+        "b_is_sparse",
+        "grad_a",
+        "grad_b",
+    )
+}
+
+
+@_tf("linalg.matmul")
+def lower_tf_matmul(node: Node) -> Lowered:
+    b = _bind(node, ("a", "b"), fixed={**_MATMUL_FIXED, "output_type": None})
+    return Lowered(BinOp("@", b["a"], b["b"]))
+
+
+@_tf("math.maximum", "math.minimum")
+def lower_tf_maximum(node: Node) -> Lowered:
+    b = _bind(node, ("x", "y"))
+    fn = "jnp.maximum" if node.class_name == "math.maximum" else "jnp.minimum"
+    return Lowered(Call(Sym(fn), (b["x"], b["y"])))
 
 
 _UNARY = {
     "nn.relu": "jax.nn.relu",
     "nn.relu6": "jax.nn.relu6",
-    "nn.silu": "jax.nn.silu",
-    "nn.swish": "jax.nn.silu",
     "nn.elu": "jax.nn.elu",
     "nn.selu": "jax.nn.selu",
-    "nn.gelu": None,  # needs approximate handling below
+    "math.softplus": "jax.nn.softplus",
     "math.sigmoid": "jax.nn.sigmoid",
-    "nn.sigmoid": "jax.nn.sigmoid",
     "math.tanh": "jnp.tanh",
-    "nn.tanh": "jnp.tanh",
     "math.exp": "jnp.exp",
     "math.log": "jnp.log",
     "math.sqrt": "jnp.sqrt",
-    "math.rsqrt": "jax.lax.rsqrt",
+    "math.rsqrt": "lax.rsqrt",
     "math.abs": "jnp.abs",
     "math.square": "jnp.square",
-    "math.softplus": "jax.nn.softplus",
-    "nn.softplus": "jax.nn.softplus",
 }
 
 
+@_tf(*_UNARY)
 def lower_tf_unary(node: Node) -> Lowered:
-    b = _bind(node, "x")
-    return Lowered(Call(Sym(_UNARY[node.class_name]), (b["x"],)))
+    (x,) = _bind(node, (SIGNATURES[node.class_name][0],)).values()
+    return Lowered(Call(Sym(_UNARY[node.class_name]), (x,)))
 
 
-for _symbol, _fn in _UNARY.items():
-    if _fn is not None:
-        register(_symbol, family="tf_ops", kind="tfop", sources=_ONLY_TF)(lower_tf_unary)
-
-
-@register("nn.gelu", family="tf_ops", kind="tfop", sources=_ONLY_TF)
-def lower_tf_gelu(node: Node) -> Lowered:
-    b = _bind(node, "features", "approximate", defaults={"approximate": False})
-    return Lowered(Call(Sym("jax.nn.gelu"), (b["features"],), {"approximate": bool(b["approximate"])}))
-
-
-@register("math.negative", "__operators__.neg", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("math.negative")
 def lower_tf_negative(node: Node) -> Lowered:
-    return Lowered(Neg(_bind(node, "x")["x"]))
+    return Lowered(Neg(_bind(node, ("x",))["x"]))
 
 
-@register("math.maximum", "math.minimum", family="tf_ops", kind="tfop", sources=_ONLY_TF)
-def lower_tf_maximum(node: Node) -> Lowered:
-    b = _bind(node, "x", "y")
-    fn = "jnp.maximum" if node.class_name == "math.maximum" else "jnp.minimum"
-    return Lowered(Call(Sym(fn), (b["x"], b["y"])))
+@_tf("nn.silu")
+def lower_tf_silu(node: Node) -> Lowered:
+    """``features * sigmoid(beta * features)``."""
+    b = _bind(node, ("features",), {"beta": 1.0})
+    x, beta = b["features"], b["beta"]
+    if not isinstance(beta, (int, float)):
+        raise Unsupported("tf.nn.silu argument beta", beta, "a constant")
+    if float(beta) == 1.0:
+        return Lowered(Call(Sym("jax.nn.silu"), (x,)))
+    return Lowered(BinOp("*", x, Call(Sym("jax.nn.sigmoid"), (BinOp("*", float(beta), x),))))
 
 
-@register("__operators__.getitem", family="tf_ops", kind="tfop", sources=_ONLY_TF)
-def lower_tf_getitem(node: Node) -> Lowered:
-    x, key = node.args[0], node.args[1] if len(node.args) > 1 else node.kwargs["slice_spec"]
-    if isinstance(key, list):
-        key = tuple(key)
-    return Lowered(Index(x, key))
+@_tf("nn.gelu")
+def lower_tf_gelu(node: Node) -> Lowered:
+    b = _bind(node, ("features",), {"approximate": False})
+    return Lowered(
+        Call(Sym("jax.nn.gelu"), (b["features"],), {"approximate": bool(b["approximate"])})
+    )
+
+
+@_tf("nn.leaky_relu")
+def lower_tf_leaky_relu(node: Node) -> Lowered:
+    b = _bind(node, ("features",), {"alpha": 0.2})
+    return Lowered(
+        Call(Sym("jax.nn.leaky_relu"), (b["features"],), {"negative_slope": float(b["alpha"])})
+    )
+
+
+@_tf("clip_by_value")
+def lower_tf_clip(node: Node) -> Lowered:
+    b = _bind(node, ("t", "clip_value_min", "clip_value_max"))
+    return Lowered(Call(Sym("jnp.clip"), (b["t"], b["clip_value_min"], b["clip_value_max"])))
 
 
 def _reduce(fn: str):
     def lower_tf_reduce(node: Node) -> Lowered:
-        b = _bind(node, "input_tensor", "axis", "keepdims", defaults={"axis": None, "keepdims": False})
+        b = _bind(node, ("input_tensor",), {"axis": None, "keepdims": False})
         kwargs = {}
         if b["axis"] is not None:
             kwargs["axis"] = _axis(b["axis"])
@@ -137,53 +268,61 @@ for _symbol, _fn in {
     "math.reduce_min": "jnp.min",
     "math.reduce_prod": "jnp.prod",
 }.items():
-    register(_symbol, family="tf_ops", kind="tfop", sources=_ONLY_TF)(_reduce(_fn))
+    _tf(_symbol)(_reduce(_fn))
 
 
-@register("nn.softmax", "math.softmax", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("nn.softmax")
 def lower_tf_softmax(node: Node) -> Lowered:
-    b = _bind(node, "logits", "axis", defaults={"axis": None})
+    b = _bind(node, ("logits",), {"axis": None})
     axis = -1 if b["axis"] is None else _axis(b["axis"])
     kwargs = {} if axis == -1 else {"axis": axis}
     return Lowered(Call(Sym("jax.nn.softmax"), (b["logits"],), kwargs))
 
 
-@register("concat", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("__operators__.getitem")
+def lower_tf_getitem(node: Node) -> Lowered:
+    """``tensor[slice_spec]``; a list spec (as tf.keras stores it) indexes like a tuple."""
+    b = _bind(node, ("tensor", "slice_spec"), fixed={"var": None})
+    key = b["slice_spec"]
+    if isinstance(key, list):
+        key = tuple(key)
+    return Lowered(Index(b["tensor"], key))
+
+
+@_tf("concat")
 def lower_tf_concat(node: Node) -> Lowered:
-    b = _bind(node, "values", "axis")
+    b = _bind(node, ("values", "axis"))
     return Lowered(Call(Sym("jnp.concatenate"), (list(b["values"]),), {"axis": int(b["axis"])}))
 
 
-@register("reshape", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("reshape")
 def lower_tf_reshape(node: Node) -> Lowered:
-    b = _bind(node, "tensor", "shape")
+    """``tf.reshape``'s shape includes the batch dimension (usually ``-1``)."""
+    b = _bind(node, ("tensor", "shape"))
     shape = b["shape"]
-    if isinstance(shape, list):
-        shape = tuple(shape)
+    if isinstance(shape, (list, np.ndarray)):
+        shape = tuple(_constant(np.asarray(s)) if isinstance(s, np.ndarray) else s for s in shape)
     return Lowered(Call(Sym("jnp.reshape"), (b["tensor"], shape)))
 
 
-@register("transpose", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("transpose", "compat.v1.transpose")
 def lower_tf_transpose(node: Node) -> Lowered:
-    b = _bind(node, "a", "perm", "conjugate", defaults={"perm": None, "conjugate": False})
+    """No ``perm`` reverses every axis, the batch axis included, as TF does."""
+    b = _bind(node, ("a",), {"perm": None}, fixed={"conjugate": False})
     perm = None if b["perm"] is None else tuple(int(p) for p in b["perm"])
     return Lowered(Call(Sym("jnp.transpose"), (b["a"], perm) if perm else (b["a"],)))
 
 
-@register("expand_dims", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("expand_dims")
 def lower_tf_expand_dims(node: Node) -> Lowered:
-    b = _bind(node, "input", "axis")
+    b = _bind(node, ("input", "axis"))
     return Lowered(Call(Sym("jnp.expand_dims"), (b["input"],), {"axis": _axis(b["axis"])}))
 
 
-@register("compat.v1.squeeze", "squeeze", family="tf_ops", kind="tfop", sources=_ONLY_TF)
+@_tf("squeeze", "compat.v1.squeeze")
 def lower_tf_squeeze(node: Node) -> Lowered:
-    b = _bind(node, "input", "axis", defaults={"axis": None})
-    kwargs = {} if b["axis"] is None else {"axis": _axis(b["axis"])}
+    """``squeeze_dims`` is tf.compat.v1's deprecated alias of ``axis``."""
+    b = _bind(node, ("input",), {"axis": None, "squeeze_dims": None})
+    axis = b["axis"] if b["axis"] is not None else b["squeeze_dims"]
+    kwargs = {} if axis is None else {"axis": _axis(axis)}
     return Lowered(Call(Sym("jnp.squeeze"), (b["input"],), kwargs))
-
-
-@register("clip_by_value", family="tf_ops", kind="tfop", sources=_ONLY_TF)
-def lower_tf_clip(node: Node) -> Lowered:
-    b = _bind(node, "t", "clip_value_min", "clip_value_max")
-    return Lowered(Call(Sym("jnp.clip"), (b["t"], b["clip_value_min"], b["clip_value_max"])))

@@ -1,0 +1,130 @@
+"""``kgen verify --all``: check every application, one subprocess per model.
+
+Each model runs in its own ``kgen verify NAME --json`` process, so TensorFlow's and
+JAX's memory is returned to the system between models and one failure cannot take the
+run down.  Peak memory is the largest single model's, well under 16 GB on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CatalogRow", "run_catalog", "markdown_table", "text_table"]
+
+
+@dataclass
+class CatalogRow:
+    name: str
+    source: str
+    params: int | None
+    layers: int | None
+    seconds: float | None  # conversion time (trace + lower + render + format)
+    max_rel: float | None
+    top1: float | None
+    ok: bool
+    error: str = ""
+    wall: float = 0.0  # whole verify run, Keras build and XLA compile included
+
+
+def _verify_one(name: str, seed: int, timeout: float) -> CatalogRow:
+    from kgen.tracer.catalog import APPLICATIONS
+
+    source = APPLICATIONS[name].source
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "kgen.cli", "verify", name, "--json", "--seed", str(seed)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return CatalogRow(name, source, None, None, None, None, None, False, "timeout")
+    wall = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return CatalogRow(name, source, None, None, None, None, None, False, err[:200], wall)
+    data = json.loads(lines[-1])
+    top1 = [o["top1"] for o in data["outputs"] if o.get("top1") is not None]
+    return CatalogRow(
+        name=name,
+        source=source,
+        params=data.get("params"),
+        layers=data.get("layers"),
+        seconds=data.get("convert_seconds"),
+        max_rel=data["max_rel"],
+        top1=min(top1) if top1 else None,
+        ok=bool(data["ok"]) and proc.returncode == 0,
+        wall=wall,
+    )
+
+
+def run_catalog(names, *, seed: int = 0, timeout: float = 1800.0, progress=None) -> list[CatalogRow]:
+    rows = []
+    for name in names:
+        if progress is not None:
+            progress(name, None)
+        row = _verify_one(name, seed, timeout)
+        rows.append(row)
+        if progress is not None:
+            progress(name, row)
+    return rows
+
+
+def _fmt(row: CatalogRow) -> list[str]:
+    return [
+        row.name,
+        row.source,
+        "" if row.params is None else f"{row.params / 1e6:.1f}M",
+        "" if row.layers is None else str(row.layers),
+        "" if row.seconds is None else f"{row.seconds:.1f}",
+        "" if row.max_rel is None else f"{row.max_rel:.2e}",
+        "" if row.top1 is None else f"{row.top1:.0%}",
+        "pass" if row.ok else f"FAIL{': ' + row.error if row.error else ''}",
+    ]
+
+
+HEADER = ["model", "keras", "params", "layers", "convert s", "max rel err", "top-1", "result"]
+
+
+def summary(rows: list[CatalogRow]) -> str:
+    passed = sum(r.ok for r in rows)
+    worst = max((r.max_rel for r in rows if r.max_rel is not None), default=float("nan"))
+    return f"{passed}/{len(rows)} passed, worst relative error {worst:.2e} (tolerance 1e-4)"
+
+
+def text_table(rows: list[CatalogRow]) -> str:
+    table = [HEADER] + [_fmt(r) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(HEADER))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + ["", summary(rows)])
+
+
+def markdown_table(rows: list[CatalogRow], command: str) -> str:
+    lines = [
+        "# kgen catalog parity",
+        "",
+        f"Produced by `{command}`. Every Keras variable (BatchNorm statistics, gammas,",
+        "betas and biases included) is set to random values, Keras and the generated Flax",
+        "module run on the same random batch (2 images, CPU), and the relative error is",
+        "`max|flax - keras| / max|keras|` on the logits (`classifier_activation=None`).",
+        "",
+        "| " + " | ".join(HEADER) + " |",
+        "|" + "|".join("---" for _ in HEADER) + "|",
+    ]
+    lines += ["| " + " | ".join(_fmt(r)) + " |" for r in rows]
+    lines += ["", summary(rows), ""]
+    return "\n".join(lines)
+
+
+def write_markdown(rows, path: str | os.PathLike, command: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(markdown_table(rows, command), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Worked examples shipped with kgen (a real trained model, converted and checked offline)."""

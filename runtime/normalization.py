@@ -1,0 +1,142 @@
+"""Keras ``LayerNormalization`` and ``Normalization`` (the preprocessing layer), and
+``GroupNormalization`` and ``UnitNormalization``.
+
+Both reproduce Keras 3's own inference formulas rather than Flax's ``LayerNorm``:
+the statistics and the order of operations are Keras's, so results match to rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["LayerNorm", "Normalization", "normalize", "GroupNorm", "l2_normalize"]
+
+#: ``keras.backend.epsilon()``, the floor under the standard deviation in ``Normalization``.
+KERAS_EPSILON = 1e-7
+
+
+def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> list[int]:
+    shape = [1] * ndim
+    for a, s in zip(axes, sizes):
+        shape[a] = s
+    return shape
+
+
+class LayerNorm(nn.Module):
+    """Keras 3 ``LayerNormalization`` over ``axis`` (one axis or several).
+
+    Keras computes ``inv = rsqrt(var + eps) * gamma`` and ``x * inv + (beta - mean * inv)``
+    with the biased variance about the mean (``tf.nn.moments``); Flax's ``LayerNorm``
+    computes ``(x - mean) * inv + beta`` with a different epsilon default.
+    ``rms_scaling`` is Keras's deprecated variant: ``x * rsqrt(var + eps) * gamma``, where
+    ``var`` is still the variance about the mean, and there is no ``beta``.
+    ``scale``/``bias`` have the shape of the normalised dims.
+    """
+
+    axis: Sequence[int] = (-1,)
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+    rms_scaling: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        axes = tuple(sorted(a % x.ndim for a in self.axis))
+        feature_shape = tuple(x.shape[a] for a in axes)
+        shape = _broadcast_shape(x.ndim, axes, feature_shape)
+        use_gamma = self.scale or self.rms_scaling
+        use_beta = self.center and not self.rms_scaling
+        gamma = self.param("scale", nn.initializers.ones, feature_shape) if use_gamma else None
+        beta = self.param("bias", nn.initializers.zeros, feature_shape) if use_beta else None
+        mean = jnp.mean(x, axis=axes, keepdims=True)
+        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+        inv = lax.rsqrt(var + self.epsilon)
+        if self.rms_scaling:
+            return x * inv * gamma.reshape(shape)
+        if gamma is not None:
+            inv = inv * gamma.reshape(shape)
+        shift = -mean * inv
+        if beta is not None:
+            shift = shift + beta.reshape(shape)
+        return x * inv + shift
+
+
+def normalize(x, mean, variance, invert: bool = False):
+    """Keras ``Normalization``: ``(x - mean) / max(sqrt(variance), 1e-7)``, or with
+    ``invert`` the inverse ``mean + x * max(sqrt(variance), 1e-7)``.  ``mean`` and
+    ``variance`` must already broadcast against ``x``."""
+    std = jnp.maximum(jnp.sqrt(variance), KERAS_EPSILON)
+    if invert:
+        return mean + x * std
+    return (x - mean) / std
+
+
+class Normalization(nn.Module):
+    """Keras ``Normalization`` whose statistics are weights (built without ``mean=`` /
+    ``variance=``, then adapted or loaded; EfficientNet's input normalisation).
+
+    The statistics are not trainable in Keras, so they live in the ``batch_stats``
+    collection (next to BatchNorm's moving statistics, which training loops already
+    thread through) as ``mean`` and ``variance``, shaped like the kept ``axis`` dims.
+    The module never changes them.
+    """
+
+    axis: Sequence[int] = (-1,)
+    invert: bool = False
+
+    @nn.compact
+    def __call__(self, x):
+        axes = tuple(sorted(a % x.ndim for a in self.axis))
+        feature_shape = tuple(x.shape[a] for a in axes)
+        shape = _broadcast_shape(x.ndim, axes, feature_shape)
+        mean = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
+        var = self.variable("batch_stats", "variance", jnp.ones, feature_shape, jnp.float32)
+        return normalize(x, mean.value.reshape(shape), var.value.reshape(shape), self.invert)
+
+
+class GroupNorm(nn.Module):
+    """Keras ``GroupNormalization``: channels ``axis`` split into ``groups`` contiguous
+    groups, each normalised over every other non-batch dim with the biased variance.
+
+    Keras's formula ``inv = rsqrt(var + eps) * gamma``, ``x * inv + (beta - mean * inv)``
+    (Flax's ``GroupNorm`` computes ``(x - mean) * inv + beta`` and its variance as
+    ``E[x^2] - E[x]^2``).  ``scale``/``bias`` have one entry per channel.
+    """
+
+    groups: int
+    axis: int = -1
+    epsilon: float = 1e-3
+    center: bool = True
+    scale: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        axis = self.axis % x.ndim
+        channels = x.shape[axis]
+        gamma = self.param("scale", nn.initializers.ones, (channels,)) if self.scale else None
+        beta = self.param("bias", nn.initializers.zeros, (channels,)) if self.center else None
+        per_group = (self.groups, channels // self.groups)
+        grouped = x.reshape(x.shape[:axis] + per_group + x.shape[axis + 1 :])
+        reduce = tuple(i for i in range(1, grouped.ndim) if i != axis)
+        mean = jnp.mean(grouped, axis=reduce, keepdims=True)
+        var = jnp.mean(jnp.square(grouped - mean), axis=reduce, keepdims=True)
+        shape = _broadcast_shape(grouped.ndim, (axis, axis + 1), per_group)
+        inv = lax.rsqrt(var + self.epsilon)
+        if gamma is not None:
+            inv = inv * gamma.reshape(shape)
+        shift = -mean * inv
+        if beta is not None:
+            shift = shift + beta.reshape(shape)
+        return (grouped * inv + shift).reshape(x.shape)
+
+
+def l2_normalize(x, axis=-1, epsilon=1e-12):
+    """Keras ``ops.normalize(order=2)``: ``x * min(rsqrt(sum(x^2)), 1 / epsilon)``, so an
+    all-zero slice stays zero.  ``UnitNormalization`` uses ``epsilon=1e-12``, ``Dot``'s
+    ``normalize`` Keras's default ``1e-7``."""
+    square_sum = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+    return x * jnp.minimum(lax.rsqrt(square_sum), 1.0 / epsilon)
