@@ -51,11 +51,20 @@ def randomize(model, seed: int = 0) -> int:
     Returns the number of variables changed.  Works for Keras 3 and tf.keras models.
     """
     rng = np.random.default_rng(seed)
+    # Keras 3 names a DepthwiseConv kernel plain "kernel": its fan-in is kh*kw, not
+    # kh*kw*C.  Scaled as a dense kernel it shrinks the signal sqrt(C)-fold per block
+    # until the output of a deep model no longer depends on its input.
+    depthwise = {
+        id(layer.kernel)
+        for layer in model._flatten_layers(include_self=False)
+        if type(layer).__name__.startswith("DepthwiseConv") and hasattr(layer, "kernel")
+    }
     n = 0
     for v in model.weights:
         shape = tuple(int(d) for d in v.shape)
         dtype = getattr(v.dtype, "as_numpy_dtype", v.dtype)
-        v.assign(random_value(_leaf_name(v), shape, dtype, rng))
+        name = "depthwise_kernel" if id(v) in depthwise else _leaf_name(v)
+        v.assign(random_value(name, shape, dtype, rng))
         n += 1
     # Layers that cache values derived from their weights (Normalization's mean and
     # variance) refresh them in finalize_state(), as loading weights does.

@@ -17,10 +17,21 @@ from helpers import assert_parity, rand
 PIXELS = ("EfficientNet", "MobileNetV3", "ConvNeXt")
 
 
-def check(name, **options):
-    """Build ``keras.applications.<name>`` (no weights, logits), compare, return the report."""
+def check(name, *, taps=8, **options):
+    """Build ``keras.applications.<name>`` (no weights, logits), compare, return the report.
+
+    Besides the logits, ``taps`` evenly spaced layer outputs are compared (a multi-output
+    model over the same layers): with random weights the signal of a deep model without
+    residuals (EfficientNet, MobileNetV3) fades until its logits barely depend on the
+    input, and an error in an early layer would hide behind the constant part.
+    """
     model = getattr(keras.applications, name)(weights=None, classifier_activation=None, **options)
-    _, h, w, c = model.input_shape  # MobileNetV3 leaves h, w None unless given
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    step = max(len(layers) // (taps + 1), 1)
+    tapped = [layer.output for layer in layers[step::step][:taps]]
+    if tapped:
+        model = keras.Model(model.inputs, [model.output, *tapped])
+    _, h, w, c = model.inputs[0].shape  # MobileNetV3 leaves h, w None unless given
     h, w = h or 224, w or 224
     pixels = name.startswith(PIXELS) and options.get("include_preprocessing", True)
     low, high = (0.0, 255.0) if pixels else (-1.0, 1.0)
@@ -45,8 +56,18 @@ def test_smallest(name):
     check(name, input_shape=SMALLEST[name])
 
 
-# Option variants: two cheap ones in the default suite, the rest in the catalog.
+# Option variants: the cheap ones in the default suite, the rest in the catalog.
 OPTIONS = [
+    ("EfficientNetB0", {"input_shape": (64, 64, 3), "include_top": False, "pooling": "avg"}),
+    (
+        "ConvNeXtTiny",
+        {
+            "input_shape": (64, 64, 3),
+            "include_top": False,
+            "pooling": None,
+            "include_preprocessing": False,
+        },
+    ),
     ("MobileNetV3Small", {"input_shape": (64, 64, 3), "alpha": 0.75, "minimalistic": True}),
     (
         "MobileNetV3Small",
@@ -66,7 +87,7 @@ CATALOG_OPTIONS = [
         {"input_shape": (96, 96, 3), "minimalistic": True, "pooling": "avg", "include_top": False},
     ),
     ("MobileNetV3Large", {"input_shape": (96, 96, 3), "minimalistic": True, "alpha": 0.75}),
-    ("EfficientNetB0", {"input_shape": (96, 96, 3), "include_top": False, "pooling": "avg"}),
+    ("EfficientNetB0", {"input_shape": (96, 96, 3), "include_top": False, "pooling": "max"}),
     ("EfficientNetB0", {"input_shape": (160, 160, 3), "classes": 10}),
     (
         "EfficientNetV2B0",

@@ -88,3 +88,84 @@ def test_conv3d_net_from_keras_file(tmp_path):
     model = conv3d_net()
     x = rand(3, 8, 10, 6, 2, seed=12)
     _assert_file_parity(model, tmp_path, [x])
+
+
+def causal_audio_net():
+    """A WaveNet-style 1-D net on raw audio: causal Conv1D with growing dilation, BN,
+    ReLU, a residual add, GlobalAveragePooling1D and Dense logits."""
+    inputs = keras.Input((64, 1), name="waveform")
+    x = L.Conv1D(8, 3, padding="causal", name="stem")(inputs)
+    for i, dilation in enumerate((2, 4)):
+        y = L.Conv1D(8, 3, padding="causal", dilation_rate=dilation, name=f"dil{dilation}")(x)
+        y = L.BatchNormalization(name=f"bn{i}")(y)
+        y = L.ReLU(name=f"relu{i}")(y)
+        x = L.Add(name=f"res{i}")([x, y])
+    x = L.GlobalAveragePooling1D(name="gap")(x)
+    logits = L.Dense(5, name="logits")(x)
+    return keras.Model(inputs, logits, name="causal_audio_net")
+
+
+def test_causal_audio_net_from_keras_file(tmp_path):
+    model = causal_audio_net()
+    x = rand(3, 64, 1, seed=13)
+    conversion = _assert_file_parity(model, tmp_path, [x])
+    assert 'padding="CAUSAL", kernel_dilation=(4,)' in conversion.source
+
+
+def _sinusoids(steps: int, dim: int) -> np.ndarray:
+    pos = np.arange(steps)[:, None]
+    freq = np.exp(-np.log(10000.0) * (np.arange(0, dim, 2) / dim))
+    table = np.zeros((steps, dim), np.float32)
+    table[:, 0::2], table[:, 1::2] = np.sin(pos * freq), np.cos(pos * freq)
+    return table
+
+
+def tiny_transformer(vocab=30, steps=10, dim=16):
+    """Token embedding plus sinusoidal positions (an ops Add with a constant), two
+    post-norm encoder blocks (MultiHeadAttention, residuals, LayerNormalization, a
+    rank-3 Dense feed-forward with gelu; the second block causal), mean pooling and
+    Dense logits."""
+    tokens = keras.Input((steps,), dtype="int32", name="tokens")
+    x = L.Embedding(vocab, dim, name="tok_emb")(tokens)
+    x = x + _sinusoids(steps, dim)
+    for i, causal in enumerate((False, True)):
+        attn = L.MultiHeadAttention(num_heads=2, key_dim=8, name=f"mha{i}")(
+            x, x, use_causal_mask=causal
+        )
+        x = L.LayerNormalization(epsilon=1e-6, name=f"ln{i}a")(x + attn)
+        ff = L.Dense(32, activation="gelu", name=f"ff{i}a")(x)
+        ff = L.Dense(dim, name=f"ff{i}b")(keras.ops.gelu(ff))
+        x = L.LayerNormalization(epsilon=1e-6, name=f"ln{i}b")(L.Add(name=f"res{i}")([x, ff]))
+    x = L.GlobalAveragePooling1D(name="pool")(x)
+    logits = L.Dense(4, name="logits")(x)
+    return keras.Model(tokens, logits, name="tiny_transformer")
+
+
+def test_tiny_transformer_from_keras_file(tmp_path):
+    model = tiny_transformer()
+    tokens = np.random.default_rng(14).integers(0, 30, size=(3, 10)).astype(np.int32)
+    conversion = _assert_file_parity(model, tmp_path, [tokens])
+    assert conversion.source.count("rt.MultiHeadAttention(") == 2
+    assert "use_causal_mask=True" in conversion.source
+
+
+def rnn_text_classifier(vocab=40, steps=12):
+    """Padded token ids (0 = padding, ``mask_zero``), a bidirectional LSTM over the
+    sequence, a GRU reading its outputs (both masked), Dense logits."""
+    tokens = keras.Input((steps,), dtype="int32", name="tokens")
+    x = L.Embedding(vocab, 12, mask_zero=True, name="emb")(tokens)
+    x = L.Bidirectional(L.LSTM(8, return_sequences=True), name="bilstm")(x)
+    x = L.GRU(6, name="gru")(x)
+    x = L.Dropout(0.2, name="drop")(x)
+    logits = L.Dense(3, name="logits")(x)
+    return keras.Model(tokens, logits, name="rnn_text_classifier")
+
+
+def test_rnn_text_classifier_from_keras_file(tmp_path):
+    model = rnn_text_classifier()
+    tokens = np.random.default_rng(15).integers(1, 40, size=(4, 12)).astype(np.int32)
+    tokens[0, 7:] = 0  # padded sentences of different lengths
+    tokens[1, 3:] = 0
+    tokens[3, 11:] = 0
+    conversion = _assert_file_parity(model, tmp_path, [tokens])
+    assert conversion.source.count("mask=") == 2

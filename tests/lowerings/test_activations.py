@@ -7,6 +7,7 @@ import keras
 import numpy as np
 import pytest
 from helpers import assert_layer_parity, rand
+
 from kgen.codegen.lowerings.activations import SUPPORTED
 
 SHAPE = (5, 6)

@@ -3,10 +3,10 @@
 import keras
 import pytest
 from helpers import assert_layer_parity, one_layer_model
-from kgen.codegen import generate
-from kgen.tracer import trace
 
+from kgen.codegen import generate
 from kgen.errors import UnsupportedError
+from kgen.tracer import trace
 
 
 @pytest.mark.parametrize(
