@@ -4,6 +4,9 @@ Light on purpose: it never imports Keras or TensorFlow.
 """
 
 from kgen.runtime.applications import LayerScale
+from kgen.runtime.categorical import discretize, encode_categorical
+from kgen.runtime.einsum import EinsumDense
+from kgen.runtime.image import auto_contrast
 from kgen.runtime.layers import BatchNorm, PReLU, SeparableConv
 from kgen.runtime.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
@@ -28,6 +31,7 @@ from kgen.runtime.ops import (
     tanh_shrink,
     zero_pad,
 )
+from kgen.runtime.pooling import adaptive_pool
 from kgen.runtime.preprocessing import decode_predictions, preprocess_input
 from kgen.runtime.resampling import center_crop, resize, upsample
 from kgen.runtime.variables import check_variables, load_variables, save_variables
@@ -71,4 +75,9 @@ __all__ = [
     "zero_pad",
     "preprocess_input",
     "decode_predictions",
+    "adaptive_pool",
+    "auto_contrast",
+    "discretize",
+    "EinsumDense",
+    "encode_categorical",
 ]

@@ -1,4 +1,4 @@
-"""Core layers: Dense, Dropout and its inference-time identities, Rescaling, Identity."""
+"""Core layers: Dense, EinsumDense, Dropout and inference-time identities, Rescaling, Identity."""
 
 from __future__ import annotations
 
@@ -118,3 +118,24 @@ def lower_spatial_dropout(node: Node) -> Lowered:
 def lower_activity_regularization(node: Node) -> Lowered:
     """Only adds a loss term in Keras; an identity on values."""
     return Lowered(node.input)
+
+
+@register(
+    "EinsumDense",
+    family="core",
+    handles={"equation", "output_shape", "bias_axes", "activation"},
+    requires={"lora_rank": None, "lora_alpha": None, "quantization_config": None},
+    sources=("keras3",),
+)
+def lower_einsum_dense(node: Node) -> Lowered:
+    """``einsum(equation, x, kernel) + bias`` with Keras's kernel and bias shapes."""
+    c = node.config
+    kernel = node.weight("kernel")
+    params = {"kernel": kernel}
+    kwargs = {}
+    if "bias" in node.weights:
+        params["bias"] = node.weight("bias")
+        kwargs["bias_shape"] = tuple(params["bias"].shape)
+    module = Module(Sym("rt.EinsumDense"), (str(c["equation"]), tuple(kernel.shape)), kwargs)
+    expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
+    return Lowered(expr, module=module, variables={"params": params})

@@ -1,4 +1,4 @@
-"""Pooling: Max/AveragePooling1D/2D/3D and the global poolings.
+"""Pooling: Max/AveragePooling1D/2D/3D, the global and the adaptive poolings.
 
 Keras ``strides=None`` means strides = pool_size (Flax: 1), and 'same' average pooling
 divides by the count of real cells (Flax: ``count_include_pad=False``).
@@ -75,3 +75,25 @@ def lower_global_average_pooling(node: Node) -> Lowered:
         return _global(node, "jnp.mean")
     # Keras: the sum over the unmasked steps / their count (NaN when all are masked).
     return _global(node, "jnp.mean", where=Index(mask, (slice(None), slice(None), None)))
+
+
+@register(
+    "AdaptiveAveragePooling1D",
+    "AdaptiveAveragePooling2D",
+    "AdaptiveAveragePooling3D",
+    "AdaptiveMaxPooling1D",
+    "AdaptiveMaxPooling2D",
+    "AdaptiveMaxPooling3D",
+    family="pooling",
+    handles={"output_size", "data_format"},
+    sources=("keras3",),
+    notes="bin i of n -> m covers [floor(i*n/m), ceil((i+1)*n/m)) (rt.adaptive_pool)",
+)
+def lower_adaptive_pooling(node: Node) -> Lowered:
+    c = node.config
+    channels_last(c)
+    n = _RANK[node.class_name[-2:]]
+    output_size = ntuple(c["output_size"], n, "output_size")
+    reduce = "max" if node.class_name.startswith("AdaptiveMax") else "mean"
+    kwargs = {"reduce": "max"} if reduce == "max" else {}
+    return Lowered(Call(Sym("rt.adaptive_pool"), (node.input, output_size), kwargs))

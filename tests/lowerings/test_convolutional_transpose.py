@@ -4,7 +4,7 @@
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_parity, assert_parity, one_layer_model, rand
+from helpers import assert_layer_parity, one_layer_model, rand, tf_keras_layer_parity
 
 import kgen
 from kgen.verify import randomize
@@ -118,14 +118,6 @@ def test_dilated_conv_transpose_matches_keras_jax_backend(layer_class, kwargs, s
 )
 def test_conv3d(kwargs):
     assert_layer_parity(keras.layers.Conv3D(**kwargs), (5, 6, 4, 2))
-
-
-def tf_keras_layer_parity(make_layer, *shapes, dtype="float32", inputs=None):
-    """The same one-layer check with legacy tf.keras (``tf_keras``) building the model."""
-    tfk = pytest.importorskip("tf_keras")
-    ins = [tfk.Input(s, dtype=dtype) for s in shapes]
-    x = ins if len(ins) > 1 else ins[0]
-    return assert_parity(tfk.Model(x, make_layer(tfk.layers)(x)), inputs=inputs)
 
 
 @pytest.mark.parametrize(

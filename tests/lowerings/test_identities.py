@@ -6,7 +6,7 @@ import jax
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_parity, assert_parity, rand
+from helpers import assert_layer_parity, rand, tf_keras_layer_parity
 
 LAYERS = [
     (lambda: keras.layers.GaussianNoise(0.3), (4, 3)),
@@ -87,14 +87,6 @@ def test_alpha_dropout_in_training_keeps_standard_normal_statistics():
     dropped = np.isclose(y, a * alpha_p + b)
     assert 0.15 < dropped.mean() < 0.25
     np.testing.assert_allclose(y[~dropped], (a * x + b)[~dropped], rtol=1e-5, atol=1e-6)
-
-
-def tf_keras_layer_parity(make_layer, *shapes, dtype="float32", inputs=None):
-    """The same one-layer check with legacy tf.keras (``tf_keras``) building the model."""
-    tfk = pytest.importorskip("tf_keras")
-    ins = [tfk.Input(s, dtype=dtype) for s in shapes]
-    x = ins if len(ins) > 1 else ins[0]
-    return assert_parity(tfk.Model(x, make_layer(tfk.layers)(x)), inputs=inputs)
 
 
 @pytest.mark.parametrize(

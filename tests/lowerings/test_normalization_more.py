@@ -4,7 +4,7 @@
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_parity, assert_parity, rand
+from helpers import assert_layer_parity, rand, tf_keras_layer_parity
 
 
 @pytest.mark.parametrize(
@@ -89,14 +89,6 @@ def test_rms_normalization_over_leading_axes_is_unsupported():
     model = keras.Model(inputs, keras.layers.RMSNormalization(axis=1)(inputs))
     with pytest.raises(UnsupportedError, match="axis"):
         kgen.convert(model)
-
-
-def tf_keras_layer_parity(make_layer, *shapes, dtype="float32", inputs=None):
-    """The same one-layer check with legacy tf.keras (``tf_keras``) building the model."""
-    tfk = pytest.importorskip("tf_keras")
-    ins = [tfk.Input(s, dtype=dtype) for s in shapes]
-    x = ins if len(ins) > 1 else ins[0]
-    return assert_parity(tfk.Model(x, make_layer(tfk.layers)(x)), inputs=inputs)
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ Resizing, CenterCrop) and ZeroPadding3D/Cropping3D
 
 import keras
 import pytest
-from helpers import assert_layer_parity, assert_parity
+from helpers import assert_layer_parity, tf_keras_layer_parity
 
 import kgen
 from kgen.errors import UnsupportedError
@@ -102,14 +102,6 @@ def test_zero_padding3d(padding):
 @pytest.mark.parametrize("cropping", [(1, 0, 2), ((0, 1), (2, 0), (1, 1))])
 def test_cropping3d(cropping):
     assert_layer_parity(keras.layers.Cropping3D(cropping), (4, 5, 6, 2))
-
-
-def tf_keras_layer_parity(make_layer, *shapes, dtype="float32", inputs=None):
-    """The same one-layer check with legacy tf.keras (``tf_keras``) building the model."""
-    tfk = pytest.importorskip("tf_keras")
-    ins = [tfk.Input(s, dtype=dtype) for s in shapes]
-    x = ins if len(ins) > 1 else ins[0]
-    return assert_parity(tfk.Model(x, make_layer(tfk.layers)(x)), inputs=inputs)
 
 
 @pytest.mark.parametrize(
