@@ -234,23 +234,23 @@ def _load(source, weights, quiet, verify=False, options=None):
 
 
 def _app_inputs(loaded, batch: int, seed: int):
-    """A random batch at an application's catalog input size when its spatial dims are
-    free (MobileNetV3, include_top=False): check_model's default 8x8 shrinks to nothing
-    in a stride-32 stack.  None (check_model's own inputs) otherwise."""
+    """A random batch for an application: raw pixels in [0, 255] for models with built-in
+    preprocessing, [-1, 1] otherwise, at the catalog input size where the spatial dims
+    are free (MobileNetV3, include_top=False; an 8x8 default would shrink to nothing in
+    a stride-32 stack).  None (check_model's own inputs) for model files."""
     from kgen.tracer.graph import InputSpec
     from kgen.verify import random_inputs
 
     if loaded.app is None:
         return None
     shapes = [tuple(t.shape) for t in loaded.model.inputs]
-    if all(d is not None for shape in shapes for d in shape[1:]):
-        return None
     size = loaded.app.input_size
     specs = [
         InputSpec(str(i), str(i), (None, *(size if d is None else int(d) for d in shape[1:])))
         for i, shape in enumerate(shapes)
     ]
-    return random_inputs(specs, batch=batch, seed=seed + 1)
+    low, high = (0.0, 255.0) if loaded.app.preprocess == "none" else (-1.0, 1.0)
+    return random_inputs(specs, batch=batch, seed=seed + 1, low=low, high=high)
 
 
 def _app_names(loaded, options: dict) -> tuple[str | None, str | None]:
@@ -365,6 +365,9 @@ def emit(source, output, weights, as_json, **app_options):
     type=click.IntRange(min=1),
     help="Batch size of the random input.",
 )
+@click.option("--taps", default=8, show_default=True, type=click.IntRange(min=0),
+              help="Also compare this many evenly spaced intermediate layer outputs "
+                   "(with random weights a deep model's logits can hide early-layer bugs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
 @click.option("--all", "all_apps", is_flag=True,
               help="Verify every application, one subprocess each, and print a table.")
@@ -373,7 +376,7 @@ def emit(source, output, weights, as_json, **app_options):
 @click.option("--only", type=click.Choice(["keras3", "tf_keras"]), default=None,
               help="With --all: only applications of this Keras.")
 @_app_options
-def verify(source, weights, seed, batch, as_json, all_apps, markdown, only, **app_options):
+def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only, **app_options):
     """Convert SOURCE and compare it with Keras on a random batch.
 
     By default EVERY Keras variable (BN statistics, gammas, betas, biases) is first set
@@ -407,6 +410,7 @@ def verify(source, weights, seed, batch, as_json, all_apps, markdown, only, **ap
                 batch=batch,
                 randomize_weights=randomize,
                 inputs=_app_inputs(loaded, batch, seed),
+                taps=taps,
             )
     if as_json:
         click.echo(

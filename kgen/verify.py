@@ -179,15 +179,66 @@ def _to_numpy(value):
     return np.asarray(value)
 
 
+def with_taps(model, taps: int):
+    """The same model with ``taps`` evenly spaced layer outputs added as outputs.
+
+    With random weights the input's signal can fade through a deep model (EfficientNetB0's
+    logits for two different images differ by ~2e-6 relative), so a bug in an early
+    layer may not show in the logits; each tapped output is compared with its own scale.
+    Outputs become a dict: ``output``/``output[i]``/the model's keys, then ``tap:<layer>``.
+    """
+    if taps <= 0 or not hasattr(model, "layers"):
+        return model
+    tf_keras = type(model).__module__.startswith("tf_keras") or any(
+        c.__module__.startswith("tf_keras") for c in type(model).__mro__
+    )
+    if tf_keras:
+        import tf_keras as keras_module
+    else:
+        import keras as keras_module
+    final = {id(t) for t in model.outputs}
+    candidates = []
+    for layer in model.layers:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        try:
+            out = layer.output
+        except (AttributeError, RuntimeError, ValueError):
+            continue  # shared layers have no single output
+        if isinstance(out, (list, tuple, dict)) or id(out) in final:
+            continue
+        candidates.append((layer.name, out))
+    if not candidates:
+        return model
+    n = len(candidates)
+    chosen = [candidates[i] for i in sorted({int(n * (k + 0.5) / taps) for k in range(taps)})]
+    outputs = {}
+    structure = model.output
+    if isinstance(structure, dict):
+        outputs.update(structure)
+    elif isinstance(structure, (list, tuple)):
+        outputs.update({f"output[{i}]": t for i, t in enumerate(structure)})
+    else:
+        outputs["output"] = structure
+    for name, out in chosen:
+        outputs[f"tap:{name}"] = out
+    return keras_module.Model(model.inputs, outputs, name=model.name)
+
+
 def check_model(model, *, seed: int = 0, batch: int = 2, randomize_weights: bool = True,
-                tolerance: float = TOLERANCE, conversion=None, inputs=None):
-    """Randomise (optionally), convert and compare one model. Returns (conversion, report)."""
+                tolerance: float = TOLERANCE, conversion=None, inputs=None, taps: int = 0):
+    """Randomise (optionally), convert and compare one model. Returns (conversion, report).
+
+    ``taps`` > 0 also compares that many intermediate layer outputs (see :func:`with_taps`).
+    """
     import jax
 
     from kgen.api import convert
 
     if randomize_weights:
         randomize(model, seed)
+    if taps and conversion is None:
+        model = with_taps(model, taps)
     if conversion is None:
         conversion = convert(model)
     if inputs is None:
