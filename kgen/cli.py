@@ -155,12 +155,15 @@ def main(plugins):
 
 
 @main.command("list")
-def list_cmd():
+@click.option("--only", type=click.Choice(["keras3", "tf_keras"]), default=None,
+              help="Only applications of this Keras (tf_keras: legacy tf.keras 2).")
+def list_cmd(only):
     """Print the application names kgen converts, one per line."""
     from kgen.tracer.catalog import APPLICATIONS
 
-    for name in APPLICATIONS:
-        click.echo(name)
+    for name, app in APPLICATIONS.items():
+        if only in (None, app.source):
+            click.echo(name)
 
 
 _weights_help = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from kgen.tracer.graph import InputSpec, Ref, topological_nodes
 
-__all__ = ["trace", "Ref", "InputSpec", "topological_nodes"]
+__all__ = ["InputSpec", "Ref", "topological_nodes", "trace"]
 
 
 def trace(model):

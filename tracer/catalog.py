@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from kgen.errors import SourceError
 
-__all__ = ["Application", "APPLICATIONS", "OPTION_KEYS", "build", "get", "names", "variant_names"]
+__all__ = ["APPLICATIONS", "OPTION_KEYS", "Application", "build", "get", "names", "variant_names"]
 
 
 @dataclass(frozen=True)

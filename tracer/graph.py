@@ -38,7 +38,7 @@ from typing import Any
 
 import networkx as nx
 
-__all__ = ["Ref", "InputSpec", "topological_nodes", "iter_refs", "map_refs"]
+__all__ = ["InputSpec", "Ref", "iter_refs", "map_refs", "topological_nodes"]
 
 
 @dataclass(frozen=True)

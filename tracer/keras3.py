@@ -14,7 +14,7 @@ import numpy as np
 from keras.src.models.functional import Functional
 
 from kgen.errors import TraceError
-from kgen.tracer.graph import InputSpec, Ref, iter_refs
+from kgen.tracer.builder import GraphBuilder
 from kgen.tracer.plain import plain as _plain
 
 _IGNORED_CALL_KWARGS = {"mask": None, "training": None}
@@ -55,41 +55,9 @@ def _layer_weights(layer) -> dict[str, np.ndarray]:
     return out
 
 
-class _Tracer:
-    def __init__(self):
-        self.graph = nx.DiGraph()
-        self.ids: dict[tuple[int, int], str] = {}  # (id(op), node_index) -> node id
-        self.used: set[str] = set()
-        self.order = 0
-        self.subgraphs: dict[int, nx.DiGraph] = {}  # id(nested model) -> its graph
-
-    def node_id(self, op, node_index: int) -> str:
-        key = (id(op), node_index)
-        if key not in self.ids:
-            base = op.name if node_index == 0 else f"{op.name}#{node_index}"
-            nid, k = base, 1
-            while nid in self.used:
-                nid, k = f"{base}~{k}", k + 1
-            self.used.add(nid)
-            self.ids[key] = nid
-        return self.ids[key]
-
-    def ref(self, kt) -> Ref:
-        op, node_index, tensor_index = kt._keras_history
-        return Ref(self.node_id(op, node_index), tensor_index)
-
-    def convert_args(self, value):
-        if isinstance(value, keras.KerasTensor):
-            return self.ref(value)
-        if isinstance(value, tuple):
-            return tuple(self.convert_args(v) for v in value)
-        if isinstance(value, list):
-            return [self.convert_args(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self.convert_args(v) for k, v in value.items()}
-        if isinstance(value, slice):
-            return slice(*(self.convert_args(v) for v in (value.start, value.stop, value.step)))
-        return _plain(value)
+class _Tracer(GraphBuilder):
+    def is_symbolic(self, value) -> bool:
+        return isinstance(value, keras.KerasTensor)
 
     def trace(self, model) -> nx.DiGraph:
         fn = _functional_of(model)
@@ -104,19 +72,7 @@ class _Tracer:
             for node in fn._nodes_by_depth[depth]:
                 self.add_node(node)
 
-        inputs_struct = fn._inputs_struct
-        if isinstance(inputs_struct, dict):
-            structure, flat = "dict", list(inputs_struct.items())
-        elif isinstance(inputs_struct, (list, tuple)):
-            structure, flat = "list", [(kt._keras_history[0].name, kt) for kt in inputs_struct]
-        else:
-            structure, flat = "single", [(inputs_struct._keras_history[0].name, inputs_struct)]
-        g.graph["input_structure"] = structure
-        g.graph["inputs"] = [
-            InputSpec(name=str(key), node=self.ref(kt).node, shape=_shape(kt), dtype=str(kt.dtype))
-            for key, kt in flat
-        ]
-        g.graph["outputs"] = self.convert_args(fn._outputs_struct)
+        self.set_io(fn._inputs_struct, fn._outputs_struct, _shape, lambda t: str(t.dtype))
         return g
 
     def add_node(self, node) -> None:
@@ -126,29 +82,17 @@ class _Tracer:
         if nid in self.graph:  # a mask's producer, added early by add_mask_producers
             return
         outputs = list(node.outputs)
-        attrs = dict(
-            name=str(op.name),
-            class_name=type(op).__name__,
-            module=type(op).__module__,
-            call_index=node_index,
-            output_shapes=[_shape(t) for t in outputs],
-            output_dtypes=[str(t.dtype) for t in outputs],
-            order=self.order,
-            args=(),
-            kwargs={},
-            input_shapes=[],
-            config={},
-            weights={},
+        attrs = self.node_attrs(
+            op, node_index, [_shape(t) for t in outputs], [str(t.dtype) for t in outputs]
         )
-        self.order += 1
         if node.is_input:
             attrs.update(kind="input", config=_plain(op.get_config()))
-            self.graph.add_node(nid, **attrs)
+            self.add(nid, attrs)
             return
 
-        args = self.convert_args(tuple(node.arguments.args))
+        args = self.convert(tuple(node.arguments.args))
         kwargs = {
-            k: self.convert_args(v)
+            k: self.convert(v)
             for k, v in node.arguments.kwargs.items()
             if not (k in _IGNORED_CALL_KWARGS and v is _IGNORED_CALL_KWARGS[k])
         }
@@ -156,7 +100,7 @@ class _Tracer:
             for key, mask in _runtime_masks(op, node).items():
                 if kwargs.get(key) is None:
                     self.add_mask_producers(mask)
-                    kwargs[key] = self.convert_args(mask)
+                    kwargs[key] = self.convert(mask)
         attrs.update(args=args, kwargs=kwargs)
         attrs["input_shapes"] = [_shape(kt) for kt in node.arguments.keras_tensors]
 
@@ -172,15 +116,7 @@ class _Tracer:
             except NotImplementedError:
                 config = {}
             attrs.update(kind="op", config=config)
-        self.graph.add_node(nid, **attrs)
-
-        flat = []
-        _collect(args, ("args",), flat)
-        _collect(kwargs, ("kwargs",), flat)
-        for path, ref in flat:
-            if not self.graph.has_edge(ref.node, nid):
-                self.graph.add_edge(ref.node, nid, uses=[])
-            self.graph.edges[ref.node, nid]["uses"].append((path, ref.index))
+        self.add(nid, attrs)
 
 
     def add_mask_producers(self, value) -> None:
@@ -243,10 +179,6 @@ def _runtime_masks(layer, node) -> dict:
             if key in spec.argument_names and spec.arguments_dict.get(key) is None:
                 found[key] = masks_of(value)
     return {k: v for k, v in found.items() if _keras_tensors(v)}
-
-
-def _collect(value, path, out):
-    out.extend(iter_refs(value, path))
 
 
 def trace_keras3(model) -> nx.DiGraph:

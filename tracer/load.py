@@ -12,9 +12,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kgen.tracer import catalog
-
 from kgen.errors import SourceError
+from kgen.tracer import catalog
 
 __all__ = ["MODEL_SUFFIXES", "LoadedModel", "load_model_file", "load_source", "load_weights_file"]
 

@@ -20,7 +20,7 @@ import tensorflow as tf
 import tf_keras
 
 from kgen.errors import TraceError
-from kgen.tracer.graph import InputSpec, Ref, iter_refs
+from kgen.tracer.builder import GraphBuilder
 from kgen.tracer.plain import plain as _plain
 
 _OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
@@ -66,40 +66,11 @@ def _slice_dict(value):
     return value
 
 
-class _Tracer:
-    def __init__(self):
-        self.graph = nx.DiGraph()
-        self.ids: dict[tuple[int, int], str] = {}
-        self.used: set[str] = set()
-        self.order = 0
-        self.subgraphs: dict[int, nx.DiGraph] = {}
+class _Tracer(GraphBuilder):
+    def is_symbolic(self, value) -> bool:
+        return _is_keras_tensor(value)
 
-    def node_id(self, layer, node_index: int) -> str:
-        key = (id(layer), node_index)
-        if key not in self.ids:
-            base = layer.name if node_index == 0 else f"{layer.name}#{node_index}"
-            nid, k = base, 1
-            while nid in self.used:
-                nid, k = f"{base}~{k}", k + 1
-            self.used.add(nid)
-            self.ids[key] = nid
-        return self.ids[key]
-
-    def ref(self, kt) -> Ref:
-        layer, node_index, tensor_index = kt._keras_history
-        return Ref(self.node_id(layer, node_index), tensor_index)
-
-    def convert(self, value):
-        if _is_keras_tensor(value):
-            return self.ref(value)
-        if isinstance(value, tuple):
-            return tuple(self.convert(v) for v in value)
-        if isinstance(value, list):
-            return [self.convert(v) for v in value]
-        if isinstance(value, dict):
-            return {k: self.convert(v) for k, v in value.items()}
-        if isinstance(value, slice):
-            return slice(*(self.convert(v) for v in (value.start, value.stop, value.step)))
+    def constant(self, value):
         if isinstance(value, tf.DType):
             return value.name
         return _plain(value)
@@ -120,18 +91,7 @@ class _Tracer:
         for depth in sorted(model._nodes_by_depth, reverse=True):
             for node in model._nodes_by_depth[depth]:
                 self.add_node(node)
-        nested = model._nested_inputs
-        if isinstance(nested, dict):
-            structure, flat = "dict", list(nested.items())
-        elif isinstance(nested, (list, tuple)):
-            structure, flat = "list", [(kt._keras_history[0].name, kt) for kt in nested]
-        else:
-            structure, flat = "single", [(nested._keras_history[0].name, nested)]
-        g.graph["input_structure"] = structure
-        g.graph["inputs"] = [
-            InputSpec(str(k), self.ref(kt).node, _shape(kt), kt.dtype.name) for k, kt in flat
-        ]
-        g.graph["outputs"] = self.convert(model._nested_outputs)
+        self.set_io(model._nested_inputs, model._nested_outputs, _shape, lambda t: t.dtype.name)
         return g
 
     def add_node(self, node) -> None:
@@ -139,24 +99,12 @@ class _Tracer:
         node_index = layer._inbound_nodes.index(node)
         nid = self.node_id(layer, node_index)
         outputs = tf.nest.flatten(node.outputs)
-        attrs = dict(
-            name=str(layer.name),
-            class_name=type(layer).__name__,
-            module=type(layer).__module__,
-            call_index=node_index,
-            output_shapes=[_shape(t) for t in outputs],
-            output_dtypes=[t.dtype.name for t in outputs],
-            order=self.order,
-            args=(),
-            kwargs={},
-            input_shapes=[],
-            config={},
-            weights={},
+        attrs = self.node_attrs(
+            layer, node_index, [_shape(t) for t in outputs], [t.dtype.name for t in outputs]
         )
-        self.order += 1
         if node.is_input:
             attrs.update(kind="input", config=_plain(layer.get_config()))
-            self.graph.add_node(nid, **attrs)
+            self.add(nid, attrs)
             return
         call_args = tuple(node.call_args)
         call_kwargs = dict(node.call_kwargs)
@@ -181,12 +129,7 @@ class _Tracer:
             attrs.update(kind="tfop", class_name=str(layer.symbol), config={})
         else:
             attrs.update(kind="layer", config=_config(layer), weights=_weights(layer))
-        self.graph.add_node(nid, **attrs)
-        for part, value in (("args", args), ("kwargs", kwargs)):
-            for path, ref in iter_refs(value, (part,)):
-                if not self.graph.has_edge(ref.node, nid):
-                    self.graph.add_edge(ref.node, nid, uses=[])
-                self.graph.edges[ref.node, nid]["uses"].append((path, ref.index))
+        self.add(nid, attrs)
 
 
 def _is_keras_tensor(value) -> bool:
