@@ -63,16 +63,38 @@ def _verify_one(name: str, seed: int, timeout: float) -> CatalogRow:
     )
 
 
-def run_catalog(names, *, seed: int = 0, timeout: float = 1800.0, progress=None) -> list[CatalogRow]:
-    rows = []
-    for name in names:
+def _cost_order(names) -> list[str]:
+    """Cheap models first (each family's smallest, then by input size), so an
+    interrupted run has checked as many models as possible."""
+    from kgen.tracer.catalog import APPLICATIONS
+
+    position = {n: i for i, n in enumerate(names)}
+    rank: dict[str, int] = {}  # position within the family: bigger models come later
+    seen: dict[str, int] = {}
+    for n in APPLICATIONS:
+        family = APPLICATIONS[n].family
+        rank[n] = seen.get(family, 0)
+        seen[family] = rank[n] + 1
+    return sorted(names, key=lambda n: (APPLICATIONS[n].input_size, rank[n], position[n]))
+
+
+def run_catalog(
+    names, *, seed: int = 0, timeout: float = 1800.0, progress=None, on_row=None
+) -> list[CatalogRow]:
+    """Verify ``names`` one subprocess each; rows come back in ``names`` order.
+
+    ``on_row(rows_so_far)`` is called after each model (e.g. to rewrite the report).
+    """
+    done: dict[str, CatalogRow] = {}
+    for name in _cost_order(list(names)):
         if progress is not None:
             progress(name, None)
-        row = _verify_one(name, seed, timeout)
-        rows.append(row)
+        done[name] = _verify_one(name, seed, timeout)
         if progress is not None:
-            progress(name, row)
-    return rows
+            progress(name, done[name])
+        if on_row is not None:
+            on_row([done[n] for n in names if n in done], [n for n in names if n not in done])
+    return [done[n] for n in names]
 
 
 def _fmt(row: CatalogRow) -> list[str]:
@@ -105,7 +127,7 @@ def text_table(rows: list[CatalogRow]) -> str:
     return "\n".join(lines + ["", summary(rows)])
 
 
-def markdown_table(rows: list[CatalogRow], command: str) -> str:
+def markdown_table(rows: list[CatalogRow], command: str, pending=()) -> str:
     lines = [
         "# kgen catalog parity",
         "",
@@ -118,13 +140,15 @@ def markdown_table(rows: list[CatalogRow], command: str) -> str:
         "|" + "|".join("---" for _ in HEADER) + "|",
     ]
     lines += ["| " + " | ".join(_fmt(r)) + " |" for r in rows]
-    lines += ["", summary(rows), ""]
-    return "\n".join(lines)
+    lines += ["", summary(rows)]
+    if pending:
+        lines += ["", f"Not run yet ({len(pending)}): " + ", ".join(pending)]
+    return "\n".join(lines + [""])
 
 
-def write_markdown(rows, path: str | os.PathLike, command: str) -> None:
+def write_markdown(rows, path: str | os.PathLike, command: str, pending=()) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(markdown_table(rows, command), encoding="utf-8")
+    tmp.write_text(markdown_table(rows, command, pending), encoding="utf-8")
     os.replace(tmp, path)

@@ -462,14 +462,19 @@ def _verify_all(seed, markdown, only, as_json, source) -> None:
             rel = "" if row.max_rel is None else f" max rel {row.max_rel:.2e}"
             click.echo(f"  {name}: {result}{rel} ({row.wall:.0f} s)", err=True)
 
-    rows = catalog_run.run_catalog(names, seed=seed, progress=None if as_json else progress)
+    command = "kgen verify --all" + (f" --only {only}" if only else "") + f" --markdown {markdown}"
+
+    def on_row(rows, pending):  # keep the report current, so an interrupted run still shows
+        if markdown:
+            catalog_run.write_markdown(rows, markdown, command, pending)
+
+    rows = catalog_run.run_catalog(
+        names, seed=seed, progress=None if as_json else progress, on_row=on_row
+    )
     if as_json:
         click.echo(json.dumps([r.__dict__ for r in rows]))
     else:
         click.echo(catalog_run.text_table(rows))
-    if markdown:
-        command = "kgen verify --all" + (f" --only {only}" if only else "") + f" --markdown {markdown}"
-        catalog_run.write_markdown(rows, markdown, command)
     if not all(r.ok for r in rows):
         raise SystemExit(1)
 
