@@ -6,7 +6,7 @@ import subprocess
 
 from ruff.__main__ import find_ruff_bin
 
-__all__ = ["format_source", "check_source"]
+__all__ = ["check_source", "format_source"]
 
 _OPTIONS = ["--isolated", "--line-length", "100", "--target-version", "py310"]
 

@@ -25,20 +25,20 @@ import numpy as np
 from kgen.tracer.graph import Ref
 
 __all__ = [
-    "Sym",
-    "Call",
-    "Index",
-    "BinOp",
-    "Neg",
-    "LocalClass",
-    "Module",
-    "Lowered",
-    "Node",
+    "NAMESPACES",
+    "NOT_TRAIN",
     "SELF",
     "TRAIN",
-    "NOT_TRAIN",
+    "BinOp",
+    "Call",
+    "Index",
+    "LocalClass",
+    "Lowered",
+    "Module",
+    "Neg",
+    "Node",
     "Ref",
-    "NAMESPACES",
+    "Sym",
 ]
 
 #: alias -> import statement, for every namespace generated code may use.
@@ -51,7 +51,7 @@ NAMESPACES = {
     "einops": "import einops",
     "rt": "from kgen import runtime as rt",
 }
-_SYM_RE = re.compile(r"^(?:%s)(?:\.[A-Za-z_][A-Za-z0-9_]*)+$" % "|".join(NAMESPACES))
+_SYM_RE = re.compile(rf"^(?:{'|'.join(NAMESPACES)})(?:\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from kgen.codegen.registry import Unsupported, lookup
 from kgen.errors import UnsupportedError
 from kgen.tracer.graph import topological_nodes
 
-__all__ = ["lower", "LoweredGraph", "LoweredNode"]
+__all__ = ["LoweredGraph", "LoweredNode", "lower"]
 
 
 @dataclass

@@ -12,7 +12,7 @@ import builtins
 import keyword
 import re
 
-__all__ = ["Namespace", "sanitize", "pascal_case", "snake_case"]
+__all__ = ["Namespace", "pascal_case", "sanitize", "snake_case"]
 
 _ILLEGAL = re.compile(r"[^0-9A-Za-z_]+")
 _RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))

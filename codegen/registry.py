@@ -12,12 +12,12 @@ with the same decorator (see README, "Custom layers").
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
-__all__ = ["register", "lookup", "registered", "Unsupported", "LoweringSpec"]
+__all__ = ["LoweringSpec", "Unsupported", "lookup", "register", "registered"]
 
 KINDS = ("layer", "op", "tfop")  # tfop: a tf.keras TFOpLambda, keyed by TF symbol
 SOURCES = ("keras3", "tf_keras")

@@ -21,7 +21,7 @@ from kgen.codegen.lower import LoweredGraph
 from kgen.codegen.names import Namespace, pascal_case, sanitize
 from kgen.tracer.graph import Ref, map_refs
 
-__all__ = ["render", "Rendered", "py_literal"]
+__all__ = ["Rendered", "py_literal", "render"]
 
 _TEMPLATES = Path(__file__).parent / "templates"
 _ENV = jinja2.Environment(
@@ -212,7 +212,9 @@ class _ClassRenderer:
                         if tree:
                             variables.setdefault(collection, {})[mname] = tree
             outs = [
-                self.locals.create(node.name if lnode.n_outputs == 1 else f"{node.name}_{i}", fallback="x")
+                self.locals.create(
+                    node.name if lnode.n_outputs == 1 else f"{node.name}_{i}", fallback="x"
+                )
                 for i in range(lnode.n_outputs)
             ]
             for i, var in enumerate(outs):
@@ -230,7 +232,8 @@ class _ClassRenderer:
         kind = g.graph.get("class_name", "Functional")
         return _Class(
             name=self.class_name,
-            doc=f"Keras {sanitize(kind)} model {sanitize(g.graph['name'], 'model')}, converted by kgen.",
+            doc=f"Keras {sanitize(kind)} model {sanitize(g.graph['name'], 'model')}, "
+            "converted by kgen.",
             args=args,
             input_shapes=py_literal(shapes),
             body=body,

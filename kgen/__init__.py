@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from kgen.errors import KgenError, UnsupportedError, WeightsError
 
-__all__ = ["convert", "Conversion", "KgenError", "UnsupportedError", "WeightsError"]
+__all__ = ["Conversion", "KgenError", "UnsupportedError", "WeightsError", "convert"]
 __version__ = "0.1.0"
 
 

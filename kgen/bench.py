@@ -28,8 +28,9 @@ class BenchResult:
 
     def line(self) -> str:
         return (
-            f"{self.name}: batch {self.batch}, keras {self.keras_ms:.1f} ms, flax {self.flax_ms:.1f} ms "
-            f"(median of {self.repeats}), speedup x{self.speedup:.2f}, flax compile {self.compile_s:.1f} s"
+            f"{self.name}: batch {self.batch}, keras {self.keras_ms:.1f} ms, "
+            f"flax {self.flax_ms:.1f} ms (median of {self.repeats}), "
+            f"speedup x{self.speedup:.2f}, flax compile {self.compile_s:.1f} s"
         )
 
 
@@ -42,7 +43,9 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_model(model, name: str, *, batch: int = 8, repeats: int = 10, seed: int = 0) -> BenchResult:
+def bench_model(
+    model, name: str, *, batch: int = 8, repeats: int = 10, seed: int = 0
+) -> BenchResult:
     import jax
 
     from kgen.api import convert
@@ -62,7 +65,13 @@ def bench_model(model, name: str, *, batch: int = 8, repeats: int = 10, seed: in
 
     def run_keras():
         out = model(feed, training=False)
-        np.asarray(out[0] if isinstance(out, (list, tuple)) else next(iter(out.values())) if isinstance(out, dict) else out)
+        np.asarray(
+            out[0]
+            if isinstance(out, (list, tuple))
+            else next(iter(out.values()))
+            if isinstance(out, dict)
+            else out
+        )
 
     run_keras()  # warm-up (graph building, kernel selection)
     keras_ms = _median_ms(run_keras, repeats)

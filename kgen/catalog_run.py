@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CatalogRow", "run_catalog", "markdown_table", "text_table"]
+__all__ = ["CatalogRow", "markdown_table", "run_catalog", "text_table"]
 
 
 @dataclass

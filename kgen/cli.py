@@ -155,8 +155,12 @@ def main(plugins):
 
 
 @main.command("list")
-@click.option("--only", type=click.Choice(["keras3", "tf_keras"]), default=None,
-              help="Only applications of this Keras (tf_keras: legacy tf.keras 2).")
+@click.option(
+    "--only",
+    type=click.Choice(["keras3", "tf_keras"]),
+    default=None,
+    help="Only applications of this Keras (tf_keras: legacy tf.keras 2).",
+)
 def list_cmd(only):
     """Print the application names kgen converts, one per line."""
     from kgen.tracer.catalog import APPLICATIONS
@@ -187,24 +191,56 @@ def _parse_shape(ctx, param, value):
 def _app_options(fn):
     """Options users set on keras.applications constructors (applications only)."""
     options = [
-        click.option("--include-top/--no-include-top", "include_top", default=None,
-                     help="Keep the classifier head (default: the application's)."),
-        click.option("--pooling", type=click.Choice(["none", "avg", "max"]), default=None,
-                     help="Final pooling when the head is left out."),
-        click.option("--input-shape", callback=_parse_shape, default=None, metavar="H,W,C",
-                     help="Input shape, e.g. 160,160,3."),
-        click.option("--classes", type=click.IntRange(min=1), default=None,
-                     help="Number of classes (with --weights none/random or a weights file)."),
-        click.option("--classifier-activation", default=None, metavar="NAME|none",
-                     help="Activation of the last layer, e.g. softmax or none (logits)."),
+        click.option(
+            "--include-top/--no-include-top",
+            "include_top",
+            default=None,
+            help="Keep the classifier head (default: the application's).",
+        ),
+        click.option(
+            "--pooling",
+            type=click.Choice(["none", "avg", "max"]),
+            default=None,
+            help="Final pooling when the head is left out.",
+        ),
+        click.option(
+            "--input-shape",
+            callback=_parse_shape,
+            default=None,
+            metavar="H,W,C",
+            help="Input shape, e.g. 160,160,3.",
+        ),
+        click.option(
+            "--classes",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Number of classes (with --weights none/random or a weights file).",
+        ),
+        click.option(
+            "--classifier-activation",
+            default=None,
+            metavar="NAME|none",
+            help="Activation of the last layer, e.g. softmax or none (logits).",
+        ),
         click.option("--alpha", type=float, default=None, help="Width multiplier (MobileNets)."),
-        click.option("--depth-multiplier", type=click.IntRange(min=1), default=None,
-                     help="Depth multiplier (MobileNet)."),
-        click.option("--minimalistic", is_flag=True, default=None,
-                     help="MobileNetV3 without SE, hard-swish and 5x5 convolutions."),
-        click.option("--include-preprocessing/--no-include-preprocessing",
-                     "include_preprocessing", default=None,
-                     help="Built-in preprocessing layers (families that have them)."),
+        click.option(
+            "--depth-multiplier",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Depth multiplier (MobileNet).",
+        ),
+        click.option(
+            "--minimalistic",
+            is_flag=True,
+            default=None,
+            help="MobileNetV3 without SE, hard-swish and 5x5 convolutions.",
+        ),
+        click.option(
+            "--include-preprocessing/--no-include-preprocessing",
+            "include_preprocessing",
+            default=None,
+            help="Built-in preprocessing layers (families that have them).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -355,11 +391,15 @@ def emit(source, output, weights, as_json, **app_options):
 
 @main.command()
 @click.argument("source", required=False)
-@click.option("--weights", default="random", show_default=True,
-              metavar="random|imagenet|model|PATH",
-              help="random: set EVERY Keras variable to random values first; imagenet: "
-                   "the ImageNet weights; model: a model file's own weights; PATH: a "
-                   "Keras weights file.")
+@click.option(
+    "--weights",
+    default="random",
+    show_default=True,
+    metavar="random|imagenet|model|PATH",
+    help="random: set EVERY Keras variable to random values first; imagenet: "
+    "the ImageNet weights; model: a model file's own weights; PATH: a "
+    "Keras weights file.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed for random weights and inputs.")
 @click.option(
     "--batch",
@@ -368,16 +408,33 @@ def emit(source, output, weights, as_json, **app_options):
     type=click.IntRange(min=1),
     help="Batch size of the random input.",
 )
-@click.option("--taps", default=8, show_default=True, type=click.IntRange(min=0),
-              help="Also compare this many evenly spaced intermediate layer outputs "
-                   "(with random weights a deep model's logits can hide early-layer bugs).")
+@click.option(
+    "--taps",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Also compare this many evenly spaced intermediate layer outputs "
+    "(with random weights a deep model's logits can hide early-layer bugs).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
-@click.option("--all", "all_apps", is_flag=True,
-              help="Verify every application, one subprocess each, and print a table.")
-@click.option("--markdown", default=None, metavar="PATH",
-              help="With --all: also write the table as Markdown (e.g. docs/catalog.md).")
-@click.option("--only", type=click.Choice(["keras3", "tf_keras"]), default=None,
-              help="With --all: only applications of this Keras.")
+@click.option(
+    "--all",
+    "all_apps",
+    is_flag=True,
+    help="Verify every application, one subprocess each, and print a table.",
+)
+@click.option(
+    "--markdown",
+    default=None,
+    metavar="PATH",
+    help="With --all: also write the table as Markdown (e.g. docs/catalog.md).",
+)
+@click.option(
+    "--only",
+    type=click.Choice(["keras3", "tf_keras"]),
+    default=None,
+    help="With --all: only applications of this Keras.",
+)
 @_app_options
 def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only, **app_options):
     """Convert SOURCE and compare it with Keras on a random batch.
@@ -435,7 +492,8 @@ def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only
     else:
         what = "every variable randomised" if randomize else "given weights"
         click.echo(
-            f"{source}: {conversion.n_layers} layers, converted in {conversion.seconds:.1f} s ({what})"
+            f"{source}: {conversion.n_layers} layers, "
+            f"converted in {conversion.seconds:.1f} s ({what})"
         )
         for line in report.lines():
             click.echo(f"  {line}")
@@ -480,8 +538,12 @@ def _verify_all(seed, markdown, only, as_json, source) -> None:
 
 
 @main.command()
-@click.option("--markdown", default=None, metavar="PATH",
-              help="Write the table to PATH (docs/layers.md) instead of printing it.")
+@click.option(
+    "--markdown",
+    default=None,
+    metavar="PATH",
+    help="Write the table to PATH (docs/layers.md) instead of printing it.",
+)
 def layers(markdown):
     """The supported Keras layers, ops and TF symbols, from the lowering registry."""
     from kgen.layer_table import layer_table_markdown
@@ -521,10 +583,14 @@ def bench(source, batch, repeats, as_json, **app_options):
         click.echo(result.line())
 
 
-
 @main.command()
-@click.option("-o", "--output", default=None, metavar="DIR",
-              help="Write the generated module here (default: a temporary directory).")
+@click.option(
+    "-o",
+    "--output",
+    default=None,
+    metavar="DIR",
+    help="Write the generated module here (default: a temporary directory).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
 def demo(output, as_json):
     """Convert a real trained model and compare it with Keras, offline.
@@ -553,8 +619,9 @@ def demo(output, as_json):
         click.echo(
             f"  identical predictions   {result.same_predictions:.2%} ({same}/{result.samples})"
         )
-        click.echo(f"  logits                  max abs {result.max_abs:.3e}  "
-                   f"max rel {result.max_rel:.3e}")
+        click.echo(
+            f"  logits                  max abs {result.max_abs:.3e}  max rel {result.max_rel:.3e}"
+        )
         verdict = "PASS" if result.ok else "FAIL"
         click.echo(
             f"{verdict}: identical predictions >= {digits_demo.MIN_SAME_PREDICTIONS:.1%}, "

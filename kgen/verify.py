@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["randomize", "random_inputs", "compare", "ParityReport", "TOLERANCE"]
+__all__ = ["TOLERANCE", "ParityReport", "compare", "random_inputs", "randomize"]
 
 TOLERANCE = 1e-4
 
@@ -29,9 +29,12 @@ def random_value(name: str, shape: tuple, dtype, rng: np.random.Generator) -> np
         return rng.integers(1, 100, size=shape).astype(dtype)
     if dtype.kind == "b":
         return rng.integers(0, 2, size=shape).astype(dtype)
-    if "variance" in name or name in ("var", "moving_var"):
-        v = rng.uniform(0.5, 1.5, size=shape)
-    elif name in ("gamma", "scale") or name.endswith("gamma"):
+    if (
+        "variance" in name
+        or name in ("var", "moving_var")
+        or name in ("gamma", "scale")
+        or name.endswith("gamma")
+    ):
         v = rng.uniform(0.5, 1.5, size=shape)
     elif "mean" in name:
         v = rng.normal(0.0, 0.3, size=shape)
@@ -225,8 +228,17 @@ def with_taps(model, taps: int):
     return keras_module.Model(model.inputs, outputs, name=model.name)
 
 
-def check_model(model, *, seed: int = 0, batch: int = 2, randomize_weights: bool = True,
-                tolerance: float = TOLERANCE, conversion=None, inputs=None, taps: int = 0):
+def check_model(
+    model,
+    *,
+    seed: int = 0,
+    batch: int = 2,
+    randomize_weights: bool = True,
+    tolerance: float = TOLERANCE,
+    conversion=None,
+    inputs=None,
+    taps: int = 0,
+):
     """Randomise (optionally), convert and compare one model. Returns (conversion, report).
 
     ``taps`` > 0 also compares that many intermediate layer outputs (see :func:`with_taps`).

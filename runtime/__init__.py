@@ -4,13 +4,12 @@ Light on purpose: it never imports Keras or TensorFlow.
 """
 
 from kgen.runtime.applications import LayerScale
+from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
 from kgen.runtime.categorical import discretize, encode_categorical
 from kgen.runtime.einsum import EinsumDense
 from kgen.runtime.image import auto_contrast
 from kgen.runtime.layers import BatchNorm, PReLU, SeparableConv
 from kgen.runtime.noise import AlphaDropout, GaussianDropout, GaussianNoise
-from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
-from kgen.runtime.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kgen.runtime.normalization import (
     GroupNorm,
     LayerNorm,
@@ -33,51 +32,52 @@ from kgen.runtime.ops import (
 )
 from kgen.runtime.pooling import adaptive_pool
 from kgen.runtime.preprocessing import decode_predictions, preprocess_input
+from kgen.runtime.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kgen.runtime.resampling import center_crop, resize, upsample
 from kgen.runtime.variables import check_variables, load_variables, save_variables
 
 __all__ = [
-    "AdditiveAttention",
-    "Attention",
-    "MultiHeadAttention",
     "GRU",
     "LSTM",
-    "Bidirectional",
-    "SimpleRNN",
+    "AdditiveAttention",
     "AlphaDropout",
+    "Attention",
+    "BatchNorm",
+    "Bidirectional",
+    "EinsumDense",
     "GaussianDropout",
     "GaussianNoise",
     "GroupNorm",
-    "l2_normalize",
-    "center_crop",
-    "resize",
-    "upsample",
-    "BatchNorm",
     "LayerNorm",
     "LayerScale",
+    "MultiHeadAttention",
     "Normalization",
-    "normalize",
     "PReLU",
     "SeparableConv",
-    "batch_reshape",
-    "check_variables",
-    "hard_shrink",
-    "soft_shrink",
-    "sparsemax",
-    "tanh_shrink",
-    "crop",
-    "hard_sigmoid_tf_keras",
-    "leaky_relu",
-    "load_variables",
-    "relu",
-    "save_variables",
-    "softmax",
-    "zero_pad",
-    "preprocess_input",
-    "decode_predictions",
+    "SimpleRNN",
     "adaptive_pool",
     "auto_contrast",
+    "batch_reshape",
+    "center_crop",
+    "check_variables",
+    "crop",
+    "decode_predictions",
     "discretize",
-    "EinsumDense",
     "encode_categorical",
+    "hard_shrink",
+    "hard_sigmoid_tf_keras",
+    "l2_normalize",
+    "leaky_relu",
+    "load_variables",
+    "normalize",
+    "preprocess_input",
+    "relu",
+    "resize",
+    "save_variables",
+    "soft_shrink",
+    "softmax",
+    "sparsemax",
+    "tanh_shrink",
+    "upsample",
+    "zero_pad",
 ]

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["LayerNorm", "Normalization", "normalize", "GroupNorm", "l2_normalize"]
+__all__ = ["GroupNorm", "LayerNorm", "Normalization", "l2_normalize", "normalize"]
 
 #: ``keras.backend.epsilon()``, the floor under the standard deviation in ``Normalization``.
 KERAS_EPSILON = 1e-7

@@ -65,6 +65,7 @@ def import_file(path):
 def tf_keras_layer_parity(make_layer, *shapes, dtype="float32", inputs=None):
     """The same one-layer check with legacy tf.keras (``tf_keras``) building the model."""
     import tf_keras as tfk
+
     ins = [tfk.Input(s, dtype=dtype) for s in shapes]
     x = ins if len(ins) > 1 else ins[0]
     return assert_parity(tfk.Model(x, make_layer(tfk.layers)(x)), inputs=inputs)

@@ -3,8 +3,9 @@ LayerNormalization, SE blocks, op nodes and application-defined layers: Efficien
 EfficientNetV2, MobileNetV3, ConvNeXt, NASNet and InceptionResNetV2.
 
 Every variable is randomised; the logits (``classifier_activation=None``) and a few
-intermediate layer outputs are compared with Keras in the same test.  Each family's smallest model runs in the default suite at a
-reduced input size; the bigger models and most option variants are ``catalog`` tests
+intermediate layer outputs are compared with Keras in the same test.  Each family's
+smallest model runs in the default suite at a reduced input size; the bigger models
+and most option variants are ``catalog`` tests
 (``pytest -m catalog tests/test_applications_keras3.py``).
 """
 

@@ -12,12 +12,12 @@ import jax
 import numpy as np
 import pytest
 from helpers import import_file, rand, run_cli
-from kgen.runtime import load_variables
-from kgen.tracer.catalog import APPLICATIONS
 
 import kgen
 import kgen.api
 import kgen.verify
+from kgen.runtime import load_variables
+from kgen.tracer.catalog import APPLICATIONS
 from kgen.verify import compare, randomize
 
 JSON_KEYS = {"module", "weights", "class", "layers", "seconds"}
@@ -162,9 +162,18 @@ def test_verify_application_passes_with_every_variable_randomised():
     info = json.loads(result.stdout)
     assert info["randomized"] is True and info["ok"] is True
     assert info["max_rel"] <= info["tolerance"] == 1e-4
-    [output] = info["outputs"]
-    assert output["shape"] == [1, 1000]
-    assert output["top1"] == 1.0
+    outputs = {o["name"]: o for o in info["outputs"]}
+    assert outputs["output"]["shape"] == [1, 1000]
+    assert outputs["output"]["top1"] == 1.0
+    taps = [name for name in outputs if name.startswith("tap:")]
+    assert len(taps) == 8  # intermediate layer outputs are compared too (--taps 8)
+    assert all(o["max_rel"] <= 1e-4 for o in outputs.values())
+
+
+def test_verify_taps_can_be_turned_off():
+    result = run_cli("verify", "MobileNet", "--batch", "1", "--taps", "0", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert [o["name"] for o in json.loads(result.stdout)["outputs"]] == ["output"]
 
 
 def test_verify_randomises_every_variable(tiny_file, monkeypatch):

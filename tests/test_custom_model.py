@@ -16,10 +16,10 @@ import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from kgen.runtime import load_variables
-from kgen.tracer.load import load_model_file
 
 from kgen.cli import main
+from kgen.runtime import load_variables
+from kgen.tracer.load import load_model_file
 from kgen.verify import compare, randomize
 
 L = keras.layers

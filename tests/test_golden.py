@@ -20,9 +20,9 @@ import keras
 import pytest
 from helpers import assert_parity
 from keras.src.ops import numpy as knp
-from kgen.codegen import check_source
 
 from kgen.api import convert
+from kgen.codegen import check_source
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = "pytest tests/test_golden.py --update-golden"

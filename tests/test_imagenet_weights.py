@@ -14,10 +14,10 @@ import json
 import h5py
 import numpy as np
 from click.testing import CliRunner
-from kgen.runtime import load_variables
 
 from kgen.api import load_module
 from kgen.cli import main
+from kgen.runtime import load_variables
 from kgen.verify import TOLERANCE, randomize
 
 

@@ -77,7 +77,7 @@ def _model(plugin):
 
 
 def test_plugin_lowering_in_python(plugin):
-    conversion, report = assert_parity(_model(plugin))
+    conversion, _ = assert_parity(_model(plugin))
     assert "nn.Dense(5" in conversion.source
 
 

@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+
 from kgen.runtime import decode_predictions, preprocess_input
 from kgen.runtime.preprocessing import _CLASS_INDEX, imagenet_class_index
 
@@ -147,9 +148,8 @@ def _tiny_model():
 def test_generated_class_carries_preprocessing(mode, module):
     import importlib
 
-    from kgen.codegen import check_source
-
     from kgen.api import convert
+    from kgen.codegen import check_source
 
     conversion = convert(
         _tiny_model(), class_name="Tiny", metadata={"preprocess": mode, "input_size": 6}

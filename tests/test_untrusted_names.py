@@ -31,13 +31,13 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import assert_parity
+
+from kgen.api import load_module
+from kgen.cli import main
 from kgen.codegen import check_source, generate
 from kgen.codegen.names import Namespace, pascal_case, sanitize, snake_case
 from kgen.runtime import load_variables
 from kgen.tracer import trace
-
-from kgen.api import load_module
-from kgen.cli import main
 from kgen.verify import compare, randomize
 
 MARKER = "pwned"

@@ -9,11 +9,11 @@ import jax
 import numpy as np
 import pytest
 from helpers import import_file, rand, run_cli
-from kgen.runtime import load_variables
 from safetensors.numpy import load_file, save_file
 
 import kgen
 from kgen import WeightsError
+from kgen.runtime import load_variables
 from kgen.verify import compare, randomize
 
 

@@ -29,17 +29,47 @@ def _family(family, names_sizes, preprocess, source="keras3"):
 _REGNET_SIZES = ("002", "004", "006", "008", "016", "032", "040", "064", "080", "120", "160", "320")
 
 _ALL = [
-    *_family("convnext", [("ConvNeXtTiny", 224), ("ConvNeXtSmall", 224), ("ConvNeXtBase", 224),
-                          ("ConvNeXtLarge", 224), ("ConvNeXtXLarge", 224)], "none"),
-    *_family("densenet", [("DenseNet121", 224), ("DenseNet169", 224), ("DenseNet201", 224)], "torch"),
-    *_family("efficientnet", [("EfficientNetB0", 224), ("EfficientNetB1", 240),
-                              ("EfficientNetB2", 260), ("EfficientNetB3", 300),
-                              ("EfficientNetB4", 380), ("EfficientNetB5", 456),
-                              ("EfficientNetB6", 528), ("EfficientNetB7", 600)], "none"),
-    *_family("efficientnet_v2", [("EfficientNetV2B0", 224), ("EfficientNetV2B1", 240),
-                                 ("EfficientNetV2B2", 260), ("EfficientNetV2B3", 300),
-                                 ("EfficientNetV2S", 384), ("EfficientNetV2M", 480),
-                                 ("EfficientNetV2L", 480)], "none"),
+    *_family(
+        "convnext",
+        [
+            ("ConvNeXtTiny", 224),
+            ("ConvNeXtSmall", 224),
+            ("ConvNeXtBase", 224),
+            ("ConvNeXtLarge", 224),
+            ("ConvNeXtXLarge", 224),
+        ],
+        "none",
+    ),
+    *_family(
+        "densenet", [("DenseNet121", 224), ("DenseNet169", 224), ("DenseNet201", 224)], "torch"
+    ),
+    *_family(
+        "efficientnet",
+        [
+            ("EfficientNetB0", 224),
+            ("EfficientNetB1", 240),
+            ("EfficientNetB2", 260),
+            ("EfficientNetB3", 300),
+            ("EfficientNetB4", 380),
+            ("EfficientNetB5", 456),
+            ("EfficientNetB6", 528),
+            ("EfficientNetB7", 600),
+        ],
+        "none",
+    ),
+    *_family(
+        "efficientnet_v2",
+        [
+            ("EfficientNetV2B0", 224),
+            ("EfficientNetV2B1", 240),
+            ("EfficientNetV2B2", 260),
+            ("EfficientNetV2B3", 300),
+            ("EfficientNetV2S", 384),
+            ("EfficientNetV2M", 480),
+            ("EfficientNetV2L", 480),
+        ],
+        "none",
+    ),
     *_family("inception_resnet_v2", [("InceptionResNetV2", 299)], "tf"),
     *_family("inception_v3", [("InceptionV3", 299)], "tf"),
     *_family("mobilenet", [("MobileNet", 224)], "tf"),
@@ -51,8 +81,12 @@ _ALL = [
     *_family("vgg", [("VGG16", 224), ("VGG19", 224)], "caffe"),
     *_family("xception", [("Xception", 299)], "tf"),
     # Only in legacy tf.keras (the tf_keras package): built with Keras 2 semantics.
-    *_family("resnet_rs", [(f"ResNetRS{d}", 224) for d in (50, 101, 152, 200, 270, 350, 420)],
-             "none", "tf_keras"),
+    *_family(
+        "resnet_rs",
+        [(f"ResNetRS{d}", 224) for d in (50, 101, 152, 200, 270, 350, 420)],
+        "none",
+        "tf_keras",
+    ),
     *_family("regnetx", [(f"RegNetX{s}", 224) for s in _REGNET_SIZES], "none", "tf_keras"),
     *_family("regnety", [(f"RegNetY{s}", 224) for s in _REGNET_SIZES], "none", "tf_keras"),
 ]

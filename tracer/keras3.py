@@ -118,7 +118,6 @@ class _Tracer(GraphBuilder):
             attrs.update(kind="op", config=config)
         self.add(nid, attrs)
 
-
     def add_mask_producers(self, value) -> None:
         """Trace the op nodes computing a Keras mask that no recorded argument uses."""
         for kt in _keras_tensors(value):
@@ -156,7 +155,10 @@ def _runtime_masks(layer, node) -> dict:
 
     try:
         spec = CallSpec(
-            layer._call_signature, layer._call_context_args, node.arguments.args, node.arguments.kwargs
+            layer._call_signature,
+            layer._call_context_args,
+            node.arguments.args,
+            node.arguments.kwargs,
         )
     except (TypeError, ValueError):
         return {}

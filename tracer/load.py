@@ -177,7 +177,7 @@ def _check_h5_model(p: Path, path: str) -> str:
         with h5py.File(str(p), "r") as f:
             version = _h5_text(f.attrs.get("keras_version")) or ""
             config = _h5_text(f.attrs.get("model_config"))
-    except Exception as exc:  # noqa: BLE001  (h5py raises OSError/KeyError variously)
+    except Exception as exc:
         raise SourceError(f"cannot read model file {path}: {_one_line(exc)}") from None
     if config is None:
         raise SourceError(

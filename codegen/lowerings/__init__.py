@@ -3,6 +3,7 @@
 from kgen.codegen.lowerings import (  # noqa: F401
     activations,
     applications,
+    attention,
     augmentation,
     convolutional,
     core,
@@ -12,9 +13,8 @@ from kgen.codegen.lowerings import (  # noqa: F401
     pooling,
     preprocessing,
     recurrent,
-    attention,
-    reshaping,
     resampling,
+    reshaping,
     sequence,
     tf_ops,
 )

@@ -43,9 +43,23 @@ _KERAS3 = {
 # gelu is exact; no hard_swish/hard_silu strings.
 _TF_KERAS = dict(_KERAS3)
 _TF_KERAS.update({"hard_sigmoid": ("rt.hard_sigmoid_tf_keras", {})})
-for _name in ("hard_silu", "hard_swish", "soft_shrink", "hard_shrink", "tanh_shrink",
-              "sparse_plus", "sparse_sigmoid", "celu", "glu", "squareplus", "sparsemax",
-              "hard_tanh", "log_sigmoid", "relu6", "silu"):
+for _name in (
+    "hard_silu",
+    "hard_swish",
+    "soft_shrink",
+    "hard_shrink",
+    "tanh_shrink",
+    "sparse_plus",
+    "sparse_sigmoid",
+    "celu",
+    "glu",
+    "squareplus",
+    "sparsemax",
+    "hard_tanh",
+    "log_sigmoid",
+    "relu6",
+    "silu",
+):
     _TF_KERAS.pop(_name, None)
 _TF_KERAS["relu6"] = ("jax.nn.relu6", {})
 _TF_KERAS["silu"] = ("jax.nn.silu", {})

@@ -63,7 +63,12 @@ def lower_conv(node: Node) -> Lowered:
             "feature_group_count": groups,
             "use_bias": bool(c.get("use_bias", True)),
         },
-        {"strides": (1,) * n, "kernel_dilation": (1,) * n, "feature_group_count": 1, "use_bias": True},
+        {
+            "strides": (1,) * n,
+            "kernel_dilation": (1,) * n,
+            "feature_group_count": 1,
+            "use_bias": True,
+        },
     )
     params = {"kernel": node.weight("kernel")}
     if c.get("use_bias", True):
@@ -137,7 +142,9 @@ def lower_separable_conv(node: Node) -> Lowered:
     if use_bias:
         pointwise["bias"] = node.weight("bias")
     params = {"depthwise": {"kernel": _depthwise_kernel(node)}, "pointwise": pointwise}
-    module = Module(Sym("rt.SeparableConv"), (int(c["filters"]), ntuple(c["kernel_size"], n)), kwargs)
+    module = Module(
+        Sym("rt.SeparableConv"), (int(c["filters"]), ntuple(c["kernel_size"], n)), kwargs
+    )
     expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
     return Lowered(expr, module=module, variables={"params": params})
 

@@ -51,7 +51,10 @@ def lower_identity(node: Node) -> Lowered:
 @register("Rescaling", family="core", handles={"scale", "offset"})
 def lower_rescaling(node: Node) -> Lowered:
     c = node.config
-    scale, offset = _constant(c.get("scale", 1.0), "scale"), _constant(c.get("offset", 0.0), "offset")
+    scale, offset = (
+        _constant(c.get("scale", 1.0), "scale"),
+        _constant(c.get("offset", 0.0), "offset"),
+    )
     expr = node.input
     if not (isinstance(scale, float) and scale == 1.0):
         expr = BinOp("*", expr, scale)

@@ -17,8 +17,20 @@ def _axes(value) -> tuple:
 @register(
     "BatchNormalization",
     family="normalization",
-    handles={"axis", "momentum", "epsilon", "center", "scale", "renorm", "renorm_clipping",
-             "renorm_momentum", "synchronized", "fused", "virtual_batch_size", "adjustment"},
+    handles={
+        "axis",
+        "momentum",
+        "epsilon",
+        "center",
+        "scale",
+        "renorm",
+        "renorm_clipping",
+        "renorm_momentum",
+        "synchronized",
+        "fused",
+        "virtual_batch_size",
+        "adjustment",
+    },
     requires={"virtual_batch_size": None, "adjustment": None},
 )
 def lower_batch_norm(node: Node) -> Lowered:
@@ -46,6 +58,7 @@ def lower_batch_norm(node: Node) -> Lowered:
         },
         {"axis": (-1,), "momentum": 0.99, "center": True, "scale": True, "unbiased_update": False},
     )
+
     def weight(name):
         return node.weight(name).reshape(feature_shape)
 
@@ -153,7 +166,9 @@ def _normalization_constant(value, keep: tuple, shape: list, field: str):
     try:
         value = np.broadcast_to(value, shape)
     except ValueError:
-        raise Unsupported(field, f"array of shape {value.shape}", f"one broadcastable to {shape}")
+        raise Unsupported(
+            field, f"array of shape {value.shape}", f"one broadcastable to {shape}"
+        ) from None
     while value.ndim and value.shape[0] == 1:
         value = value[0]
     if value.ndim == 0:

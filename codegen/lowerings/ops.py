@@ -75,9 +75,9 @@ for _name, _fn in {
     "Min": "jnp.min",
     "Prod": "jnp.prod",
 }.items():
-    register(_name, family="ops", kind="op", handles={"axis", "keepdims"}, requires={"initial": None})(
-        _reduction(_fn)
-    )
+    register(
+        _name, family="ops", kind="op", handles={"axis", "keepdims"}, requires={"initial": None}
+    )(_reduction(_fn))
 
 
 # --- More keras.ops: element-wise functions, activations, reductions, shapes -------------
@@ -199,6 +199,7 @@ def _dtype_kwargs(node: Node) -> dict:
 def lower_like(node: Node) -> Lowered:
     fn = "jnp.zeros_like" if node.class_name == "ZerosLike" else "jnp.ones_like"
     return Lowered(Call(Sym(fn), (node.args[0],), _dtype_kwargs(node)))
+
 
 _BINARY_FN = {
     "Maximum": "jnp.maximum",

@@ -33,7 +33,11 @@ def lower_max_pooling(node: Node) -> Lowered:
 
 
 @register(
-    "AveragePooling1D", "AveragePooling2D", "AveragePooling3D", family="pooling", handles=_POOL_FIELDS
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "AveragePooling3D",
+    family="pooling",
+    handles=_POOL_FIELDS,
 )
 def lower_average_pooling(node: Node) -> Lowered:
     return _pool(node, "nn.avg_pool")

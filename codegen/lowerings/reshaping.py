@@ -51,7 +51,9 @@ _RANK = {"1D": 1, "2D": 2, "3D": 3}
 
 
 @register(
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
     family="reshaping",
     handles={"padding", "data_format"},
 )
@@ -63,7 +65,9 @@ def lower_zero_padding(node: Node) -> Lowered:
 
 
 @register(
-    "Cropping1D", "Cropping2D", "Cropping3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
     family="reshaping",
     handles={"cropping", "data_format"},
 )

@@ -157,9 +157,8 @@ def lower_tf_binary(node: Node) -> Lowered:
     return Lowered(BinOp(_BINARY[node.class_name], b["x"], b["y"]))
 
 
-_MATMUL_FIXED = {
-    k: False
-    for k in (
+_MATMUL_FIXED = dict.fromkeys(
+    (
         "transpose_a",
         "transpose_b",
         "adjoint_a",
@@ -168,8 +167,9 @@ _MATMUL_FIXED = {
         "b_is_sparse",
         "grad_a",
         "grad_b",
-    )
-}
+    ),
+    False,
+)
 
 
 @_tf("linalg.matmul")
