@@ -141,3 +141,14 @@ def test_shared_nested_model_is_one_submodule():
     assert source.count("Inner(name=") == 1, source
     assert list(conversion.variables["params"]) == ["inner"]
     assert conversion.n_layers == 3  # inner_dense, the subtract op, sum: inner counts once
+
+
+def test_single_output_given_as_a_list_comes_back_bare():
+    """Keras's Functional.call unpacks a one-element output list (unpack_singleton)."""
+    import keras
+    from helpers import assert_parity
+
+    x = keras.Input((3,), name="x")
+    model = keras.Model(x, [keras.layers.Dense(2, name="d")(x)], name="single_in_list")
+    conversion, _ = assert_parity(model)
+    assert "return d\n" in conversion.source

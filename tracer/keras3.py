@@ -72,7 +72,10 @@ class _Tracer(GraphBuilder):
             for node in fn._nodes_by_depth[depth]:
                 self.add_node(node)
 
-        self.set_io(fn._inputs_struct, fn._outputs_struct, _shape, lambda t: str(t.dtype))
+        outputs = fn._outputs_struct
+        if isinstance(outputs, (list, tuple)) and len(outputs) == 1:
+            outputs = outputs[0]  # Functional.call returns unpack_singleton(outputs)
+        self.set_io(fn._inputs_struct, outputs, _shape, lambda t: str(t.dtype))
         return g
 
     def add_node(self, node) -> None:
