@@ -13,17 +13,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
+from kgen.runtime.layers import _broadcast_shape
+
 __all__ = ["GroupNorm", "LayerNorm", "Normalization", "l2_normalize", "normalize"]
 
 #: ``keras.backend.epsilon()``, the floor under the standard deviation in ``Normalization``.
 KERAS_EPSILON = 1e-7
-
-
-def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> list[int]:
-    shape = [1] * ndim
-    for a, s in zip(axes, sizes):
-        shape[a] = s
-    return shape
 
 
 class LayerNorm(nn.Module):

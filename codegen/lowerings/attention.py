@@ -11,6 +11,7 @@ records as Keras fills them in at run time.
 from __future__ import annotations
 
 from kgen.codegen.ir import SELF, Call, Lowered, Module, Node, Sym
+from kgen.codegen.lowerings.common import bind_args
 from kgen.codegen.registry import Unsupported, register
 
 _MHA_CALL = (
@@ -25,13 +26,6 @@ _MHA_CALL = (
     "training",
     "use_causal_mask",
 )
-
-
-def _bind(node: Node, names: tuple) -> dict:
-    """Call arguments by parameter name (positional ones bound in signature order)."""
-    bound = dict(zip(names, node.args))
-    bound.update(node.kwargs)
-    return bound
 
 
 def _flag(value, field: str) -> bool:
@@ -98,7 +92,7 @@ def lower_multi_head_attention(node: Node) -> Lowered:
         group = weights[i * per_dense : (i + 1) * per_dense]
         params[name] = dict(zip(("kernel", "bias"), group))
 
-    call = _bind(node, _MHA_CALL)
+    call = bind_args(node, _MHA_CALL)
     args = [call["query"], call["value"]]
     if call.get("key") is not None:
         args.append(call["key"])
@@ -116,7 +110,9 @@ def lower_multi_head_attention(node: Node) -> Lowered:
 
 
 def _dense_attention_call(node: Node) -> Call:
-    call = _bind(node, ("inputs", "mask", "training", "return_attention_scores", "use_causal_mask"))
+    call = bind_args(
+        node, ("inputs", "mask", "training", "return_attention_scores", "use_causal_mask")
+    )
     inputs = list(call["inputs"])
     if not 2 <= len(inputs) <= 3:
         raise Unsupported(

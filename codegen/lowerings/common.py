@@ -33,3 +33,10 @@ def channels_last(config: dict) -> None:
 def drop_defaults(kwargs: dict, defaults: dict) -> dict:
     """Keep only arguments that differ from the callee's defaults (readable calls)."""
     return {k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v}
+
+
+def bind_args(node, names: tuple) -> dict:
+    """A call's arguments by parameter name (positional ones bound in signature order)."""
+    bound = dict(zip(names, node.args))
+    bound.update(node.kwargs)
+    return bound

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kgen.codegen.ir import BinOp, Call, Index, Lowered, Neg, Node, Sym
+from kgen.codegen.lowerings.common import bind_args
 from kgen.codegen.registry import Unsupported, register
 
 _BINARY = {
@@ -104,13 +105,6 @@ def _dtype(value, field: str = "dtype") -> Sym:
     if str(name) not in _DTYPES:
         raise Unsupported(field, name, ", ".join(sorted(_DTYPES)))
     return Sym(_DTYPES[str(name)])
-
-
-def _bind_args(node: Node, names: tuple) -> dict:
-    """Call arguments by parameter name (positional ones in signature order)."""
-    bound = dict(zip(names, node.args))
-    bound.update(node.kwargs)
-    return bound
 
 
 def _axis(value):
@@ -297,7 +291,7 @@ def lower_count_nonzero(node: Node) -> Lowered:
 
 @register("Average", family="ops", kind="op", handles={"axis"})
 def lower_average(node: Node) -> Lowered:
-    args = _bind_args(node, ("x", "weights"))
+    args = bind_args(node, ("x", "weights"))
     kwargs = {}
     axis = _axis(node.config.get("axis"))
     if axis is not None:
@@ -315,7 +309,7 @@ def lower_clip(node: Node) -> Lowered:
 
 @register("Where", family="ops", kind="op")
 def lower_where(node: Node) -> Lowered:
-    args = _bind_args(node, ("condition", "x1", "x2"))
+    args = bind_args(node, ("condition", "x1", "x2"))
     if args.get("x1") is None or args.get("x2") is None:
         raise Unsupported("x1/x2", None, "both given (where(condition) has a data-dependent shape)")
     return Lowered(Call(Sym("jnp.where"), (args["condition"], args["x1"], args["x2"])))
@@ -467,7 +461,7 @@ def lower_pad(node: Node) -> Lowered:
     mode = str(c.get("mode", "constant"))
     if mode not in ("constant", "reflect", "symmetric"):
         raise Unsupported("mode", mode, "'constant', 'reflect', 'symmetric'")
-    args = _bind_args(node, ("x", "constant_values"))
+    args = bind_args(node, ("x", "constant_values"))
     kwargs = {} if mode == "constant" else {"mode": mode}
     if args.get("constant_values") not in (None, 0, 0.0):
         kwargs["constant_values"] = args["constant_values"]
@@ -477,7 +471,7 @@ def lower_pad(node: Node) -> Lowered:
 @register("Take", family="ops", kind="op", handles={"axis"})
 def lower_take(node: Node) -> Lowered:
     """Negative indices count from the end (Keras wraps them like JAX's default mode)."""
-    args = _bind_args(node, ("x", "indices"))
+    args = bind_args(node, ("x", "indices"))
     indices = args["indices"]
     if isinstance(indices, (list, tuple)):
         indices = np.asarray(indices, dtype=np.int32)
@@ -523,24 +517,11 @@ def lower_one_hot(node: Node) -> Lowered:
 def lower_image_resize(node: Node) -> Lowered:
     """``keras.ops.image.resize`` of a batch of channels-last images, through ``rt.resize``
     (TF's half-pixel sampling, no antialiasing unless asked)."""
-    from kgen.runtime.resampling import INTERPOLATIONS
+    from kgen.codegen.lowerings.resampling import resize_call
 
     c = node.config
     if c.get("data_format") not in (None, "channels_last"):
         raise Unsupported("data_format", c["data_format"], "'channels_last'")
     if len(node.input_shapes[0]) != 4:
         raise Unsupported("input rank", len(node.input_shapes[0]), "4 (a batch of images)")
-    interpolation = str(c.get("interpolation", "bilinear"))
-    if interpolation not in INTERPOLATIONS:
-        raise Unsupported("interpolation", interpolation, ", ".join(map(repr, INTERPOLATIONS)))
-    size = tuple(int(s) for s in c["size"])
-    kwargs = {}
-    if c.get("antialias"):
-        kwargs["antialias"] = True
-    if c.get("crop_to_aspect_ratio"):
-        kwargs["crop_to_aspect_ratio"] = True
-    elif c.get("pad_to_aspect_ratio"):
-        kwargs["pad_to_aspect_ratio"] = True
-        if float(c.get("fill_value") or 0.0) != 0.0:
-            kwargs["fill_value"] = float(c["fill_value"])
-    return Lowered(Call(Sym("rt.resize"), (node.args[0], size, interpolation), kwargs))
+    return Lowered(resize_call(node.args[0], tuple(int(s) for s in c["size"]), c))

@@ -67,7 +67,11 @@ def lower_resizing(node: Node) -> Lowered:
     channels_last(c)
     if node.rank != 4:
         raise Unsupported("input rank", node.rank, "4 (a batch of images)")
-    size = (int(c["height"]), int(c["width"]))
+    return Lowered(resize_call(node.input, (int(c["height"]), int(c["width"])), c))
+
+
+def resize_call(x, size: tuple, c: dict) -> Call:
+    """``rt.resize`` with a Resizing layer's or ``ops.image.resize``'s options."""
     interpolation = _interpolation(c.get("interpolation", "bilinear"))
     kwargs = {}
     if c.get("antialias"):
@@ -76,10 +80,10 @@ def lower_resizing(node: Node) -> Lowered:
         kwargs["crop_to_aspect_ratio"] = True
     elif c.get("pad_to_aspect_ratio"):
         kwargs["pad_to_aspect_ratio"] = True
-        fill = float(c.get("fill_value", 0.0))
+        fill = float(c.get("fill_value") or 0.0)
         if fill != 0.0:
             kwargs["fill_value"] = fill
-    return Lowered(Call(Sym("rt.resize"), (node.input, size, interpolation), kwargs))
+    return Call(Sym("rt.resize"), (x, size, interpolation), kwargs)
 
 
 @register(
