@@ -182,24 +182,8 @@ def test_application(name):
     _check_app(name)
 
 
-# With every variable random, the two deepest ResNetRS models amplify float32 rounding
-# block after block: the tapped error grows smoothly from 1e-6 (block 9 of stage 3) to
-# 3e-2 (block 71 of stage 4) while the same block types match at 2e-6..8e-6 in
-# ResNetRS50..270.  Known, tracked in the issue; strict=False so a fix shows as XPASS.
-_AMPLIFIED = pytest.mark.xfail(
-    reason="float32 rounding amplified through 70+ random residual blocks exceeds 1e-4",
-    strict=False,
-)
-
-
 @pytest.mark.catalog
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(n, marks=_AMPLIFIED) if n in ("ResNetRS350", "ResNetRS420") else n
-        for n in _tf_keras_apps()
-    ],
-)
+@pytest.mark.parametrize("name", _tf_keras_apps())
 def test_application_catalog(name):
     _check_app(name)
 
