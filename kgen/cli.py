@@ -338,7 +338,8 @@ def _regenerate_text(source: str, output: str, weights, app_options: dict) -> st
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line describing the result.")
 @_app_options
 def emit(source, output, weights, as_json, **app_options):
-    """Convert SOURCE (an application name or a .keras/.h5 file) to a Flax module.
+    """Convert SOURCE (an application name, a .keras/.h5 file or a tf.keras SavedModel
+    directory) to a Flax module.
 
     Writes OUTPUT/<name>.py and, unless --weights none, OUTPUT/<name>.safetensors.
     """

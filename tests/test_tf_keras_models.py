@@ -54,7 +54,7 @@ def apply(instance, variables, *inputs):
 # --- (a) a Keras 2 .h5 model file with TF ops on Keras tensors -------------------------
 
 
-def _custom_model():
+def _custom_model(ellipsis: bool = True):
     inp = tfk.Input((8, 8, 3), name="image")
     x = L.Conv2D(6, 3, padding="same", name="conv")(inp)
     x = L.BatchNormalization(name="bn")(x)
@@ -63,15 +63,23 @@ def _custom_model():
     y = y - tf.reduce_mean(y, axis=[1, 2], keepdims=True)
     z = L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", name="dw")(y)
     pooled = tf.reduce_mean(z, [1, 2])  # positional axis
-    out = L.Dense(5, name="logits")(pooled[..., 1:] / 3.0)
+    # tf.keras cannot write an Ellipsis into a .keras archive's config
+    out = L.Dense(5, name="logits")((pooled[..., 1:] if ellipsis else pooled[:, 1:]) / 3.0)
     return tfk.Model(inp, out, name="custom_tf_ops")
 
 
-def test_h5_model_file_with_tf_ops(tmp_path):
-    model = _custom_model()
+# tf.keras 2 writes three full-model formats: a SavedModel directory (the TF 2 default,
+# ``model.save("dir")``), a legacy ``.h5`` file and, since 2.13, a ``.keras`` archive.
+MODEL_FORMATS = {"h5": "m.h5", "savedmodel": "m_savedmodel", "keras": "m.keras"}
+
+
+@pytest.mark.parametrize("fmt", sorted(MODEL_FORMATS))
+def test_model_file_with_tf_ops(tmp_path, fmt):
+    model = _custom_model(ellipsis=fmt != "keras")
     randomize(model, seed=0)
-    path = tmp_path / "m.h5"
+    path = tmp_path / MODEL_FORMATS[fmt]
     model.save(path)
+    assert path.is_dir() == (fmt == "savedmodel")
 
     info = emit(str(path), "-o", str(tmp_path / "out"))
     imports = [
@@ -101,8 +109,9 @@ def test_keras2_h5_loads_with_tf_keras_and_keras3_h5_with_keras(tmp_path):
     assert isinstance(k3, keras.Model) and not isinstance(k3, tfk.Model)
 
 
-def _lambda_h5(tmp_path, marker, nested: bool):
-    """A Keras 2 .h5 whose Lambda would create ``marker`` when the model is rebuilt."""
+def _lambda_h5(tmp_path, marker, nested: bool, name: str = "lambda.h5"):
+    """A Keras 2 model file whose Lambda would create ``marker`` when the model is
+    rebuilt."""
 
     def evil():  # a real lambda: tf.keras saves its marshalled bytecode
         return L.Lambda(lambda t, p=str(marker): (open(p, "w").close(), t)[1], name="evil")
@@ -115,9 +124,9 @@ def _lambda_h5(tmp_path, marker, nested: bool):
     else:
         inp = tfk.Input((3,))
         model = tfk.Model(inp, L.Dense(2)(evil()(inp)))
-    path = tmp_path / "lambda.h5"
+    path = tmp_path / name
     model.save(path)
-    marker.unlink()  # building the model above ran the lambda once
+    marker.unlink()  # building (and tracing) the model above ran the lambda
     return path
 
 
@@ -145,6 +154,71 @@ def test_h5_with_lambda_is_refused_without_running_it(tmp_path, nested):
     # The check is what stops it: loading the file unchecked runs the file's bytecode.
     tfk.models.load_model(path, compile=False)
     assert marker.exists()
+
+
+@pytest.mark.parametrize("name", ["lambda_savedmodel", "lambda.keras"])
+def test_other_formats_with_lambda_are_refused_without_running_it(tmp_path, name):
+    from kgen.errors import SourceError
+    from kgen.tracer.load import load_model_file
+
+    marker = tmp_path / "marker"
+    path = _lambda_h5(tmp_path, marker, nested=True, name=name)
+    with pytest.raises(SourceError, match="Lambda 'evil'"):
+        load_model_file(str(path))
+    assert not marker.exists()
+
+
+def test_savedmodel_without_keras_metadata_is_refused(tmp_path):
+    from kgen.errors import SourceError
+    from kgen.tracer.load import load_model_file
+
+    class Plain(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 3])])
+        def __call__(self, x):
+            return x * 2.0
+
+    tf.saved_model.save(Plain(), str(tmp_path / "plain"))
+    with pytest.raises(SourceError, match="without Keras metadata"):
+        load_model_file(str(tmp_path / "plain"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="not a SavedModel"):
+        load_model_file(str(tmp_path / "empty"))
+
+
+def test_subclassed_savedmodel_is_refused(tmp_path):
+    from kgen.errors import SourceError
+    from kgen.tracer.load import load_model_file
+
+    class Sub(tfk.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = L.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Sub()
+    model(tf.zeros((1, 3)))
+    model.save(tmp_path / "sub")
+    with pytest.raises(SourceError, match="subclassed") as info:
+        load_model_file(str(tmp_path / "sub"))
+    assert "\n" not in str(info.value)
+
+
+def test_savedmodel_variables_are_restored(tmp_path):
+    """A SavedModel is rebuilt from its config: its variables must come from its own
+    checkpoint, not a fresh initialisation."""
+    from kgen.tracer.load import load_model_file
+
+    model = _custom_model()
+    randomize(model, seed=3)
+    model.save(tmp_path / "sm")
+    loaded = load_model_file(str(tmp_path / "sm"))
+    assert isinstance(loaded, tfk.Model)
+    assert len(loaded.weights) == len(model.weights)
+    for a, b in zip(model.weights, loaded.weights):
+        assert a.name == b.name
+        assert (a.numpy() == b.numpy()).all(), a.name
 
 
 def test_h5_with_unlowered_tf_symbol_is_refused(tmp_path):

@@ -6,6 +6,7 @@ is imported where the check does not need it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zipfile
@@ -134,13 +135,23 @@ def load_source(source: str, weights: str | None = None, **options) -> LoadedMod
 def load_model_file(path: str):
     """Load a saved model without executing anything it contains (Keras safe mode).
 
-    A ``.h5`` file's model config is read and checked before any Keras sees it (see
-    :func:`_check_h5_model`); one saved by Keras 2 (``keras_version`` 2.x) is loaded
+    Accepted: a ``.keras`` archive, a full-model ``.h5`` file, or a tf.keras SavedModel
+    directory (``model.save("dir")`` in TF 2.x).  Whatever Keras wrote the file, its
+    model config is read with plain ``json`` and checked (:func:`_refuse_unsafe`) before
+    any Keras rebuilds it.  A file written by Keras 2 (``keras_version`` 2.x) is loaded
     with tf.keras, so it converts with Keras 2 semantics.
     """
+    if Path(path).is_dir():
+        return _load_saved_model(Path(path), path)
     p = _check_file(path, "model file", MODEL_SUFFIXES, "a .keras or .h5 model file")
-    if not p.name.endswith(".keras") and _check_h5_model(p, path).startswith("2."):
-        return _load_tf_keras_h5(p, path)
+    if p.name.endswith(".keras"):
+        version, config = _keras_zip_config(p, path)
+    else:
+        version, config = _h5_config(p, path)
+    if config is not None:
+        _refuse_unsafe(config, path)
+    if version.startswith("2."):
+        return _load_tf_keras_file(p, path)
     import keras
 
     try:
@@ -158,19 +169,8 @@ def _h5_text(value) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def _check_h5_model(p: Path, path: str) -> str:
-    """Refuse a ``.h5`` model whose rebuilding would run code from the file; return its
-    ``keras_version``.
-
-    Rebuilding a legacy ``.h5`` model unmarshals and runs the Python bytecode of its
-    ``Lambda`` layers (and of lambdas in RNN cell wrappers), and calls each tf.keras
-    ``TFOpLambda`` layer's TF function, named by the file, while it wires the graph.
-    So the ``model_config`` JSON is parsed here, with plain ``json``, and the file is
-    refused when it holds Lambda layers or serialised lambdas anywhere (nested models
-    included), or a TFOpLambda symbol that kgen has no lowering for.
-    """
-    import json
-
+def _h5_config(p: Path, path: str) -> tuple[str, str]:
+    """A ``.h5`` model file's ``(keras_version, model_config JSON)``, read with h5py."""
     import h5py
 
     try:
@@ -184,10 +184,37 @@ def _check_h5_model(p: Path, path: str) -> str:
             f"cannot load model file {path}: it has no model config (it holds weights "
             "only: pass the model file, and this file as --weights)"
         )
+    return version, config
+
+
+def _keras_zip_config(p: Path, path: str) -> tuple[str, str | None]:
+    """A ``.keras`` archive's ``(keras_version, config.json)``; Keras 3 writes 3.x, tf.keras
+    2.13+ writes 2.x into ``metadata.json``."""
     try:
-        config = json.loads(config)
-    except ValueError as exc:
-        raise SourceError(f"model file {path}: its model config is not JSON ({exc})") from None
+        with zipfile.ZipFile(p) as z:
+            names = set(z.namelist())
+            meta = z.read("metadata.json") if "metadata.json" in names else b"{}"
+            config = z.read("config.json").decode("utf-8") if "config.json" in names else None
+        version = json.loads(meta).get("keras_version", "")
+    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+        raise SourceError(f"cannot read model file {path}: {_one_line(exc)}") from None
+    return str(version), config
+
+
+def _refuse_unsafe(config, path: str) -> None:
+    """Refuse a model whose rebuilding would run code from the file.
+
+    Rebuilding a tf.keras model unmarshals and runs the Python bytecode of its ``Lambda``
+    layers (and of lambdas in RNN cell wrappers), and calls each ``TFOpLambda`` layer's TF
+    function, named by the file, while it wires the graph.  So the file is refused when
+    its config holds Lambda layers or serialised lambdas anywhere (nested models
+    included), or a TFOpLambda symbol that kgen has no lowering for.
+    """
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError as exc:
+            raise SourceError(f"model file {path}: its model config is not JSON ({exc})") from None
     lambdas, symbols = _unsafe_parts(config)
     problems = []
     if lambdas:
@@ -207,7 +234,6 @@ def _check_h5_model(p: Path, path: str) -> str:
             "code into a custom layer class, register a lowering for it and pass it with "
             "--plugin MODULE (see README, 'Custom layers')"
         )
-    return version
 
 
 def _unsafe_parts(config) -> tuple[list[str], list[str]]:
@@ -245,16 +271,75 @@ def _unsafe_parts(config) -> tuple[list[str], list[str]]:
     return lambdas, symbols
 
 
-def _load_tf_keras_h5(p: Path, path: str):
-    """Load a Keras 2 ``.h5`` model with tf.keras (already checked), in its safe mode."""
-    import tf_keras
-
+def _safe_mode():
     try:
         from tf_keras.src.saving.serialization_lib import SafeModeScope
     except ImportError:  # pragma: no cover - older tf_keras
-        from contextlib import nullcontext as SafeModeScope
+        from contextlib import nullcontext
+
+        return nullcontext()
+    return SafeModeScope(True)
+
+
+def _load_tf_keras_file(p: Path, path: str):
+    """Load a Keras 2 ``.h5`` or ``.keras`` model (already checked) with tf.keras."""
+    import tf_keras
+
     try:
-        with SafeModeScope(True):
+        with _safe_mode():
             return tf_keras.models.load_model(str(p), compile=False)
     except Exception as exc:
         raise SourceError(f"cannot load model file {path}: {_one_line(exc)}") from None
+
+
+def _load_saved_model(p: Path, path: str):
+    """Rebuild a tf.keras SavedModel directory from its Keras metadata, then restore its
+    variables from the checkpoint inside.
+
+    Nothing of the SavedModel's own graph is loaded or run: ``keras_metadata.pb`` is a
+    protobuf holding the model config as JSON, which is checked like any other config,
+    and ``variables/`` is a tensor checkpoint.
+    """
+    if not (p / "saved_model.pb").is_file():
+        raise SourceError(
+            f"model file {path!r} is a directory but not a SavedModel (no saved_model.pb); "
+            "expected a .keras or .h5 model file or a tf.keras SavedModel directory"
+        )
+    if not (p / "keras_metadata.pb").is_file():
+        raise SourceError(
+            f"{path} is a TensorFlow SavedModel without Keras metadata (written by "
+            "tf.saved_model.save or model.export), so it holds no Keras layer graph; save "
+            "the Keras model itself with model.save('model.keras')"
+        )
+    try:
+        from tf_keras.protobuf import saved_metadata_pb2
+
+        metadata = saved_metadata_pb2.SavedMetadata()
+        metadata.ParseFromString((p / "keras_metadata.pb").read_bytes())
+        root = next(n for n in metadata.nodes if n.node_path == "root")
+        meta = json.loads(root.metadata)
+    except Exception as exc:
+        raise SourceError(f"cannot read the Keras metadata of {path}: {_one_line(exc)}") from None
+    config = meta.get("model_config")
+    if not isinstance(config, dict) or "config" not in config:
+        cls = str(meta.get("class_name", "?"))[:60]
+        raise SourceError(
+            f"cannot rebuild the model in {path}: its class {cls!r} has no saved config "
+            "(a subclassed model); kgen converts functional and Sequential models"
+        )
+    _refuse_unsafe(config, path)
+
+    import tf_keras
+    from tf_keras.src.saving.legacy.saved_model import json_utils
+
+    try:
+        with _safe_mode():
+            model = tf_keras.models.model_from_config(json_utils.decode(json.dumps(config)))
+    except Exception as exc:
+        raise SourceError(f"cannot rebuild the model in {path}: {_one_line(exc)}") from None
+    try:
+        status = model.load_weights(str(p / "variables" / "variables"))
+        status.assert_existing_objects_matched()
+    except Exception as exc:
+        raise SourceError(f"cannot restore the variables of {path}: {_one_line(exc)}") from None
+    return model
