@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from kgen.codegen.ir import Sym
 from kgen.codegen.registry import Unsupported
 
 
@@ -40,3 +41,25 @@ def bind_args(node, names: tuple) -> dict:
     bound = dict(zip(names, node.args))
     bound.update(node.kwargs)
     return bound
+
+
+DTYPES = {
+    "float16": "jnp.float16",
+    "bfloat16": "jnp.bfloat16",
+    "float32": "jnp.float32",
+    "float64": "jnp.float64",
+    "int8": "jnp.int8",
+    "int16": "jnp.int16",
+    "int32": "jnp.int32",
+    "int64": "jnp.int64",
+    "uint8": "jnp.uint8",
+    "bool": "jnp.bool_",
+}
+
+
+def dtype_sym(value, field: str = "dtype") -> Sym:
+    """A dtype name (or a serialised Keras dtype policy) as the ``jnp`` dtype symbol."""
+    name = value.get("config", {}).get("name") if isinstance(value, dict) else value
+    if str(name) not in DTYPES:
+        raise Unsupported(field, name, ", ".join(sorted(DTYPES)))
+    return Sym(DTYPES[str(name)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kgen.codegen.ir import BinOp, Call, Index, Lowered, Neg, Node, Sym
-from kgen.codegen.lowerings.common import bind_args
+from kgen.codegen.lowerings.common import bind_args, dtype_sym
 from kgen.codegen.registry import Unsupported, register
 
 _BINARY = {
@@ -85,26 +85,6 @@ for _name, _fn in {
 # Each class's hyper-parameters come from ``op.get_config()`` (``node.config``); tensors and
 # constants from the call (``node.args``/``node.kwargs``).  Every entry has a parity test
 # in tests/lowerings/test_ops_more.py.
-
-_DTYPES = {
-    "float16": "jnp.float16",
-    "bfloat16": "jnp.bfloat16",
-    "float32": "jnp.float32",
-    "float64": "jnp.float64",
-    "int8": "jnp.int8",
-    "int16": "jnp.int16",
-    "int32": "jnp.int32",
-    "int64": "jnp.int64",
-    "uint8": "jnp.uint8",
-    "bool": "jnp.bool_",
-}
-
-
-def _dtype(value, field: str = "dtype") -> Sym:
-    name = value.get("config", {}).get("name") if isinstance(value, dict) else value
-    if str(name) not in _DTYPES:
-        raise Unsupported(field, name, ", ".join(sorted(_DTYPES)))
-    return Sym(_DTYPES[str(name)])
 
 
 def _axis(value):
@@ -186,7 +166,7 @@ for _name in _ELEMENTWISE:
 
 def _dtype_kwargs(node: Node) -> dict:
     dtype = node.config.get("dtype")
-    return {} if dtype is None else {"dtype": _dtype(dtype)}
+    return {} if dtype is None else {"dtype": dtype_sym(dtype)}
 
 
 @register("ZerosLike", "OnesLike", family="ops", kind="op", handles={"dtype"})
@@ -319,7 +299,7 @@ def lower_where(node: Node) -> Lowered:
 def lower_cast(node: Node) -> Lowered:
     """A float-to-int cast truncates toward zero, as TF's does."""
     return Lowered(
-        Call(Sym("jnp.asarray"), (node.args[0],), {"dtype": _dtype(node.config.get("dtype"))})
+        Call(Sym("jnp.asarray"), (node.args[0],), {"dtype": dtype_sym(node.config.get("dtype"))})
     )
 
 
@@ -495,7 +475,7 @@ def lower_one_hot(node: Node) -> Lowered:
     if int(c.get("axis", -1)) != -1:
         kwargs["axis"] = int(c["axis"])
     if c.get("dtype") not in (None, "float32"):
-        kwargs["dtype"] = _dtype(c["dtype"])
+        kwargs["dtype"] = dtype_sym(c["dtype"])
     return Lowered(Call(Sym("jax.nn.one_hot"), (node.args[0], int(c["num_classes"])), kwargs))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kgen.codegen.ir import BinOp, Call, Index, Lowered, Neg, Node, Sym
+from kgen.codegen.lowerings.common import dtype_sym
 from kgen.codegen.registry import Unsupported, register
 
 __all__ = ["SIGNATURES"]
@@ -38,6 +39,19 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "math.floormod": _XY,
     "math.maximum": _XY,
     "math.minimum": _XY,
+    "math.squared_difference": _XY,
+    # comparisons and logic
+    "math.greater": _XY,
+    "math.greater_equal": _XY,
+    "math.less": _XY,
+    "math.less_equal": _XY,
+    "math.equal": _XY,
+    "math.not_equal": _XY,
+    "math.logical_and": _XY,
+    "math.logical_or": _XY,
+    "math.logical_not": _X,
+    "where": ("condition", "x", "y", "name"),
+    "cast": ("x", "dtype", "name"),
     "linalg.matmul": (
         "a",
         "b",
@@ -70,6 +84,20 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "math.abs": _X,
     "math.square": _X,
     "math.negative": _X,
+    "math.reciprocal": _X,
+    "math.sin": _X,
+    "math.cos": _X,
+    "math.erf": _X,
+    "math.sign": _X,
+    "math.floor": _X,
+    "math.ceil": _X,
+    "math.round": _X,
+    "nn.softsign": _FEATURES,
+    "stop_gradient": ("input", "name"),
+    "identity": ("input", "name"),
+    "zeros_like": ("input", "dtype", "name", "layout"),
+    "ones_like": ("input", "dtype", "name", "layout"),
+    "math.l2_normalize": ("x", "axis", "epsilon", "name", "dim"),
     "clip_by_value": ("t", "clip_value_min", "clip_value_max", "name"),
     # reductions and softmax
     "math.reduce_mean": _REDUCE,
@@ -77,10 +105,16 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "math.reduce_max": _REDUCE,
     "math.reduce_min": _REDUCE,
     "math.reduce_prod": _REDUCE,
+    "math.reduce_any": _REDUCE,
+    "math.reduce_all": _REDUCE,
     "nn.softmax": ("logits", "axis", "name"),
+    "nn.log_softmax": ("logits", "axis", "name"),
     # shapes
     "__operators__.getitem": ("tensor", "slice_spec", "var"),
     "concat": ("values", "axis", "name"),
+    "stack": ("values", "axis", "name"),
+    "tile": ("input", "multiples", "name"),
+    "einsum": ("equation", "inputs", "kwargs"),
     "reshape": ("tensor", "shape", "name"),
     "transpose": ("a", "perm", "conjugate", "name"),
     "compat.v1.transpose": ("a", "perm", "name", "conjugate"),
@@ -148,6 +182,12 @@ _BINARY = {
     "math.floordiv": "//",
     "compat.v1.floor_div": "//",
     "math.floormod": "%",
+    "math.greater": ">",
+    "math.greater_equal": ">=",
+    "math.less": "<",
+    "math.less_equal": "<=",
+    "math.equal": "==",
+    "math.not_equal": "!=",
 }
 
 
@@ -178,11 +218,71 @@ def lower_tf_matmul(node: Node) -> Lowered:
     return Lowered(BinOp("@", b["a"], b["b"]))
 
 
-@_tf("math.maximum", "math.minimum")
-def lower_tf_maximum(node: Node) -> Lowered:
+_BINARY_FN = {
+    "math.maximum": "jnp.maximum",
+    "math.minimum": "jnp.minimum",
+    "math.logical_and": "jnp.logical_and",
+    "math.logical_or": "jnp.logical_or",
+}
+
+
+@_tf(*_BINARY_FN)
+def lower_tf_binary_fn(node: Node) -> Lowered:
     b = _bind(node, ("x", "y"))
-    fn = "jnp.maximum" if node.class_name == "math.maximum" else "jnp.minimum"
-    return Lowered(Call(Sym(fn), (b["x"], b["y"])))
+    return Lowered(Call(Sym(_BINARY_FN[node.class_name]), (b["x"], b["y"])))
+
+
+@_tf("math.squared_difference")
+def lower_tf_squared_difference(node: Node) -> Lowered:
+    b = _bind(node, ("x", "y"))
+    return Lowered(Call(Sym("jnp.square"), (BinOp("-", b["x"], b["y"]),)))
+
+
+@_tf("where")
+def lower_tf_where(node: Node) -> Lowered:
+    b = _bind(node, ("condition",), {"x": None, "y": None})
+    if b["x"] is None or b["y"] is None:
+        raise Unsupported(
+            "tf.where arguments x/y",
+            None,
+            "both given (where(condition) has a data-dependent shape)",
+        )
+    return Lowered(Call(Sym("jnp.where"), (b["condition"], b["x"], b["y"])))
+
+
+@_tf("cast")
+def lower_tf_cast(node: Node) -> Lowered:
+    """A float-to-int cast truncates toward zero in TF and in JAX."""
+    b = _bind(node, ("x", "dtype"))
+    return Lowered(Call(Sym("jnp.asarray"), (b["x"],), {"dtype": dtype_sym(b["dtype"])}))
+
+
+@_tf("zeros_like", "ones_like")
+def lower_tf_fill_like(node: Node) -> Lowered:
+    b = _bind(node, ("input",), {"dtype": None}, fixed={"layout": None})
+    fn = "jnp.zeros_like" if node.class_name == "zeros_like" else "jnp.ones_like"
+    kwargs = {} if b["dtype"] is None else {"dtype": dtype_sym(b["dtype"])}
+    return Lowered(Call(Sym(fn), (b["input"],), kwargs))
+
+
+@_tf("identity", "stop_gradient")
+def lower_tf_identity(node: Node) -> Lowered:
+    x = _bind(node, ("input",))["input"]
+    if node.class_name == "stop_gradient":
+        return Lowered(Call(Sym("lax.stop_gradient"), (x,)))
+    return Lowered(x)
+
+
+@_tf("math.l2_normalize")
+def lower_tf_l2_normalize(node: Node) -> Lowered:
+    """``x * rsqrt(max(sum(x**2, axis, keepdims=True), epsilon))``; ``dim`` is TF's
+    deprecated alias of ``axis``."""
+    b = _bind(node, ("x",), {"axis": None, "epsilon": 1e-12, "dim": None})
+    axis = b["axis"] if b["axis"] is not None else b["dim"]
+    kwargs = {"keepdims": True} if axis is None else {"axis": _axis(axis), "keepdims": True}
+    square_sum = Call(Sym("jnp.sum"), (Call(Sym("jnp.square"), (b["x"],)),), kwargs)
+    clipped = Call(Sym("jnp.maximum"), (square_sum, float(b["epsilon"])))
+    return Lowered(BinOp("*", b["x"], Call(Sym("lax.rsqrt"), (clipped,))))
 
 
 _UNARY = {
@@ -199,6 +299,16 @@ _UNARY = {
     "math.rsqrt": "lax.rsqrt",
     "math.abs": "jnp.abs",
     "math.square": "jnp.square",
+    "math.reciprocal": "jnp.reciprocal",
+    "math.sin": "jnp.sin",
+    "math.cos": "jnp.cos",
+    "math.erf": "lax.erf",
+    "math.sign": "jnp.sign",
+    "math.floor": "jnp.floor",
+    "math.ceil": "jnp.ceil",
+    "math.round": "jnp.round",  # half to even, as TF's
+    "math.logical_not": "jnp.logical_not",
+    "nn.softsign": "jax.nn.soft_sign",
 }
 
 
@@ -267,16 +377,19 @@ for _symbol, _fn in {
     "math.reduce_max": "jnp.max",
     "math.reduce_min": "jnp.min",
     "math.reduce_prod": "jnp.prod",
+    "math.reduce_any": "jnp.any",
+    "math.reduce_all": "jnp.all",
 }.items():
     _tf(_symbol)(_reduce(_fn))
 
 
-@_tf("nn.softmax")
+@_tf("nn.softmax", "nn.log_softmax")
 def lower_tf_softmax(node: Node) -> Lowered:
     b = _bind(node, ("logits",), {"axis": None})
     axis = -1 if b["axis"] is None else _axis(b["axis"])
     kwargs = {} if axis == -1 else {"axis": axis}
-    return Lowered(Call(Sym("jax.nn.softmax"), (b["logits"],), kwargs))
+    fn = "jax.nn.softmax" if node.class_name == "nn.softmax" else "jax.nn.log_softmax"
+    return Lowered(Call(Sym(fn), (b["logits"],), kwargs))
 
 
 @_tf("__operators__.getitem")
@@ -293,6 +406,35 @@ def lower_tf_getitem(node: Node) -> Lowered:
 def lower_tf_concat(node: Node) -> Lowered:
     b = _bind(node, ("values", "axis"))
     return Lowered(Call(Sym("jnp.concatenate"), (list(b["values"]),), {"axis": int(b["axis"])}))
+
+
+@_tf("stack")
+def lower_tf_stack(node: Node) -> Lowered:
+    """Default ``axis=0`` stacks along the batch axis, as TF does."""
+    b = _bind(node, ("values",), {"axis": 0})
+    return Lowered(Call(Sym("jnp.stack"), (list(b["values"]),), {"axis": int(b["axis"])}))
+
+
+@_tf("tile")
+def lower_tf_tile(node: Node) -> Lowered:
+    """``multiples`` includes the batch axis."""
+    b = _bind(node, ("input", "multiples"))
+    multiples = b["multiples"]
+    if not isinstance(multiples, (list, tuple, np.ndarray)):
+        raise Unsupported("tf.tile argument multiples", multiples, "a constant list")
+    return Lowered(Call(Sym("jnp.tile"), (b["input"], tuple(int(m) for m in multiples))))
+
+
+@_tf("einsum")
+def lower_tf_einsum(node: Node) -> Lowered:
+    """``tf.einsum(equation, *inputs)``: its inputs are variadic, so not bound by name."""
+    kwargs = {k: v for k, v in node.kwargs.items() if k != "name"}
+    if kwargs:
+        key = min(kwargs)
+        raise Unsupported(f"tf.einsum argument {key}", kwargs[key], "no keyword arguments")
+    if not node.args or not isinstance(node.args[0], str):
+        raise Unsupported("tf.einsum argument equation", None, "a constant string")
+    return Lowered(Call(Sym("jnp.einsum"), (node.args[0], *node.args[1:])))
 
 
 @_tf("reshape")
