@@ -114,9 +114,14 @@ class _Tracer(GraphBuilder):
             if cls == "SlicingOpLambda":
                 call_args = _slice_dict(call_args)
                 call_kwargs = {k: _slice_dict(v) for k, v in call_kwargs.items()}
-        for key in ("training", "mask"):
+        for key in ("training", "mask", "initial_state", "constants"):
             if call_kwargs.get(key, 0) is None:
                 call_kwargs.pop(key)
+        if _packs_states(layer, call_args):
+            # tf.keras's RNN.__call__ calls the layer on [inputs, *initial_state] when the
+            # states are Keras tensors; record Keras 3's form, inputs plus initial_state=.
+            call_kwargs["initial_state"] = list(call_args[0][1:])
+            call_args = (call_args[0][0], *call_args[1:])
         args = self.convert(call_args)
         kwargs = {k: self.convert(v) for k, v in call_kwargs.items()}
         attrs.update(args=args, kwargs=kwargs)
@@ -130,6 +135,21 @@ class _Tracer(GraphBuilder):
         else:
             attrs.update(kind="layer", config=_config(layer), weights=_weights(layer))
         self.add(nid, attrs)
+
+
+def _packs_states(layer, call_args) -> bool:
+    """Whether a recurrent layer's node holds ``[inputs, *initial_state]`` as its input
+    (``tf_keras/src/layers/rnn/base_rnn.py`` and ``bidirectional.py``, ``__call__``)."""
+    from tf_keras.src.layers.rnn.base_rnn import RNN
+    from tf_keras.src.layers.rnn.bidirectional import Bidirectional
+
+    return (
+        isinstance(layer, (RNN, Bidirectional))
+        and not getattr(layer, "_num_constants", 0)
+        and len(call_args) >= 1
+        and isinstance(call_args[0], (list, tuple))
+        and len(call_args[0]) > 1
+    )
 
 
 def _is_keras_tensor(value) -> bool:

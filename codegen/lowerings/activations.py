@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kgen.codegen.ir import SELF, Call, Lowered, Module, Node, Sym
+from kgen.codegen.ir import SELF, BinOp, Call, Lowered, Module, Node, Sym
 from kgen.codegen.registry import Unsupported, register
 
 # Keras 3 activation name -> (function, extra keyword arguments).  Every entry has a
@@ -127,6 +127,19 @@ def lower_elu(node: Node) -> Lowered:
     alpha = float(node.config.get("alpha", 1.0))
     kwargs = {} if alpha == 1.0 else {"alpha": alpha}
     return Lowered(Call(Sym("jax.nn.elu"), (node.input,), kwargs))
+
+
+@register(
+    "ThresholdedReLU",
+    family="activations",
+    handles={"theta"},
+    sources=("tf_keras",),  # removed in Keras 3
+)
+def lower_thresholded_relu(node: Node) -> Lowered:
+    """tf.keras: ``x * cast(x > theta)``."""
+    theta = float(node.config.get("theta", 1.0))
+    kept = BinOp(">", node.input, theta)
+    return Lowered(Call(Sym("jnp.where"), (kept, node.input, 0.0)))
 
 
 @register("Softmax", family="activations", handles={"axis"})

@@ -48,8 +48,11 @@ def _flag(value, field: str) -> bool:
         "attention_axes",
         "sliding_window",
         "flash_attention",  # a kernel choice, same result
+        # tf.keras records the shapes it was built for; they follow from the inputs
+        "query_shape",
+        "key_shape",
+        "value_shape",
     },
-    sources=("keras3",),
 )
 def lower_multi_head_attention(node: Node) -> Lowered:
     c = node.config
@@ -135,7 +138,6 @@ def _dense_attention_call(node: Node) -> Call:
     "Attention",
     family="attention",
     handles={"use_scale", "score_mode", "dropout", "mask"},
-    sources=("keras3",),
 )
 def lower_attention(node: Node) -> Lowered:
     c = node.config
@@ -159,7 +161,6 @@ def lower_attention(node: Node) -> Lowered:
     "AdditiveAttention",
     family="attention",
     handles={"use_scale", "dropout", "mask"},
-    sources=("keras3",),
 )
 def lower_additive_attention(node: Node) -> Lowered:
     use_scale = bool(node.config.get("use_scale", True))

@@ -1,10 +1,12 @@
-"""Image augmentation layers users keep inside their models (Keras 3).
+"""Image augmentation layers users keep inside their models.
 
 Keras applies them only in training: with ``training=False`` every one of these returns
 its input unchanged (``transform_images`` is guarded by ``if training``; read in
-``keras/src/layers/preprocessing/image_preprocessing/``).  kgen lowers them to the
-identity in both modes: a generated module never augments, so ``train=True`` does not
-reproduce Keras's training-time behaviour.
+``keras/src/layers/preprocessing/image_preprocessing/``, and for tf.keras, which also
+has ``RandomHeight`` and ``RandomWidth``, in ``tf_keras/src/layers/preprocessing/
+image_preprocessing.py``).  kgen lowers them to the identity in both modes: a generated
+module never augments, so ``train=True`` does not reproduce Keras's training-time
+behaviour.
 
 ``AutoContrast`` is not random and transforms at inference too; it runs Keras's formula
 (``rt.auto_contrast``).  ``Equalization`` and ``CLAHE`` transform at inference and are
@@ -49,6 +51,7 @@ _FIELDS = {
     "chain_depth",
     "all_ops",
     "bounding_box_format",
+    "rng_type",  # tf.keras: which random generator
 }
 
 
@@ -81,9 +84,10 @@ def _identity(node: Node) -> Lowered:
     "RandAugment",
     "CutMix",
     "MixUp",
+    "RandomHeight",
+    "RandomWidth",
     family="augmentation",
     handles=_FIELDS,
-    sources=("keras3",),
     notes=_NOTE,
 )
 def lower_random_augmentation(node: Node) -> Lowered:
@@ -93,13 +97,13 @@ def lower_random_augmentation(node: Node) -> Lowered:
 @register(
     "RandomCrop",
     family="augmentation",
-    handles={"height", "width", "data_format", "seed"},
-    sources=("keras3",),
+    handles={"height", "width", "data_format", "seed", "rng_type"},
     notes=_NOTE + "; only when the input already has the target height and width",
 )
 def lower_random_crop(node: Node) -> Lowered:
     """Keras 3 returns the *uncropped* input at inference while declaring the cropped
-    shape, so only a crop to the input's own size is an honest identity."""
+    shape, and tf.keras resizes it (``smart_resize``), so only a crop to the input's own
+    size is an honest identity."""
     c = node.config
     shape = node.input_shape
     hw = shape[-3:-1] if c.get("data_format", "channels_last") == "channels_last" else shape[-2:]
@@ -108,7 +112,13 @@ def lower_random_crop(node: Node) -> Lowered:
         raise Unsupported(
             "height, width",
             target,
-            f"the input's own {tuple(hw)} (Keras 3 returns the uncropped input at inference)",
+            f"the input's own {tuple(hw)} (at inference "
+            + (
+                "tf.keras resizes the input to it"
+                if node.source == "tf_keras"
+                else "Keras 3 returns the uncropped input"
+            )
+            + ")",
         )
     return _identity(node)
 

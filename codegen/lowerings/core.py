@@ -128,7 +128,6 @@ def lower_activity_regularization(node: Node) -> Lowered:
     family="core",
     handles={"equation", "output_shape", "bias_axes", "activation"},
     requires={"lora_rank": None, "lora_alpha": None, "quantization_config": None},
-    sources=("keras3",),
 )
 def lower_einsum_dense(node: Node) -> Lowered:
     """``einsum(equation, x, kernel) + bias`` with Keras's kernel and bias shapes."""

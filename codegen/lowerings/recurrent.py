@@ -148,7 +148,6 @@ for _cls, (_, _defaults, _extra) in _LAYERS.items():
         family="recurrent",
         handles=_COMMON | _extra,
         requires=_REQUIRES,
-        sources=("keras3",),
     )(_lower_rnn)
 
 
@@ -169,7 +168,6 @@ def _inner(config, field: str, source: str) -> tuple[str, dict]:
     "Bidirectional",
     family="recurrent",
     handles={"layer", "backward_layer", "merge_mode", "mask"},
-    sources=("keras3",),
 )
 def lower_bidirectional(node: Node) -> Lowered:
     c = node.config
