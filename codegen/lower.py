@@ -74,13 +74,6 @@ class _Problems:
 
 
 _SOURCE_NAMES = {"keras3": "Keras 3", "tf_keras": "tf.keras"}
-# Why a class is lowered for one Keras only, where the reason is not "it only exists there".
-_ONLY_WHY = {
-    ("Masking", "tf_keras"): (
-        " (tf.keras hands masks from layer to layer outside the layer graph, so kgen "
-        "cannot see which layers use them)"
-    ),
-}
 
 
 def _names(names: list[str], limit: int = 5) -> str:
@@ -134,10 +127,8 @@ def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
             continue
         if node.source not in spec.sources:
             only = " and ".join(_SOURCE_NAMES.get(s, s) for s in spec.sources)
-            why = _ONLY_WHY.get((node.class_name, node.source), "")
             problems.configs.append(
-                f"{node.name!r} ({node.class_name}): kgen lowers this class for {only} "
-                f"models only{why}"
+                f"{node.name!r} ({node.class_name}): kgen lowers this class for {only} models only"
             )
             continue
         config_problems = spec.check_config(node.config) if node.call_index == 0 else []

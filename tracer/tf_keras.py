@@ -10,6 +10,9 @@ TF calls on Keras tensors become ``TFOpLambda`` layers (``layer.symbol``, e.g.
 start/stop/step dicts).  Both are traced as ``kind="tfop"`` nodes whose class name is
 the TF symbol, so lowerings dispatch on the symbol and the unsupported-layer report
 names it.
+
+tf.keras hands Keras masks from layer to layer outside the graph; the tracer rebuilds
+each mask that reaches a layer as TF-op nodes (see ``_Tracer.implicit_masks``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import tf_keras
 
 from kgen.errors import TraceError
 from kgen.tracer.builder import GraphBuilder
+from kgen.tracer.graph import Ref
 from kgen.tracer.plain import plain as _plain
 
 _OP_LAYERS = ("TFOpLambda", "SlicingOpLambda")
@@ -67,6 +71,10 @@ def _slice_dict(value):
 
 
 class _Tracer(GraphBuilder):
+    def __init__(self):
+        super().__init__()
+        self.masks: dict[tuple[int, int, int], Ref | None] = {}  # traced Keras masks
+
     def is_symbolic(self, value) -> bool:
         return _is_keras_tensor(value)
 
@@ -117,6 +125,7 @@ class _Tracer(GraphBuilder):
         for key in ("training", "mask", "initial_state", "constants"):
             if call_kwargs.get(key, 0) is None:
                 call_kwargs.pop(key)
+        implicit_masks = self.implicit_masks(layer, call_args, call_kwargs)
         if _packs_states(layer, call_args):
             # tf.keras's RNN.__call__ calls the layer on [inputs, *initial_state] when the
             # states are Keras tensors; record Keras 3's form, inputs plus initial_state=.
@@ -124,6 +133,7 @@ class _Tracer(GraphBuilder):
             call_args = (call_args[0][0], *call_args[1:])
         args = self.convert(call_args)
         kwargs = {k: self.convert(v) for k, v in call_kwargs.items()}
+        kwargs.update(implicit_masks)
         attrs.update(args=args, kwargs=kwargs)
         attrs["input_shapes"] = [_shape(t) for t in tf.nest.flatten(node.keras_inputs)]
         if _is_graph_model(layer):
@@ -135,6 +145,153 @@ class _Tracer(GraphBuilder):
         else:
             attrs.update(kind="layer", config=_config(layer), weights=_weights(layer))
         self.add(nid, attrs)
+
+    # -- masks ---------------------------------------------------------------------------
+    # tf.keras hands masks from layer to layer outside the layer graph: each output tensor
+    # carries ``_keras_mask`` (computed by its layer's ``compute_mask``), and
+    # ``Layer.__call__`` passes the masks of a call's ``inputs`` as ``mask`` when ``call``
+    # takes one (``base_layer.py``, ``_get_input_masks``).  The tracer rebuilds each mask
+    # that reaches such a call as graph nodes of TF ops (what tf.keras's compute_mask
+    # runs), so the mask is an ordinary traced argument, as in Keras 3's graph.
+
+    def implicit_masks(self, layer, call_args, call_kwargs) -> dict:
+        """The mask arguments tf.keras fills in for this call, as Refs."""
+        cls = type(layer).__name__
+        if _is_graph_model(layer):
+            inputs = [t for t in tf.nest.flatten((call_args, call_kwargs)) if _is_keras_tensor(t)]
+            masked = [t for t in inputs if getattr(t, "_keras_mask", None) is not None]
+            if masked:
+                raise TraceError(
+                    f"a Keras mask reaches nested model {layer.name!r}; kgen traces masks "
+                    "across the layers of one tf.keras model only"
+                )
+            return {}
+        if cls == "MultiHeadAttention":  # reads its inputs' _keras_mask itself
+            names = ("query", "value", "key")
+            bound = dict(zip(names, call_args))
+            bound.update({k: v for k, v in call_kwargs.items() if k in names})
+            return {
+                f"{name}_mask": mask
+                for name, t in bound.items()
+                if (mask := self.mask_ref(t)) is not None
+            }
+        if not getattr(layer, "_expects_mask_arg", False) or "mask" in call_kwargs:
+            return {}
+        inputs = call_args[0] if call_args else call_kwargs.get("inputs")
+        if isinstance(inputs, (list, tuple)):
+            masks = [self.mask_ref(t) for t in inputs]
+            return {"mask": masks} if any(m is not None for m in masks) else {}
+        mask = self.mask_ref(inputs)
+        return {} if mask is None else {"mask": mask}
+
+    def mask_ref(self, tensor):
+        """A Ref to graph nodes computing ``tensor``'s Keras mask; None without one."""
+        if not _is_keras_tensor(tensor) or getattr(tensor, "_keras_mask", None) is None:
+            return None
+        layer, node_index, index = tensor._keras_history
+        key = (id(layer), node_index, index)
+        if key not in self.masks:
+            self.masks[key] = self._mask_ref(tensor, layer, node_index, index)
+        return self.masks[key]
+
+    def _mask_ref(self, tensor, layer, node_index: int, index: int):
+        knode = layer._inbound_nodes[node_index]
+        cls = type(layer).__name__
+        first = tf.nest.flatten(knode.call_args[0] if knode.call_args else knode.keras_inputs)
+        nid = self.node_id(layer, node_index)
+        shape = _shape(tensor._keras_mask)
+        if cls == "Embedding" and index == 0:
+            return self.mask_op(nid, "math.not_equal", (self.ref(first[0]), 0), shape)
+        if cls == "Masking" and index == 0:
+            value = float(layer.mask_value)
+            kept = self.mask_op(
+                nid, "math.not_equal", (self.ref(first[0]), value), _shape(first[0])
+            )
+            return self.mask_op(nid, "math.reduce_any", (kept,), shape, {"axis": -1})
+        if cls in _SEQUENCE_MASKED and layer.return_sequences:
+            outputs = 2 if cls == "Bidirectional" and not layer.merge_mode else 1
+            if index < outputs:
+                return self.mask_ref(first[0])
+        if cls == "Concatenate" and index == 0:
+            return self.concatenate_mask(nid, layer, first, shape)
+        if (
+            cls == "TimeDistributed"
+            and index == 0
+            and type(layer.layer).compute_mask is _BASE_COMPUTE_MASK
+            and len(shape) == 2
+        ):  # the inner layer keeps (or drops) the per-step mask: the input's
+            return self.mask_ref(first[0])
+        if cls in _MERGE_MASKS:  # _Merge.compute_mask: all masks, ANDed
+            masks = [m for m in (self.mask_ref(t) for t in first) if m is not None]
+            out = masks[0]
+            for m in masks[1:]:
+                out = self.mask_op(nid, "math.logical_and", (out, m), shape)
+            return out
+        if (
+            layer.supports_masking
+            and type(layer).compute_mask is _BASE_COMPUTE_MASK
+            and not getattr(layer, "_compute_output_and_mask_jointly", False)
+            and index < len(first)
+        ):  # Layer.compute_mask: the input masks, carried over
+            return self.mask_ref(first[index])
+        raise TraceError(
+            f"a Keras mask comes out of layer {layer.name!r} ({cls}) and is used later; "
+            f"kgen does not know how {cls} computes its mask in tf.keras"
+        )
+
+    def concatenate_mask(self, nid: str, layer, inputs: list, shape: tuple) -> Ref:
+        """Concatenate.compute_mask: each input's mask (all True without one), widened
+        to the input's rank, concatenated on the layer's axis, then ANDed over the last
+        axis (``merging/concatenate.py``)."""
+        parts, shapes = [], []
+        for t in inputs:
+            mask, part_shape = self.mask_ref(t), _shape(t)
+            if mask is None:
+                mask = self.mask_op(nid, "ones_like", (self.ref(t),), part_shape, {"dtype": "bool"})
+            elif len(_shape(t._keras_mask)) < len(part_shape):
+                part_shape = part_shape[:-1] + (1,)
+                mask = self.mask_op(nid, "expand_dims", (mask, -1), part_shape)
+            else:
+                part_shape = _shape(t._keras_mask)
+            parts.append(mask)
+            shapes.append(part_shape)
+        axis = int(layer.axis) % len(shapes[0])
+        sizes = [s[axis] for s in shapes]
+        joined_shape = list(shapes[0])
+        joined_shape[axis] = None if None in sizes else sum(sizes)
+        joined = self.mask_op(nid, "concat", (parts, int(layer.axis)), tuple(joined_shape))
+        return self.mask_op(nid, "math.reduce_all", (joined,), shape, {"axis": -1})
+
+    def mask_op(self, producer: str, symbol: str, args: tuple, shape: tuple, kwargs=None):
+        """Add one TF-op node computing (part of) a mask; return its Ref."""
+        base = f"{producer}_mask"
+        nid, k = base, 1
+        while nid in self.used:
+            nid, k = f"{base}_{k}", k + 1
+        self.used.add(nid)
+        attrs = dict(
+            name=nid,
+            class_name=symbol,
+            module="tf_keras.mask",
+            call_index=0,
+            output_shapes=[shape],
+            output_dtypes=["bool"],
+            order=self.order,
+            args=args,
+            kwargs=dict(kwargs or {}),
+            input_shapes=[],
+            config={},
+            weights={},
+            kind="tfop",
+        )
+        self.order += 1
+        self.add(nid, attrs)
+        return Ref(nid, 0)
+
+
+_SEQUENCE_MASKED = ("LSTM", "GRU", "SimpleRNN", "RNN", "Bidirectional")
+_MERGE_MASKS = ("Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum")
+_BASE_COMPUTE_MASK = tf_keras.layers.Layer.compute_mask
 
 
 def _packs_states(layer, call_args) -> bool:

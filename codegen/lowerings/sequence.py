@@ -39,15 +39,13 @@ _MASK_CONSUMERS = {
     family="sequence",
     handles={"input_dim", "output_dim", "mask_zero"},
     requires={"lora_rank": None, "lora_alpha": None, "quantization_config": None},
-    notes="mask_zero: Keras 3 only; layers reached by the mask need mask support",
+    notes="mask_zero: layers reached by the mask need mask support",
 )
 def lower_embedding(node: Node) -> Lowered:
     """``nn.Embed`` on the inputs cast to int32, as Keras casts non-integer inputs
-    (float tokens truncate).  ``mask_zero`` only matters to the layers after it; tf.keras
-    passes masks implicitly, so kgen cannot see who uses them and refuses it there."""
+    (float tokens truncate).  ``mask_zero`` only matters to the layers after it: each
+    tracer records the mask where Keras passes it on."""
     c = node.config
-    if node.source == "tf_keras" and c.get("mask_zero"):
-        raise Unsupported("mask_zero", True, "False in tf.keras models (masks not traced)")
     table = node.weight("embeddings")
     tokens = Call(Sym("jnp.asarray"), (node.input,), {"dtype": Sym("jnp.int32")})
     return Lowered(
@@ -68,7 +66,6 @@ def lower_repeat_vector(node: Node) -> Lowered:
     "Masking",
     family="sequence",
     handles={"mask_value"},
-    sources=("keras3",),  # tf.keras passes masks implicitly: their users are not traced
     notes="layers reached by the mask need mask support",
 )
 def lower_masking(node: Node) -> Lowered:

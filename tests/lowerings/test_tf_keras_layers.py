@@ -5,7 +5,7 @@ Each test builds the model with tf.keras itself (``tf_keras``), randomises every
 converts it and compares with tf.keras in the same test.  tf.keras differs from Keras 3
 in how a recurrent layer is called with Keras-tensor initial states: it calls the layer
 on ``[inputs, *states]`` (``base_rnn.py``, ``bidirectional.py``), which the tracer turns
-back into ``initial_state=``.
+back into ``initial_state=``, and in how masks travel (see the masks section below).
 """
 
 from __future__ import annotations
@@ -186,19 +186,93 @@ def test_random_crop_that_resizes_is_refused():
         convert(model)
 
 
-@pytest.mark.parametrize(
-    "fn",
-    [
-        lambda x: L.LSTM(4)(L.Masking()(x)),
-        lambda x: L.LSTM(4)(L.Embedding(10, 3, mask_zero=True)(x[..., 0])),
-    ],
-    ids=["masking", "embedding_mask_zero"],
-)
-def test_implicit_masks_are_refused(fn):
-    """tf.keras passes masks from layer to layer outside the traced graph, so a layer
-    that makes one is refused rather than converted without its mask."""
-    from kgen import convert
-    from kgen.errors import UnsupportedError
+# --- masks -------------------------------------------------------------------------------
+# tf.keras hands masks from layer to layer outside the layer graph (``_keras_mask``); the
+# tracer rebuilds each mask that reaches a layer as TF-op nodes.  Inputs hold padding
+# (token 0, or steps equal to the mask value) so that a dropped mask changes the result.
 
-    with pytest.raises(UnsupportedError, match=r"Masking|mask_zero"):
-        convert(_model(fn, SEQ))
+
+def _tokens(seed=0):
+    x = np.random.default_rng(seed).integers(1, 10, size=(2, 7)).astype("float32")
+    x[0, 4:], x[1, 2:], x[1, 0] = 0, 0, 0
+    return x
+
+
+def _steps(value=0.0):
+    x = np.random.default_rng(1).normal(size=(2, 6, 3)).astype("float32")
+    x[0, 3:], x[1, :2], x[1, 4] = value, value, value
+    return x
+
+
+def _embed(a, dim=3, **kwargs):
+    return L.Embedding(10, dim, mask_zero=True, **kwargs)(a)
+
+
+MASKED = {
+    "embedding_lstm": (lambda a: L.LSTM(4)(_embed(a)), (7,)),
+    "through_dense_dropout_gru": (
+        lambda a: L.GRU(4, return_sequences=True)(L.Dropout(0.2)(L.Dense(5)(_embed(a)))),
+        (7,),
+    ),
+    "stacked_lstms": (
+        lambda a: L.LSTM(4)(L.LSTM(5, return_sequences=True)(_embed(a))),
+        (7,),
+    ),
+    "bidirectional_then_pooling": (
+        lambda a: L.GlobalAveragePooling1D()(
+            L.Bidirectional(L.LSTM(4, return_sequences=True))(_embed(a))
+        ),
+        (7,),
+    ),
+    "attention": (lambda a: (lambda e: L.Attention()([e, e]))(_embed(a, 4)), (7,)),
+    "multi_head_attention": (
+        lambda a: (lambda e: L.MultiHeadAttention(2, 3)(e, e))(_embed(a, 4)),
+        (7,),
+    ),
+    "pooling": (lambda a: L.GlobalAveragePooling1D()(_embed(a)), (7,)),
+    "time_distributed": (lambda a: L.LSTM(3)(L.TimeDistributed(L.Dense(4))(_embed(a))), (7,)),
+    "concatenate_with_unmasked": (
+        lambda a: L.LSTM(3)(L.Concatenate()([_embed(a), L.Embedding(10, 2)(a)])),
+        (7,),
+    ),
+    "flatten_drops_it": (lambda a: L.Dense(2)(L.Flatten()(_embed(a))), (7,)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MASKED))
+def test_embedding_mask_zero(case):
+    fn, shape = MASKED[case]
+    conversion, _ = assert_parity(_model(fn, shape), inputs=[_tokens()])
+    if case != "flatten_drops_it":
+        assert "_mask = " in conversion.source
+
+
+def test_mask_of_two_inputs_is_anded_by_add():
+    a, b = tfk.Input((7,)), tfk.Input((7,))
+    model = tfk.Model([a, b], L.LSTM(3)(L.Add()([_embed(a, 4), _embed(b, 4)])))
+    assert_parity(model, inputs=[_tokens(), _tokens(seed=3)])
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5])
+def test_masking(value):
+    model = _model(lambda x: L.SimpleRNN(4, return_sequences=True)(L.Masking(value)(x)), SEQ)
+    conversion, _ = assert_parity(model, inputs=[_steps(value)])
+    assert "_mask = " in conversion.source
+
+
+def test_mask_from_an_untraced_producer_is_refused():
+    """A mask whose computation kgen does not know is an error, not a dropped mask."""
+    from kgen import convert
+    from kgen.errors import KgenError
+
+    inner_in = tfk.Input((7, 3))
+    inner = tfk.Model(inner_in, L.LSTM(3, return_sequences=True)(inner_in), name="inner")
+    a = tfk.Input((7,))
+    with pytest.raises(KgenError, match="nested model 'inner'") as info:
+        convert(tfk.Model(a, inner(_embed(a))))
+    assert "\n" not in str(info.value)
+
+    x = tfk.Input(SEQ)
+    steps = L.TimeDistributed(L.Masking())(x)  # TimeDistributed asks Masking for its mask
+    with pytest.raises(KgenError, match="TimeDistributed"):
+        convert(tfk.Model(x, L.LSTM(3)(steps)))
