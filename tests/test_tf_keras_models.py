@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import rand
@@ -90,6 +91,29 @@ def test_model_file_with_tf_ops(tmp_path, fmt):
     assert not any(m.split(".")[0] in ("tensorflow", "keras", "tf_keras") for m in imports)
     instance, variables = import_emitted(info)
     x = rand(2, 8, 8, 3, seed=4)
+    report = compare(model(x, training=False).numpy(), apply(instance, variables, x))
+    assert report.ok, report.lines()
+
+
+@pytest.mark.parametrize("fmt", ["h5", "savedmodel"])
+def test_text_classifier_file_with_masks(tmp_path, fmt):
+    """The usual tf.keras text model: padded tokens, Embedding(mask_zero=True), a
+    bidirectional LSTM that must skip the padding, attention pooling, logits."""
+    tokens = tfk.Input((9,), name="tokens")
+    x = L.Embedding(50, 8, mask_zero=True, name="embed")(tokens)
+    x = L.Bidirectional(L.LSTM(6, return_sequences=True), name="bilstm")(x)
+    x = L.Attention(name="self_attention")([x, x])
+    x = L.GlobalAveragePooling1D(name="pool")(x)
+    model = tfk.Model(tokens, L.Dense(3, name="logits")(x), name="text_classifier")
+    randomize(model, seed=2)
+    path = tmp_path / ("m.h5" if fmt == "h5" else "m_savedmodel")
+    model.save(path)
+
+    info = emit(str(path), "-o", str(tmp_path / "out"))
+    instance, variables = import_emitted(info)
+    x = np.random.default_rng(0).integers(1, 50, size=(3, 9)).astype("float32")
+    x[0, 5:], x[1, 2:], x[2, :] = 0, 0, 0  # padding, and a row that is all padding
+    x[2, 0] = 7
     report = compare(model(x, training=False).numpy(), apply(instance, variables, x))
     assert report.ok, report.lines()
 

@@ -212,6 +212,12 @@ class _Tracer(GraphBuilder):
             outputs = 2 if cls == "Bidirectional" and not layer.merge_mode else 1
             if index < outputs:
                 return self.mask_ref(first[0])
+        if cls in ("Attention", "AdditiveAttention") and index == 0:
+            # BaseDenseAttention.compute_mask: the query's mask, as passed or implicit
+            explicit = knode.call_kwargs.get("mask")
+            if explicit is not None:
+                return self.ref(explicit[0]) if _is_keras_tensor(explicit[0]) else None
+            return self.mask_ref(first[0])
         if cls == "Concatenate" and index == 0:
             return self.concatenate_mask(nid, layer, first, shape)
         if (

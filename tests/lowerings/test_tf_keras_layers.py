@@ -229,6 +229,14 @@ MASKED = {
         lambda a: (lambda e: L.MultiHeadAttention(2, 3)(e, e))(_embed(a, 4)),
         (7,),
     ),
+    "attention_passes_query_mask_on": (
+        lambda a: (lambda e: L.LSTM(3)(L.Attention()([e, e])))(_embed(a, 4)),
+        (7,),
+    ),
+    "multi_head_attention_passes_query_mask_on": (
+        lambda a: (lambda e: L.LSTM(3)(L.MultiHeadAttention(2, 3)(e, e)))(_embed(a, 4)),
+        (7,),
+    ),
     "pooling": (lambda a: L.GlobalAveragePooling1D()(_embed(a)), (7,)),
     "time_distributed": (lambda a: L.LSTM(3)(L.TimeDistributed(L.Dense(4))(_embed(a))), (7,)),
     "concatenate_with_unmasked": (
