@@ -59,13 +59,15 @@ def _identity(node: Node) -> Lowered:
     return Lowered(node.input, comment=_COMMENT.format(node.class_name))
 
 
-@register(
+_IN_BOTH = (
     "RandomFlip",
     "RandomRotation",
     "RandomZoom",
     "RandomTranslation",
     "RandomContrast",
     "RandomBrightness",
+)
+_KERAS3_ONLY = (
     "RandomHue",
     "RandomSaturation",
     "RandomGrayscale",
@@ -84,11 +86,14 @@ def _identity(node: Node) -> Lowered:
     "RandAugment",
     "CutMix",
     "MixUp",
-    "RandomHeight",
-    "RandomWidth",
-    family="augmentation",
-    handles=_FIELDS,
-    notes=_NOTE,
+)
+_TF_KERAS_ONLY = ("RandomHeight", "RandomWidth")
+
+
+@register(*_IN_BOTH, family="augmentation", handles=_FIELDS, notes=_NOTE)
+@register(*_KERAS3_ONLY, family="augmentation", handles=_FIELDS, sources=("keras3",), notes=_NOTE)
+@register(
+    *_TF_KERAS_ONLY, family="augmentation", handles=_FIELDS, sources=("tf_keras",), notes=_NOTE
 )
 def lower_random_augmentation(node: Node) -> Lowered:
     return _identity(node)

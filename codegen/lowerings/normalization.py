@@ -227,6 +227,7 @@ def lower_unit_norm(node: Node) -> Lowered:
     "RMSNormalization",
     family="normalization",
     handles={"axis", "epsilon"},
+    sources=("keras3",),  # new in Keras 3
     notes="trailing axes only (Keras broadcasts scale against the trailing dims)",
 )
 def lower_rms_norm(node: Node) -> Lowered:
