@@ -9,6 +9,7 @@ from kgen.runtime.categorical import discretize, encode_categorical
 from kgen.runtime.einsum import EinsumDense
 from kgen.runtime.image import auto_contrast
 from kgen.runtime.layers import BatchNorm, PReLU, SeparableConv
+from kgen.runtime.local import LocallyConnected
 from kgen.runtime.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kgen.runtime.normalization import (
     GroupNorm,
@@ -50,6 +51,7 @@ __all__ = [
     "GroupNorm",
     "LayerNorm",
     "LayerScale",
+    "LocallyConnected",
     "MultiHeadAttention",
     "Normalization",
     "PReLU",

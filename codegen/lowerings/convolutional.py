@@ -1,11 +1,13 @@
 """Convolutions: Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D,
-Conv1D/2D/3DTranspose.
+Conv1D/2D/3DTranspose, and tf.keras's LocallyConnected1D/2D.
 
 Keras kernels are (*k, in/groups, out), Flax's HWIO layout.  Padding 'same' is TF SAME
 in both; Flax's own default is SAME, so padding is always passed.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from kgen.codegen.ir import SELF, Call, Lowered, Module, Node, Sym
 from kgen.codegen.lowerings.activations import apply_activation
@@ -201,5 +203,86 @@ def lower_conv_transpose(node: Node) -> Lowered:
     if use_bias:
         params["bias"] = node.weight("bias")
     module = Module(Sym("nn.ConvTranspose"), (int(c["filters"]), kernel), kwargs)
+    expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
+    return Lowered(expr, module=module, variables={"params": params})
+
+
+def _local_kernel(kernel, implementation: int, in_spatial, kernel_size, strides, cin, filters):
+    """Any tf.keras implementation's kernel as ``(positions, prod(k) * cin, filters)``,
+    the layout of implementation 1 (``backend.local_conv``), for ``padding="valid"``.
+
+    Implementation 2 stores a dense ``(*in, cin, *out, filters)`` kernel masked to each
+    receptive field; implementation 3 the values of a sparse ``(out, in)`` matrix, in the
+    sorted order of ``conv_utils.conv_kernel_idxs`` (channels last).
+    """
+    kernel = np.asarray(kernel)
+    if implementation == 1:
+        return kernel
+    n = len(in_spatial)
+    out = tuple((d - k) // s + 1 for d, k, s in zip(in_spatial, kernel_size, strides))
+    positions = np.indices(out).reshape(n, -1).T  # (P, n), row-major
+    offsets = np.indices(kernel_size).reshape(n, -1).T  # (K, n)
+    inputs = positions[:, None, :] * np.asarray(strides) + offsets[None, :, :]  # (P, K, n)
+    if implementation == 2:
+        index = tuple(inputs[..., d] for d in range(n))
+        index += (slice(None),) + tuple(positions[:, None, d] for d in range(n))
+        gathered = kernel[index]  # (P, K, cin, filters): the advanced axes come first
+        return gathered.reshape(len(positions), -1, filters)
+    # implementation 3: rank every (output, input) pair the layer connects, as TF sorts them
+    out_flat = np.ravel_multi_index(positions.T, out)[:, None, None, None]
+    in_flat = np.ravel_multi_index(np.moveaxis(inputs, -1, 0), in_spatial)[:, :, None, None]
+    c = np.arange(cin)[None, None, :, None]
+    f = np.arange(filters)[None, None, None, :]
+    out_idx = np.broadcast_to(out_flat * filters + f, inputs.shape[:2] + (cin, filters))
+    in_idx = np.broadcast_to(in_flat * cin + c, out_idx.shape)
+    order = np.lexsort((in_idx.ravel(), out_idx.ravel()))
+    rank = np.empty_like(order)
+    rank[order] = np.arange(order.size)
+    return kernel[rank].reshape(len(positions), -1, filters)
+
+
+@register(
+    "LocallyConnected1D",
+    "LocallyConnected2D",
+    family="convolutional",
+    handles={
+        "filters",
+        "kernel_size",
+        "strides",
+        "padding",
+        "data_format",
+        "activation",
+        "use_bias",
+        "implementation",
+    },
+    sources=("tf_keras",),  # removed in Keras 3
+    notes="padding='valid'; implementations 1, 2 and 3",
+)
+def lower_locally_connected(node: Node) -> Lowered:
+    """An unshared convolution (``rt.LocallyConnected``); every implementation's kernel
+    is converted to implementation 1's per-position layout."""
+    n = _rank(node)
+    c = node.config
+    channels_last(c)
+    if str(c.get("padding", "valid")).lower() != "valid":
+        raise Unsupported("padding", c.get("padding"), "'valid'")
+    implementation = int(c.get("implementation", 1))
+    if implementation not in (1, 2, 3):
+        raise Unsupported("implementation", implementation, "1, 2, 3")
+    kernel_size, strides = ntuple(c["kernel_size"], n), ntuple(c.get("strides", 1), n, "strides")
+    filters = int(c["filters"])
+    shape = node.input_shape
+    in_spatial, cin = tuple(shape[1:-1]), shape[-1]
+    if None in in_spatial or cin is None:
+        raise Unsupported("input shape", shape, "fully known spatial and channel sizes")
+    kernel = _local_kernel(
+        node.weight("kernel"), implementation, in_spatial, kernel_size, strides, cin, filters
+    )
+    params = {"kernel": kernel.astype(np.float32, copy=False)}
+    use_bias = bool(c.get("use_bias", True))
+    if use_bias:
+        params["bias"] = node.weight("bias")
+    kwargs = {} if use_bias else {"use_bias": False}
+    module = Module(Sym("rt.LocallyConnected"), (filters, kernel_size, strides), kwargs)
     expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
     return Lowered(expr, module=module, variables={"params": params})

@@ -305,6 +305,29 @@ LAYERS = {
     "Minimum": (lambda L: L.Minimum(), (4, 3), (4, 3)),
     "Concatenate": (lambda L: L.Concatenate(axis=1), (4, 3), (2, 3)),
     "Dot": (lambda L: L.Dot(axes=(2, 2), normalize=True), (4, 3), (5, 3)),
+    # tf.keras only; every implementation stores the kernel differently
+    "LocallyConnected1D": (lambda L: L.LocallyConnected1D(4, 3), (7, 2)),
+    "LocallyConnected1D_impl2_strided": (
+        lambda L: L.LocallyConnected1D(4, 3, strides=2, implementation=2, activation="relu"),
+        (8, 2),
+    ),
+    "LocallyConnected1D_impl3": (
+        lambda L: L.LocallyConnected1D(3, 2, strides=2, implementation=3, use_bias=False),
+        (7, 3),
+    ),
+    "LocallyConnected2D": (lambda L: L.LocallyConnected2D(4, (3, 2)), (6, 5, 2)),
+    "LocallyConnected2D_impl1_strided": (
+        lambda L: L.LocallyConnected2D(3, 3, strides=(2, 1), activation="tanh"),
+        (7, 6, 2),
+    ),
+    "LocallyConnected2D_impl2": (
+        lambda L: L.LocallyConnected2D(4, (2, 3), strides=(1, 2), implementation=2),
+        (5, 7, 3),
+    ),
+    "LocallyConnected2D_impl3": (
+        lambda L: L.LocallyConnected2D(3, 2, strides=2, implementation=3, use_bias=False),
+        (6, 5, 2),
+    ),
 }
 
 
@@ -446,3 +469,14 @@ def test_mask_from_an_untraced_producer_is_refused():
     steps = L.TimeDistributed(L.Masking())(x)  # TimeDistributed asks Masking for its mask
     with pytest.raises(KgenError, match="TimeDistributed"):
         convert(tfk.Model(x, L.LSTM(3)(steps)))
+
+
+def test_locally_connected_same_padding_is_refused():
+    from kgen import convert
+    from kgen.errors import UnsupportedError
+
+    model = _model(
+        lambda x: L.LocallyConnected2D(3, 3, padding="same", implementation=2)(x), (5, 5, 2)
+    )
+    with pytest.raises(UnsupportedError, match="padding='same'"):
+        convert(model)
