@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from kgen.codegen import ir
-from kgen.codegen.registry import Unsupported, lookup
+from kgen.codegen.registry import SOURCE_NAMES, Unsupported, lookup
 from kgen.errors import UnsupportedError
 from kgen.tracer.graph import topological_nodes
 
@@ -73,9 +73,6 @@ class _Problems:
         raise UnsupportedError(" | ".join(lines))
 
 
-_SOURCE_NAMES = {"keras3": "Keras 3", "tf_keras": "tf.keras"}
-
-
 def _names(names: list[str], limit: int = 5) -> str:
     shown = ", ".join(repr(n) for n in names[:limit])
     return shown + (f", ... {len(names) - limit} more" if len(names) > limit else "")
@@ -126,7 +123,7 @@ def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
             problems.unsupported[_display_class(node)].append(node.name)
             continue
         if node.source not in spec.sources:
-            only = " and ".join(_SOURCE_NAMES.get(s, s) for s in spec.sources)
+            only = " and ".join(SOURCE_NAMES.get(s, s) for s in spec.sources)
             problems.configs.append(
                 f"{node.name!r} ({node.class_name}): kgen lowers this class for {only} models only"
             )

@@ -21,6 +21,7 @@ __all__ = ["LoweringSpec", "Unsupported", "lookup", "register", "registered"]
 
 KINDS = ("layer", "op", "tfop")  # tfop: a tf.keras TFOpLambda, keyed by TF symbol
 SOURCES = ("keras3", "tf_keras")
+SOURCE_NAMES = {"keras3": "Keras 3", "tf_keras": "tf.keras"}  # as users read them
 
 # Config fields with no effect on inference.
 _IGNORED = {

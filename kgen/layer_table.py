@@ -8,8 +8,6 @@ from kgen.codegen.registry import registered
 
 __all__ = ["layer_table_markdown"]
 
-_SOURCES = {"keras3": "Keras 3", "tf_keras": "tf.keras"}
-
 
 def layer_table_markdown() -> str:
     specs = registered()

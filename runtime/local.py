@@ -12,9 +12,10 @@ import numpy as np
 
 
 def patches(x, kernel_size: Sequence[int], strides: Sequence[int]):
-    """``(batch, positions, prod(kernel_size) * channels)``: each output position's
-    receptive field, positions row-major, each patch flattened in ``(k1, ..., channels)``
-    order, as tf.keras's ``backend.local_conv`` builds them."""
+    """``(batch, positions, prod(kernel_size) * channels)`` and the output's spatial
+    shape: each output position's receptive field, positions row-major, each patch
+    flattened in ``(k1, ..., channels)`` order, as tf.keras's ``backend.local_conv``
+    builds them."""
     n = len(kernel_size)
     spatial = x.shape[1:-1]
     out = [(d - k) // s + 1 for d, k, s in zip(spatial, kernel_size, strides)]
@@ -26,7 +27,7 @@ def patches(x, kernel_size: Sequence[int], strides: Sequence[int]):
         shape[d], shape[n + d] = out[d], kernel_size[d]
         index.append(idx.reshape(shape))
     gathered = x[(slice(None), *index, slice(None))]  # (batch, *out, *kernel, channels)
-    return gathered.reshape(x.shape[0], math.prod(out), -1)
+    return gathered.reshape(x.shape[0], math.prod(out), -1), tuple(out)
 
 
 class LocallyConnected(nn.Module):
@@ -40,8 +41,7 @@ class LocallyConnected(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        p = patches(x, self.kernel_size, self.strides)
-        out = [(d - k) // s + 1 for d, k, s in zip(x.shape[1:-1], self.kernel_size, self.strides)]
+        p, out = patches(x, self.kernel_size, self.strides)
         kernel = self.param("kernel", nn.initializers.zeros, (p.shape[1], p.shape[2], self.filters))
         y = jnp.einsum("bpk,pkf->bpf", p, kernel).reshape(x.shape[0], *out, self.filters)
         if self.use_bias:

@@ -35,12 +35,16 @@ class GraphBuilder:
         key = (id(layer), node_index)
         if key not in self.ids:
             base = layer.name if node_index == 0 else f"{layer.name}#{node_index}"
-            nid, k = base, 1
-            while nid in self.used:
-                nid, k = f"{base}~{k}", k + 1
-            self.used.add(nid)
-            self.ids[key] = nid
+            self.ids[key] = self.unique_id(base, "~")
         return self.ids[key]
+
+    def unique_id(self, base: str, sep: str) -> str:
+        """``base``, or ``base<sep>k`` for the first k that is not taken yet."""
+        nid, k = base, 1
+        while nid in self.used:
+            nid, k = f"{base}{sep}{k}", k + 1
+        self.used.add(nid)
+        return nid
 
     def ref(self, tensor) -> Ref:
         layer, node_index, tensor_index = tensor._keras_history
@@ -61,11 +65,22 @@ class GraphBuilder:
         return self.constant(value)
 
     def node_attrs(self, layer, node_index: int, output_shapes, output_dtypes) -> dict:
+        return self.record(
+            str(layer.name),
+            type(layer).__name__,
+            type(layer).__module__,
+            node_index,
+            output_shapes,
+            output_dtypes,
+        )
+
+    def record(self, name, class_name, module, call_index, output_shapes, output_dtypes):
+        """A node's attributes, with no arguments, config or weights yet."""
         attrs = dict(
-            name=str(layer.name),
-            class_name=type(layer).__name__,
-            module=type(layer).__module__,
-            call_index=node_index,
+            name=name,
+            class_name=class_name,
+            module=module,
+            call_index=call_index,
             output_shapes=list(output_shapes),
             output_dtypes=list(output_dtypes),
             order=self.order,

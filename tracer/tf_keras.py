@@ -270,27 +270,9 @@ class _Tracer(GraphBuilder):
 
     def mask_op(self, producer: str, symbol: str, args: tuple, shape: tuple, kwargs=None):
         """Add one TF-op node computing (part of) a mask; return its Ref."""
-        base = f"{producer}_mask"
-        nid, k = base, 1
-        while nid in self.used:
-            nid, k = f"{base}_{k}", k + 1
-        self.used.add(nid)
-        attrs = dict(
-            name=nid,
-            class_name=symbol,
-            module="tf_keras.mask",
-            call_index=0,
-            output_shapes=[shape],
-            output_dtypes=["bool"],
-            order=self.order,
-            args=args,
-            kwargs=dict(kwargs or {}),
-            input_shapes=[],
-            config={},
-            weights={},
-            kind="tfop",
-        )
-        self.order += 1
+        nid = self.unique_id(f"{producer}_mask", "_")
+        attrs = self.record(nid, symbol, "tf_keras.mask", 0, [shape], ["bool"])
+        attrs.update(kind="tfop", args=args, kwargs=dict(kwargs or {}))
         self.add(nid, attrs)
         return Ref(nid, 0)
 
