@@ -4,6 +4,9 @@ Names read from a model file are untrusted.  Every name that reaches generated s
 goes through a :class:`Namespace`: characters outside ``[A-Za-z0-9_]`` become ``_``, a
 leading digit gets a prefix, keywords, builtins and reserved names get a suffix, and
 clashes get ``_1``, ``_2``... so the result is always a fresh, plain ASCII identifier.
+
+Flax submodule names have one more rule: :data:`FLAX_RESERVED` names get the same ``_``
+suffix as keywords (see :func:`submodule_namespace`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,28 @@ import builtins
 import keyword
 import re
 
-__all__ = ["Namespace", "pascal_case", "sanitize", "snake_case"]
+__all__ = [
+    "FLAX_RESERVED",
+    "Namespace",
+    "pascal_case",
+    "sanitize",
+    "snake_case",
+    "submodule_namespace",
+]
 
 _ILLEGAL = re.compile(r"[^0-9A-Za-z_]+")
 _RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
+
+#: Submodule names a generated module must not use.  ``Module.apply`` refuses any
+#: ``variables`` with a ``"params"`` key inside ``variables["params"]`` (flax/core/scope.py,
+#: ``ApplyScopeInvalidVariablesStructureError``, its guard against a doubly wrapped dict),
+#: which is exactly what a submodule named ``params`` that has parameters produces.  Every
+#: other name, the collection names (``batch_stats``, ``cache``, ``intermediates``...),
+#: rng names (``dropout``) and Module attributes (``name``, ``parent``, ``scope``...)
+#: included, works as a submodule name in flax 0.10-0.12 (tests/test_variables_and_names.py
+#: checks them).  It is reserved in every class, not only the top one, since each
+#: generated class is a module a user may apply on its own.
+FLAX_RESERVED = frozenset({"params"})
 
 
 def sanitize(name: str, fallback: str = "v") -> str:
@@ -45,8 +66,11 @@ def snake_case(name: str) -> str:
 class Namespace:
     """Hands out unique identifiers within one scope."""
 
-    def __init__(self, reserved=()):
+    def __init__(self, reserved=(), suffixed=()):
+        """``reserved`` names are never handed out (a clash gets ``_1``...);
+        ``suffixed`` names get a ``_`` suffix first, as keywords and builtins do."""
         self._used: set[str] = set(reserved)
+        self._suffixed = _RESERVED | set(suffixed)
         self._by_key: dict[object, str] = {}
 
     def reserve(self, *names: str) -> None:
@@ -57,13 +81,18 @@ class Namespace:
         if key is not None and key in self._by_key:
             return self._by_key[key]
         base = sanitize(candidate, fallback)
-        if base in _RESERVED:
+        if base in self._suffixed:
             base = f"{base}_"
         name, n = base, 1
-        while name in self._used or name in _RESERVED:
+        while name in self._used or name in self._suffixed:
             name = f"{base}_{n}"
             n += 1
         self._used.add(name)
         if key is not None:
             self._by_key[key] = name
         return name
+
+
+def submodule_namespace() -> Namespace:
+    """The namespace of one class's Flax submodule names (``name=`` arguments)."""
+    return Namespace(suffixed=FLAX_RESERVED)

@@ -18,7 +18,13 @@ import numpy as np
 
 from kgen.codegen import ir
 from kgen.codegen.lower import LoweredGraph
-from kgen.codegen.names import Namespace, pascal_case, sanitize
+from kgen.codegen.names import (
+    FLAX_RESERVED,
+    Namespace,
+    pascal_case,
+    sanitize,
+    submodule_namespace,
+)
 from kgen.tracer.graph import Ref, map_refs
 
 __all__ = ["Rendered", "py_literal", "render"]
@@ -123,7 +129,7 @@ class _ClassRenderer:
         self.class_name = class_name
         self.child_classes = child_classes  # id(LoweredGraph) -> _Class
         self.locals = Namespace(reserved | {"self", "train"})
-        self.modules = Namespace()
+        self.modules = submodule_namespace()
         self.vars: dict[Ref, str] = {}
         self.module_vars: dict[str, str] = {}  # layer name -> local holding a shared module
         self.module_names: dict[str, str] = {}  # layer name -> name= of its submodule
@@ -194,6 +200,8 @@ class _ClassRenderer:
                 if first:
                     self.module_names[node.name] = self.modules.create(node.name, fallback="layer")
                 mname = self.module_names[node.name]
+                if first and sanitize(node.name, "layer") in FLAX_RESERVED:
+                    body.append("# " + _renamed_comment(node.name))
                 if lnode.calls_of_layer > 1:
                     if first:
                         mvar = self.locals.create(node.name, fallback="layer")
@@ -241,6 +249,13 @@ class _ClassRenderer:
             variables=variables,
             used=self.used,
         )
+
+
+def _renamed_comment(layer_name: str) -> str:
+    """Why a submodule is not named after its Keras layer: a name flax reserves
+    (see :data:`~kgen.codegen.names.FLAX_RESERVED`)."""
+    reserved = sanitize(layer_name, "layer")
+    return _comment(f"Keras layer {layer_name!r}: flax reserves the submodule name {reserved}")
 
 
 def _comment(text: str) -> str:

@@ -1,8 +1,9 @@
-"""Saving and loading converted variables as safetensors, with shape checks."""
+"""Saving and loading converted variables as safetensors, with shape and dtype checks."""
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jax
@@ -28,14 +29,32 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def unflatten(flat: dict) -> dict:
+    """The nested dict of ``{"a/b/c": value}``; a key that is both a leaf and a prefix of
+    another key, or has an empty path component, is a :class:`WeightsError`."""
     tree: dict = {}
     for path, value in flat.items():
+        parts = str(path).split(SEP)
+        if not all(parts):
+            raise WeightsError(f"key {_show(path)} has an empty path component")
         node = tree
-        *parents, leaf = path.split(SEP)
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        for depth, part in enumerate(parts[:-1], 1):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise _leaf_and_prefix(SEP.join(parts[:depth]), path)
+        if parts[-1] in node:  # a dict: earlier keys went below this one
+            raise _leaf_and_prefix(path, next(k for k in flat if k.startswith(path + SEP)))
+        node[parts[-1]] = value
     return tree
+
+
+def _leaf_and_prefix(leaf: str, longer: str) -> WeightsError:
+    return WeightsError(f"key {_show(leaf)} is both a tensor and a prefix of key {_show(longer)}")
+
+
+def _show(path: str) -> str:
+    """A path as it reads in a one-line message: plain paths as they are, others escaped."""
+    text = str(path)
+    return text if re.fullmatch(r"[\w./:-]+", text, re.ASCII) else ascii(text)
 
 
 def save_variables(variables: dict, path: str | os.PathLike) -> None:
@@ -49,13 +68,17 @@ def save_variables(variables: dict, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def load_variables(path: str | os.PathLike, module=None) -> dict:
+def load_variables(path: str | os.PathLike, module=None, *, cast: bool = False) -> dict:
     """Read variables saved by kgen, ready for ``module.apply(variables, ...)``.
 
-    With ``module`` given (an instance of a generated class), every array's shape is
-    checked against what the module creates; a mismatch raises :class:`WeightsError`
-    naming the parameter path and both shapes.
+    With ``module`` given (an instance of a generated class), every array's shape and
+    dtype is checked against what the module creates; a mismatch raises
+    :class:`WeightsError` naming the parameter path and both shapes or dtypes.  With
+    ``cast=True`` (which needs ``module``), arrays of another dtype are cast to the one
+    the module expects instead; shapes are still checked.
     """
+    if cast and module is None:
+        raise ValueError("load_variables(cast=True) needs module= to know the dtypes")
     try:
         flat = load_file(str(path))
     except FileNotFoundError:
@@ -63,13 +86,21 @@ def load_variables(path: str | os.PathLike, module=None) -> dict:
     except Exception as exc:  # safetensors raises its own error types
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise WeightsError(f"cannot read weights file {path}: {text}") from None
-    variables = jax.tree_util.tree_map(jax.numpy.asarray, unflatten(flat))
+    try:
+        unflatten(flat)  # key structure first: a clash is a file error, whatever the module
+    except WeightsError as exc:
+        raise WeightsError(f"bad weights file {path}: {exc}") from None
     if module is not None:
-        check_variables(module, variables)
-    return variables
+        expected = _expected(module)
+        _raise_problems(module, expected, flat, check_dtypes=not cast, cast_hint=True)
+        if cast:
+            flat = {k: v.astype(expected[k].dtype, copy=False) for k, v in flat.items()}
+    # numpy first: jnp.asarray alone would turn float64 into float32 without a word
+    return jax.tree_util.tree_map(jax.numpy.asarray, unflatten(flat))
 
 
-def _expected_shapes(module) -> dict[str, tuple]:
+def _expected(module) -> dict[str, jax.ShapeDtypeStruct]:
+    """Every variable the module creates, by path, as shape and dtype (nothing computed)."""
     shapes = getattr(module, "input_shapes", None)
     if shapes is None:
         raise WeightsError(f"{type(module).__name__} has no input_shapes; is it a kgen module?")
@@ -80,25 +111,40 @@ def _expected_shapes(module) -> dict[str, tuple]:
     ]
     abstract = jax.eval_shape(module.init, jax.random.PRNGKey(0), *inputs)
     leaves = jax.tree_util.tree_leaves_with_path(dict(abstract))
-    return {
-        SEP.join(str(getattr(k, "key", k)) for k in path): tuple(leaf.shape)
-        for path, leaf in leaves
-    }
+    return {SEP.join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
 
 
 def check_variables(module, variables: dict) -> None:
-    expected = _expected_shapes(module)
-    got = {k: tuple(np.shape(v)) for k, v in flatten(variables).items()}
-    problems = []
+    """Raise :class:`WeightsError` unless ``variables`` has exactly the paths, shapes and
+    dtypes that ``module`` creates."""
+    _raise_problems(module, _expected(module), flatten(variables), check_dtypes=True)
+
+
+def _raise_problems(
+    module, expected: dict, got: dict, check_dtypes: bool, cast_hint: bool = False
+) -> None:
+    problems, dtype_problems = [], 0
     for path in sorted(expected.keys() | got.keys()):
         if path not in got:
-            problems.append(f"{path}: missing (module expects shape {expected[path]})")
-        elif path not in expected:
-            problems.append(f"{path}: unexpected (file has shape {got[path]})")
-        elif expected[path] != got[path]:
-            problems.append(f"{path}: file has shape {got[path]}, module expects {expected[path]}")
+            want = tuple(expected[path].shape)
+            problems.append(f"{path}: missing (module expects shape {want})")
+            continue
+        shape, dtype = tuple(np.shape(got[path])), np.dtype(got[path].dtype)
+        if path not in expected:
+            problems.append(f"{_show(path)}: unexpected (file has shape {shape})")
+            continue
+        want, want_dtype = tuple(expected[path].shape), np.dtype(expected[path].dtype)
+        if want != shape:
+            problems.append(f"{path}: file has shape {shape}, module expects {want}")
+        elif check_dtypes and want_dtype != dtype:
+            problems.append(f"{path}: file has dtype {dtype}, module expects {want_dtype}")
+            dtype_problems += 1
     if problems:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        hint = " (pass cast=True to cast them)" if dtype_problems and cast_hint else ""
         raise WeightsError(
-            f"variables do not match {type(module).__name__}: " + "; ".join(problems[:5]) + more
+            f"variables do not match {type(module).__name__}: "
+            + "; ".join(problems[:5])
+            + more
+            + hint
         )
