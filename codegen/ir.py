@@ -160,6 +160,10 @@ class Node:
     output_shapes: list
     source: str = "keras3"
     call_index: int = 0
+    builtin: bool = True  # the class is Keras's own (see registry.lookup_class)
+    module: str = ""  # the class's Python module
+    registered_name: str | None = None
+    config_skipped: str | None = None  # why get_config() was not recorded
 
     @classmethod
     def from_graph(cls, graph, node_id: str) -> Node:
@@ -177,6 +181,10 @@ class Node:
             output_shapes=d["output_shapes"],
             source=graph.graph.get("source", "keras3"),
             call_index=d.get("call_index", 0),
+            builtin=d.get("builtin", True),
+            module=d.get("module", ""),
+            registered_name=d.get("registered_name"),
+            config_skipped=d.get("config_skipped"),
         )
 
     # Helpers lowerings use all the time.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from kgen.codegen import ir
-from kgen.codegen.registry import SOURCE_NAMES, Unsupported, lookup
+from kgen.codegen.registry import SOURCE_NAMES, Unsupported, lookup, lookup_class
 from kgen.errors import UnsupportedError
 from kgen.tracer.graph import topological_nodes
 
@@ -83,6 +83,12 @@ def _display_class(node: ir.Node) -> str:
         return f"keras.ops {node.class_name}"
     if node.kind == "tfop":
         return f"TFOpLambda tf.{node.class_name}"
+    if not node.builtin and lookup(node.kind, node.class_name) is not None:
+        # Same name as a Keras class kgen lowers, but not that class (or it wraps a
+        # class that is not Keras's own): say so, the bare name would read as a bug.
+        own = node.module.startswith(("keras.", "tf_keras."))
+        what = "wraps a layer that is not Keras's own" if own else f"from {node.module}"
+        return f"{node.class_name} ({what})"
     return node.class_name
 
 
@@ -118,9 +124,21 @@ def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
                 module=ir.Module(ir.LocalClass("")),  # class name filled in by render
             )
             continue
-        spec = lookup(node.kind, node.class_name)
+        spec = lookup_class(
+            node.kind,
+            node.class_name,
+            builtin=node.builtin,
+            module=node.module,
+            registered_name=node.registered_name,
+        )
         if spec is None:
             problems.unsupported[_display_class(node)].append(node.name)
+            continue
+        if node.config_skipped:  # a plug-in's class whose get_config() raised
+            problems.configs.append(
+                f"{node.name!r} ({node.class_name}): {node.config_skipped}, so its config "
+                "cannot be read"
+            )
             continue
         if node.source not in spec.sources:
             only = " and ".join(SOURCE_NAMES.get(s, s) for s in spec.sources)

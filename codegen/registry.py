@@ -17,7 +17,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["LoweringSpec", "Unsupported", "lookup", "register", "registered"]
+__all__ = [
+    "LoweringSpec",
+    "Unsupported",
+    "has_lowering",
+    "lookup",
+    "lookup_class",
+    "register",
+    "registered",
+]
 
 KINDS = ("layer", "op", "tfop")  # tfop: a tf.keras TFOpLambda, keyed by TF symbol
 SOURCES = ("keras3", "tf_keras")
@@ -63,6 +71,7 @@ class LoweringSpec:
     requires: dict = field(default_factory=dict)
     sources: tuple = SOURCES
     notes: str = ""
+    builtin: bool = True  # one of kgen's own lowerings, for Keras's own class
 
     def check_config(self, config: dict) -> list[str]:
         """Problems with ``config``: fields this lowering does not understand."""
@@ -109,6 +118,12 @@ def register(
     and ``"tfop"`` for tf.keras ``TFOpLambda`` nodes, keyed by TF symbol (``math.multiply``).
     Registering the same (kind, class) twice is an error unless ``replace=True`` (a
     plug-in deliberately overriding a built-in lowering).
+
+    Lowerings are matched by the class's identity, never by a bare name alone (see
+    :func:`lookup_class`): kgen's own lowerings only ever convert Keras's own classes.
+    A plug-in names its class by ``"package>Name"`` (Keras's registered name), by
+    ``"module.Name"``, or by its bare ``Name``, which matches user classes of that name
+    and never a Keras class (unless ``replace=True`` overrides kgen's lowering of it).
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}")
@@ -131,6 +146,7 @@ def register(
                 requires=dict(requires or {}),
                 sources=tuple(sources),
                 notes=notes,
+                builtin=fn.__module__.startswith(_BUILTIN_PREFIX) and not replace,
             )
         return fn
 
@@ -138,9 +154,45 @@ def register(
 
 
 def lookup(kind: str, class_name: str) -> LoweringSpec | None:
-    """The lowering registered for ``(kind, class_name)``, or None."""
+    """The lowering registered under ``(kind, class_name)``, or None.
+
+    This is the registry key; to find the lowering of a traced class use
+    :func:`lookup_class`, which also checks the class's identity.
+    """
     _load_builtin()
     return _REGISTRY.get((kind, class_name))
+
+
+def lookup_class(
+    kind: str,
+    class_name: str,
+    *,
+    builtin: bool = True,
+    module: str = "",
+    registered_name: str | None = None,
+) -> LoweringSpec | None:
+    """The lowering for a traced class, found by its identity.
+
+    ``builtin`` says the class is Keras's own (its module is inside ``keras`` or
+    ``tf_keras``).  Keras's own classes get the lowering registered under their name,
+    built-in or a plug-in's ``replace=True``.  Any other class -- a user's or another
+    package's, even one called ``Dense`` or ``RMSNormalization`` -- only gets a plug-in's
+    lowering, registered under its registered name, ``module.Name`` or bare name.
+    TF symbols (``kind="tfop"``) are names, not classes, and are looked up as they are.
+    """
+    _load_builtin()
+    if builtin or kind == "tfop":
+        return _REGISTRY.get((kind, class_name))
+    for key in (registered_name, f"{module}.{class_name}", class_name):
+        spec = _REGISTRY.get((kind, key)) if key else None
+        if spec is not None and not spec.builtin:
+            return spec
+    return None
+
+
+def has_lowering(kind: str, class_name: str, **identity) -> bool:
+    """Whether :func:`lookup_class` finds a lowering (the tracer's and loader's question)."""
+    return lookup_class(kind, class_name, **identity) is not None
 
 
 def registered() -> list[LoweringSpec]:
@@ -149,6 +201,7 @@ def registered() -> list[LoweringSpec]:
 
 
 _loaded = False
+_BUILTIN_PREFIX = "kgen.codegen.lowerings."
 
 
 def _load_builtin() -> None:

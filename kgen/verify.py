@@ -203,8 +203,8 @@ def with_taps(model, taps: int):
     final = {id(t) for t in model.outputs}
     candidates = []
     for layer in model.layers:
-        if type(layer).__name__ == "InputLayer":
-            continue
+        if type(layer).__name__ == "InputLayer" or isinstance(layer, keras_module.Model):
+            continue  # a nested model's ``output`` is its own graph's, not this one's
         try:
             out = layer.output
         except (AttributeError, RuntimeError, ValueError):

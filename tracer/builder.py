@@ -8,7 +8,23 @@ import networkx as nx
 from kgen.tracer.graph import InputSpec, Ref, iter_refs
 from kgen.tracer.plain import plain
 
-__all__ = ["GraphBuilder"]
+__all__ = ["GraphBuilder", "wrapped_layers"]
+
+#: Attributes under which Keras wrappers hold the layers they call.
+_WRAPPED = ("layer", "forward_layer", "backward_layer", "cell")
+
+
+def wrapped_layers(layer) -> list:
+    """The layers a wrapper (TimeDistributed, Bidirectional, RNN) calls on its own."""
+    found = []
+    for attr in _WRAPPED:
+        inner = layer.__dict__.get(attr)
+        if inner is not None and inner is not layer and hasattr(inner, "get_config"):
+            found.append(inner)
+    cells = layer.__dict__.get("cells")
+    if isinstance(cells, (list, tuple)):
+        found.extend(c for c in cells if hasattr(c, "get_config"))
+    return found
 
 
 class GraphBuilder:
@@ -28,6 +44,55 @@ class GraphBuilder:
     def constant(self, value):
         """A non-symbolic call argument as plain data."""
         return plain(value)
+
+    #: Module prefix of this Keras's own classes (``keras.src.``, ``tf_keras.src.``).
+    builtin_prefix = ""
+
+    def registered_name(self, cls) -> str | None:
+        """Keras's registered name for ``cls`` (``"package>Name"`` for custom classes)."""
+        return None
+
+    # -- class identity ------------------------------------------------------------------
+    def is_builtin(self, layer) -> bool:
+        """Whether ``layer`` is an instance of this Keras's own class, and so are the
+        layers it wraps (TimeDistributed, Bidirectional, RNN cells): only then may kgen's
+        own lowering for that class name convert it."""
+        if not type(layer).__module__.startswith(self.builtin_prefix):
+            return False
+        return all(self.is_builtin(inner) for inner in wrapped_layers(layer))
+
+    def identity(self, layer) -> dict:
+        """What the lowering registry matches a class by: never its bare name alone."""
+        cls = type(layer)
+        return dict(
+            builtin=self.is_builtin(layer),
+            module=cls.__module__,
+            registered_name=self.registered_name(cls),
+        )
+
+    def layer_config(self, layer, kind: str, has_lowering) -> tuple[dict, str | None]:
+        """``(get_config(), None)``, or ``({}, why)`` for a class that has no lowering.
+
+        Nothing kgen cannot convert has its ``get_config()`` called: some third-party
+        layers raise from it, and the unsupported-class report must still come out.
+        ``has_lowering(kind, class_name, **identity)`` is the lowering registry's
+        question, asked by the caller (the tracer does not import codegen); without it,
+        a failing ``get_config()`` of a class that is not Keras's own is recorded.
+        """
+        identity = self.identity(layer)
+        name = type(layer).__name__
+        if (
+            has_lowering is not None
+            and not identity["builtin"]
+            and not has_lowering(kind, name, **identity)
+        ):
+            return {}, "no lowering"
+        try:
+            return plain(layer.get_config()), None
+        except Exception as exc:
+            if identity["builtin"]:
+                raise
+            return {}, f"get_config() raised {type(exc).__name__}"
 
     # -- shared ------------------------------------------------------------------------
     def node_id(self, layer, node_index: int) -> str:
@@ -65,7 +130,7 @@ class GraphBuilder:
         return self.constant(value)
 
     def node_attrs(self, layer, node_index: int, output_shapes, output_dtypes) -> dict:
-        return self.record(
+        attrs = self.record(
             str(layer.name),
             type(layer).__name__,
             type(layer).__module__,
@@ -73,6 +138,8 @@ class GraphBuilder:
             output_shapes,
             output_dtypes,
         )
+        attrs.update(self.identity(layer))
+        return attrs
 
     def record(self, name, class_name, module, call_index, output_shapes, output_dtypes):
         """A node's attributes, with no arguments, config or weights yet."""
@@ -89,6 +156,8 @@ class GraphBuilder:
             input_shapes=[],
             config={},
             weights={},
+            builtin=True,
+            registered_name=None,
         )
         self.order += 1
         return attrs

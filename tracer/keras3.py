@@ -56,8 +56,17 @@ def _layer_weights(layer) -> dict[str, np.ndarray]:
 
 
 class _Tracer(GraphBuilder):
+    builtin_prefix = "keras.src."
+
+    def __init__(self, has_lowering=None):
+        super().__init__()
+        self.has_lowering = has_lowering
+
     def is_symbolic(self, value) -> bool:
         return isinstance(value, keras.KerasTensor)
+
+    def registered_name(self, cls) -> str | None:
+        return keras.saving.get_registered_name(cls)
 
     def trace(self, model) -> nx.DiGraph:
         fn = _functional_of(model)
@@ -109,16 +118,18 @@ class _Tracer(GraphBuilder):
 
         if _is_graph_model(op):
             if id(op) not in self.subgraphs:
-                self.subgraphs[id(op)] = _Tracer().trace(op)
+                self.subgraphs[id(op)] = _Tracer(self.has_lowering).trace(op)
             attrs.update(kind="model", subgraph=self.subgraphs[id(op)])
         elif isinstance(op, keras.layers.Layer):
-            attrs.update(kind="layer", config=_plain(op.get_config()), weights=_layer_weights(op))
+            config, skipped = self.layer_config(op, "layer", self.has_lowering)
+            attrs.update(kind="layer", config=config, config_skipped=skipped)
+            attrs["weights"] = _layer_weights(op)
         else:
             try:
-                config = _plain(op.get_config())
+                config, skipped = self.layer_config(op, "op", self.has_lowering)
             except NotImplementedError:
-                config = {}
-            attrs.update(kind="op", config=config)
+                config, skipped = {}, None
+            attrs.update(kind="op", config=config, config_skipped=skipped)
         self.add(nid, attrs)
 
     def add_mask_producers(self, value) -> None:
@@ -186,5 +197,5 @@ def _runtime_masks(layer, node) -> dict:
     return {k: v for k, v in found.items() if _keras_tensors(v)}
 
 
-def trace_keras3(model) -> nx.DiGraph:
-    return _Tracer().trace(model)
+def trace_keras3(model, has_lowering=None) -> nx.DiGraph:
+    return _Tracer(has_lowering).trace(model)

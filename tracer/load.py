@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kgen.errors import SourceError
-from kgen.tracer import catalog
+from kgen.tracer import allowlist, catalog
 
 __all__ = ["MODEL_SUFFIXES", "LoadedModel", "load_model_file", "load_source", "load_weights_file"]
 
@@ -90,11 +90,14 @@ def load_weights_file(model, path: str) -> None:
         raise SourceError(f"cannot load weights from {path}: {_weights_problem(exc)}") from None
 
 
-def load_source(source: str, weights: str | None = None, **options) -> LoadedModel:
+def load_source(
+    source: str, weights: str | None = None, *, has_lowering=None, **options
+) -> LoadedModel:
     """``source`` is an application name or a ``.keras``/``.h5`` path.
 
     ``weights``: for applications ``"imagenet"`` (default), ``"none"`` or a weights file;
     for model files ``None`` (the file's own weights), ``"none"`` or a weights file.
+    ``has_lowering``: see :func:`load_model_file`.
     """
     if weights not in (None, "none", "model", "imagenet") and not _looks_like_path(weights):
         raise SourceError(
@@ -105,7 +108,7 @@ def load_source(source: str, weights: str | None = None, **options) -> LoadedMod
             raise SourceError(
                 "--weights imagenet only applies to application names (see `kgen list`)"
             )
-        model = load_model_file(source)
+        model = load_model_file(source, has_lowering)
         if weights not in (None, "none", "model"):
             load_weights_file(model, weights)
         return LoadedModel(model, None, real_weights=weights != "none")
@@ -115,6 +118,13 @@ def load_source(source: str, weights: str | None = None, **options) -> LoadedMod
     if weights not in ("imagenet", "none"):
         _check_file(weights, "weights file", WEIGHTS_SUFFIXES, "a .weights.h5 or legacy .h5 file")
     if weights == "imagenet":
+        classes = options.get("classes")
+        if classes not in (None, 1000) and options.get("include_top", True):
+            raise SourceError(
+                f"--classes {classes} with the ImageNet weights: their classifier has 1000 "
+                "classes; use --no-include-top (a backbone), or --weights none or PATH "
+                f"for a {classes}-class head"
+            )
         try:
             model = catalog.build(app, weights="imagenet", **options)
         except Exception as exc:
@@ -132,24 +142,27 @@ def load_source(source: str, weights: str | None = None, **options) -> LoadedMod
     return LoadedModel(model, app, real_weights=weights != "none")
 
 
-def load_model_file(path: str):
-    """Load a saved model without executing anything it contains (Keras safe mode).
+def load_model_file(path: str, has_lowering=None):
+    """Load a saved model without executing anything it contains.
 
     Accepted: a ``.keras`` archive, a full-model ``.h5`` file, or a tf.keras SavedModel
     directory (``model.save("dir")`` in TF 2.x).  Whatever Keras wrote the file, its
-    model config is read with plain ``json`` and checked (:func:`_refuse_unsafe`) before
-    any Keras rebuilds it.  A file written by Keras 2 (``keras_version`` 2.x) is loaded
-    with tf.keras, so it converts with Keras 2 semantics.
+    model config is read with plain ``json`` and checked against the allowlist
+    (:mod:`kgen.tracer.allowlist`) before any Keras rebuilds it; ``has_lowering`` is the
+    lowering registry's answer to "does kgen convert this class?" (by default kgen's
+    registry, plug-ins included).  A file written by Keras 2 (``keras_version`` 2.x) is
+    loaded with tf.keras, so it converts with Keras 2 semantics.
     """
     if Path(path).is_dir():
-        return _load_saved_model(Path(path), path)
+        return _load_saved_model(Path(path), path, has_lowering)
     p = _check_file(path, "model file", MODEL_SUFFIXES, "a .keras or .h5 model file")
     if p.name.endswith(".keras"):
         version, config = _keras_zip_config(p, path)
     else:
         version, config = _h5_config(p, path)
     if config is not None:
-        _refuse_unsafe(config, path)
+        source = "tf_keras" if version.startswith("2.") else "keras3"
+        _check_config(config, path, source, has_lowering)
     if version.startswith("2."):
         return _load_tf_keras_file(p, path)
     import keras
@@ -175,8 +188,13 @@ def _h5_config(p: Path, path: str) -> tuple[str, str]:
 
     try:
         with h5py.File(str(p), "r") as f:
+            for key in ("keras_version", "model_config"):
+                if key in f.attrs:
+                    _check_size(f.attrs.get_id(key).get_storage_size(), path)
             version = _h5_text(f.attrs.get("keras_version")) or ""
             config = _h5_text(f.attrs.get("model_config"))
+    except SourceError:
+        raise
     except Exception as exc:
         raise SourceError(f"cannot read model file {path}: {_one_line(exc)}") from None
     if config is None:
@@ -187,88 +205,52 @@ def _h5_config(p: Path, path: str) -> tuple[str, str]:
     return version, config
 
 
+def _check_size(n_bytes: int, path: str) -> None:
+    if n_bytes > allowlist.MAX_CONFIG_BYTES:
+        raise SourceError(
+            f"refusing model file {path}: its model config is {n_bytes / 2**20:.0f} MiB, more "
+            f"than the {allowlist.MAX_CONFIG_BYTES // 2**20} MiB kgen reads"
+        )
+
+
+def _read_member(z: zipfile.ZipFile, name: str, path: str) -> bytes:
+    """One archive member, read no further than the config size limit (the size a zip
+    header claims is not trusted: a bomb's can lie)."""
+    _check_size(z.getinfo(name).file_size, path)
+    with z.open(name) as f:
+        data = f.read(allowlist.MAX_CONFIG_BYTES + 1)
+    _check_size(len(data), path)
+    return data
+
+
 def _keras_zip_config(p: Path, path: str) -> tuple[str, str | None]:
     """A ``.keras`` archive's ``(keras_version, config.json)``; Keras 3 writes 3.x, tf.keras
     2.13+ writes 2.x into ``metadata.json``."""
     try:
         with zipfile.ZipFile(p) as z:
             names = set(z.namelist())
-            meta = z.read("metadata.json") if "metadata.json" in names else b"{}"
-            config = z.read("config.json").decode("utf-8") if "config.json" in names else None
+            meta = _read_member(z, "metadata.json", path) if "metadata.json" in names else b"{}"
+            config = _read_member(z, "config.json", path) if "config.json" in names else None
+            config = None if config is None else config.decode("utf-8")
         version = json.loads(meta).get("keras_version", "")
-    except (zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+    except SourceError:
+        raise
+    except RecursionError:
+        raise SourceError(
+            f"refusing model file {path}: its metadata is nested too deeply"
+        ) from None
+    except (zipfile.BadZipFile, OSError, ValueError, AttributeError, UnicodeError) as exc:
         raise SourceError(f"cannot read model file {path}: {_one_line(exc)}") from None
     return str(version), config
 
 
-def _refuse_unsafe(config, path: str) -> None:
-    """Refuse a model whose rebuilding would run code from the file.
-
-    Rebuilding a tf.keras model unmarshals and runs the Python bytecode of its ``Lambda``
-    layers (and of lambdas in RNN cell wrappers), and calls each ``TFOpLambda`` layer's TF
-    function, named by the file, while it wires the graph.  So the file is refused when
-    its config holds Lambda layers or serialised lambdas anywhere (nested models
-    included), or a TFOpLambda symbol that kgen has no lowering for.
-    """
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError as exc:
-            raise SourceError(f"model file {path}: its model config is not JSON ({exc})") from None
-    lambdas, symbols = _unsafe_parts(config)
-    problems = []
-    if lambdas:
-        problems.append(
-            f"{len(lambdas)} Lambda layer(s) or Python lambda(s) ({', '.join(lambdas[:5])}"
-            f"{', ...' if len(lambdas) > 5 else ''}), whose code would run when the file "
-            "is loaded"
-        )
-    if symbols:
-        problems.append(
-            f"TF op layer(s) calling {', '.join(sorted(set(symbols)))}, which kgen does not "
-            "lower and would call when the file is loaded"
-        )
-    if problems:
-        raise SourceError(
-            f"refusing model file {path}: it contains {'; and '.join(problems)}. Move that "
-            "code into a custom layer class, register a lowering for it and pass it with "
-            "--plugin MODULE (see README, 'Custom layers')"
-        )
-
-
-def _unsafe_parts(config) -> tuple[list[str], list[str]]:
-    """(Lambda layers and serialised lambdas, unlowered TFOpLambda symbols) in a model
-    config, searched everywhere: nested models, wrappers, any depth."""
-    from kgen.codegen.registry import lookup
-
-    lambdas: list[str] = []
-    symbols: list[str] = []
-    stack = [config]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, list):
-            stack.extend(value)
-            continue
-        if not isinstance(value, dict):
-            continue
-        cls = value.get("class_name")
-        inner = value.get("config") if isinstance(value.get("config"), dict) else {}
-        name = inner.get("name", value.get("name", "?"))
-        if cls == "Lambda":
-            lambdas.append(f"Lambda {str(name)[:60]!r}")
-            continue  # refused whole; its own config holds the bytecode
-        if cls == "__lambda__":
-            lambdas.append("a serialised lambda")
-        elif cls in ("TFOpLambda", "SlicingOpLambda"):
-            symbol = inner.get("function")
-            if not isinstance(symbol, str) or lookup("tfop", symbol) is None:
-                symbols.append(f"tf.{str(symbol)[:60]}")
-        for key, item in value.items():
-            # Cell wrappers store lambdas as {"<fn>_type": "lambda", "<fn>": bytecode}.
-            if item == "lambda" and str(key).endswith("_type"):
-                lambdas.append(f"a lambda in {cls or 'a config'} {str(name)[:60]!r}")
-            stack.append(item)
-    return lambdas, symbols
+def _check_config(config, path: str, source: str, has_lowering) -> None:
+    """The allowlist check (:mod:`kgen.tracer.allowlist`) of a config read as JSON."""
+    if has_lowering is None:
+        from kgen.codegen.registry import has_lowering
+    if isinstance(config, (str, bytes)):
+        config = allowlist.parse_config(config, path)
+    allowlist.check_config(config, path, source=source, has_lowering=has_lowering)
 
 
 def _safe_mode():
@@ -292,7 +274,7 @@ def _load_tf_keras_file(p: Path, path: str):
         raise SourceError(f"cannot load model file {path}: {_one_line(exc)}") from None
 
 
-def _load_saved_model(p: Path, path: str):
+def _load_saved_model(p: Path, path: str, has_lowering=None):
     """Rebuild a tf.keras SavedModel directory from its Keras metadata, then restore its
     variables from the checkpoint inside.
 
@@ -314,10 +296,13 @@ def _load_saved_model(p: Path, path: str):
     try:
         from tf_keras.protobuf import saved_metadata_pb2
 
+        _check_size((p / "keras_metadata.pb").stat().st_size, path)
         metadata = saved_metadata_pb2.SavedMetadata()
         metadata.ParseFromString((p / "keras_metadata.pb").read_bytes())
         root = next(n for n in metadata.nodes if n.node_path == "root")
-        meta = json.loads(root.metadata)
+        meta = allowlist.parse_config(root.metadata, path)
+    except SourceError:
+        raise
     except Exception as exc:
         raise SourceError(f"cannot read the Keras metadata of {path}: {_one_line(exc)}") from None
     config = meta.get("model_config")
@@ -327,7 +312,7 @@ def _load_saved_model(p: Path, path: str):
             f"cannot rebuild the model in {path}: its class {cls!r} has no saved config "
             "(a subclassed model); kgen converts functional and Sequential models"
         )
-    _refuse_unsafe(config, path)
+    _check_config(config, path, "tf_keras", has_lowering)
 
     import tf_keras
     from tf_keras.src.saving.legacy.saved_model import json_utils

@@ -48,14 +48,14 @@ def _weights(layer) -> dict[str, np.ndarray]:
     return out
 
 
-def _config(layer) -> dict:
-    """``get_config()``, plus what it leaves out but inference or training depends on.
+def _complete_config(layer, config: dict) -> dict:
+    """A layer's config plus what ``get_config()`` leaves out but inference or training
+    depends on.
 
     A BatchNormalization's ``fused`` flag is resolved at build time (rank-4/5 input,
     channel axis first or last, no renorm) and not serialised; the fused kernel updates
     the moving variance with the unbiased batch variance, the other path with the biased.
     """
-    config = _plain(layer.get_config())
     if isinstance(layer, tf_keras.layers.BatchNormalization) and isinstance(layer.fused, bool):
         config["fused"] = layer.fused
     return config
@@ -71,12 +71,18 @@ def _slice_dict(value):
 
 
 class _Tracer(GraphBuilder):
-    def __init__(self):
+    builtin_prefix = "tf_keras.src."
+
+    def __init__(self, has_lowering=None):
         super().__init__()
+        self.has_lowering = has_lowering
         self.masks: dict[tuple[int, int, int], Ref | None] = {}  # traced Keras masks
 
     def is_symbolic(self, value) -> bool:
         return _is_keras_tensor(value)
+
+    def registered_name(self, cls) -> str | None:
+        return tf_keras.saving.get_registered_name(cls)
 
     def constant(self, value):
         if isinstance(value, tf.DType):
@@ -138,12 +144,14 @@ class _Tracer(GraphBuilder):
         attrs["input_shapes"] = [_shape(t) for t in tf.nest.flatten(node.keras_inputs)]
         if _is_graph_model(layer):
             if id(layer) not in self.subgraphs:
-                self.subgraphs[id(layer)] = _Tracer().trace(layer)
+                self.subgraphs[id(layer)] = _Tracer(self.has_lowering).trace(layer)
             attrs.update(kind="model", subgraph=self.subgraphs[id(layer)])
         elif cls in _OP_LAYERS:
             attrs.update(kind="tfop", class_name=str(layer.symbol), config={})
         else:
-            attrs.update(kind="layer", config=_config(layer), weights=_weights(layer))
+            config, skipped = self.layer_config(layer, "layer", self.has_lowering)
+            attrs.update(kind="layer", config=_complete_config(layer, config))
+            attrs.update(config_skipped=skipped, weights=_weights(layer))
         self.add(nid, attrs)
 
     # -- masks ---------------------------------------------------------------------------
@@ -301,5 +309,5 @@ def _is_keras_tensor(value) -> bool:
     return type(value).__name__ == "KerasTensor" and hasattr(value, "_keras_history")
 
 
-def trace_tf_keras(model) -> nx.DiGraph:
-    return _Tracer().trace(model)
+def trace_tf_keras(model, has_lowering=None) -> nx.DiGraph:
+    return _Tracer(has_lowering).trace(model)
