@@ -7,8 +7,6 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 __all__ = ["BenchResult", "bench_model"]
 
 
@@ -16,42 +14,51 @@ __all__ = ["BenchResult", "bench_model"]
 class BenchResult:
     name: str
     batch: int
-    keras_ms: float  # median per batch, Keras (model(x, training=False))
+    keras_ms: float  # median per batch, Keras on TF as a tf.function graph
     flax_ms: float  # median per batch, jax.jit(module.apply), compiled beforehand
     compile_s: float  # first call of the jitted module (trace + XLA compile)
     repeats: int
+    keras_xla_ms: float | None = None  # tf.function(jit_compile=True), when it compiles
+    keras_compile_s: float = 0.0  # first call of the tf.function graph
+    convert_s: float = 0.0  # kgen's own conversion time (trace, lower, render, format)
+    spread: dict | None = None  # engine -> (min, max) ms per batch
 
     @property
     def speedup(self) -> float:
-        """Keras time / Flax time: above 1 means the Flax module is faster."""
+        """Keras-TF graph time / Flax time: above 1 means the Flax module is faster."""
         return self.keras_ms / self.flax_ms if self.flax_ms else float("nan")
 
     def line(self) -> str:
+        xla = "" if self.keras_xla_ms is None else f", keras xla {self.keras_xla_ms:.1f} ms"
         return (
-            f"{self.name}: batch {self.batch}, keras {self.keras_ms:.1f} ms, "
-            f"flax {self.flax_ms:.1f} ms (median of {self.repeats}), "
-            f"speedup x{self.speedup:.2f}, flax compile {self.compile_s:.1f} s"
+            f"{self.name}: batch {self.batch}, keras graph {self.keras_ms:.1f} ms{xla}, "
+            f"flax {self.flax_ms:.1f} ms (medians of {self.repeats}, engines alternated), "
+            f"speedup x{self.speedup:.2f} vs keras graph, flax compile {self.compile_s:.1f} s, "
+            f"kgen convert {self.convert_s:.1f} s"
         )
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1e3
 
 
 def bench_model(
     model, name: str, *, batch: int = 8, repeats: int = 10, seed: int = 0
 ) -> BenchResult:
+    """Time the generated module against what Keras users run in production: the model
+    as a ``tf.function`` graph (and with ``jit_compile=True``), on the same batch, one
+    call of each engine in turn so machine drift hits them equally."""
     import jax
+    import tensorflow as tf
 
     from kgen.api import convert
     from kgen.verify import random_inputs
 
+    start = time.perf_counter()
     conversion = convert(model)
+    convert_s = time.perf_counter() - start
     inputs = random_inputs(conversion.inputs, batch=batch, seed=seed)
     feed = inputs[0] if len(inputs) == 1 else list(inputs)
     module = conversion.module
@@ -63,17 +70,40 @@ def bench_model(
     jax.block_until_ready(apply(variables, *xs))
     compile_s = time.perf_counter() - start
 
-    def run_keras():
-        out = model(feed, training=False)
-        np.asarray(
-            out[0]
-            if isinstance(out, (list, tuple))
-            else next(iter(out.values()))
-            if isinstance(out, dict)
-            else out
-        )
+    def first(out):
+        if isinstance(out, dict):
+            return next(iter(out.values()))
+        return out[0] if isinstance(out, (list, tuple)) else out
 
-    run_keras()  # warm-up (graph building, kernel selection)
-    keras_ms = _median_ms(run_keras, repeats)
-    flax_ms = _median_ms(lambda: jax.block_until_ready(apply(variables, *xs)), repeats)
-    return BenchResult(name, batch, keras_ms, flax_ms, compile_s, repeats)
+    tf_feed = tf.nest.map_structure(tf.constant, feed)
+    graph = tf.function(lambda x: first(model(x, training=False)))
+    engines = {
+        "keras": lambda: graph(tf_feed).numpy(),
+        "flax": lambda: jax.block_until_ready(apply(variables, *xs)),
+    }
+    keras_compile_s = _timed(engines["keras"]) / 1e3
+    try:
+        xla = tf.function(lambda x: first(model(x, training=False)), jit_compile=True)
+        xla(tf_feed).numpy()
+        engines["keras_xla"] = lambda: xla(tf_feed).numpy()
+    except Exception:  # not every model compiles with XLA on TF; report it as absent
+        pass
+    for fn in engines.values():  # one more warm-up call each
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in engines}
+    for _ in range(repeats):
+        for key, fn in engines.items():
+            times[key].append(_timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return BenchResult(
+        name,
+        batch,
+        med["keras"],
+        med["flax"],
+        compile_s,
+        repeats,
+        keras_xla_ms=med.get("keras_xla"),
+        keras_compile_s=keras_compile_s,
+        convert_s=convert_s,
+        spread={k: (min(v), max(v)) for k, v in times.items()},
+    )

@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from kgen.runtime.conv import DepthwiseConv
+
 __all__ = ["BatchNorm", "PReLU", "SeparableConv"]
 
 
@@ -77,7 +79,8 @@ class BatchNorm(nn.Module):
 class SeparableConv(nn.Module):
     """Keras ``SeparableConv1D/2D``: depthwise conv (the layer's strides, padding and
     dilation), then a 1x1 pointwise conv, then one bias.  The activation is applied by
-    the caller."""
+    the caller.  The depthwise half is :class:`~kgen.runtime.conv.DepthwiseConv` (fast on
+    CPU); ``impl`` picks its implementation."""
 
     features: int
     kernel_size: Sequence[int]
@@ -86,19 +89,20 @@ class SeparableConv(nn.Module):
     padding: str = "VALID"
     kernel_dilation: Sequence[int] | int = 1
     use_bias: bool = True
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x):
         channels = x.shape[-1]
         ones = (1,) * len(self.kernel_size)
-        x = nn.Conv(
+        x = DepthwiseConv(
             channels * self.depth_multiplier,
             tuple(self.kernel_size),
             strides=self.strides,
             padding=self.padding,
             kernel_dilation=self.kernel_dilation,
-            feature_group_count=channels,
             use_bias=False,
+            impl=self.impl,
             name="depthwise",
         )(x)
         return nn.Conv(

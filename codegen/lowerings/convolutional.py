@@ -75,7 +75,13 @@ def lower_conv(node: Node) -> Lowered:
     params = {"kernel": node.weight("kernel")}
     if c.get("use_bias", True):
         params["bias"] = node.weight("bias")
-    module = Module(Sym("nn.Conv"), (int(c["filters"]), ntuple(c["kernel_size"], n)), kwargs)
+    conv = "nn.Conv"
+    if groups > 1 and groups == int(node.input_shape[-1]):
+        # One input channel per group (ConvNeXt's 7x7): a depthwise conv, same kernel
+        # layout (*k, 1, filters), run by rt.DepthwiseConv's fast path.
+        conv = "rt.DepthwiseConv"
+        kwargs.pop("feature_group_count", None)
+    module = Module(Sym(conv), (int(c["filters"]), ntuple(c["kernel_size"], n)), kwargs)
     expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
     return Lowered(expr, module=module, variables={"params": params})
 
@@ -112,7 +118,8 @@ def lower_depthwise_conv(node: Node) -> Lowered:
     params = {"kernel": _depthwise_kernel(node)}
     if c.get("use_bias", True):
         params["bias"] = node.weight("bias")
-    module = Module(Sym("nn.Conv"), (channels * mult, ntuple(c["kernel_size"], n)), kwargs)
+    kwargs.pop("feature_group_count", None)
+    module = Module(Sym("rt.DepthwiseConv"), (channels * mult, ntuple(c["kernel_size"], n)), kwargs)
     expr = apply_activation(Call(SELF, (node.input,)), c.get("activation"), node.source)
     return Lowered(expr, module=module, variables={"params": params})
 

@@ -1,0 +1,163 @@
+"""Depthwise convolution with a fast path where XLA is slow.
+
+XLA on CPU runs ``conv_general_dilated`` with ``feature_group_count == channels`` at a
+fraction of a GFLOP/s: in the generated MobileNetV2 the depthwise convolutions took 84%
+of the time.  A depthwise convolution is a sum, over the kernel's taps, of shifted and
+strided slices of the padded input scaled per channel; written that way XLA fuses it
+into one loop and runs it tens of times faster on CPU.  On other backends (GPU, TPU)
+the grouped convolution stays, unless a measurement says otherwise.
+
+Both paths compute the same thing from the same parameters, laid out as Flax's
+``nn.Conv(feature_group_count=channels)`` lays them out: ``kernel`` of shape
+``(*kernel_size, 1, channels * depth_multiplier)`` (output channel ``c * M + m``) and
+``bias`` of shape ``(channels * depth_multiplier,)``.  The path is chosen when the module
+is traced: ``impl="auto"`` picks by ``jax.default_backend()``; ``"xla"`` and ``"shift"``
+force one (tests compare them), as does the ``KGEN_DEPTHWISE`` environment variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["DepthwiseConv", "depthwise_conv", "depthwise_impl"]
+
+IMPLS = ("auto", "xla", "shift")
+
+
+def depthwise_impl(impl: str = "auto") -> str:
+    """The implementation ``impl`` resolves to on the current backend."""
+    impl = os.environ.get("KGEN_DEPTHWISE", impl) if impl == "auto" else impl
+    if impl not in IMPLS:
+        raise ValueError(f"depthwise impl must be one of {IMPLS}, not {impl!r}")
+    if impl == "auto":
+        return "shift" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+def _pads(size: int, k: int, stride: int, dilation: int, padding) -> tuple[int, int]:
+    """(lo, hi) padding of one spatial dim, as XLA/Flax resolve ``padding``."""
+    eff = (k - 1) * dilation + 1
+    if padding == "VALID":
+        return 0, 0
+    if padding == "SAME":
+        out = -(-size // stride)
+        total = max((out - 1) * stride + eff - size, 0)
+        return total // 2, total - total // 2
+    if padding == "CAUSAL":
+        return eff - 1, 0
+    raise ValueError(f"padding {padding!r}")
+
+
+def _explicit_pads(x, kernel_size, strides, dilation, padding) -> list[tuple[int, int]]:
+    spatial = x.shape[1:-1]
+    if isinstance(padding, str):
+        return [
+            _pads(s, k, st, d, padding.upper())
+            for s, k, st, d in zip(spatial, kernel_size, strides, dilation)
+        ]
+    return [tuple(p) for p in padding]
+
+
+def depthwise_conv(
+    x,
+    kernel,
+    *,
+    strides: Sequence[int],
+    padding,
+    dilation: Sequence[int],
+    impl: str = "auto",
+):
+    """``x`` (N, *spatial, C) convolved per channel with ``kernel`` (*k, 1, C*M)."""
+    n = x.ndim - 2
+    kernel_size = kernel.shape[:n]
+    channels = x.shape[-1]
+    features = kernel.shape[-1]
+    pads = _explicit_pads(x, kernel_size, strides, dilation, padding)
+    if depthwise_impl(impl) == "xla":
+        return lax.conv_general_dilated(
+            x,
+            kernel.astype(x.dtype),
+            window_strides=tuple(strides),
+            padding=pads,
+            rhs_dilation=tuple(dilation),
+            dimension_numbers=_DIMENSIONS[n],
+            feature_group_count=channels,
+        )
+    mult = features // channels
+    if mult > 1:  # output channel c * M + m reads input channel c
+        x = jnp.repeat(x, mult, axis=-1)
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    out_shape = [
+        (x.shape[1 + i] - ((kernel_size[i] - 1) * dilation[i] + 1)) // strides[i] + 1
+        for i in range(n)
+    ]
+    kernel = kernel.reshape(*kernel_size, features).astype(x.dtype)
+    acc = None
+    for tap in _taps(kernel_size):
+        start = [0, *(t * d for t, d in zip(tap, dilation)), 0]
+        limit = [
+            x.shape[0],
+            *(s + (o - 1) * st + 1 for s, o, st in zip(start[1:-1], out_shape, strides)),
+            features,
+        ]
+        piece = lax.slice(x, start, limit, [1, *strides, 1]) * kernel[tap]
+        acc = piece if acc is None else acc + piece
+    return acc
+
+
+_DIMENSIONS = {
+    1: ("NWC", "WIO", "NWC"),
+    2: ("NHWC", "HWIO", "NHWC"),
+    3: ("NDHWC", "DHWIO", "NDHWC"),
+}
+
+
+def _taps(kernel_size) -> list[tuple[int, ...]]:
+    taps = [()]
+    for k in kernel_size:
+        taps = [(*t, i) for t in taps for i in range(k)]
+    return taps
+
+
+class DepthwiseConv(nn.Module):
+    """Keras ``DepthwiseConv1D/2D`` (and grouped ``Conv`` with groups == channels).
+
+    Same parameters and layout as ``nn.Conv(features, kernel_size,
+    feature_group_count=channels)``; the activation is applied by the caller.
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    strides: Sequence[int] | int = 1
+    padding: str | Sequence[tuple[int, int]] = "VALID"
+    kernel_dilation: Sequence[int] | int = 1
+    use_bias: bool = True
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, x):
+        n = len(self.kernel_size)
+        kernel = self.param(
+            "kernel", nn.initializers.lecun_normal(), (*self.kernel_size, 1, self.features)
+        )
+        y = depthwise_conv(
+            x,
+            kernel,
+            strides=_ntuple(self.strides, n),
+            padding=self.padding,
+            dilation=_ntuple(self.kernel_dilation, n),
+            impl=self.impl,
+        )
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(y.dtype)
+        return y
+
+
+def _ntuple(value, n: int) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, Sequence) else (int(value),) * n
