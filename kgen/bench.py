@@ -21,6 +21,7 @@ class BenchResult:
     keras_xla_ms: float | None = None  # tf.function(jit_compile=True), when it compiles
     keras_compile_s: float = 0.0  # first call of the tf.function graph
     convert_s: float = 0.0  # kgen's own conversion time (trace, lower, render, format)
+    init_s: float = 0.0  # rt.init of the generated module (jit-compiled init)
     spread: dict | None = None  # engine -> (min, max) ms per batch
 
     @property
@@ -34,7 +35,7 @@ class BenchResult:
             f"{self.name}: batch {self.batch}, keras graph {self.keras_ms:.1f} ms{xla}, "
             f"flax {self.flax_ms:.1f} ms (medians of {self.repeats}, engines alternated), "
             f"speedup x{self.speedup:.2f} vs keras graph, flax compile {self.compile_s:.1f} s, "
-            f"kgen convert {self.convert_s:.1f} s"
+            f"kgen convert {self.convert_s:.1f} s, rt.init {self.init_s:.1f} s"
         )
 
 
@@ -69,6 +70,9 @@ def bench_model(
     start = time.perf_counter()
     jax.block_until_ready(apply(variables, *xs))
     compile_s = time.perf_counter() - start
+    from kgen.runtime import init
+
+    init_s = _timed(lambda: jax.block_until_ready(init(module, *xs))) / 1e3
 
     def first(out):
         if isinstance(out, dict):
@@ -105,5 +109,6 @@ def bench_model(
         keras_xla_ms=med.get("keras_xla"),
         keras_compile_s=keras_compile_s,
         convert_s=convert_s,
+        init_s=init_s,
         spread={k: (min(v), max(v)) for k, v in times.items()},
     )

@@ -36,7 +36,7 @@ from kgen.runtime.pooling import adaptive_pool
 from kgen.runtime.preprocessing import decode_predictions, preprocess_input
 from kgen.runtime.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kgen.runtime.resampling import center_crop, resize, upsample
-from kgen.runtime.variables import check_variables, load_variables, save_variables
+from kgen.runtime.variables import check_variables, init, load_variables, save_variables
 
 __all__ = [
     "GRU",
@@ -70,6 +70,7 @@ __all__ = [
     "encode_categorical",
     "hard_shrink",
     "hard_sigmoid_tf_keras",
+    "init",
     "l2_normalize",
     "leaky_relu",
     "load_variables",
