@@ -1,17 +1,22 @@
 """The ``kgen`` command line: list, emit, verify.
 
 User errors print one line (``kgen: error: ...``) and exit 2; nothing is half-written.
-Set ``KGEN_DEBUG=1`` to see tracebacks.
+So do the machine's (a full disk, a file-size limit, a read-only directory) and click's
+usage errors; exit 3 is for kgen's own bugs.  SIGINT and SIGTERM exit 130 and 143 and
+leave no temporary file.  Set ``KGEN_DEBUG=1`` to see tracebacks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import io
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,29 +115,194 @@ def _fail(message: str, code: int = 2) -> None:
     raise SystemExit(code)
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the main thread is, so that cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+_received: list[int] = []  # signals seen during this run, even if their exception was lost
+_held = 0  # > 0: record signals, raise when the outermost _interrupts_held() ends
+
+
+def _on_signal(signum, frame):
+    _received.append(signum)
+    if not _held:
+        raise Interrupted(signum)
+
+
+def _on_alarm(signum, frame):  # the re-delivery _unraisable schedules
+    if _received and not _held:
+        raise Interrupted(_received[0])
+
+
+def _unraisable(hook):
+    """``sys.unraisablehook`` for an :class:`Interrupted` lost where Python cannot
+    raise (jax runs a callback on every garbage collection): print nothing and raise it
+    again a few milliseconds later, out of that callback."""
+
+    def unraisable(info):
+        if not isinstance(info.exc_value, Interrupted):
+            hook(info)
+        elif hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0.005)
+
+    return unraisable
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Record SIGINT/SIGTERM without raising, and raise once the block is done."""
+    global _held
+    _held += 1
+    try:
+        yield
+    finally:
+        _held -= 1
+    if not _held:
+        _raise_if_interrupted()
+
+
+def _import_frameworks() -> None:
+    """Import jax with interrupts held, then Keras (and TensorFlow, its backend).
+
+    jaxlib's nanobind module initialisation calls back into Python; an exception raised
+    there cannot pass through its C++ and aborts the process (SIGABRT, a core dump)."""
+    with _interrupts_held():
+        import jax  # noqa: F401
+    import keras  # noqa: F401
+
+
+@contextlib.contextmanager
+def _signals_handled():
+    """SIGINT and SIGTERM raise :class:`Interrupted` (and are recorded, so that a
+    library catching the exception cannot make the run succeed); SIGXFSZ is ignored, so
+    that a file-size limit is an OSError (EFBIG) rather than a crash."""
+    global _held
+    _received.clear()
+    _held = 0
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {}
+    handlers = (
+        ("SIGINT", _on_signal),
+        ("SIGTERM", _on_signal),
+        ("SIGALRM", _on_alarm),
+        ("SIGXFSZ", signal.SIG_IGN),
+    )
+    for name, handler in handlers:
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            saved[sig] = signal.signal(sig, handler)
+    saved_hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable(saved_hook)
+    try:
+        yield
+    finally:
+        if hasattr(signal, "setitimer"):
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        sys.unraisablehook = saved_hook
+        for sig, handler in saved.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+
+
+def _raise_if_interrupted() -> None:
+    if _received:
+        raise Interrupted(_received[0])
+
+
+def _interrupted(exc: BaseException | None) -> None:
+    signum = _received[0] if _received else getattr(exc, "signum", signal.SIGINT)
+    word = "terminated" if signum == getattr(signal, "SIGTERM", None) else "interrupted"
+    _fail(word, 128 + int(signum))
+
+
+# OSErrors that are the machine's or the user's doing, not kgen's: exit 2.
+_ENVIRONMENT_ERRNOS = {
+    errno.ENOSPC,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+    errno.EMFILE,
+    errno.ENFILE,
+    errno.ENOMEM,
+    errno.EIO,
+    *([errno.EDQUOT] if hasattr(errno, "EDQUOT") else []),
+}
+
+
+def _os_error_text(exc: OSError) -> str:
+    text = exc.strerror or _one_line(exc) or type(exc).__name__
+    if exc.errno == errno.EFBIG:
+        text += " (a file-size limit, see `ulimit -f`)"
+    return text
+
+
+def _usage_error(exc: click.ClickException) -> None:
+    message = _one_line(exc.format_message()).rstrip(".")
+    ctx = getattr(exc, "ctx", None)
+    if ctx is not None:
+        message += f" (see '{ctx.command_path} --help')"
+    _fail(message, 2)
+
+
 class _Group(click.Group):
     """Turns every error into one line on stderr and a non-zero exit."""
 
+    def main(self, *args, **kwargs):
+        with _signals_handled():
+            return super().main(*args, **kwargs)
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.exceptions.NoArgsIsHelpError:
+            raise  # plain `kgen`: the help text
+        except click.UsageError as exc:
+            _usage_error(exc)
+
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
-        except KgenError as exc:
-            _fail(" ".join(str(exc).split()), exc.exit_code)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-            raise
-        except BrokenPipeError:  # e.g. `kgen list | head`
-            sys.stderr.close()
-            raise SystemExit(0) from None
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-        except Exception as exc:  # a kgen bug: still one line, traceback on request
-            if os.environ.get("KGEN_DEBUG"):
+            result = super().invoke(ctx)
+        except BaseException as exc:
+            if _received or isinstance(exc, KeyboardInterrupt):
+                _interrupted(exc)
+            if isinstance(exc, KgenError):
+                _fail(_one_line(exc), exc.exit_code)
+            if isinstance(exc, click.exceptions.NoArgsIsHelpError):
                 raise
+            if isinstance(exc, click.ClickException):
+                _usage_error(exc)
+            if isinstance(exc, (click.exceptions.Exit, click.exceptions.Abort, SystemExit)):
+                raise
+            if isinstance(exc, BrokenPipeError):  # e.g. `kgen list | head`
+                sys.stderr.close()
+                raise SystemExit(0) from None
+            if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+                where = f": {exc.filename}" if exc.filename else ""
+                _fail(f"{_os_error_text(exc)}{where}")
+            if isinstance(exc, MemoryError):
+                _fail("out of memory")
+            if not isinstance(exc, Exception) or os.environ.get("KGEN_DEBUG"):
+                raise
+            # A kgen bug: still one line, traceback on request.
             _fail(
-                f"internal error: {type(exc).__name__}: {' '.join(str(exc).split())[:300]} "
+                f"internal error: {type(exc).__name__}: {_one_line(exc)[:300]} "
                 "(set KGEN_DEBUG=1 for the traceback, and please report it)",
                 3,
             )
+        if _received:  # an interrupt that some library caught and dropped
+            _interrupted(None)
+        return result
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -152,6 +322,14 @@ def main(plugins):
             importlib.import_module(name)
         except ImportError as exc:
             raise KgenError(f"cannot import plugin {name!r}: {exc}") from None
+        except Exception as exc:  # the plug-in's own code raised while importing
+            if os.environ.get("KGEN_DEBUG"):
+                raise
+            text = _one_line(exc)
+            raise KgenError(
+                f"plugin {name!r} raised {type(exc).__name__} while importing"
+                + (f": {text[:300]}" if text else "")
+            ) from None
 
 
 @main.command("list")
@@ -262,6 +440,7 @@ def _collect_options(source: str, values: dict) -> dict:
 
 
 def _load(source, weights, quiet, verify=False, options=None):
+    _import_frameworks()
     from kgen.tracer import catalog
     from kgen.tracer.load import load_source
 
@@ -343,13 +522,13 @@ def emit(source, output, weights, as_json, **app_options):
 
     Writes OUTPUT/<name>.py and, unless --weights none, OUTPUT/<name>.safetensors.
     """
-    from kgen.api import convert
-    from kgen.codegen.names import snake_case
-
     start = time.perf_counter()
     options = _collect_options(source, app_options)
     _check_output_dir(output)
     with _framework_output(as_json):
+        _import_frameworks()
+        from kgen.api import convert, module_file_name
+
         loaded = _load(source, weights, as_json, options=options)
         class_name, module_name = _app_names(loaded, options)
         metadata = None
@@ -365,12 +544,14 @@ def emit(source, output, weights, as_json, **app_options):
                 else "",
                 metadata=metadata,
             )
-    conversion.module_name = module_name or snake_case(conversion.class_name)
+    if module_name is not None:
+        conversion.module_name = module_file_name(module_name)
+    _raise_if_interrupted()  # nothing is written after an interrupt, even a swallowed one
     with _step("writing", as_json):
         try:
             py_path, st_path = conversion.write(output, weights=weights != "none")
         except OSError as exc:
-            raise KgenError(f"cannot write to {output}: {exc.strerror or exc}") from None
+            raise KgenError(f"cannot write to {output}: {_os_error_text(exc)}") from None
     seconds = time.perf_counter() - start
     if as_json:
         click.echo(

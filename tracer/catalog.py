@@ -97,12 +97,46 @@ def names() -> list[str]:
     return list(APPLICATIONS)
 
 
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions."""
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+def close_names(name: str, limit: int = 3) -> list[str]:
+    """Up to ``limit`` application names close to ``name`` (case-insensitive edit
+    distance at most a third of its length, else names it begins), closest first."""
+    wanted = name.lower()
+    exact = [n for n in APPLICATIONS if n.lower() == wanted]
+    if exact:
+        return exact
+    budget = max(1, min(3, len(wanted) // 3))
+    scored = sorted(
+        (d, i, n)
+        for i, n in enumerate(APPLICATIONS)
+        if (d := _edit_distance(wanted, n.lower())) <= budget
+    )
+    if not scored:  # a family name: "densenet", "VGG"
+        return [n for n in APPLICATIONS if n.lower().startswith(wanted)][:limit]
+    return [n for _, _, n in scored[:limit]]
+
+
 def get(name: str) -> Application:
     try:
         return APPLICATIONS[name]
     except KeyError:
-        close = [n for n in APPLICATIONS if n.lower() == name.lower()]
-        hint = f" (did you mean {close[0]}?)" if close else " (see `kgen list`)"
+        close = close_names(name)
+        if not close:
+            hint = " (see `kgen list`)"
+        elif len(close) == 1:
+            hint = f" (did you mean {close[0]}?)"
+        else:
+            hint = f" (did you mean {', '.join(close[:-1])} or {close[-1]}?)"
         raise SourceError(f"unknown application {name!r}{hint}") from None
 
 
