@@ -99,12 +99,8 @@ class ConvNeXtSmall(nn.Module):
         convnext_small_stem = ConvnextSmallStem(name="convnext_small_stem")(
             convnext_small_prestem_normalization, train=train
         )
-        convnext_small_stage_0_block_0_depthwise_conv = nn.Conv(
-            96,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=96,
-            name="convnext_small_stage_0_block_0_depthwise_conv",
+        convnext_small_stage_0_block_0_depthwise_conv = rt.DepthwiseConv(
+            96, (7, 7), padding="SAME", name="convnext_small_stage_0_block_0_depthwise_conv"
         )(convnext_small_stem)
         convnext_small_stage_0_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_0_block_0_layernorm"
@@ -123,12 +119,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_0_block_0_pointwise_conv_2)
         convnext_small_stage_0_block_0_identity = convnext_small_stage_0_block_0_layer_scale
         add = convnext_small_stem + convnext_small_stage_0_block_0_identity
-        convnext_small_stage_0_block_1_depthwise_conv = nn.Conv(
-            96,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=96,
-            name="convnext_small_stage_0_block_1_depthwise_conv",
+        convnext_small_stage_0_block_1_depthwise_conv = rt.DepthwiseConv(
+            96, (7, 7), padding="SAME", name="convnext_small_stage_0_block_1_depthwise_conv"
         )(add)
         convnext_small_stage_0_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_0_block_1_layernorm"
@@ -147,12 +139,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_0_block_1_pointwise_conv_2)
         convnext_small_stage_0_block_1_identity = convnext_small_stage_0_block_1_layer_scale
         add_1 = add + convnext_small_stage_0_block_1_identity
-        convnext_small_stage_0_block_2_depthwise_conv = nn.Conv(
-            96,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=96,
-            name="convnext_small_stage_0_block_2_depthwise_conv",
+        convnext_small_stage_0_block_2_depthwise_conv = rt.DepthwiseConv(
+            96, (7, 7), padding="SAME", name="convnext_small_stage_0_block_2_depthwise_conv"
         )(add_1)
         convnext_small_stage_0_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_0_block_2_layernorm"
@@ -174,12 +162,8 @@ class ConvNeXtSmall(nn.Module):
         convnext_small_downsampling_block_0 = ConvnextSmallDownsamplingBlock0(
             name="convnext_small_downsampling_block_0"
         )(add_2, train=train)
-        convnext_small_stage_1_block_0_depthwise_conv = nn.Conv(
-            192,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=192,
-            name="convnext_small_stage_1_block_0_depthwise_conv",
+        convnext_small_stage_1_block_0_depthwise_conv = rt.DepthwiseConv(
+            192, (7, 7), padding="SAME", name="convnext_small_stage_1_block_0_depthwise_conv"
         )(convnext_small_downsampling_block_0)
         convnext_small_stage_1_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_1_block_0_layernorm"
@@ -198,12 +182,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_1_block_0_pointwise_conv_2)
         convnext_small_stage_1_block_0_identity = convnext_small_stage_1_block_0_layer_scale
         add_3 = convnext_small_downsampling_block_0 + convnext_small_stage_1_block_0_identity
-        convnext_small_stage_1_block_1_depthwise_conv = nn.Conv(
-            192,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=192,
-            name="convnext_small_stage_1_block_1_depthwise_conv",
+        convnext_small_stage_1_block_1_depthwise_conv = rt.DepthwiseConv(
+            192, (7, 7), padding="SAME", name="convnext_small_stage_1_block_1_depthwise_conv"
         )(add_3)
         convnext_small_stage_1_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_1_block_1_layernorm"
@@ -222,12 +202,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_1_block_1_pointwise_conv_2)
         convnext_small_stage_1_block_1_identity = convnext_small_stage_1_block_1_layer_scale
         add_4 = add_3 + convnext_small_stage_1_block_1_identity
-        convnext_small_stage_1_block_2_depthwise_conv = nn.Conv(
-            192,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=192,
-            name="convnext_small_stage_1_block_2_depthwise_conv",
+        convnext_small_stage_1_block_2_depthwise_conv = rt.DepthwiseConv(
+            192, (7, 7), padding="SAME", name="convnext_small_stage_1_block_2_depthwise_conv"
         )(add_4)
         convnext_small_stage_1_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_1_block_2_layernorm"
@@ -249,12 +225,8 @@ class ConvNeXtSmall(nn.Module):
         convnext_small_downsampling_block_1 = ConvnextSmallDownsamplingBlock1(
             name="convnext_small_downsampling_block_1"
         )(add_5, train=train)
-        convnext_small_stage_2_block_0_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_0_depthwise_conv",
+        convnext_small_stage_2_block_0_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_0_depthwise_conv"
         )(convnext_small_downsampling_block_1)
         convnext_small_stage_2_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_0_layernorm"
@@ -273,12 +245,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_0_pointwise_conv_2)
         convnext_small_stage_2_block_0_identity = convnext_small_stage_2_block_0_layer_scale
         add_6 = convnext_small_downsampling_block_1 + convnext_small_stage_2_block_0_identity
-        convnext_small_stage_2_block_1_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_1_depthwise_conv",
+        convnext_small_stage_2_block_1_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_1_depthwise_conv"
         )(add_6)
         convnext_small_stage_2_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_1_layernorm"
@@ -297,12 +265,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_1_pointwise_conv_2)
         convnext_small_stage_2_block_1_identity = convnext_small_stage_2_block_1_layer_scale
         add_7 = add_6 + convnext_small_stage_2_block_1_identity
-        convnext_small_stage_2_block_2_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_2_depthwise_conv",
+        convnext_small_stage_2_block_2_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_2_depthwise_conv"
         )(add_7)
         convnext_small_stage_2_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_2_layernorm"
@@ -321,12 +285,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_2_pointwise_conv_2)
         convnext_small_stage_2_block_2_identity = convnext_small_stage_2_block_2_layer_scale
         add_8 = add_7 + convnext_small_stage_2_block_2_identity
-        convnext_small_stage_2_block_3_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_3_depthwise_conv",
+        convnext_small_stage_2_block_3_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_3_depthwise_conv"
         )(add_8)
         convnext_small_stage_2_block_3_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_3_layernorm"
@@ -345,12 +305,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_3_pointwise_conv_2)
         convnext_small_stage_2_block_3_identity = convnext_small_stage_2_block_3_layer_scale
         add_9 = add_8 + convnext_small_stage_2_block_3_identity
-        convnext_small_stage_2_block_4_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_4_depthwise_conv",
+        convnext_small_stage_2_block_4_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_4_depthwise_conv"
         )(add_9)
         convnext_small_stage_2_block_4_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_4_layernorm"
@@ -369,12 +325,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_4_pointwise_conv_2)
         convnext_small_stage_2_block_4_identity = convnext_small_stage_2_block_4_layer_scale
         add_10 = add_9 + convnext_small_stage_2_block_4_identity
-        convnext_small_stage_2_block_5_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_5_depthwise_conv",
+        convnext_small_stage_2_block_5_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_5_depthwise_conv"
         )(add_10)
         convnext_small_stage_2_block_5_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_5_layernorm"
@@ -393,12 +345,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_5_pointwise_conv_2)
         convnext_small_stage_2_block_5_identity = convnext_small_stage_2_block_5_layer_scale
         add_11 = add_10 + convnext_small_stage_2_block_5_identity
-        convnext_small_stage_2_block_6_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_6_depthwise_conv",
+        convnext_small_stage_2_block_6_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_6_depthwise_conv"
         )(add_11)
         convnext_small_stage_2_block_6_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_6_layernorm"
@@ -417,12 +365,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_6_pointwise_conv_2)
         convnext_small_stage_2_block_6_identity = convnext_small_stage_2_block_6_layer_scale
         add_12 = add_11 + convnext_small_stage_2_block_6_identity
-        convnext_small_stage_2_block_7_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_7_depthwise_conv",
+        convnext_small_stage_2_block_7_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_7_depthwise_conv"
         )(add_12)
         convnext_small_stage_2_block_7_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_7_layernorm"
@@ -441,12 +385,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_7_pointwise_conv_2)
         convnext_small_stage_2_block_7_identity = convnext_small_stage_2_block_7_layer_scale
         add_13 = add_12 + convnext_small_stage_2_block_7_identity
-        convnext_small_stage_2_block_8_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_8_depthwise_conv",
+        convnext_small_stage_2_block_8_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_8_depthwise_conv"
         )(add_13)
         convnext_small_stage_2_block_8_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_8_layernorm"
@@ -465,12 +405,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_8_pointwise_conv_2)
         convnext_small_stage_2_block_8_identity = convnext_small_stage_2_block_8_layer_scale
         add_14 = add_13 + convnext_small_stage_2_block_8_identity
-        convnext_small_stage_2_block_9_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_9_depthwise_conv",
+        convnext_small_stage_2_block_9_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_9_depthwise_conv"
         )(add_14)
         convnext_small_stage_2_block_9_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_9_layernorm"
@@ -489,12 +425,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_9_pointwise_conv_2)
         convnext_small_stage_2_block_9_identity = convnext_small_stage_2_block_9_layer_scale
         add_15 = add_14 + convnext_small_stage_2_block_9_identity
-        convnext_small_stage_2_block_10_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_10_depthwise_conv",
+        convnext_small_stage_2_block_10_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_10_depthwise_conv"
         )(add_15)
         convnext_small_stage_2_block_10_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_10_layernorm"
@@ -513,12 +445,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_10_pointwise_conv_2)
         convnext_small_stage_2_block_10_identity = convnext_small_stage_2_block_10_layer_scale
         add_16 = add_15 + convnext_small_stage_2_block_10_identity
-        convnext_small_stage_2_block_11_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_11_depthwise_conv",
+        convnext_small_stage_2_block_11_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_11_depthwise_conv"
         )(add_16)
         convnext_small_stage_2_block_11_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_11_layernorm"
@@ -537,12 +465,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_11_pointwise_conv_2)
         convnext_small_stage_2_block_11_identity = convnext_small_stage_2_block_11_layer_scale
         add_17 = add_16 + convnext_small_stage_2_block_11_identity
-        convnext_small_stage_2_block_12_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_12_depthwise_conv",
+        convnext_small_stage_2_block_12_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_12_depthwise_conv"
         )(add_17)
         convnext_small_stage_2_block_12_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_12_layernorm"
@@ -561,12 +485,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_12_pointwise_conv_2)
         convnext_small_stage_2_block_12_identity = convnext_small_stage_2_block_12_layer_scale
         add_18 = add_17 + convnext_small_stage_2_block_12_identity
-        convnext_small_stage_2_block_13_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_13_depthwise_conv",
+        convnext_small_stage_2_block_13_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_13_depthwise_conv"
         )(add_18)
         convnext_small_stage_2_block_13_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_13_layernorm"
@@ -585,12 +505,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_13_pointwise_conv_2)
         convnext_small_stage_2_block_13_identity = convnext_small_stage_2_block_13_layer_scale
         add_19 = add_18 + convnext_small_stage_2_block_13_identity
-        convnext_small_stage_2_block_14_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_14_depthwise_conv",
+        convnext_small_stage_2_block_14_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_14_depthwise_conv"
         )(add_19)
         convnext_small_stage_2_block_14_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_14_layernorm"
@@ -609,12 +525,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_14_pointwise_conv_2)
         convnext_small_stage_2_block_14_identity = convnext_small_stage_2_block_14_layer_scale
         add_20 = add_19 + convnext_small_stage_2_block_14_identity
-        convnext_small_stage_2_block_15_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_15_depthwise_conv",
+        convnext_small_stage_2_block_15_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_15_depthwise_conv"
         )(add_20)
         convnext_small_stage_2_block_15_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_15_layernorm"
@@ -633,12 +545,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_15_pointwise_conv_2)
         convnext_small_stage_2_block_15_identity = convnext_small_stage_2_block_15_layer_scale
         add_21 = add_20 + convnext_small_stage_2_block_15_identity
-        convnext_small_stage_2_block_16_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_16_depthwise_conv",
+        convnext_small_stage_2_block_16_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_16_depthwise_conv"
         )(add_21)
         convnext_small_stage_2_block_16_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_16_layernorm"
@@ -657,12 +565,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_16_pointwise_conv_2)
         convnext_small_stage_2_block_16_identity = convnext_small_stage_2_block_16_layer_scale
         add_22 = add_21 + convnext_small_stage_2_block_16_identity
-        convnext_small_stage_2_block_17_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_17_depthwise_conv",
+        convnext_small_stage_2_block_17_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_17_depthwise_conv"
         )(add_22)
         convnext_small_stage_2_block_17_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_17_layernorm"
@@ -681,12 +585,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_17_pointwise_conv_2)
         convnext_small_stage_2_block_17_identity = convnext_small_stage_2_block_17_layer_scale
         add_23 = add_22 + convnext_small_stage_2_block_17_identity
-        convnext_small_stage_2_block_18_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_18_depthwise_conv",
+        convnext_small_stage_2_block_18_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_18_depthwise_conv"
         )(add_23)
         convnext_small_stage_2_block_18_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_18_layernorm"
@@ -705,12 +605,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_18_pointwise_conv_2)
         convnext_small_stage_2_block_18_identity = convnext_small_stage_2_block_18_layer_scale
         add_24 = add_23 + convnext_small_stage_2_block_18_identity
-        convnext_small_stage_2_block_19_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_19_depthwise_conv",
+        convnext_small_stage_2_block_19_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_19_depthwise_conv"
         )(add_24)
         convnext_small_stage_2_block_19_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_19_layernorm"
@@ -729,12 +625,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_19_pointwise_conv_2)
         convnext_small_stage_2_block_19_identity = convnext_small_stage_2_block_19_layer_scale
         add_25 = add_24 + convnext_small_stage_2_block_19_identity
-        convnext_small_stage_2_block_20_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_20_depthwise_conv",
+        convnext_small_stage_2_block_20_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_20_depthwise_conv"
         )(add_25)
         convnext_small_stage_2_block_20_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_20_layernorm"
@@ -753,12 +645,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_20_pointwise_conv_2)
         convnext_small_stage_2_block_20_identity = convnext_small_stage_2_block_20_layer_scale
         add_26 = add_25 + convnext_small_stage_2_block_20_identity
-        convnext_small_stage_2_block_21_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_21_depthwise_conv",
+        convnext_small_stage_2_block_21_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_21_depthwise_conv"
         )(add_26)
         convnext_small_stage_2_block_21_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_21_layernorm"
@@ -777,12 +665,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_21_pointwise_conv_2)
         convnext_small_stage_2_block_21_identity = convnext_small_stage_2_block_21_layer_scale
         add_27 = add_26 + convnext_small_stage_2_block_21_identity
-        convnext_small_stage_2_block_22_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_22_depthwise_conv",
+        convnext_small_stage_2_block_22_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_22_depthwise_conv"
         )(add_27)
         convnext_small_stage_2_block_22_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_22_layernorm"
@@ -801,12 +685,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_22_pointwise_conv_2)
         convnext_small_stage_2_block_22_identity = convnext_small_stage_2_block_22_layer_scale
         add_28 = add_27 + convnext_small_stage_2_block_22_identity
-        convnext_small_stage_2_block_23_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_23_depthwise_conv",
+        convnext_small_stage_2_block_23_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_23_depthwise_conv"
         )(add_28)
         convnext_small_stage_2_block_23_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_23_layernorm"
@@ -825,12 +705,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_23_pointwise_conv_2)
         convnext_small_stage_2_block_23_identity = convnext_small_stage_2_block_23_layer_scale
         add_29 = add_28 + convnext_small_stage_2_block_23_identity
-        convnext_small_stage_2_block_24_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_24_depthwise_conv",
+        convnext_small_stage_2_block_24_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_24_depthwise_conv"
         )(add_29)
         convnext_small_stage_2_block_24_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_24_layernorm"
@@ -849,12 +725,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_24_pointwise_conv_2)
         convnext_small_stage_2_block_24_identity = convnext_small_stage_2_block_24_layer_scale
         add_30 = add_29 + convnext_small_stage_2_block_24_identity
-        convnext_small_stage_2_block_25_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_25_depthwise_conv",
+        convnext_small_stage_2_block_25_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_25_depthwise_conv"
         )(add_30)
         convnext_small_stage_2_block_25_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_25_layernorm"
@@ -873,12 +745,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_2_block_25_pointwise_conv_2)
         convnext_small_stage_2_block_25_identity = convnext_small_stage_2_block_25_layer_scale
         add_31 = add_30 + convnext_small_stage_2_block_25_identity
-        convnext_small_stage_2_block_26_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_small_stage_2_block_26_depthwise_conv",
+        convnext_small_stage_2_block_26_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_small_stage_2_block_26_depthwise_conv"
         )(add_31)
         convnext_small_stage_2_block_26_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_2_block_26_layernorm"
@@ -900,12 +768,8 @@ class ConvNeXtSmall(nn.Module):
         convnext_small_downsampling_block_2 = ConvnextSmallDownsamplingBlock2(
             name="convnext_small_downsampling_block_2"
         )(add_32, train=train)
-        convnext_small_stage_3_block_0_depthwise_conv = nn.Conv(
-            768,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=768,
-            name="convnext_small_stage_3_block_0_depthwise_conv",
+        convnext_small_stage_3_block_0_depthwise_conv = rt.DepthwiseConv(
+            768, (7, 7), padding="SAME", name="convnext_small_stage_3_block_0_depthwise_conv"
         )(convnext_small_downsampling_block_2)
         convnext_small_stage_3_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_3_block_0_layernorm"
@@ -924,12 +788,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_3_block_0_pointwise_conv_2)
         convnext_small_stage_3_block_0_identity = convnext_small_stage_3_block_0_layer_scale
         add_33 = convnext_small_downsampling_block_2 + convnext_small_stage_3_block_0_identity
-        convnext_small_stage_3_block_1_depthwise_conv = nn.Conv(
-            768,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=768,
-            name="convnext_small_stage_3_block_1_depthwise_conv",
+        convnext_small_stage_3_block_1_depthwise_conv = rt.DepthwiseConv(
+            768, (7, 7), padding="SAME", name="convnext_small_stage_3_block_1_depthwise_conv"
         )(add_33)
         convnext_small_stage_3_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_3_block_1_layernorm"
@@ -948,12 +808,8 @@ class ConvNeXtSmall(nn.Module):
         )(convnext_small_stage_3_block_1_pointwise_conv_2)
         convnext_small_stage_3_block_1_identity = convnext_small_stage_3_block_1_layer_scale
         add_34 = add_33 + convnext_small_stage_3_block_1_identity
-        convnext_small_stage_3_block_2_depthwise_conv = nn.Conv(
-            768,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=768,
-            name="convnext_small_stage_3_block_2_depthwise_conv",
+        convnext_small_stage_3_block_2_depthwise_conv = rt.DepthwiseConv(
+            768, (7, 7), padding="SAME", name="convnext_small_stage_3_block_2_depthwise_conv"
         )(add_34)
         convnext_small_stage_3_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_small_stage_3_block_2_layernorm"

@@ -99,12 +99,8 @@ class ConvNeXtTiny(nn.Module):
         convnext_tiny_stem = ConvnextTinyStem(name="convnext_tiny_stem")(
             convnext_tiny_prestem_normalization, train=train
         )
-        convnext_tiny_stage_0_block_0_depthwise_conv = nn.Conv(
-            96,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=96,
-            name="convnext_tiny_stage_0_block_0_depthwise_conv",
+        convnext_tiny_stage_0_block_0_depthwise_conv = rt.DepthwiseConv(
+            96, (7, 7), padding="SAME", name="convnext_tiny_stage_0_block_0_depthwise_conv"
         )(convnext_tiny_stem)
         convnext_tiny_stage_0_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_0_block_0_layernorm"
@@ -123,12 +119,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_0_block_0_pointwise_conv_2)
         convnext_tiny_stage_0_block_0_identity = convnext_tiny_stage_0_block_0_layer_scale
         add = convnext_tiny_stem + convnext_tiny_stage_0_block_0_identity
-        convnext_tiny_stage_0_block_1_depthwise_conv = nn.Conv(
-            96,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=96,
-            name="convnext_tiny_stage_0_block_1_depthwise_conv",
+        convnext_tiny_stage_0_block_1_depthwise_conv = rt.DepthwiseConv(
+            96, (7, 7), padding="SAME", name="convnext_tiny_stage_0_block_1_depthwise_conv"
         )(add)
         convnext_tiny_stage_0_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_0_block_1_layernorm"
@@ -147,12 +139,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_0_block_1_pointwise_conv_2)
         convnext_tiny_stage_0_block_1_identity = convnext_tiny_stage_0_block_1_layer_scale
         add_1 = add + convnext_tiny_stage_0_block_1_identity
-        convnext_tiny_stage_0_block_2_depthwise_conv = nn.Conv(
-            96,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=96,
-            name="convnext_tiny_stage_0_block_2_depthwise_conv",
+        convnext_tiny_stage_0_block_2_depthwise_conv = rt.DepthwiseConv(
+            96, (7, 7), padding="SAME", name="convnext_tiny_stage_0_block_2_depthwise_conv"
         )(add_1)
         convnext_tiny_stage_0_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_0_block_2_layernorm"
@@ -174,12 +162,8 @@ class ConvNeXtTiny(nn.Module):
         convnext_tiny_downsampling_block_0 = ConvnextTinyDownsamplingBlock0(
             name="convnext_tiny_downsampling_block_0"
         )(add_2, train=train)
-        convnext_tiny_stage_1_block_0_depthwise_conv = nn.Conv(
-            192,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=192,
-            name="convnext_tiny_stage_1_block_0_depthwise_conv",
+        convnext_tiny_stage_1_block_0_depthwise_conv = rt.DepthwiseConv(
+            192, (7, 7), padding="SAME", name="convnext_tiny_stage_1_block_0_depthwise_conv"
         )(convnext_tiny_downsampling_block_0)
         convnext_tiny_stage_1_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_1_block_0_layernorm"
@@ -198,12 +182,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_1_block_0_pointwise_conv_2)
         convnext_tiny_stage_1_block_0_identity = convnext_tiny_stage_1_block_0_layer_scale
         add_3 = convnext_tiny_downsampling_block_0 + convnext_tiny_stage_1_block_0_identity
-        convnext_tiny_stage_1_block_1_depthwise_conv = nn.Conv(
-            192,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=192,
-            name="convnext_tiny_stage_1_block_1_depthwise_conv",
+        convnext_tiny_stage_1_block_1_depthwise_conv = rt.DepthwiseConv(
+            192, (7, 7), padding="SAME", name="convnext_tiny_stage_1_block_1_depthwise_conv"
         )(add_3)
         convnext_tiny_stage_1_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_1_block_1_layernorm"
@@ -222,12 +202,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_1_block_1_pointwise_conv_2)
         convnext_tiny_stage_1_block_1_identity = convnext_tiny_stage_1_block_1_layer_scale
         add_4 = add_3 + convnext_tiny_stage_1_block_1_identity
-        convnext_tiny_stage_1_block_2_depthwise_conv = nn.Conv(
-            192,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=192,
-            name="convnext_tiny_stage_1_block_2_depthwise_conv",
+        convnext_tiny_stage_1_block_2_depthwise_conv = rt.DepthwiseConv(
+            192, (7, 7), padding="SAME", name="convnext_tiny_stage_1_block_2_depthwise_conv"
         )(add_4)
         convnext_tiny_stage_1_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_1_block_2_layernorm"
@@ -249,12 +225,8 @@ class ConvNeXtTiny(nn.Module):
         convnext_tiny_downsampling_block_1 = ConvnextTinyDownsamplingBlock1(
             name="convnext_tiny_downsampling_block_1"
         )(add_5, train=train)
-        convnext_tiny_stage_2_block_0_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_0_depthwise_conv",
+        convnext_tiny_stage_2_block_0_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_0_depthwise_conv"
         )(convnext_tiny_downsampling_block_1)
         convnext_tiny_stage_2_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_0_layernorm"
@@ -273,12 +245,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_0_pointwise_conv_2)
         convnext_tiny_stage_2_block_0_identity = convnext_tiny_stage_2_block_0_layer_scale
         add_6 = convnext_tiny_downsampling_block_1 + convnext_tiny_stage_2_block_0_identity
-        convnext_tiny_stage_2_block_1_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_1_depthwise_conv",
+        convnext_tiny_stage_2_block_1_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_1_depthwise_conv"
         )(add_6)
         convnext_tiny_stage_2_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_1_layernorm"
@@ -297,12 +265,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_1_pointwise_conv_2)
         convnext_tiny_stage_2_block_1_identity = convnext_tiny_stage_2_block_1_layer_scale
         add_7 = add_6 + convnext_tiny_stage_2_block_1_identity
-        convnext_tiny_stage_2_block_2_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_2_depthwise_conv",
+        convnext_tiny_stage_2_block_2_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_2_depthwise_conv"
         )(add_7)
         convnext_tiny_stage_2_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_2_layernorm"
@@ -321,12 +285,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_2_pointwise_conv_2)
         convnext_tiny_stage_2_block_2_identity = convnext_tiny_stage_2_block_2_layer_scale
         add_8 = add_7 + convnext_tiny_stage_2_block_2_identity
-        convnext_tiny_stage_2_block_3_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_3_depthwise_conv",
+        convnext_tiny_stage_2_block_3_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_3_depthwise_conv"
         )(add_8)
         convnext_tiny_stage_2_block_3_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_3_layernorm"
@@ -345,12 +305,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_3_pointwise_conv_2)
         convnext_tiny_stage_2_block_3_identity = convnext_tiny_stage_2_block_3_layer_scale
         add_9 = add_8 + convnext_tiny_stage_2_block_3_identity
-        convnext_tiny_stage_2_block_4_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_4_depthwise_conv",
+        convnext_tiny_stage_2_block_4_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_4_depthwise_conv"
         )(add_9)
         convnext_tiny_stage_2_block_4_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_4_layernorm"
@@ -369,12 +325,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_4_pointwise_conv_2)
         convnext_tiny_stage_2_block_4_identity = convnext_tiny_stage_2_block_4_layer_scale
         add_10 = add_9 + convnext_tiny_stage_2_block_4_identity
-        convnext_tiny_stage_2_block_5_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_5_depthwise_conv",
+        convnext_tiny_stage_2_block_5_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_5_depthwise_conv"
         )(add_10)
         convnext_tiny_stage_2_block_5_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_5_layernorm"
@@ -393,12 +345,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_5_pointwise_conv_2)
         convnext_tiny_stage_2_block_5_identity = convnext_tiny_stage_2_block_5_layer_scale
         add_11 = add_10 + convnext_tiny_stage_2_block_5_identity
-        convnext_tiny_stage_2_block_6_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_6_depthwise_conv",
+        convnext_tiny_stage_2_block_6_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_6_depthwise_conv"
         )(add_11)
         convnext_tiny_stage_2_block_6_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_6_layernorm"
@@ -417,12 +365,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_6_pointwise_conv_2)
         convnext_tiny_stage_2_block_6_identity = convnext_tiny_stage_2_block_6_layer_scale
         add_12 = add_11 + convnext_tiny_stage_2_block_6_identity
-        convnext_tiny_stage_2_block_7_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_7_depthwise_conv",
+        convnext_tiny_stage_2_block_7_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_7_depthwise_conv"
         )(add_12)
         convnext_tiny_stage_2_block_7_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_7_layernorm"
@@ -441,12 +385,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_2_block_7_pointwise_conv_2)
         convnext_tiny_stage_2_block_7_identity = convnext_tiny_stage_2_block_7_layer_scale
         add_13 = add_12 + convnext_tiny_stage_2_block_7_identity
-        convnext_tiny_stage_2_block_8_depthwise_conv = nn.Conv(
-            384,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=384,
-            name="convnext_tiny_stage_2_block_8_depthwise_conv",
+        convnext_tiny_stage_2_block_8_depthwise_conv = rt.DepthwiseConv(
+            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_8_depthwise_conv"
         )(add_13)
         convnext_tiny_stage_2_block_8_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_2_block_8_layernorm"
@@ -468,12 +408,8 @@ class ConvNeXtTiny(nn.Module):
         convnext_tiny_downsampling_block_2 = ConvnextTinyDownsamplingBlock2(
             name="convnext_tiny_downsampling_block_2"
         )(add_14, train=train)
-        convnext_tiny_stage_3_block_0_depthwise_conv = nn.Conv(
-            768,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=768,
-            name="convnext_tiny_stage_3_block_0_depthwise_conv",
+        convnext_tiny_stage_3_block_0_depthwise_conv = rt.DepthwiseConv(
+            768, (7, 7), padding="SAME", name="convnext_tiny_stage_3_block_0_depthwise_conv"
         )(convnext_tiny_downsampling_block_2)
         convnext_tiny_stage_3_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_3_block_0_layernorm"
@@ -492,12 +428,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_3_block_0_pointwise_conv_2)
         convnext_tiny_stage_3_block_0_identity = convnext_tiny_stage_3_block_0_layer_scale
         add_15 = convnext_tiny_downsampling_block_2 + convnext_tiny_stage_3_block_0_identity
-        convnext_tiny_stage_3_block_1_depthwise_conv = nn.Conv(
-            768,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=768,
-            name="convnext_tiny_stage_3_block_1_depthwise_conv",
+        convnext_tiny_stage_3_block_1_depthwise_conv = rt.DepthwiseConv(
+            768, (7, 7), padding="SAME", name="convnext_tiny_stage_3_block_1_depthwise_conv"
         )(add_15)
         convnext_tiny_stage_3_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_3_block_1_layernorm"
@@ -516,12 +448,8 @@ class ConvNeXtTiny(nn.Module):
         )(convnext_tiny_stage_3_block_1_pointwise_conv_2)
         convnext_tiny_stage_3_block_1_identity = convnext_tiny_stage_3_block_1_layer_scale
         add_16 = add_15 + convnext_tiny_stage_3_block_1_identity
-        convnext_tiny_stage_3_block_2_depthwise_conv = nn.Conv(
-            768,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=768,
-            name="convnext_tiny_stage_3_block_2_depthwise_conv",
+        convnext_tiny_stage_3_block_2_depthwise_conv = rt.DepthwiseConv(
+            768, (7, 7), padding="SAME", name="convnext_tiny_stage_3_block_2_depthwise_conv"
         )(add_16)
         convnext_tiny_stage_3_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_tiny_stage_3_block_2_layernorm"

@@ -107,12 +107,8 @@ class ConvNeXtXLarge(nn.Module):
         convnext_xlarge_stem = ConvnextXlargeStem(name="convnext_xlarge_stem")(
             convnext_xlarge_prestem_normalization, train=train
         )
-        convnext_xlarge_stage_0_block_0_depthwise_conv = nn.Conv(
-            256,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=256,
-            name="convnext_xlarge_stage_0_block_0_depthwise_conv",
+        convnext_xlarge_stage_0_block_0_depthwise_conv = rt.DepthwiseConv(
+            256, (7, 7), padding="SAME", name="convnext_xlarge_stage_0_block_0_depthwise_conv"
         )(convnext_xlarge_stem)
         convnext_xlarge_stage_0_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_0_block_0_layernorm"
@@ -131,12 +127,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_0_block_0_pointwise_conv_2)
         convnext_xlarge_stage_0_block_0_identity = convnext_xlarge_stage_0_block_0_layer_scale
         add = convnext_xlarge_stem + convnext_xlarge_stage_0_block_0_identity
-        convnext_xlarge_stage_0_block_1_depthwise_conv = nn.Conv(
-            256,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=256,
-            name="convnext_xlarge_stage_0_block_1_depthwise_conv",
+        convnext_xlarge_stage_0_block_1_depthwise_conv = rt.DepthwiseConv(
+            256, (7, 7), padding="SAME", name="convnext_xlarge_stage_0_block_1_depthwise_conv"
         )(add)
         convnext_xlarge_stage_0_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_0_block_1_layernorm"
@@ -155,12 +147,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_0_block_1_pointwise_conv_2)
         convnext_xlarge_stage_0_block_1_identity = convnext_xlarge_stage_0_block_1_layer_scale
         add_1 = add + convnext_xlarge_stage_0_block_1_identity
-        convnext_xlarge_stage_0_block_2_depthwise_conv = nn.Conv(
-            256,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=256,
-            name="convnext_xlarge_stage_0_block_2_depthwise_conv",
+        convnext_xlarge_stage_0_block_2_depthwise_conv = rt.DepthwiseConv(
+            256, (7, 7), padding="SAME", name="convnext_xlarge_stage_0_block_2_depthwise_conv"
         )(add_1)
         convnext_xlarge_stage_0_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_0_block_2_layernorm"
@@ -182,12 +170,8 @@ class ConvNeXtXLarge(nn.Module):
         convnext_xlarge_downsampling_block_0 = ConvnextXlargeDownsamplingBlock0(
             name="convnext_xlarge_downsampling_block_0"
         )(add_2, train=train)
-        convnext_xlarge_stage_1_block_0_depthwise_conv = nn.Conv(
-            512,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=512,
-            name="convnext_xlarge_stage_1_block_0_depthwise_conv",
+        convnext_xlarge_stage_1_block_0_depthwise_conv = rt.DepthwiseConv(
+            512, (7, 7), padding="SAME", name="convnext_xlarge_stage_1_block_0_depthwise_conv"
         )(convnext_xlarge_downsampling_block_0)
         convnext_xlarge_stage_1_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_1_block_0_layernorm"
@@ -206,12 +190,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_1_block_0_pointwise_conv_2)
         convnext_xlarge_stage_1_block_0_identity = convnext_xlarge_stage_1_block_0_layer_scale
         add_3 = convnext_xlarge_downsampling_block_0 + convnext_xlarge_stage_1_block_0_identity
-        convnext_xlarge_stage_1_block_1_depthwise_conv = nn.Conv(
-            512,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=512,
-            name="convnext_xlarge_stage_1_block_1_depthwise_conv",
+        convnext_xlarge_stage_1_block_1_depthwise_conv = rt.DepthwiseConv(
+            512, (7, 7), padding="SAME", name="convnext_xlarge_stage_1_block_1_depthwise_conv"
         )(add_3)
         convnext_xlarge_stage_1_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_1_block_1_layernorm"
@@ -230,12 +210,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_1_block_1_pointwise_conv_2)
         convnext_xlarge_stage_1_block_1_identity = convnext_xlarge_stage_1_block_1_layer_scale
         add_4 = add_3 + convnext_xlarge_stage_1_block_1_identity
-        convnext_xlarge_stage_1_block_2_depthwise_conv = nn.Conv(
-            512,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=512,
-            name="convnext_xlarge_stage_1_block_2_depthwise_conv",
+        convnext_xlarge_stage_1_block_2_depthwise_conv = rt.DepthwiseConv(
+            512, (7, 7), padding="SAME", name="convnext_xlarge_stage_1_block_2_depthwise_conv"
         )(add_4)
         convnext_xlarge_stage_1_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_1_block_2_layernorm"
@@ -257,12 +233,8 @@ class ConvNeXtXLarge(nn.Module):
         convnext_xlarge_downsampling_block_1 = ConvnextXlargeDownsamplingBlock1(
             name="convnext_xlarge_downsampling_block_1"
         )(add_5, train=train)
-        convnext_xlarge_stage_2_block_0_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_0_depthwise_conv",
+        convnext_xlarge_stage_2_block_0_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_0_depthwise_conv"
         )(convnext_xlarge_downsampling_block_1)
         convnext_xlarge_stage_2_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_0_layernorm"
@@ -281,12 +253,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_0_pointwise_conv_2)
         convnext_xlarge_stage_2_block_0_identity = convnext_xlarge_stage_2_block_0_layer_scale
         add_6 = convnext_xlarge_downsampling_block_1 + convnext_xlarge_stage_2_block_0_identity
-        convnext_xlarge_stage_2_block_1_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_1_depthwise_conv",
+        convnext_xlarge_stage_2_block_1_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_1_depthwise_conv"
         )(add_6)
         convnext_xlarge_stage_2_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_1_layernorm"
@@ -305,12 +273,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_1_pointwise_conv_2)
         convnext_xlarge_stage_2_block_1_identity = convnext_xlarge_stage_2_block_1_layer_scale
         add_7 = add_6 + convnext_xlarge_stage_2_block_1_identity
-        convnext_xlarge_stage_2_block_2_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_2_depthwise_conv",
+        convnext_xlarge_stage_2_block_2_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_2_depthwise_conv"
         )(add_7)
         convnext_xlarge_stage_2_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_2_layernorm"
@@ -329,12 +293,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_2_pointwise_conv_2)
         convnext_xlarge_stage_2_block_2_identity = convnext_xlarge_stage_2_block_2_layer_scale
         add_8 = add_7 + convnext_xlarge_stage_2_block_2_identity
-        convnext_xlarge_stage_2_block_3_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_3_depthwise_conv",
+        convnext_xlarge_stage_2_block_3_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_3_depthwise_conv"
         )(add_8)
         convnext_xlarge_stage_2_block_3_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_3_layernorm"
@@ -353,12 +313,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_3_pointwise_conv_2)
         convnext_xlarge_stage_2_block_3_identity = convnext_xlarge_stage_2_block_3_layer_scale
         add_9 = add_8 + convnext_xlarge_stage_2_block_3_identity
-        convnext_xlarge_stage_2_block_4_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_4_depthwise_conv",
+        convnext_xlarge_stage_2_block_4_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_4_depthwise_conv"
         )(add_9)
         convnext_xlarge_stage_2_block_4_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_4_layernorm"
@@ -377,12 +333,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_4_pointwise_conv_2)
         convnext_xlarge_stage_2_block_4_identity = convnext_xlarge_stage_2_block_4_layer_scale
         add_10 = add_9 + convnext_xlarge_stage_2_block_4_identity
-        convnext_xlarge_stage_2_block_5_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_5_depthwise_conv",
+        convnext_xlarge_stage_2_block_5_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_5_depthwise_conv"
         )(add_10)
         convnext_xlarge_stage_2_block_5_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_5_layernorm"
@@ -401,12 +353,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_5_pointwise_conv_2)
         convnext_xlarge_stage_2_block_5_identity = convnext_xlarge_stage_2_block_5_layer_scale
         add_11 = add_10 + convnext_xlarge_stage_2_block_5_identity
-        convnext_xlarge_stage_2_block_6_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_6_depthwise_conv",
+        convnext_xlarge_stage_2_block_6_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_6_depthwise_conv"
         )(add_11)
         convnext_xlarge_stage_2_block_6_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_6_layernorm"
@@ -425,12 +373,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_6_pointwise_conv_2)
         convnext_xlarge_stage_2_block_6_identity = convnext_xlarge_stage_2_block_6_layer_scale
         add_12 = add_11 + convnext_xlarge_stage_2_block_6_identity
-        convnext_xlarge_stage_2_block_7_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_7_depthwise_conv",
+        convnext_xlarge_stage_2_block_7_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_7_depthwise_conv"
         )(add_12)
         convnext_xlarge_stage_2_block_7_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_7_layernorm"
@@ -449,12 +393,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_7_pointwise_conv_2)
         convnext_xlarge_stage_2_block_7_identity = convnext_xlarge_stage_2_block_7_layer_scale
         add_13 = add_12 + convnext_xlarge_stage_2_block_7_identity
-        convnext_xlarge_stage_2_block_8_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_8_depthwise_conv",
+        convnext_xlarge_stage_2_block_8_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_8_depthwise_conv"
         )(add_13)
         convnext_xlarge_stage_2_block_8_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_8_layernorm"
@@ -473,12 +413,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_8_pointwise_conv_2)
         convnext_xlarge_stage_2_block_8_identity = convnext_xlarge_stage_2_block_8_layer_scale
         add_14 = add_13 + convnext_xlarge_stage_2_block_8_identity
-        convnext_xlarge_stage_2_block_9_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_9_depthwise_conv",
+        convnext_xlarge_stage_2_block_9_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_9_depthwise_conv"
         )(add_14)
         convnext_xlarge_stage_2_block_9_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_9_layernorm"
@@ -497,12 +433,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_9_pointwise_conv_2)
         convnext_xlarge_stage_2_block_9_identity = convnext_xlarge_stage_2_block_9_layer_scale
         add_15 = add_14 + convnext_xlarge_stage_2_block_9_identity
-        convnext_xlarge_stage_2_block_10_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_10_depthwise_conv",
+        convnext_xlarge_stage_2_block_10_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_10_depthwise_conv"
         )(add_15)
         convnext_xlarge_stage_2_block_10_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_10_layernorm"
@@ -521,12 +453,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_10_pointwise_conv_2)
         convnext_xlarge_stage_2_block_10_identity = convnext_xlarge_stage_2_block_10_layer_scale
         add_16 = add_15 + convnext_xlarge_stage_2_block_10_identity
-        convnext_xlarge_stage_2_block_11_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_11_depthwise_conv",
+        convnext_xlarge_stage_2_block_11_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_11_depthwise_conv"
         )(add_16)
         convnext_xlarge_stage_2_block_11_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_11_layernorm"
@@ -545,12 +473,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_11_pointwise_conv_2)
         convnext_xlarge_stage_2_block_11_identity = convnext_xlarge_stage_2_block_11_layer_scale
         add_17 = add_16 + convnext_xlarge_stage_2_block_11_identity
-        convnext_xlarge_stage_2_block_12_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_12_depthwise_conv",
+        convnext_xlarge_stage_2_block_12_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_12_depthwise_conv"
         )(add_17)
         convnext_xlarge_stage_2_block_12_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_12_layernorm"
@@ -569,12 +493,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_12_pointwise_conv_2)
         convnext_xlarge_stage_2_block_12_identity = convnext_xlarge_stage_2_block_12_layer_scale
         add_18 = add_17 + convnext_xlarge_stage_2_block_12_identity
-        convnext_xlarge_stage_2_block_13_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_13_depthwise_conv",
+        convnext_xlarge_stage_2_block_13_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_13_depthwise_conv"
         )(add_18)
         convnext_xlarge_stage_2_block_13_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_13_layernorm"
@@ -593,12 +513,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_13_pointwise_conv_2)
         convnext_xlarge_stage_2_block_13_identity = convnext_xlarge_stage_2_block_13_layer_scale
         add_19 = add_18 + convnext_xlarge_stage_2_block_13_identity
-        convnext_xlarge_stage_2_block_14_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_14_depthwise_conv",
+        convnext_xlarge_stage_2_block_14_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_14_depthwise_conv"
         )(add_19)
         convnext_xlarge_stage_2_block_14_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_14_layernorm"
@@ -617,12 +533,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_14_pointwise_conv_2)
         convnext_xlarge_stage_2_block_14_identity = convnext_xlarge_stage_2_block_14_layer_scale
         add_20 = add_19 + convnext_xlarge_stage_2_block_14_identity
-        convnext_xlarge_stage_2_block_15_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_15_depthwise_conv",
+        convnext_xlarge_stage_2_block_15_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_15_depthwise_conv"
         )(add_20)
         convnext_xlarge_stage_2_block_15_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_15_layernorm"
@@ -641,12 +553,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_15_pointwise_conv_2)
         convnext_xlarge_stage_2_block_15_identity = convnext_xlarge_stage_2_block_15_layer_scale
         add_21 = add_20 + convnext_xlarge_stage_2_block_15_identity
-        convnext_xlarge_stage_2_block_16_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_16_depthwise_conv",
+        convnext_xlarge_stage_2_block_16_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_16_depthwise_conv"
         )(add_21)
         convnext_xlarge_stage_2_block_16_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_16_layernorm"
@@ -665,12 +573,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_16_pointwise_conv_2)
         convnext_xlarge_stage_2_block_16_identity = convnext_xlarge_stage_2_block_16_layer_scale
         add_22 = add_21 + convnext_xlarge_stage_2_block_16_identity
-        convnext_xlarge_stage_2_block_17_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_17_depthwise_conv",
+        convnext_xlarge_stage_2_block_17_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_17_depthwise_conv"
         )(add_22)
         convnext_xlarge_stage_2_block_17_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_17_layernorm"
@@ -689,12 +593,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_17_pointwise_conv_2)
         convnext_xlarge_stage_2_block_17_identity = convnext_xlarge_stage_2_block_17_layer_scale
         add_23 = add_22 + convnext_xlarge_stage_2_block_17_identity
-        convnext_xlarge_stage_2_block_18_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_18_depthwise_conv",
+        convnext_xlarge_stage_2_block_18_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_18_depthwise_conv"
         )(add_23)
         convnext_xlarge_stage_2_block_18_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_18_layernorm"
@@ -713,12 +613,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_18_pointwise_conv_2)
         convnext_xlarge_stage_2_block_18_identity = convnext_xlarge_stage_2_block_18_layer_scale
         add_24 = add_23 + convnext_xlarge_stage_2_block_18_identity
-        convnext_xlarge_stage_2_block_19_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_19_depthwise_conv",
+        convnext_xlarge_stage_2_block_19_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_19_depthwise_conv"
         )(add_24)
         convnext_xlarge_stage_2_block_19_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_19_layernorm"
@@ -737,12 +633,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_19_pointwise_conv_2)
         convnext_xlarge_stage_2_block_19_identity = convnext_xlarge_stage_2_block_19_layer_scale
         add_25 = add_24 + convnext_xlarge_stage_2_block_19_identity
-        convnext_xlarge_stage_2_block_20_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_20_depthwise_conv",
+        convnext_xlarge_stage_2_block_20_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_20_depthwise_conv"
         )(add_25)
         convnext_xlarge_stage_2_block_20_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_20_layernorm"
@@ -761,12 +653,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_20_pointwise_conv_2)
         convnext_xlarge_stage_2_block_20_identity = convnext_xlarge_stage_2_block_20_layer_scale
         add_26 = add_25 + convnext_xlarge_stage_2_block_20_identity
-        convnext_xlarge_stage_2_block_21_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_21_depthwise_conv",
+        convnext_xlarge_stage_2_block_21_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_21_depthwise_conv"
         )(add_26)
         convnext_xlarge_stage_2_block_21_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_21_layernorm"
@@ -785,12 +673,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_21_pointwise_conv_2)
         convnext_xlarge_stage_2_block_21_identity = convnext_xlarge_stage_2_block_21_layer_scale
         add_27 = add_26 + convnext_xlarge_stage_2_block_21_identity
-        convnext_xlarge_stage_2_block_22_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_22_depthwise_conv",
+        convnext_xlarge_stage_2_block_22_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_22_depthwise_conv"
         )(add_27)
         convnext_xlarge_stage_2_block_22_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_22_layernorm"
@@ -809,12 +693,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_22_pointwise_conv_2)
         convnext_xlarge_stage_2_block_22_identity = convnext_xlarge_stage_2_block_22_layer_scale
         add_28 = add_27 + convnext_xlarge_stage_2_block_22_identity
-        convnext_xlarge_stage_2_block_23_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_23_depthwise_conv",
+        convnext_xlarge_stage_2_block_23_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_23_depthwise_conv"
         )(add_28)
         convnext_xlarge_stage_2_block_23_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_23_layernorm"
@@ -833,12 +713,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_23_pointwise_conv_2)
         convnext_xlarge_stage_2_block_23_identity = convnext_xlarge_stage_2_block_23_layer_scale
         add_29 = add_28 + convnext_xlarge_stage_2_block_23_identity
-        convnext_xlarge_stage_2_block_24_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_24_depthwise_conv",
+        convnext_xlarge_stage_2_block_24_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_24_depthwise_conv"
         )(add_29)
         convnext_xlarge_stage_2_block_24_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_24_layernorm"
@@ -857,12 +733,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_24_pointwise_conv_2)
         convnext_xlarge_stage_2_block_24_identity = convnext_xlarge_stage_2_block_24_layer_scale
         add_30 = add_29 + convnext_xlarge_stage_2_block_24_identity
-        convnext_xlarge_stage_2_block_25_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_25_depthwise_conv",
+        convnext_xlarge_stage_2_block_25_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_25_depthwise_conv"
         )(add_30)
         convnext_xlarge_stage_2_block_25_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_25_layernorm"
@@ -881,12 +753,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_2_block_25_pointwise_conv_2)
         convnext_xlarge_stage_2_block_25_identity = convnext_xlarge_stage_2_block_25_layer_scale
         add_31 = add_30 + convnext_xlarge_stage_2_block_25_identity
-        convnext_xlarge_stage_2_block_26_depthwise_conv = nn.Conv(
-            1024,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=1024,
-            name="convnext_xlarge_stage_2_block_26_depthwise_conv",
+        convnext_xlarge_stage_2_block_26_depthwise_conv = rt.DepthwiseConv(
+            1024, (7, 7), padding="SAME", name="convnext_xlarge_stage_2_block_26_depthwise_conv"
         )(add_31)
         convnext_xlarge_stage_2_block_26_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_2_block_26_layernorm"
@@ -908,12 +776,8 @@ class ConvNeXtXLarge(nn.Module):
         convnext_xlarge_downsampling_block_2 = ConvnextXlargeDownsamplingBlock2(
             name="convnext_xlarge_downsampling_block_2"
         )(add_32, train=train)
-        convnext_xlarge_stage_3_block_0_depthwise_conv = nn.Conv(
-            2048,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=2048,
-            name="convnext_xlarge_stage_3_block_0_depthwise_conv",
+        convnext_xlarge_stage_3_block_0_depthwise_conv = rt.DepthwiseConv(
+            2048, (7, 7), padding="SAME", name="convnext_xlarge_stage_3_block_0_depthwise_conv"
         )(convnext_xlarge_downsampling_block_2)
         convnext_xlarge_stage_3_block_0_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_3_block_0_layernorm"
@@ -932,12 +796,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_3_block_0_pointwise_conv_2)
         convnext_xlarge_stage_3_block_0_identity = convnext_xlarge_stage_3_block_0_layer_scale
         add_33 = convnext_xlarge_downsampling_block_2 + convnext_xlarge_stage_3_block_0_identity
-        convnext_xlarge_stage_3_block_1_depthwise_conv = nn.Conv(
-            2048,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=2048,
-            name="convnext_xlarge_stage_3_block_1_depthwise_conv",
+        convnext_xlarge_stage_3_block_1_depthwise_conv = rt.DepthwiseConv(
+            2048, (7, 7), padding="SAME", name="convnext_xlarge_stage_3_block_1_depthwise_conv"
         )(add_33)
         convnext_xlarge_stage_3_block_1_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_3_block_1_layernorm"
@@ -956,12 +816,8 @@ class ConvNeXtXLarge(nn.Module):
         )(convnext_xlarge_stage_3_block_1_pointwise_conv_2)
         convnext_xlarge_stage_3_block_1_identity = convnext_xlarge_stage_3_block_1_layer_scale
         add_34 = add_33 + convnext_xlarge_stage_3_block_1_identity
-        convnext_xlarge_stage_3_block_2_depthwise_conv = nn.Conv(
-            2048,
-            (7, 7),
-            padding="SAME",
-            feature_group_count=2048,
-            name="convnext_xlarge_stage_3_block_2_depthwise_conv",
+        convnext_xlarge_stage_3_block_2_depthwise_conv = rt.DepthwiseConv(
+            2048, (7, 7), padding="SAME", name="convnext_xlarge_stage_3_block_2_depthwise_conv"
         )(add_34)
         convnext_xlarge_stage_3_block_2_layernorm = rt.LayerNorm(
             epsilon=1e-06, name="convnext_xlarge_stage_3_block_2_layernorm"

@@ -34,13 +34,8 @@ class EfficientNetB0(nn.Module):
             stem_conv, use_running_average=not train
         )
         stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = nn.Conv(
-            32,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=32,
-            use_bias=False,
-            name="block1a_dwconv",
+        block1a_dwconv = rt.DepthwiseConv(
+            32, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
         )(stem_activation)
         block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
             block1a_dwconv, use_running_average=not train
@@ -69,14 +64,8 @@ class EfficientNetB0(nn.Module):
         )
         block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
         block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = nn.Conv(
-            96,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=96,
-            use_bias=False,
-            name="block2a_dwconv",
+        block2a_dwconv = rt.DepthwiseConv(
+            96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
         )(block2a_dwconv_pad)
         block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
             block2a_dwconv, use_running_average=not train
@@ -104,13 +93,8 @@ class EfficientNetB0(nn.Module):
             block2b_expand_conv, use_running_average=not train
         )
         block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = nn.Conv(
-            144,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=144,
-            use_bias=False,
-            name="block2b_dwconv",
+        block2b_dwconv = rt.DepthwiseConv(
+            144, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
         )(block2b_expand_activation)
         block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
             block2b_dwconv, use_running_average=not train
@@ -143,14 +127,8 @@ class EfficientNetB0(nn.Module):
         )
         block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
         block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block3a_dwconv = nn.Conv(
-            144,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=144,
-            use_bias=False,
-            name="block3a_dwconv",
+        block3a_dwconv = rt.DepthwiseConv(
+            144, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
         )(block3a_dwconv_pad)
         block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
             block3a_dwconv, use_running_average=not train
@@ -178,13 +156,8 @@ class EfficientNetB0(nn.Module):
             block3b_expand_conv, use_running_average=not train
         )
         block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = nn.Conv(
-            240,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="block3b_dwconv",
+        block3b_dwconv = rt.DepthwiseConv(
+            240, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
         )(block3b_expand_activation)
         block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
             block3b_dwconv, use_running_average=not train
@@ -217,14 +190,8 @@ class EfficientNetB0(nn.Module):
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
         block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block4a_dwconv = nn.Conv(
-            240,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=240,
-            use_bias=False,
-            name="block4a_dwconv",
+        block4a_dwconv = rt.DepthwiseConv(
+            240, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
         )(block4a_dwconv_pad)
         block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
             block4a_dwconv, use_running_average=not train
@@ -252,13 +219,8 @@ class EfficientNetB0(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = nn.Conv(
-            480,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block4b_dwconv",
+        block4b_dwconv = rt.DepthwiseConv(
+            480, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
             block4b_dwconv, use_running_average=not train
@@ -290,13 +252,8 @@ class EfficientNetB0(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = nn.Conv(
-            480,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block4c_dwconv",
+        block4c_dwconv = rt.DepthwiseConv(
+            480, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
             block4c_dwconv, use_running_average=not train
@@ -328,13 +285,8 @@ class EfficientNetB0(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block5a_dwconv",
+        block5a_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
             block5a_dwconv, use_running_average=not train
@@ -362,13 +314,8 @@ class EfficientNetB0(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = nn.Conv(
-            672,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5b_dwconv",
+        block5b_dwconv = rt.DepthwiseConv(
+            672, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
             block5b_dwconv, use_running_average=not train
@@ -400,13 +347,8 @@ class EfficientNetB0(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = nn.Conv(
-            672,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5c_dwconv",
+        block5c_dwconv = rt.DepthwiseConv(
+            672, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
             block5c_dwconv, use_running_average=not train
@@ -439,14 +381,8 @@ class EfficientNetB0(nn.Module):
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
         block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block6a_dwconv = nn.Conv(
-            672,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=672,
-            use_bias=False,
-            name="block6a_dwconv",
+        block6a_dwconv = rt.DepthwiseConv(
+            672, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
         )(block6a_dwconv_pad)
         block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
             block6a_dwconv, use_running_average=not train
@@ -474,13 +410,8 @@ class EfficientNetB0(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = nn.Conv(
-            1152,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6b_dwconv",
+        block6b_dwconv = rt.DepthwiseConv(
+            1152, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
             block6b_dwconv, use_running_average=not train
@@ -512,13 +443,8 @@ class EfficientNetB0(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = nn.Conv(
-            1152,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6c_dwconv",
+        block6c_dwconv = rt.DepthwiseConv(
+            1152, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
             block6c_dwconv, use_running_average=not train
@@ -550,13 +476,8 @@ class EfficientNetB0(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = nn.Conv(
-            1152,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6d_dwconv",
+        block6d_dwconv = rt.DepthwiseConv(
+            1152, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
             block6d_dwconv, use_running_average=not train
@@ -588,13 +509,8 @@ class EfficientNetB0(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block7a_dwconv",
+        block7a_dwconv = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
             block7a_dwconv, use_running_average=not train

@@ -34,13 +34,8 @@ class EfficientNetB2(nn.Module):
             stem_conv, use_running_average=not train
         )
         stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = nn.Conv(
-            32,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=32,
-            use_bias=False,
-            name="block1a_dwconv",
+        block1a_dwconv = rt.DepthwiseConv(
+            32, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
         )(stem_activation)
         block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
             block1a_dwconv, use_running_average=not train
@@ -61,13 +56,8 @@ class EfficientNetB2(nn.Module):
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(
             block1a_project_conv, use_running_average=not train
         )
-        block1b_dwconv = nn.Conv(
-            16,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=16,
-            use_bias=False,
-            name="block1b_dwconv",
+        block1b_dwconv = rt.DepthwiseConv(
+            16, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
         )(block1a_project_bn)
         block1b_bn = rt.BatchNorm(epsilon=0.001, name="block1b_bn")(
             block1b_dwconv, use_running_average=not train
@@ -100,14 +90,8 @@ class EfficientNetB2(nn.Module):
         )
         block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
         block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = nn.Conv(
-            96,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=96,
-            use_bias=False,
-            name="block2a_dwconv",
+        block2a_dwconv = rt.DepthwiseConv(
+            96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
         )(block2a_dwconv_pad)
         block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
             block2a_dwconv, use_running_average=not train
@@ -135,13 +119,8 @@ class EfficientNetB2(nn.Module):
             block2b_expand_conv, use_running_average=not train
         )
         block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = nn.Conv(
-            144,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=144,
-            use_bias=False,
-            name="block2b_dwconv",
+        block2b_dwconv = rt.DepthwiseConv(
+            144, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
         )(block2b_expand_activation)
         block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
             block2b_dwconv, use_running_average=not train
@@ -173,13 +152,8 @@ class EfficientNetB2(nn.Module):
             block2c_expand_conv, use_running_average=not train
         )
         block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_dwconv = nn.Conv(
-            144,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=144,
-            use_bias=False,
-            name="block2c_dwconv",
+        block2c_dwconv = rt.DepthwiseConv(
+            144, (3, 3), padding="SAME", use_bias=False, name="block2c_dwconv"
         )(block2c_expand_activation)
         block2c_bn = rt.BatchNorm(epsilon=0.001, name="block2c_bn")(
             block2c_dwconv, use_running_average=not train
@@ -212,14 +186,8 @@ class EfficientNetB2(nn.Module):
         )
         block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
         block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        block3a_dwconv = nn.Conv(
-            144,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=144,
-            use_bias=False,
-            name="block3a_dwconv",
+        block3a_dwconv = rt.DepthwiseConv(
+            144, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
         )(block3a_dwconv_pad)
         block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
             block3a_dwconv, use_running_average=not train
@@ -247,13 +215,8 @@ class EfficientNetB2(nn.Module):
             block3b_expand_conv, use_running_average=not train
         )
         block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = nn.Conv(
-            288,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block3b_dwconv",
+        block3b_dwconv = rt.DepthwiseConv(
+            288, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
         )(block3b_expand_activation)
         block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
             block3b_dwconv, use_running_average=not train
@@ -285,13 +248,8 @@ class EfficientNetB2(nn.Module):
             block3c_expand_conv, use_running_average=not train
         )
         block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_dwconv = nn.Conv(
-            288,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block3c_dwconv",
+        block3c_dwconv = rt.DepthwiseConv(
+            288, (5, 5), padding="SAME", use_bias=False, name="block3c_dwconv"
         )(block3c_expand_activation)
         block3c_bn = rt.BatchNorm(epsilon=0.001, name="block3c_bn")(
             block3c_dwconv, use_running_average=not train
@@ -324,14 +282,8 @@ class EfficientNetB2(nn.Module):
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
         block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        block4a_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=288,
-            use_bias=False,
-            name="block4a_dwconv",
+        block4a_dwconv = rt.DepthwiseConv(
+            288, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
         )(block4a_dwconv_pad)
         block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
             block4a_dwconv, use_running_average=not train
@@ -359,13 +311,8 @@ class EfficientNetB2(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = nn.Conv(
-            528,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=528,
-            use_bias=False,
-            name="block4b_dwconv",
+        block4b_dwconv = rt.DepthwiseConv(
+            528, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
             block4b_dwconv, use_running_average=not train
@@ -397,13 +344,8 @@ class EfficientNetB2(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = nn.Conv(
-            528,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=528,
-            use_bias=False,
-            name="block4c_dwconv",
+        block4c_dwconv = rt.DepthwiseConv(
+            528, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
             block4c_dwconv, use_running_average=not train
@@ -435,13 +377,8 @@ class EfficientNetB2(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv = nn.Conv(
-            528,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=528,
-            use_bias=False,
-            name="block4d_dwconv",
+        block4d_dwconv = rt.DepthwiseConv(
+            528, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, name="block4d_bn")(
             block4d_dwconv, use_running_average=not train
@@ -473,13 +410,8 @@ class EfficientNetB2(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = nn.Conv(
-            528,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=528,
-            use_bias=False,
-            name="block5a_dwconv",
+        block5a_dwconv = rt.DepthwiseConv(
+            528, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
             block5a_dwconv, use_running_average=not train
@@ -507,13 +439,8 @@ class EfficientNetB2(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = nn.Conv(
-            720,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=720,
-            use_bias=False,
-            name="block5b_dwconv",
+        block5b_dwconv = rt.DepthwiseConv(
+            720, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
             block5b_dwconv, use_running_average=not train
@@ -545,13 +472,8 @@ class EfficientNetB2(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = nn.Conv(
-            720,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=720,
-            use_bias=False,
-            name="block5c_dwconv",
+        block5c_dwconv = rt.DepthwiseConv(
+            720, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
             block5c_dwconv, use_running_average=not train
@@ -583,13 +505,8 @@ class EfficientNetB2(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv = nn.Conv(
-            720,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=720,
-            use_bias=False,
-            name="block5d_dwconv",
+        block5d_dwconv = rt.DepthwiseConv(
+            720, (5, 5), padding="SAME", use_bias=False, name="block5d_dwconv"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, name="block5d_bn")(
             block5d_dwconv, use_running_average=not train
@@ -622,14 +539,8 @@ class EfficientNetB2(nn.Module):
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
         block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        block6a_dwconv = nn.Conv(
-            720,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=720,
-            use_bias=False,
-            name="block6a_dwconv",
+        block6a_dwconv = rt.DepthwiseConv(
+            720, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
         )(block6a_dwconv_pad)
         block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
             block6a_dwconv, use_running_average=not train
@@ -657,13 +568,8 @@ class EfficientNetB2(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = nn.Conv(
-            1248,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1248,
-            use_bias=False,
-            name="block6b_dwconv",
+        block6b_dwconv = rt.DepthwiseConv(
+            1248, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
             block6b_dwconv, use_running_average=not train
@@ -695,13 +601,8 @@ class EfficientNetB2(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = nn.Conv(
-            1248,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1248,
-            use_bias=False,
-            name="block6c_dwconv",
+        block6c_dwconv = rt.DepthwiseConv(
+            1248, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
             block6c_dwconv, use_running_average=not train
@@ -733,13 +634,8 @@ class EfficientNetB2(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = nn.Conv(
-            1248,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1248,
-            use_bias=False,
-            name="block6d_dwconv",
+        block6d_dwconv = rt.DepthwiseConv(
+            1248, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
             block6d_dwconv, use_running_average=not train
@@ -771,13 +667,8 @@ class EfficientNetB2(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv = nn.Conv(
-            1248,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1248,
-            use_bias=False,
-            name="block6e_dwconv",
+        block6e_dwconv = rt.DepthwiseConv(
+            1248, (5, 5), padding="SAME", use_bias=False, name="block6e_dwconv"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, name="block6e_bn")(
             block6e_dwconv, use_running_average=not train
@@ -809,13 +700,8 @@ class EfficientNetB2(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = nn.Conv(
-            1248,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1248,
-            use_bias=False,
-            name="block7a_dwconv",
+        block7a_dwconv = rt.DepthwiseConv(
+            1248, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
             block7a_dwconv, use_running_average=not train
@@ -843,13 +729,8 @@ class EfficientNetB2(nn.Module):
             block7b_expand_conv, use_running_average=not train
         )
         block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv = nn.Conv(
-            2112,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2112,
-            use_bias=False,
-            name="block7b_dwconv",
+        block7b_dwconv = rt.DepthwiseConv(
+            2112, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv"
         )(block7b_expand_activation)
         block7b_bn = rt.BatchNorm(epsilon=0.001, name="block7b_bn")(
             block7b_dwconv, use_running_average=not train

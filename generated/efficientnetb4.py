@@ -34,13 +34,8 @@ class EfficientNetB4(nn.Module):
             stem_conv, use_running_average=not train
         )
         stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = nn.Conv(
-            48,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=48,
-            use_bias=False,
-            name="block1a_dwconv",
+        block1a_dwconv = rt.DepthwiseConv(
+            48, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
         )(stem_activation)
         block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
             block1a_dwconv, use_running_average=not train
@@ -61,13 +56,8 @@ class EfficientNetB4(nn.Module):
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(
             block1a_project_conv, use_running_average=not train
         )
-        block1b_dwconv = nn.Conv(
-            24,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=24,
-            use_bias=False,
-            name="block1b_dwconv",
+        block1b_dwconv = rt.DepthwiseConv(
+            24, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
         )(block1a_project_bn)
         block1b_bn = rt.BatchNorm(epsilon=0.001, name="block1b_bn")(
             block1b_dwconv, use_running_average=not train
@@ -100,14 +90,8 @@ class EfficientNetB4(nn.Module):
         )
         block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
         block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = nn.Conv(
-            144,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=144,
-            use_bias=False,
-            name="block2a_dwconv",
+        block2a_dwconv = rt.DepthwiseConv(
+            144, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
         )(block2a_dwconv_pad)
         block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
             block2a_dwconv, use_running_average=not train
@@ -135,13 +119,8 @@ class EfficientNetB4(nn.Module):
             block2b_expand_conv, use_running_average=not train
         )
         block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = nn.Conv(
-            192,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=192,
-            use_bias=False,
-            name="block2b_dwconv",
+        block2b_dwconv = rt.DepthwiseConv(
+            192, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
         )(block2b_expand_activation)
         block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
             block2b_dwconv, use_running_average=not train
@@ -173,13 +152,8 @@ class EfficientNetB4(nn.Module):
             block2c_expand_conv, use_running_average=not train
         )
         block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_dwconv = nn.Conv(
-            192,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=192,
-            use_bias=False,
-            name="block2c_dwconv",
+        block2c_dwconv = rt.DepthwiseConv(
+            192, (3, 3), padding="SAME", use_bias=False, name="block2c_dwconv"
         )(block2c_expand_activation)
         block2c_bn = rt.BatchNorm(epsilon=0.001, name="block2c_bn")(
             block2c_dwconv, use_running_average=not train
@@ -211,13 +185,8 @@ class EfficientNetB4(nn.Module):
             block2d_expand_conv, use_running_average=not train
         )
         block2d_expand_activation = jax.nn.silu(block2d_expand_bn)
-        block2d_dwconv = nn.Conv(
-            192,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=192,
-            use_bias=False,
-            name="block2d_dwconv",
+        block2d_dwconv = rt.DepthwiseConv(
+            192, (3, 3), padding="SAME", use_bias=False, name="block2d_dwconv"
         )(block2d_expand_activation)
         block2d_bn = rt.BatchNorm(epsilon=0.001, name="block2d_bn")(
             block2d_dwconv, use_running_average=not train
@@ -250,14 +219,8 @@ class EfficientNetB4(nn.Module):
         )
         block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
         block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        block3a_dwconv = nn.Conv(
-            192,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=192,
-            use_bias=False,
-            name="block3a_dwconv",
+        block3a_dwconv = rt.DepthwiseConv(
+            192, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
         )(block3a_dwconv_pad)
         block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
             block3a_dwconv, use_running_average=not train
@@ -285,13 +248,8 @@ class EfficientNetB4(nn.Module):
             block3b_expand_conv, use_running_average=not train
         )
         block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = nn.Conv(
-            336,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=336,
-            use_bias=False,
-            name="block3b_dwconv",
+        block3b_dwconv = rt.DepthwiseConv(
+            336, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
         )(block3b_expand_activation)
         block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
             block3b_dwconv, use_running_average=not train
@@ -323,13 +281,8 @@ class EfficientNetB4(nn.Module):
             block3c_expand_conv, use_running_average=not train
         )
         block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_dwconv = nn.Conv(
-            336,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=336,
-            use_bias=False,
-            name="block3c_dwconv",
+        block3c_dwconv = rt.DepthwiseConv(
+            336, (5, 5), padding="SAME", use_bias=False, name="block3c_dwconv"
         )(block3c_expand_activation)
         block3c_bn = rt.BatchNorm(epsilon=0.001, name="block3c_bn")(
             block3c_dwconv, use_running_average=not train
@@ -361,13 +314,8 @@ class EfficientNetB4(nn.Module):
             block3d_expand_conv, use_running_average=not train
         )
         block3d_expand_activation = jax.nn.silu(block3d_expand_bn)
-        block3d_dwconv = nn.Conv(
-            336,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=336,
-            use_bias=False,
-            name="block3d_dwconv",
+        block3d_dwconv = rt.DepthwiseConv(
+            336, (5, 5), padding="SAME", use_bias=False, name="block3d_dwconv"
         )(block3d_expand_activation)
         block3d_bn = rt.BatchNorm(epsilon=0.001, name="block3d_bn")(
             block3d_dwconv, use_running_average=not train
@@ -400,14 +348,8 @@ class EfficientNetB4(nn.Module):
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
         block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block4a_dwconv = nn.Conv(
-            336,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=336,
-            use_bias=False,
-            name="block4a_dwconv",
+        block4a_dwconv = rt.DepthwiseConv(
+            336, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
         )(block4a_dwconv_pad)
         block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
             block4a_dwconv, use_running_average=not train
@@ -435,13 +377,8 @@ class EfficientNetB4(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block4b_dwconv",
+        block4b_dwconv = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
             block4b_dwconv, use_running_average=not train
@@ -473,13 +410,8 @@ class EfficientNetB4(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block4c_dwconv",
+        block4c_dwconv = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
             block4c_dwconv, use_running_average=not train
@@ -511,13 +443,8 @@ class EfficientNetB4(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block4d_dwconv",
+        block4d_dwconv = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, name="block4d_bn")(
             block4d_dwconv, use_running_average=not train
@@ -549,13 +476,8 @@ class EfficientNetB4(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block4e_dwconv",
+        block4e_dwconv = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, name="block4e_bn")(
             block4e_dwconv, use_running_average=not train
@@ -587,13 +509,8 @@ class EfficientNetB4(nn.Module):
             block4f_expand_conv, use_running_average=not train
         )
         block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block4f_dwconv",
+        block4f_dwconv = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv"
         )(block4f_expand_activation)
         block4f_bn = rt.BatchNorm(epsilon=0.001, name="block4f_bn")(
             block4f_dwconv, use_running_average=not train
@@ -625,13 +542,8 @@ class EfficientNetB4(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = nn.Conv(
-            672,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5a_dwconv",
+        block5a_dwconv = rt.DepthwiseConv(
+            672, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
             block5a_dwconv, use_running_average=not train
@@ -659,13 +571,8 @@ class EfficientNetB4(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5b_dwconv",
+        block5b_dwconv = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
             block5b_dwconv, use_running_average=not train
@@ -697,13 +604,8 @@ class EfficientNetB4(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5c_dwconv",
+        block5c_dwconv = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
             block5c_dwconv, use_running_average=not train
@@ -735,13 +637,8 @@ class EfficientNetB4(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5d_dwconv",
+        block5d_dwconv = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="block5d_dwconv"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, name="block5d_bn")(
             block5d_dwconv, use_running_average=not train
@@ -773,13 +670,8 @@ class EfficientNetB4(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5e_dwconv",
+        block5e_dwconv = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="block5e_dwconv"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, name="block5e_bn")(
             block5e_dwconv, use_running_average=not train
@@ -811,13 +703,8 @@ class EfficientNetB4(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5f_dwconv",
+        block5f_dwconv = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="block5f_dwconv"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, name="block5f_bn")(
             block5f_dwconv, use_running_average=not train
@@ -850,14 +737,8 @@ class EfficientNetB4(nn.Module):
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
         block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block6a_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=960,
-            use_bias=False,
-            name="block6a_dwconv",
+        block6a_dwconv = rt.DepthwiseConv(
+            960, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
         )(block6a_dwconv_pad)
         block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
             block6a_dwconv, use_running_average=not train
@@ -885,13 +766,8 @@ class EfficientNetB4(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6b_dwconv",
+        block6b_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
             block6b_dwconv, use_running_average=not train
@@ -923,13 +799,8 @@ class EfficientNetB4(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6c_dwconv",
+        block6c_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
             block6c_dwconv, use_running_average=not train
@@ -961,13 +832,8 @@ class EfficientNetB4(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6d_dwconv",
+        block6d_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
             block6d_dwconv, use_running_average=not train
@@ -999,13 +865,8 @@ class EfficientNetB4(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6e_dwconv",
+        block6e_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6e_dwconv"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, name="block6e_bn")(
             block6e_dwconv, use_running_average=not train
@@ -1037,13 +898,8 @@ class EfficientNetB4(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6f_dwconv",
+        block6f_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6f_dwconv"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, name="block6f_bn")(
             block6f_dwconv, use_running_average=not train
@@ -1075,13 +931,8 @@ class EfficientNetB4(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6g_dwconv",
+        block6g_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6g_dwconv"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, name="block6g_bn")(
             block6g_dwconv, use_running_average=not train
@@ -1113,13 +964,8 @@ class EfficientNetB4(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv = nn.Conv(
-            1632,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block6h_dwconv",
+        block6h_dwconv = rt.DepthwiseConv(
+            1632, (5, 5), padding="SAME", use_bias=False, name="block6h_dwconv"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, name="block6h_bn")(
             block6h_dwconv, use_running_average=not train
@@ -1151,13 +997,8 @@ class EfficientNetB4(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = nn.Conv(
-            1632,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1632,
-            use_bias=False,
-            name="block7a_dwconv",
+        block7a_dwconv = rt.DepthwiseConv(
+            1632, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
             block7a_dwconv, use_running_average=not train
@@ -1185,13 +1026,8 @@ class EfficientNetB4(nn.Module):
             block7b_expand_conv, use_running_average=not train
         )
         block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv = nn.Conv(
-            2688,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2688,
-            use_bias=False,
-            name="block7b_dwconv",
+        block7b_dwconv = rt.DepthwiseConv(
+            2688, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv"
         )(block7b_expand_activation)
         block7b_bn = rt.BatchNorm(epsilon=0.001, name="block7b_bn")(
             block7b_dwconv, use_running_average=not train

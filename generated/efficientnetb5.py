@@ -34,13 +34,8 @@ class EfficientNetB5(nn.Module):
             stem_conv, use_running_average=not train
         )
         stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = nn.Conv(
-            48,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=48,
-            use_bias=False,
-            name="block1a_dwconv",
+        block1a_dwconv = rt.DepthwiseConv(
+            48, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
         )(stem_activation)
         block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
             block1a_dwconv, use_running_average=not train
@@ -61,13 +56,8 @@ class EfficientNetB5(nn.Module):
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(
             block1a_project_conv, use_running_average=not train
         )
-        block1b_dwconv = nn.Conv(
-            24,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=24,
-            use_bias=False,
-            name="block1b_dwconv",
+        block1b_dwconv = rt.DepthwiseConv(
+            24, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
         )(block1a_project_bn)
         block1b_bn = rt.BatchNorm(epsilon=0.001, name="block1b_bn")(
             block1b_dwconv, use_running_average=not train
@@ -92,13 +82,8 @@ class EfficientNetB5(nn.Module):
             0.005128205128205128, broadcast_dims=(1, 2, 3), name="block1b_drop"
         )(block1b_project_bn, deterministic=not train)
         block1b_add = block1b_drop + block1a_project_bn
-        block1c_dwconv = nn.Conv(
-            24,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=24,
-            use_bias=False,
-            name="block1c_dwconv",
+        block1c_dwconv = rt.DepthwiseConv(
+            24, (3, 3), padding="SAME", use_bias=False, name="block1c_dwconv"
         )(block1b_add)
         block1c_bn = rt.BatchNorm(epsilon=0.001, name="block1c_bn")(
             block1c_dwconv, use_running_average=not train
@@ -131,14 +116,8 @@ class EfficientNetB5(nn.Module):
         )
         block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
         block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = nn.Conv(
-            144,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=144,
-            use_bias=False,
-            name="block2a_dwconv",
+        block2a_dwconv = rt.DepthwiseConv(
+            144, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
         )(block2a_dwconv_pad)
         block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
             block2a_dwconv, use_running_average=not train
@@ -166,13 +145,8 @@ class EfficientNetB5(nn.Module):
             block2b_expand_conv, use_running_average=not train
         )
         block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = nn.Conv(
-            240,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="block2b_dwconv",
+        block2b_dwconv = rt.DepthwiseConv(
+            240, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
         )(block2b_expand_activation)
         block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
             block2b_dwconv, use_running_average=not train
@@ -204,13 +178,8 @@ class EfficientNetB5(nn.Module):
             block2c_expand_conv, use_running_average=not train
         )
         block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_dwconv = nn.Conv(
-            240,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="block2c_dwconv",
+        block2c_dwconv = rt.DepthwiseConv(
+            240, (3, 3), padding="SAME", use_bias=False, name="block2c_dwconv"
         )(block2c_expand_activation)
         block2c_bn = rt.BatchNorm(epsilon=0.001, name="block2c_bn")(
             block2c_dwconv, use_running_average=not train
@@ -242,13 +211,8 @@ class EfficientNetB5(nn.Module):
             block2d_expand_conv, use_running_average=not train
         )
         block2d_expand_activation = jax.nn.silu(block2d_expand_bn)
-        block2d_dwconv = nn.Conv(
-            240,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="block2d_dwconv",
+        block2d_dwconv = rt.DepthwiseConv(
+            240, (3, 3), padding="SAME", use_bias=False, name="block2d_dwconv"
         )(block2d_expand_activation)
         block2d_bn = rt.BatchNorm(epsilon=0.001, name="block2d_bn")(
             block2d_dwconv, use_running_average=not train
@@ -280,13 +244,8 @@ class EfficientNetB5(nn.Module):
             block2e_expand_conv, use_running_average=not train
         )
         block2e_expand_activation = jax.nn.silu(block2e_expand_bn)
-        block2e_dwconv = nn.Conv(
-            240,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="block2e_dwconv",
+        block2e_dwconv = rt.DepthwiseConv(
+            240, (3, 3), padding="SAME", use_bias=False, name="block2e_dwconv"
         )(block2e_expand_activation)
         block2e_bn = rt.BatchNorm(epsilon=0.001, name="block2e_bn")(
             block2e_dwconv, use_running_average=not train
@@ -319,14 +278,8 @@ class EfficientNetB5(nn.Module):
         )
         block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
         block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block3a_dwconv = nn.Conv(
-            240,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=240,
-            use_bias=False,
-            name="block3a_dwconv",
+        block3a_dwconv = rt.DepthwiseConv(
+            240, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
         )(block3a_dwconv_pad)
         block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
             block3a_dwconv, use_running_average=not train
@@ -354,13 +307,8 @@ class EfficientNetB5(nn.Module):
             block3b_expand_conv, use_running_average=not train
         )
         block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = nn.Conv(
-            384,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block3b_dwconv",
+        block3b_dwconv = rt.DepthwiseConv(
+            384, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
         )(block3b_expand_activation)
         block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
             block3b_dwconv, use_running_average=not train
@@ -392,13 +340,8 @@ class EfficientNetB5(nn.Module):
             block3c_expand_conv, use_running_average=not train
         )
         block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_dwconv = nn.Conv(
-            384,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block3c_dwconv",
+        block3c_dwconv = rt.DepthwiseConv(
+            384, (5, 5), padding="SAME", use_bias=False, name="block3c_dwconv"
         )(block3c_expand_activation)
         block3c_bn = rt.BatchNorm(epsilon=0.001, name="block3c_bn")(
             block3c_dwconv, use_running_average=not train
@@ -430,13 +373,8 @@ class EfficientNetB5(nn.Module):
             block3d_expand_conv, use_running_average=not train
         )
         block3d_expand_activation = jax.nn.silu(block3d_expand_bn)
-        block3d_dwconv = nn.Conv(
-            384,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block3d_dwconv",
+        block3d_dwconv = rt.DepthwiseConv(
+            384, (5, 5), padding="SAME", use_bias=False, name="block3d_dwconv"
         )(block3d_expand_activation)
         block3d_bn = rt.BatchNorm(epsilon=0.001, name="block3d_bn")(
             block3d_dwconv, use_running_average=not train
@@ -468,13 +406,8 @@ class EfficientNetB5(nn.Module):
             block3e_expand_conv, use_running_average=not train
         )
         block3e_expand_activation = jax.nn.silu(block3e_expand_bn)
-        block3e_dwconv = nn.Conv(
-            384,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block3e_dwconv",
+        block3e_dwconv = rt.DepthwiseConv(
+            384, (5, 5), padding="SAME", use_bias=False, name="block3e_dwconv"
         )(block3e_expand_activation)
         block3e_bn = rt.BatchNorm(epsilon=0.001, name="block3e_bn")(
             block3e_dwconv, use_running_average=not train
@@ -507,14 +440,8 @@ class EfficientNetB5(nn.Module):
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
         block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        block4a_dwconv = nn.Conv(
-            384,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=384,
-            use_bias=False,
-            name="block4a_dwconv",
+        block4a_dwconv = rt.DepthwiseConv(
+            384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
         )(block4a_dwconv_pad)
         block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
             block4a_dwconv, use_running_average=not train
@@ -542,13 +469,8 @@ class EfficientNetB5(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4b_dwconv",
+        block4b_dwconv = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
             block4b_dwconv, use_running_average=not train
@@ -580,13 +502,8 @@ class EfficientNetB5(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4c_dwconv",
+        block4c_dwconv = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
             block4c_dwconv, use_running_average=not train
@@ -618,13 +535,8 @@ class EfficientNetB5(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4d_dwconv",
+        block4d_dwconv = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, name="block4d_bn")(
             block4d_dwconv, use_running_average=not train
@@ -656,13 +568,8 @@ class EfficientNetB5(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4e_dwconv",
+        block4e_dwconv = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, name="block4e_bn")(
             block4e_dwconv, use_running_average=not train
@@ -694,13 +601,8 @@ class EfficientNetB5(nn.Module):
             block4f_expand_conv, use_running_average=not train
         )
         block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4f_dwconv",
+        block4f_dwconv = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv"
         )(block4f_expand_activation)
         block4f_bn = rt.BatchNorm(epsilon=0.001, name="block4f_bn")(
             block4f_dwconv, use_running_average=not train
@@ -732,13 +634,8 @@ class EfficientNetB5(nn.Module):
             block4g_expand_conv, use_running_average=not train
         )
         block4g_expand_activation = jax.nn.silu(block4g_expand_bn)
-        block4g_dwconv = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4g_dwconv",
+        block4g_dwconv = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4g_dwconv"
         )(block4g_expand_activation)
         block4g_bn = rt.BatchNorm(epsilon=0.001, name="block4g_bn")(
             block4g_dwconv, use_running_average=not train
@@ -770,13 +667,8 @@ class EfficientNetB5(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = nn.Conv(
-            768,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block5a_dwconv",
+        block5a_dwconv = rt.DepthwiseConv(
+            768, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
             block5a_dwconv, use_running_average=not train
@@ -804,13 +696,8 @@ class EfficientNetB5(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5b_dwconv",
+        block5b_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
             block5b_dwconv, use_running_average=not train
@@ -842,13 +729,8 @@ class EfficientNetB5(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5c_dwconv",
+        block5c_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
             block5c_dwconv, use_running_average=not train
@@ -880,13 +762,8 @@ class EfficientNetB5(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5d_dwconv",
+        block5d_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), padding="SAME", use_bias=False, name="block5d_dwconv"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, name="block5d_bn")(
             block5d_dwconv, use_running_average=not train
@@ -918,13 +795,8 @@ class EfficientNetB5(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5e_dwconv",
+        block5e_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), padding="SAME", use_bias=False, name="block5e_dwconv"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, name="block5e_bn")(
             block5e_dwconv, use_running_average=not train
@@ -956,13 +828,8 @@ class EfficientNetB5(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5f_dwconv",
+        block5f_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), padding="SAME", use_bias=False, name="block5f_dwconv"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, name="block5f_bn")(
             block5f_dwconv, use_running_average=not train
@@ -994,13 +861,8 @@ class EfficientNetB5(nn.Module):
             block5g_expand_conv, use_running_average=not train
         )
         block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5g_dwconv",
+        block5g_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), padding="SAME", use_bias=False, name="block5g_dwconv"
         )(block5g_expand_activation)
         block5g_bn = rt.BatchNorm(epsilon=0.001, name="block5g_bn")(
             block5g_dwconv, use_running_average=not train
@@ -1033,14 +895,8 @@ class EfficientNetB5(nn.Module):
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
         block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        block6a_dwconv = nn.Conv(
-            1056,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block6a_dwconv",
+        block6a_dwconv = rt.DepthwiseConv(
+            1056, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
         )(block6a_dwconv_pad)
         block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
             block6a_dwconv, use_running_average=not train
@@ -1068,13 +924,8 @@ class EfficientNetB5(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6b_dwconv",
+        block6b_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
             block6b_dwconv, use_running_average=not train
@@ -1106,13 +957,8 @@ class EfficientNetB5(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6c_dwconv",
+        block6c_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
             block6c_dwconv, use_running_average=not train
@@ -1144,13 +990,8 @@ class EfficientNetB5(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6d_dwconv",
+        block6d_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
             block6d_dwconv, use_running_average=not train
@@ -1182,13 +1023,8 @@ class EfficientNetB5(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6e_dwconv",
+        block6e_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6e_dwconv"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, name="block6e_bn")(
             block6e_dwconv, use_running_average=not train
@@ -1220,13 +1056,8 @@ class EfficientNetB5(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6f_dwconv",
+        block6f_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6f_dwconv"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, name="block6f_bn")(
             block6f_dwconv, use_running_average=not train
@@ -1258,13 +1089,8 @@ class EfficientNetB5(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6g_dwconv",
+        block6g_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6g_dwconv"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, name="block6g_bn")(
             block6g_dwconv, use_running_average=not train
@@ -1296,13 +1122,8 @@ class EfficientNetB5(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6h_dwconv",
+        block6h_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6h_dwconv"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, name="block6h_bn")(
             block6h_dwconv, use_running_average=not train
@@ -1334,13 +1155,8 @@ class EfficientNetB5(nn.Module):
             block6i_expand_conv, use_running_average=not train
         )
         block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv = nn.Conv(
-            1824,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6i_dwconv",
+        block6i_dwconv = rt.DepthwiseConv(
+            1824, (5, 5), padding="SAME", use_bias=False, name="block6i_dwconv"
         )(block6i_expand_activation)
         block6i_bn = rt.BatchNorm(epsilon=0.001, name="block6i_bn")(
             block6i_dwconv, use_running_average=not train
@@ -1372,13 +1188,8 @@ class EfficientNetB5(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block7a_dwconv",
+        block7a_dwconv = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
             block7a_dwconv, use_running_average=not train
@@ -1406,13 +1217,8 @@ class EfficientNetB5(nn.Module):
             block7b_expand_conv, use_running_average=not train
         )
         block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv = nn.Conv(
-            3072,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3072,
-            use_bias=False,
-            name="block7b_dwconv",
+        block7b_dwconv = rt.DepthwiseConv(
+            3072, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv"
         )(block7b_expand_activation)
         block7b_bn = rt.BatchNorm(epsilon=0.001, name="block7b_bn")(
             block7b_dwconv, use_running_average=not train
@@ -1444,13 +1250,8 @@ class EfficientNetB5(nn.Module):
             block7c_expand_conv, use_running_average=not train
         )
         block7c_expand_activation = jax.nn.silu(block7c_expand_bn)
-        block7c_dwconv = nn.Conv(
-            3072,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3072,
-            use_bias=False,
-            name="block7c_dwconv",
+        block7c_dwconv = rt.DepthwiseConv(
+            3072, (3, 3), padding="SAME", use_bias=False, name="block7c_dwconv"
         )(block7c_expand_activation)
         block7c_bn = rt.BatchNorm(epsilon=0.001, name="block7c_bn")(
             block7c_dwconv, use_running_average=not train

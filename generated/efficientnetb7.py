@@ -34,13 +34,8 @@ class EfficientNetB7(nn.Module):
             stem_conv, use_running_average=not train
         )
         stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = nn.Conv(
-            64,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=64,
-            use_bias=False,
-            name="block1a_dwconv",
+        block1a_dwconv = rt.DepthwiseConv(
+            64, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
         )(stem_activation)
         block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
             block1a_dwconv, use_running_average=not train
@@ -61,13 +56,8 @@ class EfficientNetB7(nn.Module):
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(
             block1a_project_conv, use_running_average=not train
         )
-        block1b_dwconv = nn.Conv(
-            32,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=32,
-            use_bias=False,
-            name="block1b_dwconv",
+        block1b_dwconv = rt.DepthwiseConv(
+            32, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
         )(block1a_project_bn)
         block1b_bn = rt.BatchNorm(epsilon=0.001, name="block1b_bn")(
             block1b_dwconv, use_running_average=not train
@@ -92,13 +82,8 @@ class EfficientNetB7(nn.Module):
             0.0036363636363636364, broadcast_dims=(1, 2, 3), name="block1b_drop"
         )(block1b_project_bn, deterministic=not train)
         block1b_add = block1b_drop + block1a_project_bn
-        block1c_dwconv = nn.Conv(
-            32,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=32,
-            use_bias=False,
-            name="block1c_dwconv",
+        block1c_dwconv = rt.DepthwiseConv(
+            32, (3, 3), padding="SAME", use_bias=False, name="block1c_dwconv"
         )(block1b_add)
         block1c_bn = rt.BatchNorm(epsilon=0.001, name="block1c_bn")(
             block1c_dwconv, use_running_average=not train
@@ -123,13 +108,8 @@ class EfficientNetB7(nn.Module):
             0.007272727272727273, broadcast_dims=(1, 2, 3), name="block1c_drop"
         )(block1c_project_bn, deterministic=not train)
         block1c_add = block1c_drop + block1b_add
-        block1d_dwconv = nn.Conv(
-            32,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=32,
-            use_bias=False,
-            name="block1d_dwconv",
+        block1d_dwconv = rt.DepthwiseConv(
+            32, (3, 3), padding="SAME", use_bias=False, name="block1d_dwconv"
         )(block1c_add)
         block1d_bn = rt.BatchNorm(epsilon=0.001, name="block1d_bn")(
             block1d_dwconv, use_running_average=not train
@@ -162,14 +142,8 @@ class EfficientNetB7(nn.Module):
         )
         block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
         block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = nn.Conv(
-            192,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=192,
-            use_bias=False,
-            name="block2a_dwconv",
+        block2a_dwconv = rt.DepthwiseConv(
+            192, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
         )(block2a_dwconv_pad)
         block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
             block2a_dwconv, use_running_average=not train
@@ -197,13 +171,8 @@ class EfficientNetB7(nn.Module):
             block2b_expand_conv, use_running_average=not train
         )
         block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block2b_dwconv",
+        block2b_dwconv = rt.DepthwiseConv(
+            288, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
         )(block2b_expand_activation)
         block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
             block2b_dwconv, use_running_average=not train
@@ -235,13 +204,8 @@ class EfficientNetB7(nn.Module):
             block2c_expand_conv, use_running_average=not train
         )
         block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block2c_dwconv",
+        block2c_dwconv = rt.DepthwiseConv(
+            288, (3, 3), padding="SAME", use_bias=False, name="block2c_dwconv"
         )(block2c_expand_activation)
         block2c_bn = rt.BatchNorm(epsilon=0.001, name="block2c_bn")(
             block2c_dwconv, use_running_average=not train
@@ -273,13 +237,8 @@ class EfficientNetB7(nn.Module):
             block2d_expand_conv, use_running_average=not train
         )
         block2d_expand_activation = jax.nn.silu(block2d_expand_bn)
-        block2d_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block2d_dwconv",
+        block2d_dwconv = rt.DepthwiseConv(
+            288, (3, 3), padding="SAME", use_bias=False, name="block2d_dwconv"
         )(block2d_expand_activation)
         block2d_bn = rt.BatchNorm(epsilon=0.001, name="block2d_bn")(
             block2d_dwconv, use_running_average=not train
@@ -311,13 +270,8 @@ class EfficientNetB7(nn.Module):
             block2e_expand_conv, use_running_average=not train
         )
         block2e_expand_activation = jax.nn.silu(block2e_expand_bn)
-        block2e_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block2e_dwconv",
+        block2e_dwconv = rt.DepthwiseConv(
+            288, (3, 3), padding="SAME", use_bias=False, name="block2e_dwconv"
         )(block2e_expand_activation)
         block2e_bn = rt.BatchNorm(epsilon=0.001, name="block2e_bn")(
             block2e_dwconv, use_running_average=not train
@@ -349,13 +303,8 @@ class EfficientNetB7(nn.Module):
             block2f_expand_conv, use_running_average=not train
         )
         block2f_expand_activation = jax.nn.silu(block2f_expand_bn)
-        block2f_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block2f_dwconv",
+        block2f_dwconv = rt.DepthwiseConv(
+            288, (3, 3), padding="SAME", use_bias=False, name="block2f_dwconv"
         )(block2f_expand_activation)
         block2f_bn = rt.BatchNorm(epsilon=0.001, name="block2f_bn")(
             block2f_dwconv, use_running_average=not train
@@ -387,13 +336,8 @@ class EfficientNetB7(nn.Module):
             block2g_expand_conv, use_running_average=not train
         )
         block2g_expand_activation = jax.nn.silu(block2g_expand_bn)
-        block2g_dwconv = nn.Conv(
-            288,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=288,
-            use_bias=False,
-            name="block2g_dwconv",
+        block2g_dwconv = rt.DepthwiseConv(
+            288, (3, 3), padding="SAME", use_bias=False, name="block2g_dwconv"
         )(block2g_expand_activation)
         block2g_bn = rt.BatchNorm(epsilon=0.001, name="block2g_bn")(
             block2g_dwconv, use_running_average=not train
@@ -426,14 +370,8 @@ class EfficientNetB7(nn.Module):
         )
         block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
         block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block3a_dwconv = nn.Conv(
-            288,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=288,
-            use_bias=False,
-            name="block3a_dwconv",
+        block3a_dwconv = rt.DepthwiseConv(
+            288, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
         )(block3a_dwconv_pad)
         block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
             block3a_dwconv, use_running_average=not train
@@ -461,13 +399,8 @@ class EfficientNetB7(nn.Module):
             block3b_expand_conv, use_running_average=not train
         )
         block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block3b_dwconv",
+        block3b_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
         )(block3b_expand_activation)
         block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
             block3b_dwconv, use_running_average=not train
@@ -499,13 +432,8 @@ class EfficientNetB7(nn.Module):
             block3c_expand_conv, use_running_average=not train
         )
         block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block3c_dwconv",
+        block3c_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block3c_dwconv"
         )(block3c_expand_activation)
         block3c_bn = rt.BatchNorm(epsilon=0.001, name="block3c_bn")(
             block3c_dwconv, use_running_average=not train
@@ -537,13 +465,8 @@ class EfficientNetB7(nn.Module):
             block3d_expand_conv, use_running_average=not train
         )
         block3d_expand_activation = jax.nn.silu(block3d_expand_bn)
-        block3d_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block3d_dwconv",
+        block3d_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block3d_dwconv"
         )(block3d_expand_activation)
         block3d_bn = rt.BatchNorm(epsilon=0.001, name="block3d_bn")(
             block3d_dwconv, use_running_average=not train
@@ -575,13 +498,8 @@ class EfficientNetB7(nn.Module):
             block3e_expand_conv, use_running_average=not train
         )
         block3e_expand_activation = jax.nn.silu(block3e_expand_bn)
-        block3e_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block3e_dwconv",
+        block3e_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block3e_dwconv"
         )(block3e_expand_activation)
         block3e_bn = rt.BatchNorm(epsilon=0.001, name="block3e_bn")(
             block3e_dwconv, use_running_average=not train
@@ -613,13 +531,8 @@ class EfficientNetB7(nn.Module):
             block3f_expand_conv, use_running_average=not train
         )
         block3f_expand_activation = jax.nn.silu(block3f_expand_bn)
-        block3f_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block3f_dwconv",
+        block3f_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block3f_dwconv"
         )(block3f_expand_activation)
         block3f_bn = rt.BatchNorm(epsilon=0.001, name="block3f_bn")(
             block3f_dwconv, use_running_average=not train
@@ -651,13 +564,8 @@ class EfficientNetB7(nn.Module):
             block3g_expand_conv, use_running_average=not train
         )
         block3g_expand_activation = jax.nn.silu(block3g_expand_bn)
-        block3g_dwconv = nn.Conv(
-            480,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="block3g_dwconv",
+        block3g_dwconv = rt.DepthwiseConv(
+            480, (5, 5), padding="SAME", use_bias=False, name="block3g_dwconv"
         )(block3g_expand_activation)
         block3g_bn = rt.BatchNorm(epsilon=0.001, name="block3g_bn")(
             block3g_dwconv, use_running_average=not train
@@ -690,14 +598,8 @@ class EfficientNetB7(nn.Module):
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
         block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        block4a_dwconv = nn.Conv(
-            480,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=480,
-            use_bias=False,
-            name="block4a_dwconv",
+        block4a_dwconv = rt.DepthwiseConv(
+            480, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
         )(block4a_dwconv_pad)
         block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
             block4a_dwconv, use_running_average=not train
@@ -725,13 +627,8 @@ class EfficientNetB7(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4b_dwconv",
+        block4b_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
             block4b_dwconv, use_running_average=not train
@@ -763,13 +660,8 @@ class EfficientNetB7(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4c_dwconv",
+        block4c_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
             block4c_dwconv, use_running_average=not train
@@ -801,13 +693,8 @@ class EfficientNetB7(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4d_dwconv",
+        block4d_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, name="block4d_bn")(
             block4d_dwconv, use_running_average=not train
@@ -839,13 +726,8 @@ class EfficientNetB7(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4e_dwconv",
+        block4e_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, name="block4e_bn")(
             block4e_dwconv, use_running_average=not train
@@ -877,13 +759,8 @@ class EfficientNetB7(nn.Module):
             block4f_expand_conv, use_running_average=not train
         )
         block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4f_dwconv",
+        block4f_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv"
         )(block4f_expand_activation)
         block4f_bn = rt.BatchNorm(epsilon=0.001, name="block4f_bn")(
             block4f_dwconv, use_running_average=not train
@@ -915,13 +792,8 @@ class EfficientNetB7(nn.Module):
             block4g_expand_conv, use_running_average=not train
         )
         block4g_expand_activation = jax.nn.silu(block4g_expand_bn)
-        block4g_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4g_dwconv",
+        block4g_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4g_dwconv"
         )(block4g_expand_activation)
         block4g_bn = rt.BatchNorm(epsilon=0.001, name="block4g_bn")(
             block4g_dwconv, use_running_average=not train
@@ -953,13 +825,8 @@ class EfficientNetB7(nn.Module):
             block4h_expand_conv, use_running_average=not train
         )
         block4h_expand_activation = jax.nn.silu(block4h_expand_bn)
-        block4h_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4h_dwconv",
+        block4h_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4h_dwconv"
         )(block4h_expand_activation)
         block4h_bn = rt.BatchNorm(epsilon=0.001, name="block4h_bn")(
             block4h_dwconv, use_running_average=not train
@@ -991,13 +858,8 @@ class EfficientNetB7(nn.Module):
             block4i_expand_conv, use_running_average=not train
         )
         block4i_expand_activation = jax.nn.silu(block4i_expand_bn)
-        block4i_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4i_dwconv",
+        block4i_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4i_dwconv"
         )(block4i_expand_activation)
         block4i_bn = rt.BatchNorm(epsilon=0.001, name="block4i_bn")(
             block4i_dwconv, use_running_average=not train
@@ -1029,13 +891,8 @@ class EfficientNetB7(nn.Module):
             block4j_expand_conv, use_running_average=not train
         )
         block4j_expand_activation = jax.nn.silu(block4j_expand_bn)
-        block4j_dwconv = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block4j_dwconv",
+        block4j_dwconv = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block4j_dwconv"
         )(block4j_expand_activation)
         block4j_bn = rt.BatchNorm(epsilon=0.001, name="block4j_bn")(
             block4j_dwconv, use_running_average=not train
@@ -1067,13 +924,8 @@ class EfficientNetB7(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5a_dwconv",
+        block5a_dwconv = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
             block5a_dwconv, use_running_average=not train
@@ -1101,13 +953,8 @@ class EfficientNetB7(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5b_dwconv",
+        block5b_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
             block5b_dwconv, use_running_average=not train
@@ -1139,13 +986,8 @@ class EfficientNetB7(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5c_dwconv",
+        block5c_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
             block5c_dwconv, use_running_average=not train
@@ -1177,13 +1019,8 @@ class EfficientNetB7(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5d_dwconv",
+        block5d_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5d_dwconv"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, name="block5d_bn")(
             block5d_dwconv, use_running_average=not train
@@ -1215,13 +1052,8 @@ class EfficientNetB7(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5e_dwconv",
+        block5e_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5e_dwconv"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, name="block5e_bn")(
             block5e_dwconv, use_running_average=not train
@@ -1253,13 +1085,8 @@ class EfficientNetB7(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5f_dwconv",
+        block5f_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5f_dwconv"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, name="block5f_bn")(
             block5f_dwconv, use_running_average=not train
@@ -1291,13 +1118,8 @@ class EfficientNetB7(nn.Module):
             block5g_expand_conv, use_running_average=not train
         )
         block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5g_dwconv",
+        block5g_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5g_dwconv"
         )(block5g_expand_activation)
         block5g_bn = rt.BatchNorm(epsilon=0.001, name="block5g_bn")(
             block5g_dwconv, use_running_average=not train
@@ -1329,13 +1151,8 @@ class EfficientNetB7(nn.Module):
             block5h_expand_conv, use_running_average=not train
         )
         block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5h_dwconv",
+        block5h_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5h_dwconv"
         )(block5h_expand_activation)
         block5h_bn = rt.BatchNorm(epsilon=0.001, name="block5h_bn")(
             block5h_dwconv, use_running_average=not train
@@ -1367,13 +1184,8 @@ class EfficientNetB7(nn.Module):
             block5i_expand_conv, use_running_average=not train
         )
         block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5i_dwconv",
+        block5i_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5i_dwconv"
         )(block5i_expand_activation)
         block5i_bn = rt.BatchNorm(epsilon=0.001, name="block5i_bn")(
             block5i_dwconv, use_running_average=not train
@@ -1405,13 +1217,8 @@ class EfficientNetB7(nn.Module):
             block5j_expand_conv, use_running_average=not train
         )
         block5j_expand_activation = jax.nn.silu(block5j_expand_bn)
-        block5j_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5j_dwconv",
+        block5j_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), padding="SAME", use_bias=False, name="block5j_dwconv"
         )(block5j_expand_activation)
         block5j_bn = rt.BatchNorm(epsilon=0.001, name="block5j_bn")(
             block5j_dwconv, use_running_average=not train
@@ -1444,14 +1251,8 @@ class EfficientNetB7(nn.Module):
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
         block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block6a_dwconv = nn.Conv(
-            1344,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block6a_dwconv",
+        block6a_dwconv = rt.DepthwiseConv(
+            1344, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
         )(block6a_dwconv_pad)
         block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
             block6a_dwconv, use_running_average=not train
@@ -1479,13 +1280,8 @@ class EfficientNetB7(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6b_dwconv",
+        block6b_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
             block6b_dwconv, use_running_average=not train
@@ -1517,13 +1313,8 @@ class EfficientNetB7(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6c_dwconv",
+        block6c_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
             block6c_dwconv, use_running_average=not train
@@ -1555,13 +1346,8 @@ class EfficientNetB7(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6d_dwconv",
+        block6d_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
             block6d_dwconv, use_running_average=not train
@@ -1593,13 +1379,8 @@ class EfficientNetB7(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6e_dwconv",
+        block6e_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6e_dwconv"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, name="block6e_bn")(
             block6e_dwconv, use_running_average=not train
@@ -1631,13 +1412,8 @@ class EfficientNetB7(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6f_dwconv",
+        block6f_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6f_dwconv"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, name="block6f_bn")(
             block6f_dwconv, use_running_average=not train
@@ -1669,13 +1445,8 @@ class EfficientNetB7(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6g_dwconv",
+        block6g_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6g_dwconv"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, name="block6g_bn")(
             block6g_dwconv, use_running_average=not train
@@ -1707,13 +1478,8 @@ class EfficientNetB7(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6h_dwconv",
+        block6h_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6h_dwconv"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, name="block6h_bn")(
             block6h_dwconv, use_running_average=not train
@@ -1745,13 +1511,8 @@ class EfficientNetB7(nn.Module):
             block6i_expand_conv, use_running_average=not train
         )
         block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6i_dwconv",
+        block6i_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6i_dwconv"
         )(block6i_expand_activation)
         block6i_bn = rt.BatchNorm(epsilon=0.001, name="block6i_bn")(
             block6i_dwconv, use_running_average=not train
@@ -1783,13 +1544,8 @@ class EfficientNetB7(nn.Module):
             block6j_expand_conv, use_running_average=not train
         )
         block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6j_dwconv",
+        block6j_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6j_dwconv"
         )(block6j_expand_activation)
         block6j_bn = rt.BatchNorm(epsilon=0.001, name="block6j_bn")(
             block6j_dwconv, use_running_average=not train
@@ -1821,13 +1577,8 @@ class EfficientNetB7(nn.Module):
             block6k_expand_conv, use_running_average=not train
         )
         block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6k_dwconv",
+        block6k_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6k_dwconv"
         )(block6k_expand_activation)
         block6k_bn = rt.BatchNorm(epsilon=0.001, name="block6k_bn")(
             block6k_dwconv, use_running_average=not train
@@ -1859,13 +1610,8 @@ class EfficientNetB7(nn.Module):
             block6l_expand_conv, use_running_average=not train
         )
         block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6l_dwconv",
+        block6l_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6l_dwconv"
         )(block6l_expand_activation)
         block6l_bn = rt.BatchNorm(epsilon=0.001, name="block6l_bn")(
             block6l_dwconv, use_running_average=not train
@@ -1897,13 +1643,8 @@ class EfficientNetB7(nn.Module):
             block6m_expand_conv, use_running_average=not train
         )
         block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv = nn.Conv(
-            2304,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6m_dwconv",
+        block6m_dwconv = rt.DepthwiseConv(
+            2304, (5, 5), padding="SAME", use_bias=False, name="block6m_dwconv"
         )(block6m_expand_activation)
         block6m_bn = rt.BatchNorm(epsilon=0.001, name="block6m_bn")(
             block6m_dwconv, use_running_average=not train
@@ -1935,13 +1676,8 @@ class EfficientNetB7(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block7a_dwconv",
+        block7a_dwconv = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
             block7a_dwconv, use_running_average=not train
@@ -1969,13 +1705,8 @@ class EfficientNetB7(nn.Module):
             block7b_expand_conv, use_running_average=not train
         )
         block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7b_dwconv",
+        block7b_dwconv = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv"
         )(block7b_expand_activation)
         block7b_bn = rt.BatchNorm(epsilon=0.001, name="block7b_bn")(
             block7b_dwconv, use_running_average=not train
@@ -2007,13 +1738,8 @@ class EfficientNetB7(nn.Module):
             block7c_expand_conv, use_running_average=not train
         )
         block7c_expand_activation = jax.nn.silu(block7c_expand_bn)
-        block7c_dwconv = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7c_dwconv",
+        block7c_dwconv = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7c_dwconv"
         )(block7c_expand_activation)
         block7c_bn = rt.BatchNorm(epsilon=0.001, name="block7c_bn")(
             block7c_dwconv, use_running_average=not train
@@ -2045,13 +1771,8 @@ class EfficientNetB7(nn.Module):
             block7d_expand_conv, use_running_average=not train
         )
         block7d_expand_activation = jax.nn.silu(block7d_expand_bn)
-        block7d_dwconv = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7d_dwconv",
+        block7d_dwconv = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7d_dwconv"
         )(block7d_expand_activation)
         block7d_bn = rt.BatchNorm(epsilon=0.001, name="block7d_bn")(
             block7d_dwconv, use_running_average=not train

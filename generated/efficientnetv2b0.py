@@ -116,14 +116,8 @@ class EfficientNetV2B0(nn.Module):
             block4a_expand_conv, use_running_average=not train
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = nn.Conv(
-            192,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=192,
-            use_bias=False,
-            name="block4a_dwconv2",
+        block4a_dwconv2 = rt.DepthwiseConv(
+            192, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
         )(block4a_expand_activation)
         block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
             block4a_dwconv2, use_running_average=not train
@@ -151,13 +145,8 @@ class EfficientNetV2B0(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = nn.Conv(
-            384,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block4b_dwconv2",
+        block4b_dwconv2 = rt.DepthwiseConv(
+            384, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
             block4b_dwconv2, use_running_average=not train
@@ -189,13 +178,8 @@ class EfficientNetV2B0(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = nn.Conv(
-            384,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block4c_dwconv2",
+        block4c_dwconv2 = rt.DepthwiseConv(
+            384, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
             block4c_dwconv2, use_running_average=not train
@@ -227,13 +211,8 @@ class EfficientNetV2B0(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = nn.Conv(
-            576,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=576,
-            use_bias=False,
-            name="block5a_dwconv2",
+        block5a_dwconv2 = rt.DepthwiseConv(
+            576, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
             block5a_dwconv2, use_running_average=not train
@@ -261,13 +240,8 @@ class EfficientNetV2B0(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5b_dwconv2",
+        block5b_dwconv2 = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
             block5b_dwconv2, use_running_average=not train
@@ -299,13 +273,8 @@ class EfficientNetV2B0(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5c_dwconv2",
+        block5c_dwconv2 = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
             block5c_dwconv2, use_running_average=not train
@@ -337,13 +306,8 @@ class EfficientNetV2B0(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5d_dwconv2",
+        block5d_dwconv2 = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
             block5d_dwconv2, use_running_average=not train
@@ -375,13 +339,8 @@ class EfficientNetV2B0(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5e_dwconv2",
+        block5e_dwconv2 = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
             block5e_dwconv2, use_running_average=not train
@@ -413,14 +372,8 @@ class EfficientNetV2B0(nn.Module):
             block6a_expand_conv, use_running_average=not train
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = nn.Conv(
-            672,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block6a_dwconv2",
+        block6a_dwconv2 = rt.DepthwiseConv(
+            672, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
         )(block6a_expand_activation)
         block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
             block6a_dwconv2, use_running_average=not train
@@ -448,13 +401,8 @@ class EfficientNetV2B0(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6b_dwconv2",
+        block6b_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
             block6b_dwconv2, use_running_average=not train
@@ -486,13 +434,8 @@ class EfficientNetV2B0(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6c_dwconv2",
+        block6c_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
             block6c_dwconv2, use_running_average=not train
@@ -524,13 +467,8 @@ class EfficientNetV2B0(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6d_dwconv2",
+        block6d_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
             block6d_dwconv2, use_running_average=not train
@@ -562,13 +500,8 @@ class EfficientNetV2B0(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6e_dwconv2",
+        block6e_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
             block6e_dwconv2, use_running_average=not train
@@ -600,13 +533,8 @@ class EfficientNetV2B0(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6f_dwconv2",
+        block6f_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
             block6f_dwconv2, use_running_average=not train
@@ -638,13 +566,8 @@ class EfficientNetV2B0(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6g_dwconv2",
+        block6g_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
             block6g_dwconv2, use_running_average=not train
@@ -676,13 +599,8 @@ class EfficientNetV2B0(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block6h_dwconv2",
+        block6h_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
             block6h_dwconv2, use_running_average=not train

@@ -161,14 +161,8 @@ class EfficientNetV2B3(nn.Module):
             block4a_expand_conv, use_running_average=not train
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = nn.Conv(
-            224,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=224,
-            use_bias=False,
-            name="block4a_dwconv2",
+        block4a_dwconv2 = rt.DepthwiseConv(
+            224, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
         )(block4a_expand_activation)
         block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
             block4a_dwconv2, use_running_average=not train
@@ -196,13 +190,8 @@ class EfficientNetV2B3(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = nn.Conv(
-            448,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=448,
-            use_bias=False,
-            name="block4b_dwconv2",
+        block4b_dwconv2 = rt.DepthwiseConv(
+            448, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
             block4b_dwconv2, use_running_average=not train
@@ -234,13 +223,8 @@ class EfficientNetV2B3(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = nn.Conv(
-            448,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=448,
-            use_bias=False,
-            name="block4c_dwconv2",
+        block4c_dwconv2 = rt.DepthwiseConv(
+            448, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
             block4c_dwconv2, use_running_average=not train
@@ -272,13 +256,8 @@ class EfficientNetV2B3(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = nn.Conv(
-            448,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=448,
-            use_bias=False,
-            name="block4d_dwconv2",
+        block4d_dwconv2 = rt.DepthwiseConv(
+            448, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
             block4d_dwconv2, use_running_average=not train
@@ -310,13 +289,8 @@ class EfficientNetV2B3(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv2 = nn.Conv(
-            448,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=448,
-            use_bias=False,
-            name="block4e_dwconv2",
+        block4e_dwconv2 = rt.DepthwiseConv(
+            448, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv2"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_bn")(
             block4e_dwconv2, use_running_average=not train
@@ -348,13 +322,8 @@ class EfficientNetV2B3(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="block5a_dwconv2",
+        block5a_dwconv2 = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
             block5a_dwconv2, use_running_average=not train
@@ -382,13 +351,8 @@ class EfficientNetV2B3(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block5b_dwconv2",
+        block5b_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
             block5b_dwconv2, use_running_average=not train
@@ -420,13 +384,8 @@ class EfficientNetV2B3(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block5c_dwconv2",
+        block5c_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
             block5c_dwconv2, use_running_average=not train
@@ -458,13 +417,8 @@ class EfficientNetV2B3(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block5d_dwconv2",
+        block5d_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
             block5d_dwconv2, use_running_average=not train
@@ -496,13 +450,8 @@ class EfficientNetV2B3(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block5e_dwconv2",
+        block5e_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
             block5e_dwconv2, use_running_average=not train
@@ -534,13 +483,8 @@ class EfficientNetV2B3(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block5f_dwconv2",
+        block5f_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
             block5f_dwconv2, use_running_average=not train
@@ -572,13 +516,8 @@ class EfficientNetV2B3(nn.Module):
             block5g_expand_conv, use_running_average=not train
         )
         block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block5g_dwconv2",
+        block5g_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), padding="SAME", use_bias=False, name="block5g_dwconv2"
         )(block5g_expand_activation)
         block5g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_bn")(
             block5g_dwconv2, use_running_average=not train
@@ -610,14 +549,8 @@ class EfficientNetV2B3(nn.Module):
             block6a_expand_conv, use_running_average=not train
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = nn.Conv(
-            816,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=816,
-            use_bias=False,
-            name="block6a_dwconv2",
+        block6a_dwconv2 = rt.DepthwiseConv(
+            816, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
         )(block6a_expand_activation)
         block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
             block6a_dwconv2, use_running_average=not train
@@ -645,13 +578,8 @@ class EfficientNetV2B3(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6b_dwconv2",
+        block6b_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
             block6b_dwconv2, use_running_average=not train
@@ -683,13 +611,8 @@ class EfficientNetV2B3(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6c_dwconv2",
+        block6c_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
             block6c_dwconv2, use_running_average=not train
@@ -721,13 +644,8 @@ class EfficientNetV2B3(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6d_dwconv2",
+        block6d_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
             block6d_dwconv2, use_running_average=not train
@@ -759,13 +677,8 @@ class EfficientNetV2B3(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6e_dwconv2",
+        block6e_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
             block6e_dwconv2, use_running_average=not train
@@ -797,13 +710,8 @@ class EfficientNetV2B3(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6f_dwconv2",
+        block6f_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
             block6f_dwconv2, use_running_average=not train
@@ -835,13 +743,8 @@ class EfficientNetV2B3(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6g_dwconv2",
+        block6g_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
             block6g_dwconv2, use_running_average=not train
@@ -873,13 +776,8 @@ class EfficientNetV2B3(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6h_dwconv2",
+        block6h_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
             block6h_dwconv2, use_running_average=not train
@@ -911,13 +809,8 @@ class EfficientNetV2B3(nn.Module):
             block6i_expand_conv, use_running_average=not train
         )
         block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6i_dwconv2",
+        block6i_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
         )(block6i_expand_activation)
         block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
             block6i_dwconv2, use_running_average=not train
@@ -949,13 +842,8 @@ class EfficientNetV2B3(nn.Module):
             block6j_expand_conv, use_running_average=not train
         )
         block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6j_dwconv2",
+        block6j_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
         )(block6j_expand_activation)
         block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
             block6j_dwconv2, use_running_average=not train
@@ -987,13 +875,8 @@ class EfficientNetV2B3(nn.Module):
             block6k_expand_conv, use_running_average=not train
         )
         block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6k_dwconv2",
+        block6k_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6k_dwconv2"
         )(block6k_expand_activation)
         block6k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_bn")(
             block6k_dwconv2, use_running_average=not train
@@ -1025,13 +908,8 @@ class EfficientNetV2B3(nn.Module):
             block6l_expand_conv, use_running_average=not train
         )
         block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv2 = nn.Conv(
-            1392,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1392,
-            use_bias=False,
-            name="block6l_dwconv2",
+        block6l_dwconv2 = rt.DepthwiseConv(
+            1392, (3, 3), padding="SAME", use_bias=False, name="block6l_dwconv2"
         )(block6l_expand_activation)
         block6l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_bn")(
             block6l_dwconv2, use_running_average=not train

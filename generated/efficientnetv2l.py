@@ -310,14 +310,8 @@ class EfficientNetV2L(nn.Module):
             block4a_expand_conv, use_running_average=not train
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = nn.Conv(
-            384,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block4a_dwconv2",
+        block4a_dwconv2 = rt.DepthwiseConv(
+            384, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
         )(block4a_expand_activation)
         block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
             block4a_dwconv2, use_running_average=not train
@@ -345,13 +339,8 @@ class EfficientNetV2L(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4b_dwconv2",
+        block4b_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
             block4b_dwconv2, use_running_average=not train
@@ -383,13 +372,8 @@ class EfficientNetV2L(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4c_dwconv2",
+        block4c_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
             block4c_dwconv2, use_running_average=not train
@@ -421,13 +405,8 @@ class EfficientNetV2L(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4d_dwconv2",
+        block4d_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
             block4d_dwconv2, use_running_average=not train
@@ -459,13 +438,8 @@ class EfficientNetV2L(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4e_dwconv2",
+        block4e_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv2"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_bn")(
             block4e_dwconv2, use_running_average=not train
@@ -497,13 +471,8 @@ class EfficientNetV2L(nn.Module):
             block4f_expand_conv, use_running_average=not train
         )
         block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4f_dwconv2",
+        block4f_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv2"
         )(block4f_expand_activation)
         block4f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_bn")(
             block4f_dwconv2, use_running_average=not train
@@ -535,13 +504,8 @@ class EfficientNetV2L(nn.Module):
             block4g_expand_conv, use_running_average=not train
         )
         block4g_expand_activation = jax.nn.silu(block4g_expand_bn)
-        block4g_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4g_dwconv2",
+        block4g_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4g_dwconv2"
         )(block4g_expand_activation)
         block4g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4g_bn")(
             block4g_dwconv2, use_running_average=not train
@@ -573,13 +537,8 @@ class EfficientNetV2L(nn.Module):
             block4h_expand_conv, use_running_average=not train
         )
         block4h_expand_activation = jax.nn.silu(block4h_expand_bn)
-        block4h_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4h_dwconv2",
+        block4h_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4h_dwconv2"
         )(block4h_expand_activation)
         block4h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4h_bn")(
             block4h_dwconv2, use_running_average=not train
@@ -611,13 +570,8 @@ class EfficientNetV2L(nn.Module):
             block4i_expand_conv, use_running_average=not train
         )
         block4i_expand_activation = jax.nn.silu(block4i_expand_bn)
-        block4i_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4i_dwconv2",
+        block4i_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4i_dwconv2"
         )(block4i_expand_activation)
         block4i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4i_bn")(
             block4i_dwconv2, use_running_average=not train
@@ -649,13 +603,8 @@ class EfficientNetV2L(nn.Module):
             block4j_expand_conv, use_running_average=not train
         )
         block4j_expand_activation = jax.nn.silu(block4j_expand_bn)
-        block4j_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block4j_dwconv2",
+        block4j_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block4j_dwconv2"
         )(block4j_expand_activation)
         block4j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4j_bn")(
             block4j_dwconv2, use_running_average=not train
@@ -687,13 +636,8 @@ class EfficientNetV2L(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = nn.Conv(
-            1152,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1152,
-            use_bias=False,
-            name="block5a_dwconv2",
+        block5a_dwconv2 = rt.DepthwiseConv(
+            1152, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
             block5a_dwconv2, use_running_average=not train
@@ -721,13 +665,8 @@ class EfficientNetV2L(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5b_dwconv2",
+        block5b_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
             block5b_dwconv2, use_running_average=not train
@@ -759,13 +698,8 @@ class EfficientNetV2L(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5c_dwconv2",
+        block5c_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
             block5c_dwconv2, use_running_average=not train
@@ -797,13 +731,8 @@ class EfficientNetV2L(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5d_dwconv2",
+        block5d_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
             block5d_dwconv2, use_running_average=not train
@@ -835,13 +764,8 @@ class EfficientNetV2L(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5e_dwconv2",
+        block5e_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
             block5e_dwconv2, use_running_average=not train
@@ -873,13 +797,8 @@ class EfficientNetV2L(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5f_dwconv2",
+        block5f_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
             block5f_dwconv2, use_running_average=not train
@@ -911,13 +830,8 @@ class EfficientNetV2L(nn.Module):
             block5g_expand_conv, use_running_average=not train
         )
         block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5g_dwconv2",
+        block5g_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5g_dwconv2"
         )(block5g_expand_activation)
         block5g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_bn")(
             block5g_dwconv2, use_running_average=not train
@@ -949,13 +863,8 @@ class EfficientNetV2L(nn.Module):
             block5h_expand_conv, use_running_average=not train
         )
         block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5h_dwconv2",
+        block5h_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5h_dwconv2"
         )(block5h_expand_activation)
         block5h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_bn")(
             block5h_dwconv2, use_running_average=not train
@@ -987,13 +896,8 @@ class EfficientNetV2L(nn.Module):
             block5i_expand_conv, use_running_average=not train
         )
         block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5i_dwconv2",
+        block5i_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5i_dwconv2"
         )(block5i_expand_activation)
         block5i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_bn")(
             block5i_dwconv2, use_running_average=not train
@@ -1025,13 +929,8 @@ class EfficientNetV2L(nn.Module):
             block5j_expand_conv, use_running_average=not train
         )
         block5j_expand_activation = jax.nn.silu(block5j_expand_bn)
-        block5j_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5j_dwconv2",
+        block5j_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5j_dwconv2"
         )(block5j_expand_activation)
         block5j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5j_bn")(
             block5j_dwconv2, use_running_average=not train
@@ -1063,13 +962,8 @@ class EfficientNetV2L(nn.Module):
             block5k_expand_conv, use_running_average=not train
         )
         block5k_expand_activation = jax.nn.silu(block5k_expand_bn)
-        block5k_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5k_dwconv2",
+        block5k_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5k_dwconv2"
         )(block5k_expand_activation)
         block5k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5k_bn")(
             block5k_dwconv2, use_running_average=not train
@@ -1101,13 +995,8 @@ class EfficientNetV2L(nn.Module):
             block5l_expand_conv, use_running_average=not train
         )
         block5l_expand_activation = jax.nn.silu(block5l_expand_bn)
-        block5l_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5l_dwconv2",
+        block5l_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5l_dwconv2"
         )(block5l_expand_activation)
         block5l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5l_bn")(
             block5l_dwconv2, use_running_average=not train
@@ -1139,13 +1028,8 @@ class EfficientNetV2L(nn.Module):
             block5m_expand_conv, use_running_average=not train
         )
         block5m_expand_activation = jax.nn.silu(block5m_expand_bn)
-        block5m_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5m_dwconv2",
+        block5m_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5m_dwconv2"
         )(block5m_expand_activation)
         block5m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5m_bn")(
             block5m_dwconv2, use_running_average=not train
@@ -1177,13 +1061,8 @@ class EfficientNetV2L(nn.Module):
             block5n_expand_conv, use_running_average=not train
         )
         block5n_expand_activation = jax.nn.silu(block5n_expand_bn)
-        block5n_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5n_dwconv2",
+        block5n_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5n_dwconv2"
         )(block5n_expand_activation)
         block5n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5n_bn")(
             block5n_dwconv2, use_running_average=not train
@@ -1215,13 +1094,8 @@ class EfficientNetV2L(nn.Module):
             block5o_expand_conv, use_running_average=not train
         )
         block5o_expand_activation = jax.nn.silu(block5o_expand_bn)
-        block5o_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5o_dwconv2",
+        block5o_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5o_dwconv2"
         )(block5o_expand_activation)
         block5o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5o_bn")(
             block5o_dwconv2, use_running_average=not train
@@ -1253,13 +1127,8 @@ class EfficientNetV2L(nn.Module):
             block5p_expand_conv, use_running_average=not train
         )
         block5p_expand_activation = jax.nn.silu(block5p_expand_bn)
-        block5p_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5p_dwconv2",
+        block5p_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5p_dwconv2"
         )(block5p_expand_activation)
         block5p_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5p_bn")(
             block5p_dwconv2, use_running_average=not train
@@ -1291,13 +1160,8 @@ class EfficientNetV2L(nn.Module):
             block5q_expand_conv, use_running_average=not train
         )
         block5q_expand_activation = jax.nn.silu(block5q_expand_bn)
-        block5q_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5q_dwconv2",
+        block5q_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5q_dwconv2"
         )(block5q_expand_activation)
         block5q_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5q_bn")(
             block5q_dwconv2, use_running_average=not train
@@ -1329,13 +1193,8 @@ class EfficientNetV2L(nn.Module):
             block5r_expand_conv, use_running_average=not train
         )
         block5r_expand_activation = jax.nn.silu(block5r_expand_bn)
-        block5r_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5r_dwconv2",
+        block5r_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5r_dwconv2"
         )(block5r_expand_activation)
         block5r_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5r_bn")(
             block5r_dwconv2, use_running_average=not train
@@ -1367,13 +1226,8 @@ class EfficientNetV2L(nn.Module):
             block5s_expand_conv, use_running_average=not train
         )
         block5s_expand_activation = jax.nn.silu(block5s_expand_bn)
-        block5s_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block5s_dwconv2",
+        block5s_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), padding="SAME", use_bias=False, name="block5s_dwconv2"
         )(block5s_expand_activation)
         block5s_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5s_bn")(
             block5s_dwconv2, use_running_average=not train
@@ -1405,14 +1259,8 @@ class EfficientNetV2L(nn.Module):
             block6a_expand_conv, use_running_average=not train
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = nn.Conv(
-            1344,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=1344,
-            use_bias=False,
-            name="block6a_dwconv2",
+        block6a_dwconv2 = rt.DepthwiseConv(
+            1344, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
         )(block6a_expand_activation)
         block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
             block6a_dwconv2, use_running_average=not train
@@ -1440,13 +1288,8 @@ class EfficientNetV2L(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6b_dwconv2",
+        block6b_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
             block6b_dwconv2, use_running_average=not train
@@ -1478,13 +1321,8 @@ class EfficientNetV2L(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6c_dwconv2",
+        block6c_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
             block6c_dwconv2, use_running_average=not train
@@ -1516,13 +1354,8 @@ class EfficientNetV2L(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6d_dwconv2",
+        block6d_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
             block6d_dwconv2, use_running_average=not train
@@ -1554,13 +1387,8 @@ class EfficientNetV2L(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6e_dwconv2",
+        block6e_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
             block6e_dwconv2, use_running_average=not train
@@ -1592,13 +1420,8 @@ class EfficientNetV2L(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6f_dwconv2",
+        block6f_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
             block6f_dwconv2, use_running_average=not train
@@ -1630,13 +1453,8 @@ class EfficientNetV2L(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6g_dwconv2",
+        block6g_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
             block6g_dwconv2, use_running_average=not train
@@ -1668,13 +1486,8 @@ class EfficientNetV2L(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6h_dwconv2",
+        block6h_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
             block6h_dwconv2, use_running_average=not train
@@ -1706,13 +1519,8 @@ class EfficientNetV2L(nn.Module):
             block6i_expand_conv, use_running_average=not train
         )
         block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6i_dwconv2",
+        block6i_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
         )(block6i_expand_activation)
         block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
             block6i_dwconv2, use_running_average=not train
@@ -1744,13 +1552,8 @@ class EfficientNetV2L(nn.Module):
             block6j_expand_conv, use_running_average=not train
         )
         block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6j_dwconv2",
+        block6j_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
         )(block6j_expand_activation)
         block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
             block6j_dwconv2, use_running_average=not train
@@ -1782,13 +1585,8 @@ class EfficientNetV2L(nn.Module):
             block6k_expand_conv, use_running_average=not train
         )
         block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6k_dwconv2",
+        block6k_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6k_dwconv2"
         )(block6k_expand_activation)
         block6k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_bn")(
             block6k_dwconv2, use_running_average=not train
@@ -1820,13 +1618,8 @@ class EfficientNetV2L(nn.Module):
             block6l_expand_conv, use_running_average=not train
         )
         block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6l_dwconv2",
+        block6l_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6l_dwconv2"
         )(block6l_expand_activation)
         block6l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_bn")(
             block6l_dwconv2, use_running_average=not train
@@ -1858,13 +1651,8 @@ class EfficientNetV2L(nn.Module):
             block6m_expand_conv, use_running_average=not train
         )
         block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6m_dwconv2",
+        block6m_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6m_dwconv2"
         )(block6m_expand_activation)
         block6m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_bn")(
             block6m_dwconv2, use_running_average=not train
@@ -1896,13 +1684,8 @@ class EfficientNetV2L(nn.Module):
             block6n_expand_conv, use_running_average=not train
         )
         block6n_expand_activation = jax.nn.silu(block6n_expand_bn)
-        block6n_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6n_dwconv2",
+        block6n_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6n_dwconv2"
         )(block6n_expand_activation)
         block6n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_bn")(
             block6n_dwconv2, use_running_average=not train
@@ -1934,13 +1717,8 @@ class EfficientNetV2L(nn.Module):
             block6o_expand_conv, use_running_average=not train
         )
         block6o_expand_activation = jax.nn.silu(block6o_expand_bn)
-        block6o_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6o_dwconv2",
+        block6o_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6o_dwconv2"
         )(block6o_expand_activation)
         block6o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_bn")(
             block6o_dwconv2, use_running_average=not train
@@ -1972,13 +1750,8 @@ class EfficientNetV2L(nn.Module):
             block6p_expand_conv, use_running_average=not train
         )
         block6p_expand_activation = jax.nn.silu(block6p_expand_bn)
-        block6p_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6p_dwconv2",
+        block6p_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6p_dwconv2"
         )(block6p_expand_activation)
         block6p_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6p_bn")(
             block6p_dwconv2, use_running_average=not train
@@ -2010,13 +1783,8 @@ class EfficientNetV2L(nn.Module):
             block6q_expand_conv, use_running_average=not train
         )
         block6q_expand_activation = jax.nn.silu(block6q_expand_bn)
-        block6q_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6q_dwconv2",
+        block6q_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6q_dwconv2"
         )(block6q_expand_activation)
         block6q_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6q_bn")(
             block6q_dwconv2, use_running_average=not train
@@ -2048,13 +1816,8 @@ class EfficientNetV2L(nn.Module):
             block6r_expand_conv, use_running_average=not train
         )
         block6r_expand_activation = jax.nn.silu(block6r_expand_bn)
-        block6r_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6r_dwconv2",
+        block6r_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6r_dwconv2"
         )(block6r_expand_activation)
         block6r_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6r_bn")(
             block6r_dwconv2, use_running_average=not train
@@ -2086,13 +1849,8 @@ class EfficientNetV2L(nn.Module):
             block6s_expand_conv, use_running_average=not train
         )
         block6s_expand_activation = jax.nn.silu(block6s_expand_bn)
-        block6s_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6s_dwconv2",
+        block6s_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6s_dwconv2"
         )(block6s_expand_activation)
         block6s_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6s_bn")(
             block6s_dwconv2, use_running_average=not train
@@ -2124,13 +1882,8 @@ class EfficientNetV2L(nn.Module):
             block6t_expand_conv, use_running_average=not train
         )
         block6t_expand_activation = jax.nn.silu(block6t_expand_bn)
-        block6t_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6t_dwconv2",
+        block6t_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6t_dwconv2"
         )(block6t_expand_activation)
         block6t_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6t_bn")(
             block6t_dwconv2, use_running_average=not train
@@ -2162,13 +1915,8 @@ class EfficientNetV2L(nn.Module):
             block6u_expand_conv, use_running_average=not train
         )
         block6u_expand_activation = jax.nn.silu(block6u_expand_bn)
-        block6u_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6u_dwconv2",
+        block6u_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6u_dwconv2"
         )(block6u_expand_activation)
         block6u_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6u_bn")(
             block6u_dwconv2, use_running_average=not train
@@ -2200,13 +1948,8 @@ class EfficientNetV2L(nn.Module):
             block6v_expand_conv, use_running_average=not train
         )
         block6v_expand_activation = jax.nn.silu(block6v_expand_bn)
-        block6v_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6v_dwconv2",
+        block6v_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6v_dwconv2"
         )(block6v_expand_activation)
         block6v_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6v_bn")(
             block6v_dwconv2, use_running_average=not train
@@ -2238,13 +1981,8 @@ class EfficientNetV2L(nn.Module):
             block6w_expand_conv, use_running_average=not train
         )
         block6w_expand_activation = jax.nn.silu(block6w_expand_bn)
-        block6w_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6w_dwconv2",
+        block6w_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6w_dwconv2"
         )(block6w_expand_activation)
         block6w_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6w_bn")(
             block6w_dwconv2, use_running_average=not train
@@ -2276,13 +2014,8 @@ class EfficientNetV2L(nn.Module):
             block6x_expand_conv, use_running_average=not train
         )
         block6x_expand_activation = jax.nn.silu(block6x_expand_bn)
-        block6x_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6x_dwconv2",
+        block6x_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6x_dwconv2"
         )(block6x_expand_activation)
         block6x_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6x_bn")(
             block6x_dwconv2, use_running_average=not train
@@ -2314,13 +2047,8 @@ class EfficientNetV2L(nn.Module):
             block6y_expand_conv, use_running_average=not train
         )
         block6y_expand_activation = jax.nn.silu(block6y_expand_bn)
-        block6y_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block6y_dwconv2",
+        block6y_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block6y_dwconv2"
         )(block6y_expand_activation)
         block6y_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6y_bn")(
             block6y_dwconv2, use_running_average=not train
@@ -2352,13 +2080,8 @@ class EfficientNetV2L(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv2 = nn.Conv(
-            2304,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=2304,
-            use_bias=False,
-            name="block7a_dwconv2",
+        block7a_dwconv2 = rt.DepthwiseConv(
+            2304, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv2"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7a_bn")(
             block7a_dwconv2, use_running_average=not train
@@ -2386,13 +2109,8 @@ class EfficientNetV2L(nn.Module):
             block7b_expand_conv, use_running_average=not train
         )
         block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv2 = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7b_dwconv2",
+        block7b_dwconv2 = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv2"
         )(block7b_expand_activation)
         block7b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7b_bn")(
             block7b_dwconv2, use_running_average=not train
@@ -2424,13 +2142,8 @@ class EfficientNetV2L(nn.Module):
             block7c_expand_conv, use_running_average=not train
         )
         block7c_expand_activation = jax.nn.silu(block7c_expand_bn)
-        block7c_dwconv2 = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7c_dwconv2",
+        block7c_dwconv2 = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7c_dwconv2"
         )(block7c_expand_activation)
         block7c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7c_bn")(
             block7c_dwconv2, use_running_average=not train
@@ -2462,13 +2175,8 @@ class EfficientNetV2L(nn.Module):
             block7d_expand_conv, use_running_average=not train
         )
         block7d_expand_activation = jax.nn.silu(block7d_expand_bn)
-        block7d_dwconv2 = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7d_dwconv2",
+        block7d_dwconv2 = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7d_dwconv2"
         )(block7d_expand_activation)
         block7d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7d_bn")(
             block7d_dwconv2, use_running_average=not train
@@ -2500,13 +2208,8 @@ class EfficientNetV2L(nn.Module):
             block7e_expand_conv, use_running_average=not train
         )
         block7e_expand_activation = jax.nn.silu(block7e_expand_bn)
-        block7e_dwconv2 = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7e_dwconv2",
+        block7e_dwconv2 = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7e_dwconv2"
         )(block7e_expand_activation)
         block7e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7e_bn")(
             block7e_dwconv2, use_running_average=not train
@@ -2538,13 +2241,8 @@ class EfficientNetV2L(nn.Module):
             block7f_expand_conv, use_running_average=not train
         )
         block7f_expand_activation = jax.nn.silu(block7f_expand_bn)
-        block7f_dwconv2 = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7f_dwconv2",
+        block7f_dwconv2 = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7f_dwconv2"
         )(block7f_expand_activation)
         block7f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7f_bn")(
             block7f_dwconv2, use_running_average=not train
@@ -2576,13 +2274,8 @@ class EfficientNetV2L(nn.Module):
             block7g_expand_conv, use_running_average=not train
         )
         block7g_expand_activation = jax.nn.silu(block7g_expand_bn)
-        block7g_dwconv2 = nn.Conv(
-            3840,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3840,
-            use_bias=False,
-            name="block7g_dwconv2",
+        block7g_dwconv2 = rt.DepthwiseConv(
+            3840, (3, 3), padding="SAME", use_bias=False, name="block7g_dwconv2"
         )(block7g_expand_activation)
         block7g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7g_bn")(
             block7g_dwconv2, use_running_average=not train

@@ -231,14 +231,8 @@ class EfficientNetV2M(nn.Module):
             block4a_expand_conv, use_running_average=not train
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = nn.Conv(
-            320,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=320,
-            use_bias=False,
-            name="block4a_dwconv2",
+        block4a_dwconv2 = rt.DepthwiseConv(
+            320, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
         )(block4a_expand_activation)
         block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
             block4a_dwconv2, use_running_average=not train
@@ -266,13 +260,8 @@ class EfficientNetV2M(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = nn.Conv(
-            640,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=640,
-            use_bias=False,
-            name="block4b_dwconv2",
+        block4b_dwconv2 = rt.DepthwiseConv(
+            640, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
             block4b_dwconv2, use_running_average=not train
@@ -304,13 +293,8 @@ class EfficientNetV2M(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = nn.Conv(
-            640,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=640,
-            use_bias=False,
-            name="block4c_dwconv2",
+        block4c_dwconv2 = rt.DepthwiseConv(
+            640, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
             block4c_dwconv2, use_running_average=not train
@@ -342,13 +326,8 @@ class EfficientNetV2M(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = nn.Conv(
-            640,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=640,
-            use_bias=False,
-            name="block4d_dwconv2",
+        block4d_dwconv2 = rt.DepthwiseConv(
+            640, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
             block4d_dwconv2, use_running_average=not train
@@ -380,13 +359,8 @@ class EfficientNetV2M(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv2 = nn.Conv(
-            640,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=640,
-            use_bias=False,
-            name="block4e_dwconv2",
+        block4e_dwconv2 = rt.DepthwiseConv(
+            640, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv2"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_bn")(
             block4e_dwconv2, use_running_average=not train
@@ -418,13 +392,8 @@ class EfficientNetV2M(nn.Module):
             block4f_expand_conv, use_running_average=not train
         )
         block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv2 = nn.Conv(
-            640,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=640,
-            use_bias=False,
-            name="block4f_dwconv2",
+        block4f_dwconv2 = rt.DepthwiseConv(
+            640, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv2"
         )(block4f_expand_activation)
         block4f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_bn")(
             block4f_dwconv2, use_running_average=not train
@@ -456,13 +425,8 @@ class EfficientNetV2M(nn.Module):
             block4g_expand_conv, use_running_average=not train
         )
         block4g_expand_activation = jax.nn.silu(block4g_expand_bn)
-        block4g_dwconv2 = nn.Conv(
-            640,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=640,
-            use_bias=False,
-            name="block4g_dwconv2",
+        block4g_dwconv2 = rt.DepthwiseConv(
+            640, (3, 3), padding="SAME", use_bias=False, name="block4g_dwconv2"
         )(block4g_expand_activation)
         block4g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4g_bn")(
             block4g_dwconv2, use_running_average=not train
@@ -494,13 +458,8 @@ class EfficientNetV2M(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5a_dwconv2",
+        block5a_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
             block5a_dwconv2, use_running_average=not train
@@ -528,13 +487,8 @@ class EfficientNetV2M(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5b_dwconv2",
+        block5b_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
             block5b_dwconv2, use_running_average=not train
@@ -566,13 +520,8 @@ class EfficientNetV2M(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5c_dwconv2",
+        block5c_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
             block5c_dwconv2, use_running_average=not train
@@ -604,13 +553,8 @@ class EfficientNetV2M(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5d_dwconv2",
+        block5d_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
             block5d_dwconv2, use_running_average=not train
@@ -642,13 +586,8 @@ class EfficientNetV2M(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5e_dwconv2",
+        block5e_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
             block5e_dwconv2, use_running_average=not train
@@ -680,13 +619,8 @@ class EfficientNetV2M(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5f_dwconv2",
+        block5f_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
             block5f_dwconv2, use_running_average=not train
@@ -718,13 +652,8 @@ class EfficientNetV2M(nn.Module):
             block5g_expand_conv, use_running_average=not train
         )
         block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5g_dwconv2",
+        block5g_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5g_dwconv2"
         )(block5g_expand_activation)
         block5g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_bn")(
             block5g_dwconv2, use_running_average=not train
@@ -756,13 +685,8 @@ class EfficientNetV2M(nn.Module):
             block5h_expand_conv, use_running_average=not train
         )
         block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5h_dwconv2",
+        block5h_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5h_dwconv2"
         )(block5h_expand_activation)
         block5h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_bn")(
             block5h_dwconv2, use_running_average=not train
@@ -794,13 +718,8 @@ class EfficientNetV2M(nn.Module):
             block5i_expand_conv, use_running_average=not train
         )
         block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5i_dwconv2",
+        block5i_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5i_dwconv2"
         )(block5i_expand_activation)
         block5i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_bn")(
             block5i_dwconv2, use_running_average=not train
@@ -832,13 +751,8 @@ class EfficientNetV2M(nn.Module):
             block5j_expand_conv, use_running_average=not train
         )
         block5j_expand_activation = jax.nn.silu(block5j_expand_bn)
-        block5j_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5j_dwconv2",
+        block5j_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5j_dwconv2"
         )(block5j_expand_activation)
         block5j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5j_bn")(
             block5j_dwconv2, use_running_average=not train
@@ -870,13 +784,8 @@ class EfficientNetV2M(nn.Module):
             block5k_expand_conv, use_running_average=not train
         )
         block5k_expand_activation = jax.nn.silu(block5k_expand_bn)
-        block5k_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5k_dwconv2",
+        block5k_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5k_dwconv2"
         )(block5k_expand_activation)
         block5k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5k_bn")(
             block5k_dwconv2, use_running_average=not train
@@ -908,13 +817,8 @@ class EfficientNetV2M(nn.Module):
             block5l_expand_conv, use_running_average=not train
         )
         block5l_expand_activation = jax.nn.silu(block5l_expand_bn)
-        block5l_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5l_dwconv2",
+        block5l_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5l_dwconv2"
         )(block5l_expand_activation)
         block5l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5l_bn")(
             block5l_dwconv2, use_running_average=not train
@@ -946,13 +850,8 @@ class EfficientNetV2M(nn.Module):
             block5m_expand_conv, use_running_average=not train
         )
         block5m_expand_activation = jax.nn.silu(block5m_expand_bn)
-        block5m_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5m_dwconv2",
+        block5m_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5m_dwconv2"
         )(block5m_expand_activation)
         block5m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5m_bn")(
             block5m_dwconv2, use_running_average=not train
@@ -984,13 +883,8 @@ class EfficientNetV2M(nn.Module):
             block5n_expand_conv, use_running_average=not train
         )
         block5n_expand_activation = jax.nn.silu(block5n_expand_bn)
-        block5n_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block5n_dwconv2",
+        block5n_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), padding="SAME", use_bias=False, name="block5n_dwconv2"
         )(block5n_expand_activation)
         block5n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5n_bn")(
             block5n_dwconv2, use_running_average=not train
@@ -1022,14 +916,8 @@ class EfficientNetV2M(nn.Module):
             block6a_expand_conv, use_running_average=not train
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = nn.Conv(
-            1056,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=1056,
-            use_bias=False,
-            name="block6a_dwconv2",
+        block6a_dwconv2 = rt.DepthwiseConv(
+            1056, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
         )(block6a_expand_activation)
         block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
             block6a_dwconv2, use_running_average=not train
@@ -1057,13 +945,8 @@ class EfficientNetV2M(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6b_dwconv2",
+        block6b_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
             block6b_dwconv2, use_running_average=not train
@@ -1095,13 +978,8 @@ class EfficientNetV2M(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6c_dwconv2",
+        block6c_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
             block6c_dwconv2, use_running_average=not train
@@ -1133,13 +1011,8 @@ class EfficientNetV2M(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6d_dwconv2",
+        block6d_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
             block6d_dwconv2, use_running_average=not train
@@ -1171,13 +1044,8 @@ class EfficientNetV2M(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6e_dwconv2",
+        block6e_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
             block6e_dwconv2, use_running_average=not train
@@ -1209,13 +1077,8 @@ class EfficientNetV2M(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6f_dwconv2",
+        block6f_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
             block6f_dwconv2, use_running_average=not train
@@ -1247,13 +1110,8 @@ class EfficientNetV2M(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6g_dwconv2",
+        block6g_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
             block6g_dwconv2, use_running_average=not train
@@ -1285,13 +1143,8 @@ class EfficientNetV2M(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6h_dwconv2",
+        block6h_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
             block6h_dwconv2, use_running_average=not train
@@ -1323,13 +1176,8 @@ class EfficientNetV2M(nn.Module):
             block6i_expand_conv, use_running_average=not train
         )
         block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6i_dwconv2",
+        block6i_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
         )(block6i_expand_activation)
         block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
             block6i_dwconv2, use_running_average=not train
@@ -1361,13 +1209,8 @@ class EfficientNetV2M(nn.Module):
             block6j_expand_conv, use_running_average=not train
         )
         block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6j_dwconv2",
+        block6j_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
         )(block6j_expand_activation)
         block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
             block6j_dwconv2, use_running_average=not train
@@ -1399,13 +1242,8 @@ class EfficientNetV2M(nn.Module):
             block6k_expand_conv, use_running_average=not train
         )
         block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6k_dwconv2",
+        block6k_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6k_dwconv2"
         )(block6k_expand_activation)
         block6k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_bn")(
             block6k_dwconv2, use_running_average=not train
@@ -1437,13 +1275,8 @@ class EfficientNetV2M(nn.Module):
             block6l_expand_conv, use_running_average=not train
         )
         block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6l_dwconv2",
+        block6l_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6l_dwconv2"
         )(block6l_expand_activation)
         block6l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_bn")(
             block6l_dwconv2, use_running_average=not train
@@ -1475,13 +1308,8 @@ class EfficientNetV2M(nn.Module):
             block6m_expand_conv, use_running_average=not train
         )
         block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6m_dwconv2",
+        block6m_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6m_dwconv2"
         )(block6m_expand_activation)
         block6m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_bn")(
             block6m_dwconv2, use_running_average=not train
@@ -1513,13 +1341,8 @@ class EfficientNetV2M(nn.Module):
             block6n_expand_conv, use_running_average=not train
         )
         block6n_expand_activation = jax.nn.silu(block6n_expand_bn)
-        block6n_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6n_dwconv2",
+        block6n_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6n_dwconv2"
         )(block6n_expand_activation)
         block6n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_bn")(
             block6n_dwconv2, use_running_average=not train
@@ -1551,13 +1374,8 @@ class EfficientNetV2M(nn.Module):
             block6o_expand_conv, use_running_average=not train
         )
         block6o_expand_activation = jax.nn.silu(block6o_expand_bn)
-        block6o_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6o_dwconv2",
+        block6o_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6o_dwconv2"
         )(block6o_expand_activation)
         block6o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_bn")(
             block6o_dwconv2, use_running_average=not train
@@ -1589,13 +1407,8 @@ class EfficientNetV2M(nn.Module):
             block6p_expand_conv, use_running_average=not train
         )
         block6p_expand_activation = jax.nn.silu(block6p_expand_bn)
-        block6p_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6p_dwconv2",
+        block6p_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6p_dwconv2"
         )(block6p_expand_activation)
         block6p_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6p_bn")(
             block6p_dwconv2, use_running_average=not train
@@ -1627,13 +1440,8 @@ class EfficientNetV2M(nn.Module):
             block6q_expand_conv, use_running_average=not train
         )
         block6q_expand_activation = jax.nn.silu(block6q_expand_bn)
-        block6q_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6q_dwconv2",
+        block6q_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6q_dwconv2"
         )(block6q_expand_activation)
         block6q_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6q_bn")(
             block6q_dwconv2, use_running_average=not train
@@ -1665,13 +1473,8 @@ class EfficientNetV2M(nn.Module):
             block6r_expand_conv, use_running_average=not train
         )
         block6r_expand_activation = jax.nn.silu(block6r_expand_bn)
-        block6r_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block6r_dwconv2",
+        block6r_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block6r_dwconv2"
         )(block6r_expand_activation)
         block6r_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6r_bn")(
             block6r_dwconv2, use_running_average=not train
@@ -1703,13 +1506,8 @@ class EfficientNetV2M(nn.Module):
             block7a_expand_conv, use_running_average=not train
         )
         block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv2 = nn.Conv(
-            1824,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1824,
-            use_bias=False,
-            name="block7a_dwconv2",
+        block7a_dwconv2 = rt.DepthwiseConv(
+            1824, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv2"
         )(block7a_expand_activation)
         block7a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7a_bn")(
             block7a_dwconv2, use_running_average=not train
@@ -1737,13 +1535,8 @@ class EfficientNetV2M(nn.Module):
             block7b_expand_conv, use_running_average=not train
         )
         block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv2 = nn.Conv(
-            3072,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3072,
-            use_bias=False,
-            name="block7b_dwconv2",
+        block7b_dwconv2 = rt.DepthwiseConv(
+            3072, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv2"
         )(block7b_expand_activation)
         block7b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7b_bn")(
             block7b_dwconv2, use_running_average=not train
@@ -1775,13 +1568,8 @@ class EfficientNetV2M(nn.Module):
             block7c_expand_conv, use_running_average=not train
         )
         block7c_expand_activation = jax.nn.silu(block7c_expand_bn)
-        block7c_dwconv2 = nn.Conv(
-            3072,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3072,
-            use_bias=False,
-            name="block7c_dwconv2",
+        block7c_dwconv2 = rt.DepthwiseConv(
+            3072, (3, 3), padding="SAME", use_bias=False, name="block7c_dwconv2"
         )(block7c_expand_activation)
         block7c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7c_bn")(
             block7c_dwconv2, use_running_average=not train
@@ -1813,13 +1601,8 @@ class EfficientNetV2M(nn.Module):
             block7d_expand_conv, use_running_average=not train
         )
         block7d_expand_activation = jax.nn.silu(block7d_expand_bn)
-        block7d_dwconv2 = nn.Conv(
-            3072,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3072,
-            use_bias=False,
-            name="block7d_dwconv2",
+        block7d_dwconv2 = rt.DepthwiseConv(
+            3072, (3, 3), padding="SAME", use_bias=False, name="block7d_dwconv2"
         )(block7d_expand_activation)
         block7d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7d_bn")(
             block7d_dwconv2, use_running_average=not train
@@ -1851,13 +1634,8 @@ class EfficientNetV2M(nn.Module):
             block7e_expand_conv, use_running_average=not train
         )
         block7e_expand_activation = jax.nn.silu(block7e_expand_bn)
-        block7e_dwconv2 = nn.Conv(
-            3072,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=3072,
-            use_bias=False,
-            name="block7e_dwconv2",
+        block7e_dwconv2 = rt.DepthwiseConv(
+            3072, (3, 3), padding="SAME", use_bias=False, name="block7e_dwconv2"
         )(block7e_expand_activation)
         block7e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7e_bn")(
             block7e_dwconv2, use_running_average=not train

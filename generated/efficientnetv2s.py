@@ -186,14 +186,8 @@ class EfficientNetV2S(nn.Module):
             block4a_expand_conv, use_running_average=not train
         )
         block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = nn.Conv(
-            256,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=256,
-            use_bias=False,
-            name="block4a_dwconv2",
+        block4a_dwconv2 = rt.DepthwiseConv(
+            256, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
         )(block4a_expand_activation)
         block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
             block4a_dwconv2, use_running_average=not train
@@ -221,13 +215,8 @@ class EfficientNetV2S(nn.Module):
             block4b_expand_conv, use_running_average=not train
         )
         block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = nn.Conv(
-            512,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=512,
-            use_bias=False,
-            name="block4b_dwconv2",
+        block4b_dwconv2 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
         )(block4b_expand_activation)
         block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
             block4b_dwconv2, use_running_average=not train
@@ -259,13 +248,8 @@ class EfficientNetV2S(nn.Module):
             block4c_expand_conv, use_running_average=not train
         )
         block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = nn.Conv(
-            512,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=512,
-            use_bias=False,
-            name="block4c_dwconv2",
+        block4c_dwconv2 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
         )(block4c_expand_activation)
         block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
             block4c_dwconv2, use_running_average=not train
@@ -297,13 +281,8 @@ class EfficientNetV2S(nn.Module):
             block4d_expand_conv, use_running_average=not train
         )
         block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = nn.Conv(
-            512,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=512,
-            use_bias=False,
-            name="block4d_dwconv2",
+        block4d_dwconv2 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
         )(block4d_expand_activation)
         block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
             block4d_dwconv2, use_running_average=not train
@@ -335,13 +314,8 @@ class EfficientNetV2S(nn.Module):
             block4e_expand_conv, use_running_average=not train
         )
         block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv2 = nn.Conv(
-            512,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=512,
-            use_bias=False,
-            name="block4e_dwconv2",
+        block4e_dwconv2 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv2"
         )(block4e_expand_activation)
         block4e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_bn")(
             block4e_dwconv2, use_running_average=not train
@@ -373,13 +347,8 @@ class EfficientNetV2S(nn.Module):
             block4f_expand_conv, use_running_average=not train
         )
         block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv2 = nn.Conv(
-            512,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=512,
-            use_bias=False,
-            name="block4f_dwconv2",
+        block4f_dwconv2 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv2"
         )(block4f_expand_activation)
         block4f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_bn")(
             block4f_dwconv2, use_running_average=not train
@@ -411,13 +380,8 @@ class EfficientNetV2S(nn.Module):
             block5a_expand_conv, use_running_average=not train
         )
         block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = nn.Conv(
-            768,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=768,
-            use_bias=False,
-            name="block5a_dwconv2",
+        block5a_dwconv2 = rt.DepthwiseConv(
+            768, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
         )(block5a_expand_activation)
         block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
             block5a_dwconv2, use_running_average=not train
@@ -445,13 +409,8 @@ class EfficientNetV2S(nn.Module):
             block5b_expand_conv, use_running_average=not train
         )
         block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5b_dwconv2",
+        block5b_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
         )(block5b_expand_activation)
         block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
             block5b_dwconv2, use_running_average=not train
@@ -483,13 +442,8 @@ class EfficientNetV2S(nn.Module):
             block5c_expand_conv, use_running_average=not train
         )
         block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5c_dwconv2",
+        block5c_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
         )(block5c_expand_activation)
         block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
             block5c_dwconv2, use_running_average=not train
@@ -521,13 +475,8 @@ class EfficientNetV2S(nn.Module):
             block5d_expand_conv, use_running_average=not train
         )
         block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5d_dwconv2",
+        block5d_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
         )(block5d_expand_activation)
         block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
             block5d_dwconv2, use_running_average=not train
@@ -559,13 +508,8 @@ class EfficientNetV2S(nn.Module):
             block5e_expand_conv, use_running_average=not train
         )
         block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5e_dwconv2",
+        block5e_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
         )(block5e_expand_activation)
         block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
             block5e_dwconv2, use_running_average=not train
@@ -597,13 +541,8 @@ class EfficientNetV2S(nn.Module):
             block5f_expand_conv, use_running_average=not train
         )
         block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5f_dwconv2",
+        block5f_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
         )(block5f_expand_activation)
         block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
             block5f_dwconv2, use_running_average=not train
@@ -635,13 +574,8 @@ class EfficientNetV2S(nn.Module):
             block5g_expand_conv, use_running_average=not train
         )
         block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5g_dwconv2",
+        block5g_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5g_dwconv2"
         )(block5g_expand_activation)
         block5g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_bn")(
             block5g_dwconv2, use_running_average=not train
@@ -673,13 +607,8 @@ class EfficientNetV2S(nn.Module):
             block5h_expand_conv, use_running_average=not train
         )
         block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5h_dwconv2",
+        block5h_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5h_dwconv2"
         )(block5h_expand_activation)
         block5h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_bn")(
             block5h_dwconv2, use_running_average=not train
@@ -711,13 +640,8 @@ class EfficientNetV2S(nn.Module):
             block5i_expand_conv, use_running_average=not train
         )
         block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block5i_dwconv2",
+        block5i_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block5i_dwconv2"
         )(block5i_expand_activation)
         block5i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_bn")(
             block5i_dwconv2, use_running_average=not train
@@ -749,14 +673,8 @@ class EfficientNetV2S(nn.Module):
             block6a_expand_conv, use_running_average=not train
         )
         block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = nn.Conv(
-            960,
-            (3, 3),
-            strides=(2, 2),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block6a_dwconv2",
+        block6a_dwconv2 = rt.DepthwiseConv(
+            960, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
         )(block6a_expand_activation)
         block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
             block6a_dwconv2, use_running_average=not train
@@ -784,13 +702,8 @@ class EfficientNetV2S(nn.Module):
             block6b_expand_conv, use_running_average=not train
         )
         block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6b_dwconv2",
+        block6b_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
         )(block6b_expand_activation)
         block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
             block6b_dwconv2, use_running_average=not train
@@ -822,13 +735,8 @@ class EfficientNetV2S(nn.Module):
             block6c_expand_conv, use_running_average=not train
         )
         block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6c_dwconv2",
+        block6c_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
         )(block6c_expand_activation)
         block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
             block6c_dwconv2, use_running_average=not train
@@ -860,13 +768,8 @@ class EfficientNetV2S(nn.Module):
             block6d_expand_conv, use_running_average=not train
         )
         block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6d_dwconv2",
+        block6d_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
         )(block6d_expand_activation)
         block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
             block6d_dwconv2, use_running_average=not train
@@ -898,13 +801,8 @@ class EfficientNetV2S(nn.Module):
             block6e_expand_conv, use_running_average=not train
         )
         block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6e_dwconv2",
+        block6e_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
         )(block6e_expand_activation)
         block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
             block6e_dwconv2, use_running_average=not train
@@ -936,13 +834,8 @@ class EfficientNetV2S(nn.Module):
             block6f_expand_conv, use_running_average=not train
         )
         block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6f_dwconv2",
+        block6f_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
         )(block6f_expand_activation)
         block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
             block6f_dwconv2, use_running_average=not train
@@ -974,13 +867,8 @@ class EfficientNetV2S(nn.Module):
             block6g_expand_conv, use_running_average=not train
         )
         block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6g_dwconv2",
+        block6g_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
         )(block6g_expand_activation)
         block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
             block6g_dwconv2, use_running_average=not train
@@ -1012,13 +900,8 @@ class EfficientNetV2S(nn.Module):
             block6h_expand_conv, use_running_average=not train
         )
         block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6h_dwconv2",
+        block6h_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
         )(block6h_expand_activation)
         block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
             block6h_dwconv2, use_running_average=not train
@@ -1050,13 +933,8 @@ class EfficientNetV2S(nn.Module):
             block6i_expand_conv, use_running_average=not train
         )
         block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6i_dwconv2",
+        block6i_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
         )(block6i_expand_activation)
         block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
             block6i_dwconv2, use_running_average=not train
@@ -1088,13 +966,8 @@ class EfficientNetV2S(nn.Module):
             block6j_expand_conv, use_running_average=not train
         )
         block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6j_dwconv2",
+        block6j_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
         )(block6j_expand_activation)
         block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
             block6j_dwconv2, use_running_average=not train
@@ -1126,13 +999,8 @@ class EfficientNetV2S(nn.Module):
             block6k_expand_conv, use_running_average=not train
         )
         block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6k_dwconv2",
+        block6k_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6k_dwconv2"
         )(block6k_expand_activation)
         block6k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_bn")(
             block6k_dwconv2, use_running_average=not train
@@ -1164,13 +1032,8 @@ class EfficientNetV2S(nn.Module):
             block6l_expand_conv, use_running_average=not train
         )
         block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6l_dwconv2",
+        block6l_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6l_dwconv2"
         )(block6l_expand_activation)
         block6l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_bn")(
             block6l_dwconv2, use_running_average=not train
@@ -1202,13 +1065,8 @@ class EfficientNetV2S(nn.Module):
             block6m_expand_conv, use_running_average=not train
         )
         block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6m_dwconv2",
+        block6m_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6m_dwconv2"
         )(block6m_expand_activation)
         block6m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_bn")(
             block6m_dwconv2, use_running_average=not train
@@ -1240,13 +1098,8 @@ class EfficientNetV2S(nn.Module):
             block6n_expand_conv, use_running_average=not train
         )
         block6n_expand_activation = jax.nn.silu(block6n_expand_bn)
-        block6n_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6n_dwconv2",
+        block6n_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6n_dwconv2"
         )(block6n_expand_activation)
         block6n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_bn")(
             block6n_dwconv2, use_running_average=not train
@@ -1278,13 +1131,8 @@ class EfficientNetV2S(nn.Module):
             block6o_expand_conv, use_running_average=not train
         )
         block6o_expand_activation = jax.nn.silu(block6o_expand_bn)
-        block6o_dwconv2 = nn.Conv(
-            1536,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1536,
-            use_bias=False,
-            name="block6o_dwconv2",
+        block6o_dwconv2 = rt.DepthwiseConv(
+            1536, (3, 3), padding="SAME", use_bias=False, name="block6o_dwconv2"
         )(block6o_expand_activation)
         block6o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_bn")(
             block6o_dwconv2, use_running_average=not train

@@ -31,9 +31,9 @@ class MobileNet(nn.Module):
             conv1, use_running_average=not train
         )
         conv1_relu = jax.nn.relu6(conv1_bn)
-        conv_dw_1 = nn.Conv(
-            32, (3, 3), padding="SAME", feature_group_count=32, use_bias=False, name="conv_dw_1"
-        )(conv1_relu)
+        conv_dw_1 = rt.DepthwiseConv(32, (3, 3), padding="SAME", use_bias=False, name="conv_dw_1")(
+            conv1_relu
+        )
         conv_dw_1_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_1_bn")(
             conv_dw_1, use_running_average=not train
         )
@@ -46,14 +46,8 @@ class MobileNet(nn.Module):
         )
         conv_pw_1_relu = jax.nn.relu6(conv_pw_1_bn)
         conv_pad_2 = jnp.pad(conv_pw_1_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_2 = nn.Conv(
-            64,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=64,
-            use_bias=False,
-            name="conv_dw_2",
+        conv_dw_2 = rt.DepthwiseConv(
+            64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_2"
         )(conv_pad_2)
         conv_dw_2_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_2_bn")(
             conv_dw_2, use_running_average=not train
@@ -66,9 +60,9 @@ class MobileNet(nn.Module):
             conv_pw_2, use_running_average=not train
         )
         conv_pw_2_relu = jax.nn.relu6(conv_pw_2_bn)
-        conv_dw_3 = nn.Conv(
-            128, (3, 3), padding="SAME", feature_group_count=128, use_bias=False, name="conv_dw_3"
-        )(conv_pw_2_relu)
+        conv_dw_3 = rt.DepthwiseConv(128, (3, 3), padding="SAME", use_bias=False, name="conv_dw_3")(
+            conv_pw_2_relu
+        )
         conv_dw_3_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_3_bn")(
             conv_dw_3, use_running_average=not train
         )
@@ -81,14 +75,8 @@ class MobileNet(nn.Module):
         )
         conv_pw_3_relu = jax.nn.relu6(conv_pw_3_bn)
         conv_pad_4 = jnp.pad(conv_pw_3_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_4 = nn.Conv(
-            128,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=128,
-            use_bias=False,
-            name="conv_dw_4",
+        conv_dw_4 = rt.DepthwiseConv(
+            128, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_4"
         )(conv_pad_4)
         conv_dw_4_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_4_bn")(
             conv_dw_4, use_running_average=not train
@@ -101,9 +89,9 @@ class MobileNet(nn.Module):
             conv_pw_4, use_running_average=not train
         )
         conv_pw_4_relu = jax.nn.relu6(conv_pw_4_bn)
-        conv_dw_5 = nn.Conv(
-            256, (3, 3), padding="SAME", feature_group_count=256, use_bias=False, name="conv_dw_5"
-        )(conv_pw_4_relu)
+        conv_dw_5 = rt.DepthwiseConv(256, (3, 3), padding="SAME", use_bias=False, name="conv_dw_5")(
+            conv_pw_4_relu
+        )
         conv_dw_5_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_5_bn")(
             conv_dw_5, use_running_average=not train
         )
@@ -116,14 +104,8 @@ class MobileNet(nn.Module):
         )
         conv_pw_5_relu = jax.nn.relu6(conv_pw_5_bn)
         conv_pad_6 = jnp.pad(conv_pw_5_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_6 = nn.Conv(
-            256,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=256,
-            use_bias=False,
-            name="conv_dw_6",
+        conv_dw_6 = rt.DepthwiseConv(
+            256, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_6"
         )(conv_pad_6)
         conv_dw_6_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_6_bn")(
             conv_dw_6, use_running_average=not train
@@ -136,9 +118,9 @@ class MobileNet(nn.Module):
             conv_pw_6, use_running_average=not train
         )
         conv_pw_6_relu = jax.nn.relu6(conv_pw_6_bn)
-        conv_dw_7 = nn.Conv(
-            512, (3, 3), padding="SAME", feature_group_count=512, use_bias=False, name="conv_dw_7"
-        )(conv_pw_6_relu)
+        conv_dw_7 = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_7")(
+            conv_pw_6_relu
+        )
         conv_dw_7_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_7_bn")(
             conv_dw_7, use_running_average=not train
         )
@@ -150,9 +132,9 @@ class MobileNet(nn.Module):
             conv_pw_7, use_running_average=not train
         )
         conv_pw_7_relu = jax.nn.relu6(conv_pw_7_bn)
-        conv_dw_8 = nn.Conv(
-            512, (3, 3), padding="SAME", feature_group_count=512, use_bias=False, name="conv_dw_8"
-        )(conv_pw_7_relu)
+        conv_dw_8 = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_8")(
+            conv_pw_7_relu
+        )
         conv_dw_8_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_8_bn")(
             conv_dw_8, use_running_average=not train
         )
@@ -164,9 +146,9 @@ class MobileNet(nn.Module):
             conv_pw_8, use_running_average=not train
         )
         conv_pw_8_relu = jax.nn.relu6(conv_pw_8_bn)
-        conv_dw_9 = nn.Conv(
-            512, (3, 3), padding="SAME", feature_group_count=512, use_bias=False, name="conv_dw_9"
-        )(conv_pw_8_relu)
+        conv_dw_9 = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_9")(
+            conv_pw_8_relu
+        )
         conv_dw_9_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_9_bn")(
             conv_dw_9, use_running_average=not train
         )
@@ -178,8 +160,8 @@ class MobileNet(nn.Module):
             conv_pw_9, use_running_average=not train
         )
         conv_pw_9_relu = jax.nn.relu6(conv_pw_9_bn)
-        conv_dw_10 = nn.Conv(
-            512, (3, 3), padding="SAME", feature_group_count=512, use_bias=False, name="conv_dw_10"
+        conv_dw_10 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_10"
         )(conv_pw_9_relu)
         conv_dw_10_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_10_bn")(
             conv_dw_10, use_running_average=not train
@@ -192,8 +174,8 @@ class MobileNet(nn.Module):
             conv_pw_10, use_running_average=not train
         )
         conv_pw_10_relu = jax.nn.relu6(conv_pw_10_bn)
-        conv_dw_11 = nn.Conv(
-            512, (3, 3), padding="SAME", feature_group_count=512, use_bias=False, name="conv_dw_11"
+        conv_dw_11 = rt.DepthwiseConv(
+            512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_11"
         )(conv_pw_10_relu)
         conv_dw_11_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_11_bn")(
             conv_dw_11, use_running_average=not train
@@ -207,14 +189,8 @@ class MobileNet(nn.Module):
         )
         conv_pw_11_relu = jax.nn.relu6(conv_pw_11_bn)
         conv_pad_12 = jnp.pad(conv_pw_11_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_12 = nn.Conv(
-            512,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=512,
-            use_bias=False,
-            name="conv_dw_12",
+        conv_dw_12 = rt.DepthwiseConv(
+            512, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_12"
         )(conv_pad_12)
         conv_dw_12_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_12_bn")(
             conv_dw_12, use_running_average=not train
@@ -227,13 +203,8 @@ class MobileNet(nn.Module):
             conv_pw_12, use_running_average=not train
         )
         conv_pw_12_relu = jax.nn.relu6(conv_pw_12_bn)
-        conv_dw_13 = nn.Conv(
-            1024,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=1024,
-            use_bias=False,
-            name="conv_dw_13",
+        conv_dw_13 = rt.DepthwiseConv(
+            1024, (3, 3), padding="SAME", use_bias=False, name="conv_dw_13"
         )(conv_pw_12_relu)
         conv_dw_13_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_13_bn")(
             conv_dw_13, use_running_average=not train

@@ -31,13 +31,8 @@ class MobileNetV2(nn.Module):
             Conv1, use_running_average=not train
         )
         Conv1_relu = jax.nn.relu6(bn_Conv1)
-        expanded_conv_depthwise = nn.Conv(
-            32,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=32,
-            use_bias=False,
-            name="expanded_conv_depthwise",
+        expanded_conv_depthwise = rt.DepthwiseConv(
+            32, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_depthwise"
         )(Conv1_relu)
         expanded_conv_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_BN"
@@ -57,14 +52,8 @@ class MobileNetV2(nn.Module):
         )
         block_1_expand_relu = jax.nn.relu6(block_1_expand_BN)
         block_1_pad = jnp.pad(block_1_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_1_depthwise = nn.Conv(
-            96,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=96,
-            use_bias=False,
-            name="block_1_depthwise",
+        block_1_depthwise = rt.DepthwiseConv(
+            96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_1_depthwise"
         )(block_1_pad)
         block_1_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_1_depthwise_BN"
@@ -83,13 +72,8 @@ class MobileNetV2(nn.Module):
             block_2_expand, use_running_average=not train
         )
         block_2_expand_relu = jax.nn.relu6(block_2_expand_BN)
-        block_2_depthwise = nn.Conv(
-            144,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=144,
-            use_bias=False,
-            name="block_2_depthwise",
+        block_2_depthwise = rt.DepthwiseConv(
+            144, (3, 3), padding="SAME", use_bias=False, name="block_2_depthwise"
         )(block_2_expand_relu)
         block_2_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_2_depthwise_BN"
@@ -110,14 +94,8 @@ class MobileNetV2(nn.Module):
         )
         block_3_expand_relu = jax.nn.relu6(block_3_expand_BN)
         block_3_pad = jnp.pad(block_3_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_3_depthwise = nn.Conv(
-            144,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=144,
-            use_bias=False,
-            name="block_3_depthwise",
+        block_3_depthwise = rt.DepthwiseConv(
+            144, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_3_depthwise"
         )(block_3_pad)
         block_3_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_3_depthwise_BN"
@@ -136,13 +114,8 @@ class MobileNetV2(nn.Module):
             block_4_expand, use_running_average=not train
         )
         block_4_expand_relu = jax.nn.relu6(block_4_expand_BN)
-        block_4_depthwise = nn.Conv(
-            192,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=192,
-            use_bias=False,
-            name="block_4_depthwise",
+        block_4_depthwise = rt.DepthwiseConv(
+            192, (3, 3), padding="SAME", use_bias=False, name="block_4_depthwise"
         )(block_4_expand_relu)
         block_4_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_4_depthwise_BN"
@@ -162,13 +135,8 @@ class MobileNetV2(nn.Module):
             block_5_expand, use_running_average=not train
         )
         block_5_expand_relu = jax.nn.relu6(block_5_expand_BN)
-        block_5_depthwise = nn.Conv(
-            192,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=192,
-            use_bias=False,
-            name="block_5_depthwise",
+        block_5_depthwise = rt.DepthwiseConv(
+            192, (3, 3), padding="SAME", use_bias=False, name="block_5_depthwise"
         )(block_5_expand_relu)
         block_5_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_5_depthwise_BN"
@@ -189,14 +157,8 @@ class MobileNetV2(nn.Module):
         )
         block_6_expand_relu = jax.nn.relu6(block_6_expand_BN)
         block_6_pad = jnp.pad(block_6_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_6_depthwise = nn.Conv(
-            192,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=192,
-            use_bias=False,
-            name="block_6_depthwise",
+        block_6_depthwise = rt.DepthwiseConv(
+            192, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_6_depthwise"
         )(block_6_pad)
         block_6_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_6_depthwise_BN"
@@ -215,13 +177,8 @@ class MobileNetV2(nn.Module):
             block_7_expand, use_running_average=not train
         )
         block_7_expand_relu = jax.nn.relu6(block_7_expand_BN)
-        block_7_depthwise = nn.Conv(
-            384,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block_7_depthwise",
+        block_7_depthwise = rt.DepthwiseConv(
+            384, (3, 3), padding="SAME", use_bias=False, name="block_7_depthwise"
         )(block_7_expand_relu)
         block_7_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_7_depthwise_BN"
@@ -241,13 +198,8 @@ class MobileNetV2(nn.Module):
             block_8_expand, use_running_average=not train
         )
         block_8_expand_relu = jax.nn.relu6(block_8_expand_BN)
-        block_8_depthwise = nn.Conv(
-            384,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block_8_depthwise",
+        block_8_depthwise = rt.DepthwiseConv(
+            384, (3, 3), padding="SAME", use_bias=False, name="block_8_depthwise"
         )(block_8_expand_relu)
         block_8_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_8_depthwise_BN"
@@ -267,13 +219,8 @@ class MobileNetV2(nn.Module):
             block_9_expand, use_running_average=not train
         )
         block_9_expand_relu = jax.nn.relu6(block_9_expand_BN)
-        block_9_depthwise = nn.Conv(
-            384,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block_9_depthwise",
+        block_9_depthwise = rt.DepthwiseConv(
+            384, (3, 3), padding="SAME", use_bias=False, name="block_9_depthwise"
         )(block_9_expand_relu)
         block_9_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_9_depthwise_BN"
@@ -293,13 +240,8 @@ class MobileNetV2(nn.Module):
             block_10_expand, use_running_average=not train
         )
         block_10_expand_relu = jax.nn.relu6(block_10_expand_BN)
-        block_10_depthwise = nn.Conv(
-            384,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=384,
-            use_bias=False,
-            name="block_10_depthwise",
+        block_10_depthwise = rt.DepthwiseConv(
+            384, (3, 3), padding="SAME", use_bias=False, name="block_10_depthwise"
         )(block_10_expand_relu)
         block_10_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_10_depthwise_BN"
@@ -318,13 +260,8 @@ class MobileNetV2(nn.Module):
             block_11_expand, use_running_average=not train
         )
         block_11_expand_relu = jax.nn.relu6(block_11_expand_BN)
-        block_11_depthwise = nn.Conv(
-            576,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=576,
-            use_bias=False,
-            name="block_11_depthwise",
+        block_11_depthwise = rt.DepthwiseConv(
+            576, (3, 3), padding="SAME", use_bias=False, name="block_11_depthwise"
         )(block_11_expand_relu)
         block_11_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_11_depthwise_BN"
@@ -344,13 +281,8 @@ class MobileNetV2(nn.Module):
             block_12_expand, use_running_average=not train
         )
         block_12_expand_relu = jax.nn.relu6(block_12_expand_BN)
-        block_12_depthwise = nn.Conv(
-            576,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=576,
-            use_bias=False,
-            name="block_12_depthwise",
+        block_12_depthwise = rt.DepthwiseConv(
+            576, (3, 3), padding="SAME", use_bias=False, name="block_12_depthwise"
         )(block_12_expand_relu)
         block_12_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_12_depthwise_BN"
@@ -371,14 +303,8 @@ class MobileNetV2(nn.Module):
         )
         block_13_expand_relu = jax.nn.relu6(block_13_expand_BN)
         block_13_pad = jnp.pad(block_13_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_13_depthwise = nn.Conv(
-            576,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            feature_group_count=576,
-            use_bias=False,
-            name="block_13_depthwise",
+        block_13_depthwise = rt.DepthwiseConv(
+            576, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_13_depthwise"
         )(block_13_pad)
         block_13_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_13_depthwise_BN"
@@ -397,13 +323,8 @@ class MobileNetV2(nn.Module):
             block_14_expand, use_running_average=not train
         )
         block_14_expand_relu = jax.nn.relu6(block_14_expand_BN)
-        block_14_depthwise = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block_14_depthwise",
+        block_14_depthwise = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block_14_depthwise"
         )(block_14_expand_relu)
         block_14_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_14_depthwise_BN"
@@ -423,13 +344,8 @@ class MobileNetV2(nn.Module):
             block_15_expand, use_running_average=not train
         )
         block_15_expand_relu = jax.nn.relu6(block_15_expand_BN)
-        block_15_depthwise = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block_15_depthwise",
+        block_15_depthwise = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block_15_depthwise"
         )(block_15_expand_relu)
         block_15_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_15_depthwise_BN"
@@ -449,13 +365,8 @@ class MobileNetV2(nn.Module):
             block_16_expand, use_running_average=not train
         )
         block_16_expand_relu = jax.nn.relu6(block_16_expand_BN)
-        block_16_depthwise = nn.Conv(
-            960,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="block_16_depthwise",
+        block_16_depthwise = rt.DepthwiseConv(
+            960, (3, 3), padding="SAME", use_bias=False, name="block_16_depthwise"
         )(block_16_expand_relu)
         block_16_depthwise_BN = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="block_16_depthwise_BN"

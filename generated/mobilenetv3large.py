@@ -33,13 +33,8 @@ class MobileNetV3Large(nn.Module):
             conv, use_running_average=not train
         )
         activation = jax.nn.hard_silu(conv_bn)
-        expanded_conv_depthwise = nn.Conv(
-            16,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=16,
-            use_bias=False,
-            name="expanded_conv_depthwise",
+        expanded_conv_depthwise = rt.DepthwiseConv(
+            16, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_depthwise"
         )(activation)
         expanded_conv_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_bn"
@@ -60,12 +55,11 @@ class MobileNetV3Large(nn.Module):
         )(expanded_conv_1_expand, use_running_average=not train)
         re_lu_1 = jax.nn.relu(expanded_conv_1_expand_bn)
         expanded_conv_1_depthwise_pad = jnp.pad(re_lu_1, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        expanded_conv_1_depthwise = nn.Conv(
+        expanded_conv_1_depthwise = rt.DepthwiseConv(
             64,
             (3, 3),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=64,
             use_bias=False,
             name="expanded_conv_1_depthwise",
         )(expanded_conv_1_depthwise_pad)
@@ -86,13 +80,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_expand_bn"
         )(expanded_conv_2_expand, use_running_average=not train)
         re_lu_3 = jax.nn.relu(expanded_conv_2_expand_bn)
-        expanded_conv_2_depthwise = nn.Conv(
-            72,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=72,
-            use_bias=False,
-            name="expanded_conv_2_depthwise",
+        expanded_conv_2_depthwise = rt.DepthwiseConv(
+            72, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_2_depthwise"
         )(re_lu_3)
         expanded_conv_2_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_depthwise_bn"
@@ -113,12 +102,11 @@ class MobileNetV3Large(nn.Module):
         )(expanded_conv_3_expand, use_running_average=not train)
         re_lu_5 = jax.nn.relu(expanded_conv_3_expand_bn)
         expanded_conv_3_depthwise_pad = jnp.pad(re_lu_5, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        expanded_conv_3_depthwise = nn.Conv(
+        expanded_conv_3_depthwise = rt.DepthwiseConv(
             72,
             (5, 5),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=72,
             use_bias=False,
             name="expanded_conv_3_depthwise",
         )(expanded_conv_3_depthwise_pad)
@@ -151,13 +139,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_4_expand_bn"
         )(expanded_conv_4_expand, use_running_average=not train)
         re_lu_8 = jax.nn.relu(expanded_conv_4_expand_bn)
-        expanded_conv_4_depthwise = nn.Conv(
-            120,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=120,
-            use_bias=False,
-            name="expanded_conv_4_depthwise",
+        expanded_conv_4_depthwise = rt.DepthwiseConv(
+            120, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_4_depthwise"
         )(re_lu_8)
         expanded_conv_4_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_4_depthwise_bn"
@@ -189,13 +172,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_5_expand_bn"
         )(expanded_conv_5_expand, use_running_average=not train)
         re_lu_11 = jax.nn.relu(expanded_conv_5_expand_bn)
-        expanded_conv_5_depthwise = nn.Conv(
-            120,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=120,
-            use_bias=False,
-            name="expanded_conv_5_depthwise",
+        expanded_conv_5_depthwise = rt.DepthwiseConv(
+            120, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_5_depthwise"
         )(re_lu_11)
         expanded_conv_5_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_5_depthwise_bn"
@@ -228,12 +206,11 @@ class MobileNetV3Large(nn.Module):
         )(expanded_conv_6_expand, use_running_average=not train)
         activation_1 = jax.nn.hard_silu(expanded_conv_6_expand_bn)
         expanded_conv_6_depthwise_pad = jnp.pad(activation_1, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        expanded_conv_6_depthwise = nn.Conv(
+        expanded_conv_6_depthwise = rt.DepthwiseConv(
             240,
             (3, 3),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=240,
             use_bias=False,
             name="expanded_conv_6_depthwise",
         )(expanded_conv_6_depthwise_pad)
@@ -254,13 +231,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_7_expand_bn"
         )(expanded_conv_7_expand, use_running_average=not train)
         activation_3 = jax.nn.hard_silu(expanded_conv_7_expand_bn)
-        expanded_conv_7_depthwise = nn.Conv(
-            200,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=200,
-            use_bias=False,
-            name="expanded_conv_7_depthwise",
+        expanded_conv_7_depthwise = rt.DepthwiseConv(
+            200, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_7_depthwise"
         )(activation_3)
         expanded_conv_7_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_7_depthwise_bn"
@@ -280,13 +252,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_8_expand_bn"
         )(expanded_conv_8_expand, use_running_average=not train)
         activation_5 = jax.nn.hard_silu(expanded_conv_8_expand_bn)
-        expanded_conv_8_depthwise = nn.Conv(
-            184,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=184,
-            use_bias=False,
-            name="expanded_conv_8_depthwise",
+        expanded_conv_8_depthwise = rt.DepthwiseConv(
+            184, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_8_depthwise"
         )(activation_5)
         expanded_conv_8_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_8_depthwise_bn"
@@ -306,13 +273,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_9_expand_bn"
         )(expanded_conv_9_expand, use_running_average=not train)
         activation_7 = jax.nn.hard_silu(expanded_conv_9_expand_bn)
-        expanded_conv_9_depthwise = nn.Conv(
-            184,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=184,
-            use_bias=False,
-            name="expanded_conv_9_depthwise",
+        expanded_conv_9_depthwise = rt.DepthwiseConv(
+            184, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_9_depthwise"
         )(activation_7)
         expanded_conv_9_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_9_depthwise_bn"
@@ -332,13 +294,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_10_expand_bn"
         )(expanded_conv_10_expand, use_running_average=not train)
         activation_9 = jax.nn.hard_silu(expanded_conv_10_expand_bn)
-        expanded_conv_10_depthwise = nn.Conv(
-            480,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=480,
-            use_bias=False,
-            name="expanded_conv_10_depthwise",
+        expanded_conv_10_depthwise = rt.DepthwiseConv(
+            480, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_10_depthwise"
         )(activation_9)
         expanded_conv_10_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_10_depthwise_bn"
@@ -371,13 +328,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_11_expand_bn"
         )(expanded_conv_11_expand, use_running_average=not train)
         activation_11 = jax.nn.hard_silu(expanded_conv_11_expand_bn)
-        expanded_conv_11_depthwise = nn.Conv(
-            672,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=672,
-            use_bias=False,
-            name="expanded_conv_11_depthwise",
+        expanded_conv_11_depthwise = rt.DepthwiseConv(
+            672, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_11_depthwise"
         )(activation_11)
         expanded_conv_11_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_11_depthwise_bn"
@@ -412,12 +364,11 @@ class MobileNetV3Large(nn.Module):
         )(expanded_conv_12_expand, use_running_average=not train)
         activation_13 = jax.nn.hard_silu(expanded_conv_12_expand_bn)
         expanded_conv_12_depthwise_pad = jnp.pad(activation_13, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        expanded_conv_12_depthwise = nn.Conv(
+        expanded_conv_12_depthwise = rt.DepthwiseConv(
             672,
             (5, 5),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=672,
             use_bias=False,
             name="expanded_conv_12_depthwise",
         )(expanded_conv_12_depthwise_pad)
@@ -452,13 +403,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_13_expand_bn"
         )(expanded_conv_13_expand, use_running_average=not train)
         activation_15 = jax.nn.hard_silu(expanded_conv_13_expand_bn)
-        expanded_conv_13_depthwise = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="expanded_conv_13_depthwise",
+        expanded_conv_13_depthwise = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_13_depthwise"
         )(activation_15)
         expanded_conv_13_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_13_depthwise_bn"
@@ -492,13 +438,8 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_14_expand_bn"
         )(expanded_conv_14_expand, use_running_average=not train)
         activation_17 = jax.nn.hard_silu(expanded_conv_14_expand_bn)
-        expanded_conv_14_depthwise = nn.Conv(
-            960,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=960,
-            use_bias=False,
-            name="expanded_conv_14_depthwise",
+        expanded_conv_14_depthwise = rt.DepthwiseConv(
+            960, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_14_depthwise"
         )(activation_17)
         expanded_conv_14_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_14_depthwise_bn"

@@ -34,12 +34,11 @@ class MobileNetV3Small(nn.Module):
         )
         activation = jax.nn.hard_silu(conv_bn)
         expanded_conv_depthwise_pad = jnp.pad(activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        expanded_conv_depthwise = nn.Conv(
+        expanded_conv_depthwise = rt.DepthwiseConv(
             16,
             (3, 3),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=16,
             use_bias=False,
             name="expanded_conv_depthwise",
         )(expanded_conv_depthwise_pad)
@@ -73,12 +72,11 @@ class MobileNetV3Small(nn.Module):
         )(expanded_conv_1_expand, use_running_average=not train)
         re_lu_2 = jax.nn.relu(expanded_conv_1_expand_bn)
         expanded_conv_1_depthwise_pad = jnp.pad(re_lu_2, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        expanded_conv_1_depthwise = nn.Conv(
+        expanded_conv_1_depthwise = rt.DepthwiseConv(
             72,
             (3, 3),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=72,
             use_bias=False,
             name="expanded_conv_1_depthwise",
         )(expanded_conv_1_depthwise_pad)
@@ -99,13 +97,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_expand_bn"
         )(expanded_conv_2_expand, use_running_average=not train)
         re_lu_4 = jax.nn.relu(expanded_conv_2_expand_bn)
-        expanded_conv_2_depthwise = nn.Conv(
-            88,
-            (3, 3),
-            padding="SAME",
-            feature_group_count=88,
-            use_bias=False,
-            name="expanded_conv_2_depthwise",
+        expanded_conv_2_depthwise = rt.DepthwiseConv(
+            88, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_2_depthwise"
         )(re_lu_4)
         expanded_conv_2_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_depthwise_bn"
@@ -126,12 +119,11 @@ class MobileNetV3Small(nn.Module):
         )(expanded_conv_3_expand, use_running_average=not train)
         activation_1 = jax.nn.hard_silu(expanded_conv_3_expand_bn)
         expanded_conv_3_depthwise_pad = jnp.pad(activation_1, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        expanded_conv_3_depthwise = nn.Conv(
+        expanded_conv_3_depthwise = rt.DepthwiseConv(
             96,
             (5, 5),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=96,
             use_bias=False,
             name="expanded_conv_3_depthwise",
         )(expanded_conv_3_depthwise_pad)
@@ -164,13 +156,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_4_expand_bn"
         )(expanded_conv_4_expand, use_running_average=not train)
         activation_3 = jax.nn.hard_silu(expanded_conv_4_expand_bn)
-        expanded_conv_4_depthwise = nn.Conv(
-            240,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="expanded_conv_4_depthwise",
+        expanded_conv_4_depthwise = rt.DepthwiseConv(
+            240, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_4_depthwise"
         )(activation_3)
         expanded_conv_4_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_4_depthwise_bn"
@@ -202,13 +189,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_5_expand_bn"
         )(expanded_conv_5_expand, use_running_average=not train)
         activation_5 = jax.nn.hard_silu(expanded_conv_5_expand_bn)
-        expanded_conv_5_depthwise = nn.Conv(
-            240,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=240,
-            use_bias=False,
-            name="expanded_conv_5_depthwise",
+        expanded_conv_5_depthwise = rt.DepthwiseConv(
+            240, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_5_depthwise"
         )(activation_5)
         expanded_conv_5_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_5_depthwise_bn"
@@ -240,13 +222,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_6_expand_bn"
         )(expanded_conv_6_expand, use_running_average=not train)
         activation_7 = jax.nn.hard_silu(expanded_conv_6_expand_bn)
-        expanded_conv_6_depthwise = nn.Conv(
-            120,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=120,
-            use_bias=False,
-            name="expanded_conv_6_depthwise",
+        expanded_conv_6_depthwise = rt.DepthwiseConv(
+            120, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_6_depthwise"
         )(activation_7)
         expanded_conv_6_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_6_depthwise_bn"
@@ -277,13 +254,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_7_expand_bn"
         )(expanded_conv_7_expand, use_running_average=not train)
         activation_9 = jax.nn.hard_silu(expanded_conv_7_expand_bn)
-        expanded_conv_7_depthwise = nn.Conv(
-            144,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=144,
-            use_bias=False,
-            name="expanded_conv_7_depthwise",
+        expanded_conv_7_depthwise = rt.DepthwiseConv(
+            144, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_7_depthwise"
         )(activation_9)
         expanded_conv_7_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_7_depthwise_bn"
@@ -318,12 +290,11 @@ class MobileNetV3Small(nn.Module):
         )(expanded_conv_8_expand, use_running_average=not train)
         activation_11 = jax.nn.hard_silu(expanded_conv_8_expand_bn)
         expanded_conv_8_depthwise_pad = jnp.pad(activation_11, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        expanded_conv_8_depthwise = nn.Conv(
+        expanded_conv_8_depthwise = rt.DepthwiseConv(
             288,
             (5, 5),
             strides=(2, 2),
             padding="VALID",
-            feature_group_count=288,
             use_bias=False,
             name="expanded_conv_8_depthwise",
         )(expanded_conv_8_depthwise_pad)
@@ -358,13 +329,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_9_expand_bn"
         )(expanded_conv_9_expand, use_running_average=not train)
         activation_13 = jax.nn.hard_silu(expanded_conv_9_expand_bn)
-        expanded_conv_9_depthwise = nn.Conv(
-            576,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=576,
-            use_bias=False,
-            name="expanded_conv_9_depthwise",
+        expanded_conv_9_depthwise = rt.DepthwiseConv(
+            576, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_9_depthwise"
         )(activation_13)
         expanded_conv_9_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_9_depthwise_bn"
@@ -398,13 +364,8 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_10_expand_bn"
         )(expanded_conv_10_expand, use_running_average=not train)
         activation_15 = jax.nn.hard_silu(expanded_conv_10_expand_bn)
-        expanded_conv_10_depthwise = nn.Conv(
-            576,
-            (5, 5),
-            padding="SAME",
-            feature_group_count=576,
-            use_bias=False,
-            name="expanded_conv_10_depthwise",
+        expanded_conv_10_depthwise = rt.DepthwiseConv(
+            576, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_10_depthwise"
         )(activation_15)
         expanded_conv_10_depthwise_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_10_depthwise_bn"
