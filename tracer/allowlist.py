@@ -41,7 +41,7 @@ from collections.abc import Callable
 
 from kgen.errors import SourceError
 
-__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "check_config", "parse_config"]
+__all__ = ["MAX_CONFIG_BYTES", "MAX_DEPTH", "check_config", "check_size", "parse_config"]
 
 #: Largest model config accepted, in bytes of JSON (the biggest application,
 #: ResNetRS420, is 1.6 MB).
@@ -69,13 +69,18 @@ _CONSTANT = "_CONSTANT_VALUE"  # tf.keras's marker for a constant node input
 HasLowering = Callable[..., bool]
 
 
-def parse_config(text: str | bytes, path: str) -> dict:
-    """A model config as plain JSON, bounded in size and depth."""
-    if len(text) > MAX_CONFIG_BYTES:
+def check_size(n_bytes: int, path: str) -> None:
+    """Refuse a model config of more than :data:`MAX_CONFIG_BYTES` before reading it."""
+    if n_bytes > MAX_CONFIG_BYTES:
         raise SourceError(
-            f"refusing model file {path}: its model config is {len(text) / 2**20:.0f} MiB, "
+            f"refusing model file {path}: its model config is {n_bytes / 2**20:.0f} MiB, "
             f"more than the {MAX_CONFIG_BYTES // 2**20} MiB kgen reads"
         )
+
+
+def parse_config(text: str | bytes, path: str) -> dict:
+    """A model config as plain JSON, bounded in size and depth."""
+    check_size(len(text), path)
     try:
         config = json.loads(text)
     except RecursionError:

@@ -190,7 +190,7 @@ def _h5_config(p: Path, path: str) -> tuple[str, str]:
         with h5py.File(str(p), "r") as f:
             for key in ("keras_version", "model_config"):
                 if key in f.attrs:
-                    _check_size(f.attrs.get_id(key).get_storage_size(), path)
+                    allowlist.check_size(f.attrs.get_id(key).get_storage_size(), path)
             version = _h5_text(f.attrs.get("keras_version")) or ""
             config = _h5_text(f.attrs.get("model_config"))
     except SourceError:
@@ -205,21 +205,13 @@ def _h5_config(p: Path, path: str) -> tuple[str, str]:
     return version, config
 
 
-def _check_size(n_bytes: int, path: str) -> None:
-    if n_bytes > allowlist.MAX_CONFIG_BYTES:
-        raise SourceError(
-            f"refusing model file {path}: its model config is {n_bytes / 2**20:.0f} MiB, more "
-            f"than the {allowlist.MAX_CONFIG_BYTES // 2**20} MiB kgen reads"
-        )
-
-
 def _read_member(z: zipfile.ZipFile, name: str, path: str) -> bytes:
     """One archive member, read no further than the config size limit (the size a zip
     header claims is not trusted: a bomb's can lie)."""
-    _check_size(z.getinfo(name).file_size, path)
+    allowlist.check_size(z.getinfo(name).file_size, path)
     with z.open(name) as f:
         data = f.read(allowlist.MAX_CONFIG_BYTES + 1)
-    _check_size(len(data), path)
+    allowlist.check_size(len(data), path)
     return data
 
 
@@ -296,7 +288,7 @@ def _load_saved_model(p: Path, path: str, has_lowering=None):
     try:
         from tf_keras.protobuf import saved_metadata_pb2
 
-        _check_size((p / "keras_metadata.pb").stat().st_size, path)
+        allowlist.check_size((p / "keras_metadata.pb").stat().st_size, path)
         metadata = saved_metadata_pb2.SavedMetadata()
         metadata.ParseFromString((p / "keras_metadata.pb").read_bytes())
         root = next(n for n in metadata.nodes if n.node_path == "root")
