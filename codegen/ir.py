@@ -37,6 +37,7 @@ __all__ = [
     "Module",
     "Neg",
     "Node",
+    "Param",
     "Ref",
     "Sym",
 ]
@@ -125,6 +126,22 @@ class Index:
 
     value: Any
     key: Any
+
+
+@dataclass(frozen=True)
+class Param:
+    """A variable the generated class owns itself, not through a submodule: a weight a
+    traced custom layer reads in its own ``call`` (``self.add_weight``).  Trainable ones
+    are ``self.param(name, ...)``, the others ``self.variable("state", name, ...)``."""
+
+    name: str
+    shape: tuple
+    dtype: str = "float32"
+    trainable: bool = True
+
+    @property
+    def collection(self) -> str:
+        return "params" if self.trainable else "state"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ class LoweredGraph:
 class _Problems:
     def __init__(self):
         self.unsupported: dict[str, list[str]] = defaultdict(list)  # class -> layer names
+        self.untraceable: dict[str, str] = {}  # class -> why tracing its call() failed
         self.configs: list[str] = []
 
     def raise_if_any(self) -> None:
@@ -55,6 +56,11 @@ class _Problems:
                 f"{total} layer(s) of {len(self.unsupported)} unsupported class(es): "
                 + "; ".join(
                     f"{cls} x{len(names)} ({_names(names)})"
+                    + (
+                        f", whose call() kgen could not trace ({self.untraceable[cls]})"
+                        if cls in self.untraceable
+                        else ""
+                    )
                     for cls, names in sorted(self.unsupported.items())
                 )
             )
@@ -62,8 +68,8 @@ class _Problems:
             lines.append(f"{len(self.configs)} unsupported config(s): " + "; ".join(self.configs))
         if "Lambda" in self.unsupported:
             lines.append(
-                "Lambda layers run arbitrary Python, so kgen never executes or decompiles "
-                "them: move the code into a custom layer class and register a lowering for it"
+                "a Lambda is traced only in kgen.convert on a live model; from a file kgen "
+                "never runs its code: move it into a layer class (see README, 'Custom layers')"
             )
         lines.append(
             "To convert a layer kgen lacks, register a lowering for its class with "
@@ -113,15 +119,35 @@ def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
         out.nodes.append(lnode)
         if node.kind == "input":
             continue
-        if node.kind == "model":
+        if node.kind in ("model", "traced"):
             sub = data["subgraph"]
-            if node.name not in children:
-                children[node.name] = _lower(sub, problems)
-                out.children.append(children[node.name])
-            lnode.subclass = children[node.name]
+            # A nested model is one class however often it is called; each traced call
+            # is lowered on its own, and render shares the classes that come out alike.
+            key = node.name if node.kind == "model" else nid
+            if key not in children:
+                children[key] = _lower(sub, problems)
+                out.children.append(children[key])
+            lnode.subclass = children[key]
+            args = (
+                _model_call_args(sub, node)
+                if node.kind == "model"
+                else tuple(data["traced_inputs"])
+            )
             lnode.lowered = ir.Lowered(
-                expr=ir.Call(ir.SELF, _model_call_args(sub, node), {"train": ir.TRAIN}),
+                expr=ir.Call(ir.SELF, args, {"train": ir.TRAIN}),
                 module=ir.Module(ir.LocalClass("")),  # class name filled in by render
+            )
+            continue
+        if node.kind == "variable":
+            (array,) = node.weights.values()
+            lnode.lowered = ir.Lowered(
+                expr=ir.Param(
+                    node.name,
+                    tuple(array.shape),
+                    str(array.dtype),
+                    trainable=data.get("trainable", True),
+                ),
+                variables={"": array},  # render files it under the param's name
             )
             continue
         spec = lookup_class(
@@ -132,7 +158,10 @@ def _lower(graph: nx.DiGraph, problems: _Problems) -> LoweredGraph:
             registered_name=node.registered_name,
         )
         if spec is None:
-            problems.unsupported[_display_class(node)].append(node.name)
+            shown = _display_class(node)
+            problems.unsupported[shown].append(node.name)
+            if data.get("trace_error"):
+                problems.untraceable.setdefault(shown, data["trace_error"])
             continue
         if node.config_skipped:  # a plug-in's class whose get_config() raised
             problems.configs.append(

@@ -8,8 +8,11 @@ the source unescaped.
 
 from __future__ import annotations
 
+import ast
+import io
 import math
 import re
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +28,7 @@ from kgen.codegen.names import (
     sanitize,
     submodule_namespace,
 )
-from kgen.tracer.graph import Ref, map_refs
+from kgen.tracer.graph import Dim, Ref, map_refs
 
 __all__ = ["Rendered", "py_literal", "render"]
 
@@ -87,6 +90,13 @@ def py_literal(value, used: set | None = None) -> str:
     if isinstance(value, ir.Sym):
         used.add(value.namespace)
         return value.path
+    if isinstance(value, Dim):  # refs already replaced by their variables' _Code
+        text = " * ".join(f"{py_literal(r, used)}.shape[{a}]" for r, a in value.sizes)
+        if value.num != 1:
+            text += f" * {value.num}"
+        if value.den != 1:
+            text = f"({text}) // {value.den}" if " " in text else f"{text} // {value.den}"
+        return text if " " not in text else f"({text})"
     raise TypeError(f"no Python literal for {type(value).__name__}")
 
 
@@ -121,13 +131,25 @@ class _Class:
     returns: str
     variables: dict = field(default_factory=dict)
     used: set = field(default_factory=set)
+    fields: list[str] = field(default_factory=list)  # "name: type" dataclass fields
+    traced: bool = False  # a custom layer's call(), traced (see tracer/custom.py)
+    origin: str = ""  # the traced layer's Python class name
+    hyper: dict = field(default_factory=dict)  # the traced layer's plain attributes
 
 
 class _ClassRenderer:
-    def __init__(self, lg: LoweredGraph, class_name: str, child_classes: dict, reserved: set):
+    def __init__(
+        self,
+        lg: LoweredGraph,
+        class_name: str,
+        child_classes: dict,
+        reserved: set,
+        field_values: dict | None = None,
+    ):
         self.lg = lg
         self.class_name = class_name
         self.child_classes = child_classes  # id(LoweredGraph) -> _Class
+        self.field_values = field_values or {}  # id(LoweredGraph) -> {field: literal}
         self.locals = Namespace(reserved | {"self", "train"})
         self.modules = submodule_namespace()
         self.vars: dict[Ref, str] = {}
@@ -173,12 +195,30 @@ class _ClassRenderer:
     def module_ctor(self, lnode, name: str) -> str:
         mod = lnode.lowered.module
         fn = mod.fn
+        parts = [self.expr(a) for a in mod.args]
         if isinstance(fn, ir.LocalClass):
             fn = ir.LocalClass(self.child_classes[id(lnode.subclass)].name)
-        parts = [self.expr(a) for a in mod.args]
+            parts += [f"{k}={v}" for k, v in self.field_values.get(id(lnode.subclass), {}).items()]
         parts += [f"{k}={self.expr(v)}" for k, v in mod.kwargs.items()]
         parts.append(f"name={name!r}")
         return f"{self.expr(fn)}({', '.join(parts)})"
+
+    def param_statement(self, lnode, variables: dict) -> str:
+        """``table = self.param('table', ...)``: a variable the class owns itself."""
+        p = lnode.lowered.expr
+        pname = self.modules.create(p.name, fallback="weight")
+        var = self.locals.create(p.name, fallback="weight")
+        self.vars[Ref(lnode.id, 0)] = var
+        (array,) = lnode.lowered.variables.values()
+        variables.setdefault(p.collection, {})[pname] = array
+        self.used.add("jnp")
+        dtype = f"jnp.{np.dtype(p.dtype).name}"
+        shape = py_literal(tuple(int(d) for d in p.shape))
+        if p.trainable:
+            return f"{var} = self.param({pname!r}, nn.initializers.zeros_init(), {shape}, {dtype})"
+        return (
+            f"{var} = self.variable({p.collection!r}, {pname!r}, jnp.zeros, {shape}, {dtype}).value"
+        )
 
     def render(self) -> _Class:
         g = self.lg.graph
@@ -194,6 +234,9 @@ class _ClassRenderer:
             if lnode.lowered is None:
                 continue
             low = lnode.lowered
+            if isinstance(low.expr, ir.Param):
+                body.append(self.param_statement(lnode, variables))
+                continue
             module_text = None
             if low.module is not None:
                 first = node.name not in self.module_names
@@ -238,16 +281,38 @@ class _ClassRenderer:
         returns = py_literal(map_refs(outputs, self._code), self.used)
         shapes = tuple(tuple(s.shape) for s in g.graph["inputs"])
         kind = g.graph.get("class_name", "Functional")
+        traced = bool(g.graph.get("traced"))
+        if traced:
+            module = ".".join(sanitize(p) for p in str(g.graph.get("module", "")).split("."))
+            activation = g.graph.get("activation")
+            what = f"Keras layer class {sanitize(kind)}"
+            if g.graph.get("subclassed_model"):
+                what = f"Keras model class {sanitize(kind)}"
+            if kind == "Lambda" and not activation:
+                what = "Keras Lambda layer"
+            elif activation and kind == "Lambda":
+                what, kind = f"Keras Lambda of function {sanitize(activation)}", activation
+            elif activation:  # a Keras layer traced for its user activation function
+                what += f" with activation {sanitize(activation)}"
+                kind = f"{kind}_{activation}"
+            doc = f"{what}, its call() traced by kgen.\n\n    From {module}.\n    "
+        else:
+            doc = (
+                f"Keras {sanitize(kind)} model {sanitize(g.graph['name'], 'model')}, "
+                "converted by kgen."
+            )
         return _Class(
             name=self.class_name,
-            doc=f"Keras {sanitize(kind)} model {sanitize(g.graph['name'], 'model')}, "
-            "converted by kgen.",
+            doc=doc,
             args=args,
             input_shapes=py_literal(shapes),
             body=body,
             returns=returns,
             variables=variables,
             used=self.used,
+            traced=traced,
+            origin=str(kind),
+            hyper=dict(g.graph.get("hyper", {})),
         )
 
 
@@ -266,6 +331,158 @@ def _comment(text: str) -> str:
 
 
 _ENV.filters["py"] = py_literal
+
+
+def _levels(top: LoweredGraph) -> list[list[LoweredGraph]]:
+    """Every class-to-be, once, grouped by height: leaves first, the top class last."""
+    height: dict[int, int] = {}
+    order: list[LoweredGraph] = []
+
+    def visit(lg: LoweredGraph) -> int:
+        if id(lg) not in height:
+            height[id(lg)] = 1 + max((visit(c) for c in lg.children), default=-1)
+            order.append(lg)
+        return height[id(lg)]
+
+    visit(top)
+    levels: dict[int, list] = {}
+    for lg in order:
+        levels.setdefault(height[id(lg)], []).append(lg)
+    return [levels[h] for h in sorted(levels)]
+
+
+def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
+    """Render every class, children before parents.  Traced calls of one Python class
+    whose code comes out the same share one class; when only literal values differ
+    (hyper-parameters), those become the shared class's dataclass fields."""
+    classes: list[_Class] = []
+    by_id: dict[int, _Class] = {}
+    field_values: dict[int, dict] = {}
+    for level in _levels(top):
+        reserved = set(ir.NAMESPACES) | {c.name for c in classes} | {top_name}
+        rendered = []
+        for lg in level:
+            cls = _ClassRenderer(lg, "", by_id, reserved, field_values).render()
+            rendered.append((lg, cls))
+        for group in _share(rendered):
+            lg0, cls = group[0]
+            if lg0 is top:
+                cls.name = top_name
+            else:
+                base = cls.origin if cls.traced else lg0.name
+                cls.name = class_names.create(pascal_case(base), fallback="Model")
+                if cls.traced:  # its input sizes are its caller's business
+                    cls.input_shapes = ""
+            if len(group) > 1:
+                cls.fields, values = _fields(cls, [c for _, c in group])
+                for (lg, _), vals in zip(group, values):
+                    field_values[id(lg)] = vals
+            for lg, member in group:
+                shared = _Class(**{**cls.__dict__, "variables": member.variables})
+                by_id[id(lg)] = shared
+            classes.append(cls)
+    return classes, by_id
+
+
+def _tokens(cls: _Class) -> list:
+    text = "\n".join([*cls.body, f"return {cls.returns}"]) + "\n"
+    return list(tokenize.generate_tokens(io.StringIO(text).readline))
+
+
+_LITERALS = (tokenize.NUMBER, tokenize.STRING)
+_MAX_FIELDS = 16
+
+
+def _differing(a: list, b: list) -> list[int] | None:
+    """Token positions where two classes differ in a literal only, or None if their
+    code differs otherwise (or in more than a few literals)."""
+    if len(a) != len(b):
+        return None
+    found = []
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x.string == y.string:
+            continue
+        if x.type not in _LITERALS or y.type != x.type:
+            return None
+        found.append(i)
+    return found if len(found) <= _MAX_FIELDS else None
+
+
+def _share(rendered: list) -> list[list]:
+    """Group ``(graph, class)`` pairs: traced classes of one Python class that differ at
+    most in literal values share a group; everything else is a group of its own."""
+    groups: list[list] = []
+    for lg, cls in rendered:
+        for group in groups:
+            other = group[0][1]
+            if (
+                cls.traced
+                and other.traced
+                and cls.doc == other.doc
+                and cls.args == other.args
+                and _differing(_tokens(other), _tokens(cls)) is not None
+            ):
+                group.append((lg, cls))
+                break
+        else:
+            groups.append([(lg, cls)])
+    return groups
+
+
+def _fields(cls: _Class, members: list[_Class]) -> tuple[list[str], list[dict]]:
+    """Turn the literals the members differ in into fields of ``cls``: rewrites its
+    body to read ``self.<field>``; returns the field lines and each member's values."""
+    toks = [_tokens(m) for m in members]
+    positions = sorted({i for t in toks[1:] for i in _differing(toks[0], t)})
+    if not positions:
+        return [], [{} for _ in members]
+    names = Namespace({"name", "parent"})
+    lines = "\n".join([*cls.body, f"return {cls.returns}"]).split("\n")
+    fields, per_position = [], []
+    by_attribute: dict[str, str] = {}
+    for i in positions:
+        values = [ast.literal_eval(t[i].string) for t in toks]
+        attr = _attribute_for(values, [m.hyper for m in members])
+        if attr is not None and attr in by_attribute:
+            per_position.append(by_attribute[attr])
+            continue
+        fname = names.create(attr or _field_name(toks[0], i), fallback="value")
+        if attr is not None:
+            by_attribute[attr] = fname
+        fields.append(f"{fname}: {type(values[0]).__name__}")
+        per_position.append(fname)
+    for i, fname in sorted(zip(positions, per_position), reverse=True):
+        tok = toks[0][i]
+        (row, col), (_, end) = tok.start, tok.end
+        line = lines[row - 1]
+        lines[row - 1] = line[:col] + f"self.{fname}" + line[end:]
+    cls.body, cls.returns = lines[:-1], lines[-1][len("return ") :]
+    values = [{f: t[i].string for i, f in zip(positions, per_position)} for t in toks]
+    return fields, values
+
+
+def _attribute_for(values: list, hypers: list[dict]) -> str | None:
+    """The layer attribute (``dim``, ``num_heads``) that holds ``values[k]`` in member k."""
+    for attr in hypers[0]:
+        if all(
+            attr in h and type(h[attr]) is type(v) and h[attr] == v for h, v in zip(hypers, values)
+        ):
+            return attr
+    return None
+
+
+def _field_name(toks: list, i: int) -> str:
+    """``<submodule or variable>_<keyword>`` for the literal at token ``i``."""
+    row = toks[i].start[0]
+    line = [t for t in toks if t.start[0] == row]
+    owner = line[0].string if line and line[0].type == tokenize.NAME else "value"
+    for j, t in enumerate(line[:-2]):
+        if t.string == "name" and line[j + 1].string == "=" and line[j + 2].type == tokenize.STRING:
+            owner = ast.literal_eval(line[j + 2].string)
+    keyword = None
+    if i >= 2 and toks[i - 1].string == "=" and toks[i - 2].type == tokenize.NAME:
+        keyword = toks[i - 2].string
+    return f"{owner}_{keyword}" if keyword else owner
 
 
 def _metadata_attrs(metadata: dict) -> tuple[list[str], str]:
@@ -309,22 +526,9 @@ def render(
     ``preprocess_mode``/``input_size`` class attributes and a ``preprocess`` staticmethod
     to the top-level class.
     """
-    classes: list[_Class] = []
-    by_id: dict[int, _Class] = {}
     class_names = Namespace(set(ir.NAMESPACES))
     top_name = class_names.create(class_name or pascal_case(lowered.name), fallback="Model")
-
-    def visit(lg: LoweredGraph, name: str | None = None):
-        for child in lg.children:
-            if id(child) not in by_id:
-                visit(child)
-        cname = name or class_names.create(pascal_case(lg.name), fallback="Model")
-        reserved = set(ir.NAMESPACES) | {c.name for c in classes} | {top_name, cname}
-        cls = _ClassRenderer(lg, cname, by_id, reserved).render()
-        by_id[id(lg)] = cls
-        classes.append(cls)
-
-    visit(lowered, top_name)
+    classes, _ = _render_classes(lowered, top_name, class_names)
     top_attrs, preprocess = _metadata_attrs(metadata or {})
     used = sorted(set().union(*(c.used for c in classes), {"rt"} if preprocess else set()))
     imports = sorted(ir.NAMESPACES[a] for a in used if a != "rt")

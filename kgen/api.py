@@ -306,6 +306,11 @@ def count_layers(graph) -> int:
     return n
 
 
+def _is_shape(value) -> bool:
+    """``(32, 32, 3)`` or ``(None, 16)``, as opposed to a list of such shapes."""
+    return isinstance(value, (list, tuple)) and all(d is None or isinstance(d, int) for d in value)
+
+
 def convert(
     model,
     *,
@@ -313,8 +318,18 @@ def convert(
     class_name: str | None = None,
     regenerate: str = "",
     metadata: dict | None = None,
+    input_shapes=None,
+    input_dtypes=None,
+    trace_lambdas: bool = True,
 ) -> Conversion:
-    """Convert a Keras functional or Sequential model (Keras 3 or tf.keras).
+    """Convert a Keras functional or Sequential model (Keras 3 or tf.keras), or a Keras 3
+    subclassed model given ``input_shapes``.
+
+    Layers kgen has no lowering for are traced into (their own ``call()``), and so are
+    the ``Lambda`` layers of a live model (``trace_lambdas``; the CLI turns it off for
+    model files, whose Lambdas are refused before loading anyway).
+    ``input_shapes``: a subclassed model's input shapes without the batch dim, one
+    tuple per input (``input_dtypes`` defaults to float32 each).
 
     ``metadata`` (e.g. ``{"preprocess": "tf", "input_size": 299}``) gives the generated
     class ``preprocess_mode``/``input_size`` attributes and a ``preprocess`` staticmethod.
@@ -326,7 +341,14 @@ def convert(
     from kgen.tracer import trace
 
     start = time.perf_counter()
-    graph = trace(model, has_lowering=has_lowering)
+    specs = None
+    if input_shapes is not None:
+        shapes = [input_shapes] if _is_shape(input_shapes) else list(input_shapes)
+        dtypes = list(input_dtypes) if input_dtypes is not None else ["float32"] * len(shapes)
+        if len(dtypes) != len(shapes):
+            raise ValueError(f"{len(shapes)} input shapes but {len(dtypes)} dtypes")
+        specs = [((None, *shape), dtype) for shape, dtype in zip(shapes, dtypes)]
+    graph = trace(model, has_lowering=has_lowering, trace_lambdas=trace_lambdas, input_specs=specs)
     if class_name is None:  # a very long model name: a bounded class (and file) name
         default = pascal_case(graph.graph["name"])
         if len(default) > MAX_NAME_LENGTH:

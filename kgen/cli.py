@@ -543,6 +543,7 @@ def emit(source, output, weights, as_json, **app_options):
                 if loaded.app
                 else "",
                 metadata=metadata,
+                trace_lambdas=False,  # a file's code is never run (and the allowlist agrees)
             )
     if module_name is not None:
         conversion.module_name = module_file_name(module_name)

@@ -9,7 +9,7 @@ from kgen.runtime.categorical import discretize, encode_categorical
 from kgen.runtime.conv import DepthwiseConv
 from kgen.runtime.einsum import EinsumDense
 from kgen.runtime.image import auto_contrast
-from kgen.runtime.layers import BatchNorm, PReLU, SeparableConv
+from kgen.runtime.layers import BatchNorm, PReLU, ReversibleEmbedding, SeparableConv
 from kgen.runtime.local import LocallyConnected
 from kgen.runtime.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kgen.runtime.normalization import (
@@ -25,6 +25,7 @@ from kgen.runtime.ops import (
     hard_shrink,
     hard_sigmoid_tf_keras,
     leaky_relu,
+    masked_softmax,
     relu,
     soft_shrink,
     softmax,
@@ -57,6 +58,7 @@ __all__ = [
     "MultiHeadAttention",
     "Normalization",
     "PReLU",
+    "ReversibleEmbedding",
     "SeparableConv",
     "SimpleRNN",
     "adaptive_pool",
@@ -74,6 +76,7 @@ __all__ = [
     "l2_normalize",
     "leaky_relu",
     "load_variables",
+    "masked_softmax",
     "normalize",
     "preprocess_input",
     "relu",

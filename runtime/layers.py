@@ -15,7 +15,7 @@ from jax import lax
 
 from kgen.runtime.conv import DepthwiseConv
 
-__all__ = ["BatchNorm", "PReLU", "SeparableConv"]
+__all__ = ["BatchNorm", "PReLU", "ReversibleEmbedding", "SeparableConv"]
 
 
 def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> list[int]:
@@ -120,3 +120,35 @@ class PReLU(nn.Module):
     def __call__(self, x):
         alpha = self.param("alpha", nn.initializers.zeros, tuple(self.alpha_shape))
         return jax.nn.relu(x) - alpha * jax.nn.relu(-x)
+
+
+class ReversibleEmbedding(nn.Module):
+    """Keras ``ReversibleEmbedding``: an embedding table, and with ``reverse=True`` the
+    projection back onto the vocabulary, ``x @ embedding.T`` (or ``x @
+    reverse_embeddings`` when ``tie_weights`` is off), optionally soft-capped as
+    ``tanh(logits / cap) * cap``.  Tokens are cast to int32, as Keras casts them."""
+
+    num_embeddings: int
+    features: int
+    tie_weights: bool = True
+    logit_soft_cap: float | None = None
+
+    @nn.compact
+    def __call__(self, x, reverse: bool = False):
+        init = nn.initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
+        table = self.param("embedding", init, (self.num_embeddings, self.features))
+        kernel = (
+            table.T
+            if self.tie_weights
+            else self.param(
+                "reverse_embeddings",
+                nn.initializers.lecun_normal(),
+                (self.features, self.num_embeddings),
+            )
+        )
+        if not reverse:
+            return jnp.take(table, jnp.asarray(x, jnp.int32), axis=0)
+        logits = x @ kernel
+        if self.logit_soft_cap is not None:
+            logits = jnp.tanh(logits / self.logit_soft_cap) * self.logit_soft_cap
+        return logits

@@ -65,6 +65,16 @@ def softmax(x, axis=-1):
     return jax.nn.softmax(x, axis=axis)
 
 
+def masked_softmax(x, mask, axis=-1):
+    """Keras 3 ``Softmax`` called with a ``mask``: masked positions (``mask`` False, or
+    not above 0.5) get ``-1e9`` (``-3e4`` in float16) before the softmax and 0 after it,
+    so a fully masked row is all zeros."""
+    mask = mask if mask.dtype == jnp.bool_ else mask > 0.5
+    large_negative = -3e4 if x.dtype == jnp.float16 else -1e9
+    out = jax.nn.softmax(jnp.where(mask, x, large_negative), axis=axis)
+    return jnp.where(mask, out, 0.0)
+
+
 def soft_shrink(x, threshold=0.5):
     return jnp.where(x > threshold, x - threshold, jnp.where(x < -threshold, x + threshold, 0.0))
 

@@ -3,7 +3,8 @@
 keras-hub's Gemma ``RMSNormalization`` computes ``x * rsqrt(mean(x^2) + eps) * (1 +
 scale)``; Keras's computes ``... * scale``.  Matched by name, the conversion used to
 succeed with relative error 0.42.  A user's class that shares a name with a Keras layer
-is either converted by its own plug-in lowering, with parity, or refused by name.
+is converted by its own plug-in lowering or by tracing its own ``call()``, with parity,
+and never as the Keras class.
 """
 
 from __future__ import annotations
@@ -16,10 +17,8 @@ from helpers import assert_parity, run_cli
 from keras import ops
 from test_errors import assert_user_error
 
-import kgen
 from kgen.codegen import registry
 from kgen.codegen.lowerings.normalization import lower_rms_norm
-from kgen.errors import UnsupportedError
 from kgen.verify import randomize
 
 PACKAGE = "kgen_identity_test"
@@ -88,14 +87,14 @@ def gemma_plugin():
         registry._REGISTRY.pop(("layer", key))
 
 
-def test_user_class_named_like_a_keras_layer_is_not_converted_as_it():
-    model = _model(RMSNormalization(name="norm"))
-    with pytest.raises(UnsupportedError) as info:
-        kgen.convert(model)
-    message = str(info.value)
-    assert f"RMSNormalization (from {RMSNormalization.__module__}) x1 ('norm')" in message
-    # Keras's own RMSNormalization still converts.
-    assert_parity(_model(keras.layers.RMSNormalization(name="norm")))
+def test_user_class_named_like_a_keras_layer_is_traced_not_converted_as_it():
+    conversion, _ = assert_parity(_model(RMSNormalization(name="norm")))
+    assert "class RMSNormalization(nn.Module):" in conversion.source
+    assert "nn.RMSNorm" not in conversion.source
+    assert set(conversion.variables["params"]["norm"]) == {"scale"}
+    # Keras's own RMSNormalization still converts by its lowering.
+    conversion, _ = assert_parity(_model(keras.layers.RMSNormalization(name="norm")))
+    assert "nn.RMSNorm" in conversion.source
 
 
 def test_user_class_converts_through_its_own_plugin(gemma_plugin):
@@ -118,17 +117,36 @@ def test_user_class_in_a_file_without_plugin_is_refused(tmp_path):
     model = _model(RMSNormalization(name="norm"))
     path = tmp_path / "gemma_like.keras"
     model.save(path)
-    assert_user_error(
-        run_cli("emit", path, "-o", tmp_path / "out"), "RMSNormalization x1 ('norm')", "--plugin"
-    )
+    registered = keras.saving.get_custom_objects()
+    key = f"{PACKAGE}>RMSNormalization"
+    cls = registered.pop(key)  # as in a process that did not import the defining module
+    try:
+        assert_user_error(
+            run_cli("emit", path, "-o", tmp_path / "out"),
+            "RMSNormalization x1 ('norm')",
+            "--plugin",
+        )
+    finally:
+        registered[key] = cls
     assert not (tmp_path / "out").exists()
+
+
+def test_user_class_in_a_file_is_traced_when_its_module_is_loaded(tmp_path):
+    model = _model(RMSNormalization(name="norm"))
+    randomize(model, seed=3)
+    path = tmp_path / "gemma_like.keras"
+    model.save(path)
+    result = run_cli("verify", path, "--weights", "model")
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.stdout
 
 
 def test_dropout_subclass_overriding_call_is_not_converted_as_dropout():
     x = keras.Input((4,))
     model = keras.Model(x, Dropout(0.5, name="drop")(keras.layers.Dense(4, name="d")(x)))
-    with pytest.raises(UnsupportedError, match=r"Dropout \(from [\w.]+\) x1 \('drop'\)"):
-        kgen.convert(model)
+    conversion, _ = assert_parity(model)  # x * 2, where Dropout would be an identity
+    assert "class Dropout(nn.Module):" in conversion.source
+    assert "nn.Dropout" not in conversion.source
 
 
 def test_wrapper_around_a_user_class_is_not_converted_as_keras_would():
@@ -138,14 +156,14 @@ def test_wrapper_around_a_user_class_is_not_converted_as_keras_would():
 
     x = keras.Input((3, 4))
     model = keras.Model(x, keras.layers.TimeDistributed(Dense(2), name="td")(x))
-    with pytest.raises(UnsupportedError, match=r"TimeDistributed \(wraps a layer that is not"):
-        kgen.convert(model)
+    conversion, _ = assert_parity(model)
+    assert "class TimeDistributed(nn.Module):" in conversion.source
 
 
-def test_unsupported_class_is_reported_without_calling_get_config():
+def test_unknown_class_is_traced_without_calling_get_config():
     x = keras.Input((4,))
     model = keras.Model(x, Opaque(name="opaque")(keras.layers.Dense(4, name="d")(x)))
     Opaque.config_calls = 0
-    with pytest.raises(UnsupportedError, match=r"Opaque x1 \('opaque'\)"):
-        kgen.convert(model)
+    conversion, _ = assert_parity(model)
+    assert "class Opaque(nn.Module):" in conversion.source
     assert Opaque.config_calls == 0

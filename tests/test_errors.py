@@ -41,20 +41,28 @@ def tiny_model(units=4):
 
 
 def _custom_layer_classes():
-    """Two user layer classes kgen has no lowering for (registered so .keras files load)."""
+    """Two user layer classes kgen has no lowering for and cannot trace into: their
+    ``call`` branches in Python on a tensor's value (registered so .keras files load)."""
     import keras
+    from keras import ops
 
     if not hasattr(_custom_layer_classes, "cache"):
 
         @keras.saving.register_keras_serializable(package="kgen_errors_test")
         class Squish(keras.layers.Layer):
             def call(self, x):
-                return x * 0.5
+                return x * 0.5 if ops.max(x) > 0 else x
+
+            def compute_output_shape(self, shape):
+                return shape
 
         @keras.saving.register_keras_serializable(package="kgen_errors_test")
         class Wobble(keras.layers.Layer):
             def call(self, x):
-                return x + 1.0
+                return x + 1.0 if ops.min(x) > 0 else x
+
+            def compute_output_shape(self, shape):
+                return shape
 
         _custom_layer_classes.cache = (Squish, Wobble)
     return _custom_layer_classes.cache
@@ -86,8 +94,9 @@ def test_unsupported_layers_listed_together_by_the_api():
         kgen.convert(unsupported_model())
     message = str(info.value)
     assert "3 layer(s) of 2 unsupported class(es)" in message
-    assert "Squish x1 ('emb')" in message
-    assert "Wobble x2 ('lstm_a', 'lstm_b')" in message
+    assert "Squish x1 ('emb'), whose call() kgen could not trace" in message
+    assert "Wobble x2 ('lstm_a', 'lstm_b'), whose call() kgen could not trace" in message
+    assert "cannot be used as a boolean" in message  # the reason, from Keras
     assert "Dense" not in message
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import assert_parity
+from keras import ops
 
 from kgen.cli import main
 from kgen.errors import UnsupportedError
@@ -105,7 +106,10 @@ def test_missing_plugin_is_reported_with_the_plugin_route():
     @keras.saving.register_keras_serializable(package="kgen_plugin_test2")
     class NoLowering(keras.layers.Layer):
         def call(self, x):
-            return x * 2.0
+            return x * 2.0 if ops.mean(x) > 0 else x  # untraceable: Python if on a value
+
+        def compute_output_shape(self, shape):
+            return shape
 
     x = keras.Input((4,))
     model = keras.Model(x, NoLowering(name="mystery")(x))
@@ -114,18 +118,30 @@ def test_missing_plugin_is_reported_with_the_plugin_route():
     with pytest.raises(UnsupportedError) as err:
         kgen.convert(model)
     message = str(err.value)
-    assert "NoLowering x1 ('mystery')" in message
+    assert "NoLowering x1 ('mystery'), whose call() kgen could not trace" in message
     assert "--plugin" in message and "register" in message
 
 
-def test_lambda_layers_are_reported_not_executed():
+def test_lambda_layers_of_a_live_model_are_traced():
+    from helpers import assert_parity
+
+    def shift(t, amount=1.0):
+        return t + amount
+
     x = keras.Input((4,))
     y = keras.layers.Lambda(lambda t: t * 2.0, name="double")(x)
-    model = keras.Model(x, keras.layers.Lambda(lambda t: t + 1.0, name="inc")(y))
+    z = keras.layers.Lambda(shift, arguments={"amount": 3.0}, name="inc")(y)
+    conversion, _ = assert_parity(keras.Model(x, z))
+    assert "class Lambda(nn.Module):" in conversion.source
+    assert "class Shift(nn.Module):" in conversion.source
+
+
+def test_lambda_layers_are_not_traced_when_asked_not_to():
     import kgen
 
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.layers.Lambda(lambda t: t + 1.0, name="inc")(x))
     with pytest.raises(UnsupportedError) as err:
-        kgen.convert(model)
+        kgen.convert(model, trace_lambdas=False)
     message = str(err.value)
-    assert "Lambda x2" in message and "'double'" in message and "'inc'" in message
-    assert "never executes" in message
+    assert "Lambda x1 ('inc')" in message and "never runs its code" in message

@@ -10,8 +10,12 @@ one of these:
 * a layer or op class that Keras itself defines (module ``keras``/``tf_keras``) and kgen
   lowers, or a model container kgen traces (``Functional``, ``Sequential``, ``Model``,
   ``InputLayer``);
-* a class a ``--plugin`` registered a lowering for, found in Keras's registry of custom
-  objects (so Keras resolves it without importing anything the file names);
+* a class found in Keras's registry of custom objects (so Keras resolves it without
+  importing anything the file names), which only code the user runs -- a ``--plugin``
+  module, trusted -- can have put there: in Keras 3 files any such layer class, which
+  kgen traces into (see tracer/custom.py) or converts by the plug-in's lowering; in
+  tf.keras files one a plug-in registered a lowering for;
+* for Keras 3 files, a function in that registry (a user activation, which kgen traces);
 * for Keras 3 ``.keras`` files only, a class of a first-party Keras package (``keras_hub``,
   ``keras_cv``, ``keras_nlp``), which Keras imports under its own safe mode;
 * an inert Keras object: an initializer, regularizer, constraint or dtype policy from
@@ -224,7 +228,13 @@ class _Checker:
         keras_module = module in ("builtins", None) or (
             isinstance(module, str) and module.split(".")[0] in ("keras", "tf_keras")
         )
-        return keras_module and isinstance(fn, str) and fn in self.keras.activations
+        if keras_module and isinstance(fn, str) and fn in self.keras.activations:
+            return True
+        registered = obj.get("registered_name")
+        if self.source != "keras3" or not isinstance(registered, str):
+            return False
+        found = self.keras.registered(registered)  # put there by a trusted --plugin
+        return callable(found) and not isinstance(found, type)
 
     def is_op(self, obj: dict, cls: str) -> bool:
         if cls in TF_OP_LAYERS:
@@ -256,10 +266,13 @@ class _Checker:
 
     def is_plugin_class(self, registered: str) -> bool:
         """A class Keras finds in its registry of custom objects (never by importing the
-        file's module) and a plug-in registered a lowering for."""
+        file's module): in Keras 3 any layer class, which kgen traces into; in tf.keras
+        one a plug-in registered a lowering for."""
         found = self.keras.registered(registered)
         if not isinstance(found, type):
             return False
+        if self.source == "keras3" and issubclass(found, self.keras.layer_class):
+            return True
         return self.has_lowering(
             "layer",
             found.__name__,
@@ -341,6 +354,7 @@ class _KerasNamespace:
             root, names = tf_keras, ("tf_keras", "keras")
             self.registered = tf_keras.saving.get_registered_object
         self.packages = frozenset(names)
+        self.layer_class = root.layers.Layer
         self.inert_by_module: dict[str, frozenset] = {}
         namespaces = {
             "initializers": root.initializers,

@@ -38,7 +38,7 @@ from typing import Any
 
 import networkx as nx
 
-__all__ = ["InputSpec", "Ref", "iter_refs", "map_refs", "topological_nodes"]
+__all__ = ["Dim", "InputSpec", "Ref", "iter_refs", "map_refs", "topological_nodes"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,20 @@ class Ref:
 
     node: str
     index: int = 0
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A size known only when the module runs: ``num / den`` times the product of
+    ``ref``'s size along ``axis`` for each ``(ref, axis)`` in ``sizes`` (graph inputs).
+
+    A traced custom layer that reads ``ops.shape(x)`` of a ``None`` dimension (the
+    batch, a sequence length) gets one of these in place of the number it saw.
+    """
+
+    sizes: tuple  # ((Ref, axis), ...)
+    num: int = 1
+    den: int = 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,8 @@ def map_refs(value: Any, fn):
     """Rebuild a nested structure, replacing each :class:`Ref` by ``fn(ref)``."""
     if isinstance(value, Ref):
         return fn(value)
+    if isinstance(value, Dim):
+        return Dim(tuple((map_refs(r, fn), a) for r, a in value.sizes), value.num, value.den)
     if isinstance(value, tuple):
         return tuple(map_refs(v, fn) for v in value)
     if isinstance(value, list):

@@ -8,6 +8,8 @@ not list are traced too.  Each symbolic tensor names its producer through
 
 from __future__ import annotations
 
+from collections import defaultdict
+
 import keras
 import networkx as nx
 import numpy as np
@@ -15,6 +17,7 @@ from keras.src.models.functional import Functional
 
 from kgen.errors import TraceError
 from kgen.tracer.builder import GraphBuilder
+from kgen.tracer.graph import InputSpec
 from kgen.tracer.plain import plain as _plain
 
 _IGNORED_CALL_KWARGS = {"mask": None, "training": None}
@@ -58,9 +61,10 @@ def _layer_weights(layer) -> dict[str, np.ndarray]:
 class _Tracer(GraphBuilder):
     builtin_prefix = "keras.src."
 
-    def __init__(self, has_lowering=None):
+    def __init__(self, has_lowering=None, trace_lambdas=False):
         super().__init__()
         self.has_lowering = has_lowering
+        self.trace_lambdas = trace_lambdas
 
     def is_symbolic(self, value) -> bool:
         return isinstance(value, keras.KerasTensor)
@@ -97,7 +101,7 @@ class _Tracer(GraphBuilder):
         attrs = self.node_attrs(
             op, node_index, [_shape(t) for t in outputs], [str(t.dtype) for t in outputs]
         )
-        if node.is_input:
+        if node.is_input and isinstance(op, keras.layers.InputLayer):
             attrs.update(kind="input", config=_plain(op.get_config()))
             self.add(nid, attrs)
             return
@@ -118,8 +122,10 @@ class _Tracer(GraphBuilder):
 
         if _is_graph_model(op):
             if id(op) not in self.subgraphs:
-                self.subgraphs[id(op)] = _Tracer(self.has_lowering).trace(op)
+                self.subgraphs[id(op)] = _Tracer(self.has_lowering, self.trace_lambdas).trace(op)
             attrs.update(kind="model", subgraph=self.subgraphs[id(op)])
+        elif isinstance(op, keras.layers.Layer) and self.should_trace(op):
+            self.trace_into(op, node, attrs)
         elif isinstance(op, keras.layers.Layer):
             config, skipped = self.layer_config(op, "layer", self.has_lowering)
             attrs.update(kind="layer", config=config, config_skipped=skipped)
@@ -132,6 +138,41 @@ class _Tracer(GraphBuilder):
             attrs.update(kind="op", config=config, config_skipped=skipped)
         self.add(nid, attrs)
 
+    # -- tracing into layers kgen has no lowering for (tracer/custom.py) ----------------
+    def should_trace(self, layer) -> bool:
+        """Whether to trace ``layer.call`` instead of recording the layer as one node:
+        a class with no lowering (a user's, a third-party package's), an in-process
+        Lambda, or a Keras layer whose activation is a user function."""
+        if self.has_lowering is None:
+            return False
+        identity = self.identity(layer)
+        name = type(layer).__name__
+        if not identity["builtin"]:
+            return not self.has_lowering("layer", name, **identity)
+        if isinstance(layer, keras.layers.Lambda):
+            return self.trace_lambdas
+        return _custom_activation(layer) is not None
+
+    def trace_into(self, layer, node, attrs: dict) -> None:
+        from kgen.tracer.custom import TraceFailure, trace_call
+
+        args, kwargs = tuple(node.arguments.args), dict(node.arguments.kwargs)
+        for key, mask in _runtime_masks(layer, node).items():
+            if kwargs.get(key) is None:
+                kwargs[key] = mask
+        try:
+            sub, tensors = trace_call(
+                layer, args, kwargs, lambda: _CallTracer(self.has_lowering, self.trace_lambdas)
+            )
+        except TraceFailure as exc:
+            attrs.update(kind="layer", config={}, config_skipped="no lowering")
+            attrs["trace_error"] = str(exc)
+            return
+        if isinstance(layer, keras.layers.Lambda):  # named after its function, if it has one
+            fn_name = getattr(layer.function, "__name__", "<lambda>")
+            sub.graph["activation"] = None if fn_name == "<lambda>" else fn_name
+        attrs.update(kind="traced", subgraph=sub, traced_inputs=[self.ref(t) for t in tensors])
+
     def add_mask_producers(self, value) -> None:
         """Trace the op nodes computing a Keras mask that no recorded argument uses."""
         for kt in _keras_tensors(value):
@@ -141,6 +182,125 @@ class _Tracer(GraphBuilder):
             knode = op._inbound_nodes[node_index]
             self.add_mask_producers(list(knode.arguments.keras_tensors))
             self.add_node(knode)
+
+
+def _hyper_parameters(layer) -> dict:
+    """The layer's public attributes holding a number, string or bool (``num_heads``,
+    ``dim``): render names a shared class's fields after them."""
+    return {
+        k: v
+        for k, v in vars(layer).items()
+        if not k.startswith("_")
+        and k not in ("name", "trainable", "built", "supports_masking")
+        and isinstance(v, (bool, int, float, str))
+    }
+
+
+def _custom_activation(layer):
+    """A Keras layer's activation when it is a function that is not Keras's own."""
+    fn = layer.__dict__.get("activation")
+    if fn is None or not callable(fn):
+        return None
+    module = getattr(fn, "__module__", "") or ""
+    return None if module.startswith("keras.") else fn
+
+
+class _CallTracer(_Tracer):
+    """Builds the sub-graph of one traced ``call()`` (see tracer/custom.py).
+
+    Nodes read against the layer's own code: sub-layers are named by the attribute
+    holding them, ops by their class (``add``, ``add_1``), inputs by the call's
+    argument names, and variables the layer reads itself by their Keras names.
+    """
+
+    def trace_function(self, function, *, layer, inputs, variables) -> nx.DiGraph:
+        from kgen.tracer.custom import attribute_names
+
+        self.layer_names = attribute_names(layer)
+        self.input_names = {id(t._keras_history[0]): name for name, t in inputs}
+        self.variable_inputs = {
+            id(ph._keras_history[0]): (attr, v) for attr, (v, ph) in variables.items()
+        }
+        self.local_calls: dict[int, int] = defaultdict(int)
+        self.call_indices: dict[tuple[int, int], int] = {}
+        g = self.graph
+        activation = _custom_activation(layer) if self.is_builtin(layer) else None
+        g.graph.update(
+            name=str(layer.name),
+            class_name=type(layer).__name__,
+            activation=getattr(activation, "__name__", None),
+            module=type(layer).__module__,
+            source="keras3",
+            keras_version=keras.__version__,
+            traced=True,
+            hyper=_hyper_parameters(layer),
+        )
+        for depth in sorted(function._nodes_by_depth, reverse=True):
+            for node in function._nodes_by_depth[depth]:
+                self.add_node(node)
+        g.graph["input_structure"] = "list"
+        g.graph["inputs"] = [
+            InputSpec(name=name, node=self.ref(t).node, shape=_shape(t), dtype=str(t.dtype))
+            for name, t in inputs
+        ]
+        g.graph["outputs"] = self.convert(function._outputs_struct)
+        return g
+
+    def local_name(self, op) -> str:
+        if id(op) in self.input_names:
+            return self.input_names[id(op)]
+        if id(op) in self.variable_inputs:
+            return self.variable_inputs[id(op)][1].name
+        if isinstance(op, keras.layers.Layer) and not isinstance(op, keras.layers.InputLayer):
+            return self.layer_names.get(id(op), op.name)
+        from kgen.tracer.custom import op_name
+
+        return op_name(op)
+
+    def node_id(self, layer, node_index: int) -> str:
+        key = (id(layer), node_index)
+        if key not in self.ids:
+            base = self.local_name(layer)
+            k = self.local_calls[id(layer)]
+            self.local_calls[id(layer)] += 1
+            self.call_indices[key] = k
+            is_op = not isinstance(layer, keras.layers.Layer)
+            if is_op:
+                self.ids[key] = self.unique_id(base, "_")
+            else:
+                self.ids[key] = self.unique_id(base if k == 0 else f"{base}#{k}", "~")
+        return self.ids[key]
+
+    def node_attrs(self, layer, node_index: int, output_shapes, output_dtypes) -> dict:
+        attrs = super().node_attrs(layer, node_index, output_shapes, output_dtypes)
+        nid = self.node_id(layer, node_index)
+        is_layer = isinstance(layer, keras.layers.Layer)
+        attrs["name"] = self.local_name(layer) if is_layer else nid
+        attrs["call_index"] = self.call_indices[(id(layer), node_index)]
+        return attrs
+
+    def is_builtin(self, layer) -> bool:
+        from kgen.tracer.custom import Creation
+
+        # keras.ops.arange & co., recorded as ops while tracing (tracer/custom.py)
+        return isinstance(layer, Creation) or super().is_builtin(layer)
+
+    def add_node(self, node) -> None:
+        op = node.operation
+        if id(op) in self.variable_inputs:
+            _, v = self.variable_inputs[id(op)]
+            nid = self.node_id(op, 0)
+            t = node.outputs[0]
+            attrs = self.node_attrs(op, 0, [_shape(t)], [str(t.dtype)])
+            attrs.update(
+                kind="variable",
+                class_name="Variable",
+                trainable=bool(v.trainable),
+                weights={v.name: np.asarray(keras.ops.convert_to_numpy(v))},
+            )
+            self.add(nid, attrs)
+            return
+        super().add_node(node)
 
 
 def _keras_tensors(value) -> list:
@@ -197,5 +357,32 @@ def _runtime_masks(layer, node) -> dict:
     return {k: v for k, v in found.items() if _keras_tensors(v)}
 
 
-def trace_keras3(model, has_lowering=None) -> nx.DiGraph:
-    return _Tracer(has_lowering).trace(model)
+def trace_keras3(model, has_lowering=None, *, trace_lambdas=False, input_specs=None):
+    if _is_graph_model(model) or not isinstance(model, keras.Model):
+        return _Tracer(has_lowering, trace_lambdas).trace(model)
+    return _trace_subclassed(model, has_lowering, trace_lambdas, input_specs)
+
+
+def _trace_subclassed(model, has_lowering, trace_lambdas, input_specs) -> nx.DiGraph:
+    """A ``keras.Model`` subclass with its own ``call()``: traced like a custom layer,
+    on symbolic inputs of the given shapes."""
+    from kgen.tracer.custom import TraceFailure, trace_call
+
+    if not input_specs:
+        raise TraceError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed model: "
+            "give its input shapes (kgen.convert(model, input_shapes=[...]))"
+        )
+    if not model.built:
+        raise TraceError(f"model {model.name!r} is not built: call it once on data first")
+    inputs = tuple(keras.Input(batch_shape=shape, dtype=dtype) for shape, dtype in input_specs)
+    if has_lowering is None:
+        from kgen.codegen.registry import has_lowering  # the tracer needs an answer here
+    try:
+        graph, _ = trace_call(model, inputs, {}, lambda: _CallTracer(has_lowering, trace_lambdas))
+    except TraceFailure as exc:
+        raise TraceError(
+            f"cannot trace the call() of model {model.name!r} ({type(model).__name__}): {exc}"
+        ) from None
+    graph.graph.update(class_name=type(model).__name__, subclassed_model=True)
+    return graph

@@ -142,11 +142,16 @@ def lower_thresholded_relu(node: Node) -> Lowered:
     return Lowered(Call(Sym("jnp.where"), (kept, node.input, 0.0)))
 
 
-@register("Softmax", family="activations", handles={"axis"})
+@register("Softmax", family="activations", handles={"axis", "mask"})
 def lower_softmax(node: Node) -> Lowered:
     axis = node.config.get("axis", -1)
     axis = tuple(axis) if isinstance(axis, (list, tuple)) else int(axis)
     kwargs = {} if axis == -1 else {"axis": axis}
+    mask = node.kwargs.get("mask")
+    if mask is not None:
+        if node.source != "keras3":
+            raise Unsupported("mask", "a tensor", "a mask in Keras 3 models")
+        return Lowered(Call(Sym("rt.masked_softmax"), (node.input, mask), kwargs))
     return Lowered(Call(Sym("jax.nn.softmax"), (node.input,), kwargs))
 
 

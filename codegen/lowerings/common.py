@@ -4,6 +4,13 @@ from __future__ import annotations
 
 from kgen.codegen.ir import Sym
 from kgen.codegen.registry import Unsupported
+from kgen.tracer.graph import Dim
+
+
+def size(value):
+    """A size: an int, or a :class:`Dim` known only when the module runs (a traced
+    custom layer's ``ops.shape(x)[1]``), rendered as ``x.shape[1]``."""
+    return value if isinstance(value, Dim) else int(value)
 
 
 def ntuple(value, n: int, field: str = "value") -> tuple:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from kgen.codegen.ir import BinOp, Call, Index, Lowered, Neg, Node, Sym
-from kgen.codegen.lowerings.common import bind_args, dtype_sym
+from kgen.codegen.lowerings.common import bind_args, dtype_sym, size
 from kgen.codegen.registry import Unsupported, register
 
 _BINARY = {
@@ -96,7 +96,7 @@ def _axis(value):
 def _nested_ints(value):
     if isinstance(value, (list, tuple)):
         return tuple(_nested_ints(v) for v in value)
-    return int(value)
+    return size(value)
 
 
 _ELEMENTWISE = {
@@ -333,10 +333,77 @@ def lower_reshape_op(node: Node) -> Lowered:
     shape = node.config["newshape"]
     if isinstance(shape, int):
         shape = (shape,)
-    shape = tuple(-1 if d is None else int(d) for d in shape)
-    if sum(1 for d in shape if d == -1) > 1:
+    shape = tuple(-1 if d is None else size(d) for d in shape)
+    if sum(1 for d in shape if isinstance(d, int) and d == -1) > 1:
         raise Unsupported("newshape", shape, "at most one unknown (-1 or None) dim")
     return Lowered(Call(Sym("jnp.reshape"), (node.args[0], shape)))
+
+
+@register("Slice", family="ops", kind="op", handles={"shape"})
+def lower_slice(node: Node) -> Lowered:
+    """``ops.slice(x, start_indices, shape)``: sizes may be run-time :class:`Dim`s.
+    Keras 3.15 keeps ``shape`` in the op's config, earlier releases pass it."""
+    bound = bind_args(node, ("inputs", "start_indices", "shape"))
+    x, start = bound["inputs"], bound["start_indices"]
+    shape = tuple(size(d) for d in bound.get("shape", node.config.get("shape")))
+    start = tuple(start) if isinstance(start, list) else start
+    return Lowered(Call(Sym("lax.dynamic_slice"), (x, start, shape)))
+
+
+@register("Arange", family="ops", kind="op", handles={"dtype"})
+def lower_arange(node: Node) -> Lowered:
+    """``ops.arange(start, stop, step)``; sizes may be run-time :class:`Dim`s."""
+    bound = bind_args(node, ("start", "stop", "step"))
+    args = [bound["start"], bound.get("stop"), bound.get("step")]
+    while args and args[-1] is None:
+        args.pop()
+    dtype = node.config.get("dtype") or bound.get("dtype")
+    if dtype is None:  # as Keras resolves it: float if any bound is
+        dtype = "float32" if any(isinstance(a, float) for a in args) else "int32"
+    return Lowered(Call(Sym("jnp.arange"), tuple(args), {"dtype": dtype_sym(dtype)}))
+
+
+@register("Ones", "Zeros", family="ops", kind="op", handles={"dtype"})
+def lower_ones_zeros(node: Node) -> Lowered:
+    shape = bind_args(node, ("shape",))["shape"]
+    shape = tuple(size(d) for d in shape) if isinstance(shape, (list, tuple)) else size(shape)
+    fn = "jnp.ones" if node.class_name == "Ones" else "jnp.zeros"
+    return Lowered(Call(Sym(fn), (shape,), {"dtype": dtype_sym(node.config.get("dtype"))}))
+
+
+@register("Full", family="ops", kind="op", handles={"dtype"})
+def lower_full(node: Node) -> Lowered:
+    bound = bind_args(node, ("shape", "fill_value"))
+    shape = bound["shape"]
+    shape = tuple(size(d) for d in shape) if isinstance(shape, (list, tuple)) else size(shape)
+    return Lowered(
+        Call(
+            Sym("jnp.full"),
+            (shape, bound["fill_value"]),
+            {"dtype": dtype_sym(node.config.get("dtype"))},
+        )
+    )
+
+
+@register("Eye", "Tri", family="ops", kind="op", handles={"dtype"})
+def lower_eye_tri(node: Node) -> Lowered:
+    bound = bind_args(node, ("N", "M", "k"))
+    fn = "jnp.eye" if node.class_name == "Eye" else "jnp.tri"
+    args = (size(bound["N"]), None if bound.get("M") is None else size(bound["M"]))
+    return Lowered(
+        Call(
+            Sym(fn),
+            args,
+            {"k": bound.get("k", 0), "dtype": dtype_sym(node.config.get("dtype"))},
+        )
+    )
+
+
+@register("BroadcastTo", family="ops", kind="op", handles={"shape"})
+def lower_broadcast_to(node: Node) -> Lowered:
+    bound = bind_args(node, ("x", "shape"))
+    shape = tuple(size(d) for d in bound.get("shape", node.config.get("shape")))
+    return Lowered(Call(Sym("jnp.broadcast_to"), (bound["x"], shape)))
 
 
 @register("Transpose", family="ops", kind="op", handles={"axes"})

@@ -55,6 +55,43 @@ def lower_embedding(node: Node) -> Lowered:
     )
 
 
+@register(
+    "ReversibleEmbedding",
+    family="sequence",
+    handles={"input_dim", "output_dim", "mask_zero", "tie_weights", "logit_soft_cap"},
+    requires={
+        "lora_rank": None,
+        "lora_alpha": None,
+        "quantization_config": None,
+        "reverse_dtype": None,
+    },
+    sources=("keras3",),
+    notes="reverse=True projects onto the vocabulary with the same (or the reverse) table",
+)
+def lower_reversible_embedding(node: Node) -> Lowered:
+    """``rt.ReversibleEmbedding``: one module for both directions, so a layer called
+    forward and in reverse shares its table, as in Keras."""
+    c = node.config
+    kwargs = {}
+    if not c.get("tie_weights", True):
+        kwargs["tie_weights"] = False
+    if c.get("logit_soft_cap") is not None:
+        kwargs["logit_soft_cap"] = float(c["logit_soft_cap"])
+    reverse = node.kwargs.get("reverse", node.args[1] if len(node.args) > 1 else False)
+    if not isinstance(reverse, bool):
+        raise Unsupported("reverse", reverse, "True or False")
+    variables = {"embedding": node.weight("embeddings")}
+    if "reverse_embeddings" in node.weights:
+        variables["reverse_embeddings"] = node.weight("reverse_embeddings")
+    return Lowered(
+        Call(SELF, (node.input,), {"reverse": True} if reverse else {}),
+        module=Module(
+            Sym("rt.ReversibleEmbedding"), (int(c["input_dim"]), int(c["output_dim"])), kwargs
+        ),
+        variables={"params": variables},
+    )
+
+
 @register("RepeatVector", family="sequence", handles={"n"})
 def lower_repeat_vector(node: Node) -> Lowered:
     """(batch, features) -> (batch, n, features)."""

@@ -46,10 +46,19 @@ def test_embedding_mask_reaches_global_average_pooling():
 def test_mask_reaching_a_layer_without_mask_support_is_an_error():
     inputs = keras.Input((5,), dtype="int32")
     x = keras.layers.Embedding(10, 4, mask_zero=True)(inputs)
-    outputs = keras.layers.Softmax()(x)  # Softmax's call takes the mask
+    outputs = keras.layers.BatchNormalization()(x)  # its call takes the mask
     model = keras.Model(inputs, outputs)
     with pytest.raises(UnsupportedError, match="mask"):
         kgen.convert(model)
+
+
+def test_softmax_with_a_mask():
+    """Keras 3 Softmax: masked steps get -1e9 before and 0 after the softmax."""
+    scores = keras.Input((3, 5))
+    mask = keras.Input((1, 5), dtype="bool")
+    outputs = keras.layers.Softmax()(scores, mask=mask)
+    keep = np.array([[[1, 1, 0, 0, 1]], [[0, 0, 0, 0, 0]]], dtype=bool)  # row 2 all masked
+    assert_parity(keras.Model([scores, mask], outputs), inputs=[rand(2, 3, 5), keep])
 
 
 @pytest.mark.parametrize("n", [1, 3])
@@ -125,7 +134,7 @@ def test_masking_mask_reaches_global_average_pooling():
 def test_masking_followed_by_a_mask_consumer_is_an_error():
     inputs = keras.Input((5, 3))
     x = keras.layers.Masking()(inputs)
-    outputs = keras.layers.Softmax()(x)
+    outputs = keras.layers.BatchNormalization()(x)
     with pytest.raises(UnsupportedError):
         kgen.convert(keras.Model(inputs, outputs))
 
