@@ -312,7 +312,8 @@ class _Group(click.Group):
     "plugins",
     multiple=True,
     metavar="MODULE",
-    help="Import MODULE first, to register lowerings for custom layers (repeatable).",
+    help="Import MODULE first (trusted code): the custom layer classes a model file names, "
+    "or lowerings registered for them (repeatable).",
 )
 def main(plugins):
     """kgen: convert Keras models to readable Flax linen modules, with proven parity."""

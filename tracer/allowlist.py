@@ -10,11 +10,10 @@ one of these:
 * a layer or op class that Keras itself defines (module ``keras``/``tf_keras``) and kgen
   lowers, or a model container kgen traces (``Functional``, ``Sequential``, ``Model``,
   ``InputLayer``);
-* a class found in Keras's registry of custom objects (so Keras resolves it without
-  importing anything the file names), which only code the user runs -- a ``--plugin``
-  module, trusted -- can have put there: in Keras 3 files any such layer class, which
-  kgen traces into (see tracer/custom.py) or converts by the plug-in's lowering; in
-  tf.keras files one a plug-in registered a lowering for;
+* a layer class found in Keras's registry of custom objects (so Keras resolves it
+  without importing anything the file names), which only code the user runs -- a
+  ``--plugin`` module, trusted -- can have put there; kgen converts it by the plug-in's
+  lowering or traces into its ``call()`` (see tracer/custom.py);
 * for Keras 3 files, a function in that registry (a user activation, which kgen traces);
 * for Keras 3 ``.keras`` files only, a class of a first-party Keras package (``keras_hub``,
   ``keras_cv``, ``keras_nlp``), which Keras imports under its own safe mode;
@@ -110,7 +109,7 @@ def check_config(config: dict, path: str, *, source: str, has_lowering: HasLower
         problems.insert(
             0,
             f"{total} layer(s) of {len(checker.classes)} class(es) that kgen does not "
-            "convert and no --plugin registers: "
+            "convert and no --plugin registers with Keras: "
             + "; ".join(
                 f"{cls} x{len(names)} ({_names(names)})" for cls, names in checker.classes.items()
             ),
@@ -119,8 +118,8 @@ def check_config(config: dict, path: str, *, source: str, has_lowering: HasLower
         shown = "; ".join(dict.fromkeys(problems))  # each once, in file order
         raise SourceError(
             f"refusing model file {path} before loading it: {shown}. kgen loads only "
-            "Keras layers it converts and classes a --plugin registers a lowering for "
-            "(README, 'Untrusted model files')"
+            "Keras layers it converts and the classes a --plugin module defines and "
+            "registers with Keras (README, 'Untrusted model files')"
         )
 
 
@@ -230,10 +229,10 @@ class _Checker:
         )
         if keras_module and isinstance(fn, str) and fn in self.keras.activations:
             return True
-        registered = obj.get("registered_name")
-        if self.source != "keras3" or not isinstance(registered, str):
+        # Keras 3 saves a registered function as {"config": "package>name"}.
+        if self.source != "keras3" or not isinstance(fn, str) or ">" not in fn:
             return False
-        found = self.keras.registered(registered)  # put there by a trusted --plugin
+        found = self.keras.registered(fn)  # put there by a trusted --plugin
         return callable(found) and not isinstance(found, type)
 
     def is_op(self, obj: dict, cls: str) -> bool:
@@ -266,12 +265,12 @@ class _Checker:
 
     def is_plugin_class(self, registered: str) -> bool:
         """A class Keras finds in its registry of custom objects (never by importing the
-        file's module): in Keras 3 any layer class, which kgen traces into; in tf.keras
-        one a plug-in registered a lowering for."""
+        file's module): a layer class, which kgen traces into, or one a plug-in
+        registered a lowering for."""
         found = self.keras.registered(registered)
         if not isinstance(found, type):
             return False
-        if self.source == "keras3" and issubclass(found, self.keras.layer_class):
+        if issubclass(found, self.keras.layer_class):
             return True
         return self.has_lowering(
             "layer",

@@ -29,6 +29,7 @@ the sub-layer call nodes the trace added are dropped again.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import inspect
@@ -43,7 +44,7 @@ from keras.src import backend
 from keras.src.ops.function import map_graph
 from keras.src.ops.operation import Operation
 
-from kgen.tracer.graph import Dim, Ref
+from kgen.tracer.graph import Dim, InputSpec, Ref
 from kgen.tracer.plain import plain
 
 __all__ = ["TraceFailure", "trace_call"]
@@ -58,13 +59,55 @@ class TraceFailure(Exception):
     """A layer's ``call()`` could not be traced; the message says why, in one line."""
 
 
-def trace_call(layer, args: tuple, kwargs: dict, make_tracer, *, fn=None):
-    """``(sub-graph, tensors)``: the graph of ``layer.call(*args, **kwargs)`` (or of
-    ``fn``), where ``args``/``kwargs`` hold the outer call's ``KerasTensor``s, and those
-    tensors (each once) in the order of the sub-graph's inputs.  ``make_tracer()`` gives
-    the graph builder for the sub-graph."""
-    tensors = list({id(t): t for t in _keras_tensors((args, kwargs))}.values())
-    unknown = [(i, a) for i, t in enumerate(tensors) for a, d in enumerate(t.shape) if d is None]
+class Keras3:
+    """What tracing needs of one Keras: Keras 3 here, tf.keras in tracer/tf_keras.py."""
+
+    @staticmethod
+    def is_tensor(value) -> bool:
+        return isinstance(value, keras.KerasTensor)
+
+    @staticmethod
+    def shape(t) -> tuple:
+        return tuple(t.shape)
+
+    @staticmethod
+    def make_input(shape: tuple, dtype):
+        return keras.Input(batch_shape=shape, dtype=dtype)
+
+    @staticmethod
+    def own_variables(layer) -> list:
+        return layer._trainable_variables + layer._non_trainable_variables
+
+    @staticmethod
+    def layer_class():
+        return keras.layers.Layer
+
+    @staticmethod
+    def builtin_module(cls) -> bool:
+        return cls.__module__.startswith("keras.")
+
+    @staticmethod
+    def graph(inputs: list, outputs):
+        # map_graph, not Function: Function's own check runs the graph from its inputs
+        # only, and a Creation node has none.
+        return _Graph(map_graph(inputs, keras.tree.flatten(outputs))[1], outputs)
+
+    @staticmethod
+    def patches(layer) -> list:
+        """Context managers held while tracing."""
+        return [_output_specs_from_call(layer), _symbolic_creation()]
+
+
+def trace_call(layer, args: tuple, kwargs: dict, make_tracer, *, framework=Keras3):
+    """``(sub-graph, tensors)``: the graph of ``layer.call(*args, **kwargs)``, where
+    ``args``/``kwargs`` hold the outer call's symbolic tensors, and those tensors (each
+    once) in the order of the sub-graph's inputs.  ``make_tracer()`` gives the graph
+    builder for the sub-graph."""
+    fw = framework
+    tensors = list({id(t): t for t in _keras_tensors((args, kwargs), fw)}.values())
+    unknown = [
+        (i, a) for i, t in enumerate(tensors) for a, d in enumerate(fw.shape(t)) if d is None
+    ]
     # Unknown sizes are first taken to be independent; if the call fails that way (a
     # padding mask must have its sequence's length), those at the same axis are equal.
     groupings = [[[k] for k in unknown]]
@@ -79,7 +122,7 @@ def trace_call(layer, args: tuple, kwargs: dict, make_tracer, *, fn=None):
             graphs = []
             for sizes in _SIZES:
                 stand_in = {k: size for group, size in zip(groups, sizes) for k in group}
-                graphs.append(_trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fn))
+                graphs.append(_trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fw))
             solved = {group[0]: pair for group, pair in zip(groups, zip(*_SIZES))}
             return _generalise(graphs, solved), tensors
         except TraceFailure as exc:
@@ -87,18 +130,18 @@ def trace_call(layer, args: tuple, kwargs: dict, make_tracer, *, fn=None):
     raise failure
 
 
-def _keras_tensors(value) -> list:
-    if isinstance(value, keras.KerasTensor):
+def _keras_tensors(value, fw=Keras3) -> list:
+    if fw.is_tensor(value):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _keras_tensors(v)]
+        return [t for v in value for t in _keras_tensors(v, fw)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _keras_tensors(v)]
+        return [t for v in value.values() for t in _keras_tensors(v, fw)]
     return []
 
 
 def _replace(value, fresh: dict):
-    if isinstance(value, keras.KerasTensor):
+    if id(value) in fresh:
         return fresh[id(value)]
     if isinstance(value, tuple):
         return tuple(_replace(v, fresh) for v in value)
@@ -109,7 +152,7 @@ def _replace(value, fresh: dict):
     return value
 
 
-def _argument_names(call, args: tuple, kwargs: dict) -> dict[int, str]:
+def _argument_names(call, args: tuple, kwargs: dict, fw) -> dict[int, str]:
     """id(KerasTensor) -> the name of the call argument it is (``inputs``, ``mask``...)."""
     try:
         bound = inspect.signature(call).bind_partial(*args, **kwargs).arguments
@@ -117,35 +160,35 @@ def _argument_names(call, args: tuple, kwargs: dict) -> dict[int, str]:
         bound = {f"arg_{i}": a for i, a in enumerate(args)} | dict(kwargs)
     names = {}
     for key, value in bound.items():
-        found = _keras_tensors(value)
+        found = _keras_tensors(value, fw)
         for i, t in enumerate(found):
             names.setdefault(id(t), key if len(found) == 1 else f"{key}_{i}")
     return names
 
 
-def _own_variables(layer) -> dict[str, object]:
+def _own_variables(layer, fw) -> dict[str, object]:
     """The layer's own variables (not its sub-layers') that its attributes hold:
     attribute name -> variable."""
-    own = {id(v): v for v in layer._trainable_variables + layer._non_trainable_variables}
+    own = {id(v): v for v in fw.own_variables(layer)}
     return {k: v for k, v in vars(layer).items() if id(v) in own}
 
 
-def _trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fn) -> nx.DiGraph:
-    call = fn if fn is not None else layer.call
-    names = _argument_names(call, args, kwargs)
+def _trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fw) -> nx.DiGraph:
+    call = layer.call
+    names = _argument_names(call, args, kwargs, fw)
     fresh, inputs = {}, []
     for i, t in enumerate(tensors):
-        shape = tuple(stand_in.get((i, a), d) for a, d in enumerate(t.shape))
-        fresh[id(t)] = keras.Input(batch_shape=shape, dtype=t.dtype)
+        shape = tuple(stand_in.get((i, a), d) for a, d in enumerate(fw.shape(t)))
+        fresh[id(t)] = fw.make_input(shape, t.dtype)
         inputs.append((names.get(id(t), f"input_{i}"), fresh[id(t)]))
-    variables = _own_variables(layer) if fn is None else {}
+    variables = _own_variables(layer, fw)
     held = {}
     for attr, v in variables.items():
-        held[attr] = keras.Input(batch_shape=tuple(v.shape), dtype=v.dtype)
+        held[attr] = fw.make_input(tuple(int(d) for d in v.shape), v.dtype)
     saved_nodes = _node_lists(layer)
-    specs = _output_specs_from_call(layer)
-    creation = _symbolic_creation()
-    creation.__enter__()
+    patches = contextlib.ExitStack()
+    for patch in fw.patches(layer):
+        patches.enter_context(patch)
     try:
         for attr, placeholder in held.items():
             object.__setattr__(layer, attr, placeholder)
@@ -155,16 +198,13 @@ def _trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fn) -> nx.D
             raise
         except Exception as exc:
             raise TraceFailure(_why(exc)) from None
-        if not _keras_tensors(out):
+        if not _keras_tensors(out, fw):
             raise TraceFailure("call() returns no tensor computed from its inputs")
         flat_in = [t for _, t in inputs] + list(held.values())
         try:
-            # map_graph, not Function: Function's own check runs the graph from its
-            # inputs only, and a Creation node has none.
-            nodes_by_depth = map_graph(flat_in, keras.tree.flatten(out))[1]
+            function = fw.graph(flat_in, out)
         except Exception as exc:
             raise TraceFailure(_why(exc)) from None
-        function = _Graph(nodes_by_depth, out)
         tracer = make_tracer()
         return tracer.trace_function(
             function,
@@ -176,9 +216,7 @@ def _trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fn) -> nx.D
         for attr, v in variables.items():
             object.__setattr__(layer, attr, v)
         _restore_node_lists(saved_nodes)
-        for sub in specs:
-            sub.__dict__.pop("compute_output_spec", None)
-        creation.__exit__(None, None, None)
+        patches.close()
 
 
 class Creation(Operation):
@@ -239,7 +277,8 @@ def _symbolic_creation():
             setattr(m, name, fn)
 
 
-def _output_specs_from_call(layer) -> list:
+@contextlib.contextmanager
+def _output_specs_from_call(layer):
     """Give each sub-layer that is not Keras's own a ``compute_output_spec`` that runs
     its ``call`` (Keras's default), for the trace.  Building a model never asks for it:
     Keras runs ``call`` on backend placeholders there.  A sub-class may inherit one
@@ -257,22 +296,35 @@ def _output_specs_from_call(layer) -> list:
 
         object.__setattr__(sub, "compute_output_spec", spec)
         patched.append(sub)
-    return patched
+    try:
+        yield
+    finally:
+        for sub in patched:
+            sub.__dict__.pop("compute_output_spec", None)
 
 
 @dataclasses.dataclass
 class _Graph:
-    """What the tracer reads of a Keras ``Function``."""
+    """What the tracer reads of a traced call's graph."""
 
     _nodes_by_depth: dict
     _outputs_struct: object
+
+
+def graph_of(nodes_by_depth: dict, outputs) -> _Graph:
+    return _Graph(nodes_by_depth, outputs)
 
 
 def _node_lists(layer) -> list:
     """Each sub-layer's call-node lists, with their lengths, to undo the trace's calls."""
     saved = []
     for sub in layer._flatten_layers(include_self=True, recursive=True):
-        for attr in ("_inbound_nodes", "_outbound_nodes"):
+        for attr in (
+            "_inbound_nodes",
+            "_outbound_nodes",
+            "_inbound_nodes_value",
+            "_outbound_nodes_value",
+        ):
             nodes = sub.__dict__.get(attr)
             if isinstance(nodes, list):
                 saved.append((nodes, len(nodes)))
@@ -369,9 +421,10 @@ def plain_constant(value):
     return plain(value)
 
 
-def attribute_names(layer) -> dict[int, str]:
+def attribute_names(layer, layer_class=None) -> dict[int, str]:
     """id(sub-layer) -> the attribute of ``layer`` that holds it (``att``, ``blocks_0``),
     leading underscores dropped; public attributes first, Keras's own list last."""
+    layer_class = layer_class or keras.layers.Layer
     found: dict[int, str] = {}
     items = sorted(vars(layer).items(), key=lambda kv: (kv[0] == "_layers", kv[0].startswith("_")))
     for attr, value in items:
@@ -380,15 +433,15 @@ def attribute_names(layer) -> dict[int, str]:
         if attr == "_layers":
             attr = "layers"
         attr = attr.lstrip("_") or "layer"
-        if isinstance(value, keras.layers.Layer):
+        if isinstance(value, layer_class):
             found.setdefault(id(value), attr)
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
-                if isinstance(v, keras.layers.Layer):
+                if isinstance(v, layer_class):
                     found.setdefault(id(v), f"{attr}_{i}")
         elif isinstance(value, dict):
             for k, v in value.items():
-                if isinstance(v, keras.layers.Layer):
+                if isinstance(v, layer_class):
                     found.setdefault(id(v), f"{attr}_{k}")
     return found
 
@@ -396,3 +449,108 @@ def attribute_names(layer) -> dict[int, str]:
 def op_name(op) -> str:
     """``GetItem`` -> ``get_item``: a traced op's name, the same in every trace."""
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", type(op).__name__).lower()
+
+
+class CallTraceMixin:
+    """Graph-builder methods for the sub-graph of one traced ``call()``, for either
+    Keras.  Nodes read against the layer's own code: sub-layers are named by the
+    attribute holding them, ops by what they compute (``add``, ``add_1``), inputs by the
+    call's argument names, and variables the layer reads itself by their Keras names.
+    The framework's builder supplies ``op_of``, ``is_op``, ``op_base_name``,
+    ``outputs_of``, ``tensor_shape``, ``tensor_dtype``, ``variable_value`` and
+    ``activation_name``."""
+
+    layer_class = None  # the framework's Layer class, for attribute names
+
+    def trace_function(self, function, *, layer, inputs, variables) -> nx.DiGraph:
+        self.layer_names = attribute_names(layer, self.layer_class)
+        self.input_names = {id(t._keras_history[0]): name for name, t in inputs}
+        self.variable_inputs = {
+            id(ph._keras_history[0]): (attr, v) for attr, (v, ph) in variables.items()
+        }
+        self.local_calls: dict[int, int] = collections.defaultdict(int)
+        self.call_indices: dict[tuple[int, int], int] = {}
+        g = self.graph
+        g.graph.update(
+            name=str(layer.name),
+            class_name=type(layer).__name__,
+            activation=self.activation_name(layer),
+            module=type(layer).__module__,
+            source=self.source,
+            traced=True,
+            hyper=hyper_parameters(layer),
+        )
+        for depth in sorted(function._nodes_by_depth, reverse=True):
+            for node in function._nodes_by_depth[depth]:
+                self.add_node(node)
+        g.graph["input_structure"] = "list"
+        g.graph["inputs"] = [
+            InputSpec(
+                name=name,
+                node=self.ref(t).node,
+                shape=self.tensor_shape(t),
+                dtype=self.tensor_dtype(t),
+            )
+            for name, t in inputs
+        ]
+        g.graph["outputs"] = self.convert(function._outputs_struct)
+        return g
+
+    def local_name(self, op) -> str:
+        if id(op) in self.input_names:
+            return self.input_names[id(op)]
+        if id(op) in self.variable_inputs:
+            return self.variable_inputs[id(op)][1].name.split("/")[-1].split(":")[0]
+        if self.is_op(op):
+            return self.op_base_name(op)
+        return self.layer_names.get(id(op), op.name)
+
+    def node_id(self, layer, node_index: int) -> str:
+        key = (id(layer), node_index)
+        if key not in self.ids:
+            base = self.local_name(layer)
+            k = self.local_calls[id(layer)]
+            self.local_calls[id(layer)] += 1
+            self.call_indices[key] = k
+            if self.is_op(layer):
+                self.ids[key] = self.unique_id(base, "_")
+            else:
+                self.ids[key] = self.unique_id(base if k == 0 else f"{base}#{k}", "~")
+        return self.ids[key]
+
+    def node_attrs(self, layer, node_index: int, output_shapes, output_dtypes) -> dict:
+        attrs = super().node_attrs(layer, node_index, output_shapes, output_dtypes)
+        nid = self.node_id(layer, node_index)
+        attrs["name"] = nid if self.is_op(layer) else self.local_name(layer)
+        attrs["call_index"] = self.call_indices[(id(layer), node_index)]
+        return attrs
+
+    def add_variable_node(self, node) -> bool:
+        """Record a placeholder standing for a variable the layer reads itself."""
+        op = self.op_of(node)
+        if id(op) not in self.variable_inputs:
+            return False
+        _, v = self.variable_inputs[id(op)]
+        nid = self.node_id(op, 0)
+        (t,) = self.outputs_of(node)
+        attrs = self.node_attrs(op, 0, [self.tensor_shape(t)], [self.tensor_dtype(t)])
+        attrs.update(
+            kind="variable",
+            class_name="Variable",
+            trainable=bool(v.trainable),
+            weights={attrs["name"]: self.variable_value(v)},
+        )
+        self.add(nid, attrs)
+        return True
+
+
+def hyper_parameters(layer) -> dict:
+    """The layer's public attributes holding a number, string or bool (``num_heads``,
+    ``dim``): render names a shared class's fields after them."""
+    return {
+        k: v
+        for k, v in vars(layer).items()
+        if not k.startswith("_")
+        and k not in ("name", "trainable", "built", "supports_masking")
+        and isinstance(v, (bool, int, float, str))
+    }

@@ -8,8 +8,6 @@ not list are traced too.  Each symbolic tensor names its producer through
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import keras
 import networkx as nx
 import numpy as np
@@ -17,7 +15,7 @@ from keras.src.models.functional import Functional
 
 from kgen.errors import TraceError
 from kgen.tracer.builder import GraphBuilder
-from kgen.tracer.graph import InputSpec
+from kgen.tracer.custom import CallTraceMixin, Creation, op_name
 from kgen.tracer.plain import plain as _plain
 
 _IGNORED_CALL_KWARGS = {"mask": None, "training": None}
@@ -162,7 +160,11 @@ class _Tracer(GraphBuilder):
                 kwargs[key] = mask
         try:
             sub, tensors = trace_call(
-                layer, args, kwargs, lambda: _CallTracer(self.has_lowering, self.trace_lambdas)
+                # Lambdas inside a layer class are that class's code, not the file's
+                layer,
+                args,
+                kwargs,
+                lambda: _CallTracer(self.has_lowering, trace_lambdas=True),
             )
         except TraceFailure as exc:
             attrs.update(kind="layer", config={}, config_skipped="no lowering")
@@ -184,18 +186,6 @@ class _Tracer(GraphBuilder):
             self.add_node(knode)
 
 
-def _hyper_parameters(layer) -> dict:
-    """The layer's public attributes holding a number, string or bool (``num_heads``,
-    ``dim``): render names a shared class's fields after them."""
-    return {
-        k: v
-        for k, v in vars(layer).items()
-        if not k.startswith("_")
-        and k not in ("name", "trainable", "built", "supports_masking")
-        and isinstance(v, (bool, int, float, str))
-    }
-
-
 def _custom_activation(layer):
     """A Keras layer's activation when it is a function that is not Keras's own."""
     fn = layer.__dict__.get("activation")
@@ -205,102 +195,44 @@ def _custom_activation(layer):
     return None if module.startswith("keras.") else fn
 
 
-class _CallTracer(_Tracer):
-    """Builds the sub-graph of one traced ``call()`` (see tracer/custom.py).
+class _CallTracer(CallTraceMixin, _Tracer):
+    """Builds the sub-graph of one traced Keras 3 ``call()`` (see tracer/custom.py)."""
 
-    Nodes read against the layer's own code: sub-layers are named by the attribute
-    holding them, ops by their class (``add``, ``add_1``), inputs by the call's
-    argument names, and variables the layer reads itself by their Keras names.
-    """
+    source = "keras3"
+    layer_class = keras.layers.Layer
 
-    def trace_function(self, function, *, layer, inputs, variables) -> nx.DiGraph:
-        from kgen.tracer.custom import attribute_names
+    def op_of(self, node):
+        return node.operation
 
-        self.layer_names = attribute_names(layer)
-        self.input_names = {id(t._keras_history[0]): name for name, t in inputs}
-        self.variable_inputs = {
-            id(ph._keras_history[0]): (attr, v) for attr, (v, ph) in variables.items()
-        }
-        self.local_calls: dict[int, int] = defaultdict(int)
-        self.call_indices: dict[tuple[int, int], int] = {}
-        g = self.graph
-        activation = _custom_activation(layer) if self.is_builtin(layer) else None
-        g.graph.update(
-            name=str(layer.name),
-            class_name=type(layer).__name__,
-            activation=getattr(activation, "__name__", None),
-            module=type(layer).__module__,
-            source="keras3",
-            keras_version=keras.__version__,
-            traced=True,
-            hyper=_hyper_parameters(layer),
-        )
-        for depth in sorted(function._nodes_by_depth, reverse=True):
-            for node in function._nodes_by_depth[depth]:
-                self.add_node(node)
-        g.graph["input_structure"] = "list"
-        g.graph["inputs"] = [
-            InputSpec(name=name, node=self.ref(t).node, shape=_shape(t), dtype=str(t.dtype))
-            for name, t in inputs
-        ]
-        g.graph["outputs"] = self.convert(function._outputs_struct)
-        return g
+    def is_op(self, op) -> bool:
+        return not isinstance(op, keras.layers.Layer)
 
-    def local_name(self, op) -> str:
-        if id(op) in self.input_names:
-            return self.input_names[id(op)]
-        if id(op) in self.variable_inputs:
-            return self.variable_inputs[id(op)][1].name
-        if isinstance(op, keras.layers.Layer) and not isinstance(op, keras.layers.InputLayer):
-            return self.layer_names.get(id(op), op.name)
-        from kgen.tracer.custom import op_name
-
+    def op_base_name(self, op) -> str:
         return op_name(op)
 
-    def node_id(self, layer, node_index: int) -> str:
-        key = (id(layer), node_index)
-        if key not in self.ids:
-            base = self.local_name(layer)
-            k = self.local_calls[id(layer)]
-            self.local_calls[id(layer)] += 1
-            self.call_indices[key] = k
-            is_op = not isinstance(layer, keras.layers.Layer)
-            if is_op:
-                self.ids[key] = self.unique_id(base, "_")
-            else:
-                self.ids[key] = self.unique_id(base if k == 0 else f"{base}#{k}", "~")
-        return self.ids[key]
+    def outputs_of(self, node) -> list:
+        return list(node.outputs)
 
-    def node_attrs(self, layer, node_index: int, output_shapes, output_dtypes) -> dict:
-        attrs = super().node_attrs(layer, node_index, output_shapes, output_dtypes)
-        nid = self.node_id(layer, node_index)
-        is_layer = isinstance(layer, keras.layers.Layer)
-        attrs["name"] = self.local_name(layer) if is_layer else nid
-        attrs["call_index"] = self.call_indices[(id(layer), node_index)]
-        return attrs
+    def tensor_shape(self, t) -> tuple:
+        return _shape(t)
+
+    def tensor_dtype(self, t) -> str:
+        return str(t.dtype)
+
+    def variable_value(self, v):
+        return np.asarray(keras.ops.convert_to_numpy(v))
+
+    def activation_name(self, layer):
+        fn = _custom_activation(layer) if super().is_builtin(layer) else None
+        return getattr(fn, "__name__", None)
 
     def is_builtin(self, layer) -> bool:
-        from kgen.tracer.custom import Creation
-
         # keras.ops.arange & co., recorded as ops while tracing (tracer/custom.py)
         return isinstance(layer, Creation) or super().is_builtin(layer)
 
     def add_node(self, node) -> None:
-        op = node.operation
-        if id(op) in self.variable_inputs:
-            _, v = self.variable_inputs[id(op)]
-            nid = self.node_id(op, 0)
-            t = node.outputs[0]
-            attrs = self.node_attrs(op, 0, [_shape(t)], [str(t.dtype)])
-            attrs.update(
-                kind="variable",
-                class_name="Variable",
-                trainable=bool(v.trainable),
-                weights={v.name: np.asarray(keras.ops.convert_to_numpy(v))},
-            )
-            self.add(nid, attrs)
-            return
-        super().add_node(node)
+        if not self.add_variable_node(node):
+            super().add_node(node)
 
 
 def _keras_tensors(value) -> list:

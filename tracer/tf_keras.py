@@ -24,6 +24,7 @@ import tf_keras
 
 from kgen.errors import TraceError
 from kgen.tracer.builder import GraphBuilder
+from kgen.tracer.custom import CallTraceMixin
 from kgen.tracer.graph import Ref
 from kgen.tracer.plain import plain as _plain
 
@@ -72,6 +73,7 @@ def _slice_dict(value):
 
 class _Tracer(GraphBuilder):
     builtin_prefix = "tf_keras.src."
+    source = "tf_keras"
 
     def __init__(self, has_lowering=None):
         super().__init__()
@@ -148,11 +150,43 @@ class _Tracer(GraphBuilder):
             attrs.update(kind="model", subgraph=self.subgraphs[id(layer)])
         elif cls in _OP_LAYERS:
             attrs.update(kind="tfop", class_name=str(layer.symbol), config={})
+        elif self.should_trace(layer):
+            self.trace_into(layer, call_args, call_kwargs, implicit_masks, attrs)
         else:
             config, skipped = self.layer_config(layer, "layer", self.has_lowering)
             attrs.update(kind="layer", config=_complete_config(layer, config))
             attrs.update(config_skipped=skipped, weights=_weights(layer))
         self.add(nid, attrs)
+
+    # -- tracing into layers kgen has no lowering for (tracer/custom.py) ----------------
+    def should_trace(self, layer) -> bool:
+        """A class with no lowering, or a tf.keras layer whose activation is a user
+        function: trace its ``call`` (TF calls on Keras tensors become TFOpLambda nodes)."""
+        if self.has_lowering is None:
+            return False
+        identity = self.identity(layer)
+        if not identity["builtin"]:
+            return not self.has_lowering("layer", type(layer).__name__, **identity)
+        return _custom_activation(layer) is not None
+
+    def trace_into(self, layer, call_args, call_kwargs, implicit_masks, attrs) -> None:
+        from kgen.tracer.custom import TraceFailure, trace_call
+
+        try:
+            if implicit_masks:
+                raise TraceFailure("a Keras mask reaches it, which kgen does not trace in tf.keras")
+            sub, tensors = trace_call(
+                layer,
+                call_args,
+                call_kwargs,
+                lambda: _CallTracer(self.has_lowering),
+                framework=_TfKeras,
+            )
+        except TraceFailure as exc:
+            attrs.update(kind="layer", config={}, config_skipped="no lowering")
+            attrs["trace_error"] = str(exc)
+            return
+        attrs.update(kind="traced", subgraph=sub, traced_inputs=[self.ref(t) for t in tensors])
 
     # -- masks ---------------------------------------------------------------------------
     # tf.keras hands masks from layer to layer outside the layer graph: each output tensor
@@ -307,6 +341,81 @@ def _packs_states(layer, call_args) -> bool:
 
 def _is_keras_tensor(value) -> bool:
     return type(value).__name__ == "KerasTensor" and hasattr(value, "_keras_history")
+
+
+def _custom_activation(layer):
+    """A tf.keras layer's activation when it is a function that is not tf.keras's own."""
+    fn = layer.__dict__.get("activation")
+    if fn is None or not callable(fn):
+        return None
+    module = getattr(fn, "__module__", "") or ""
+    return None if module.startswith(("tf_keras.", "tensorflow.")) else fn
+
+
+class _TfKeras:
+    """What tracing needs of tf.keras (see ``Keras3`` in tracer/custom.py)."""
+
+    @staticmethod
+    def is_tensor(value) -> bool:
+        return _is_keras_tensor(value)
+
+    @staticmethod
+    def shape(t) -> tuple:
+        return _shape(t)
+
+    @staticmethod
+    def make_input(shape: tuple, dtype):
+        return tf_keras.Input(batch_shape=shape, dtype=dtype)
+
+    @staticmethod
+    def own_variables(layer) -> list:
+        return list(layer._trainable_weights) + list(layer._non_trainable_weights)
+
+    @staticmethod
+    def graph(inputs: list, outputs):
+        from kgen.tracer.custom import graph_of
+
+        model = tf_keras.Model(inputs, outputs)
+        return graph_of(model._nodes_by_depth, model._nested_outputs)
+
+    @staticmethod
+    def patches(layer) -> list:
+        return []
+
+
+class _CallTracer(CallTraceMixin, _Tracer):
+    """Builds the sub-graph of one traced tf.keras ``call()`` (see tracer/custom.py)."""
+
+    layer_class = tf_keras.layers.Layer
+
+    def op_of(self, node):
+        return node.layer
+
+    def is_op(self, op) -> bool:
+        return type(op).__name__ in _OP_LAYERS
+
+    def op_base_name(self, op) -> str:
+        return str(op.symbol).split(".")[-1] if type(op).__name__ == "TFOpLambda" else "getitem"
+
+    def outputs_of(self, node) -> list:
+        return tf.nest.flatten(node.outputs)
+
+    def tensor_shape(self, t) -> tuple:
+        return _shape(t)
+
+    def tensor_dtype(self, t) -> str:
+        return t.dtype.name
+
+    def variable_value(self, v):
+        return np.asarray(v.numpy())
+
+    def activation_name(self, layer):
+        fn = _custom_activation(layer) if super().is_builtin(layer) else None
+        return getattr(fn, "__name__", None)
+
+    def add_node(self, node) -> None:
+        if not self.add_variable_node(node):
+            super().add_node(node)
 
 
 def trace_tf_keras(model, has_lowering=None) -> nx.DiGraph:

@@ -121,6 +121,10 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "expand_dims": ("input", "axis", "name"),
     "squeeze": ("input", "axis", "name"),
     "compat.v1.squeeze": ("input", "axis", "name", "squeeze_dims"),
+    "shape": ("input", "out_type", "name"),
+    "compat.v1.shape": ("input", "name", "out_type"),
+    "split": ("value", "num_or_size_splits", "axis", "num", "name"),
+    "image.resize": ("images", "size", "method", "preserve_aspect_ratio", "antialias", "name"),
 }
 
 
@@ -468,3 +472,58 @@ def lower_tf_squeeze(node: Node) -> Lowered:
     axis = b["axis"] if b["axis"] is not None else b["squeeze_dims"]
     kwargs = {} if axis is None else {"axis": _axis(axis)}
     return Lowered(Call(Sym("jnp.squeeze"), (b["input"],), kwargs))
+
+
+@_tf("shape", "compat.v1.shape")
+def lower_tf_shape(node: Node) -> Lowered:
+    """``tf.shape(x)``: under ``jax.jit`` every shape is static, so a constant vector
+    read from the array (``out_type`` int32 by default, as TF's)."""
+    b = _bind(node, ("input",), {"out_type": "int32"})
+    dtype = b["out_type"] if isinstance(b["out_type"], str) else "int32"
+    return Lowered(
+        Call(
+            Sym("jnp.array"), (Call(Sym("jnp.shape"), (b["input"],)),), {"dtype": dtype_sym(dtype)}
+        )
+    )
+
+
+@_tf("split")
+def lower_tf_split(node: Node) -> Lowered:
+    """``tf.split`` into a number of equal parts or into parts of the given sizes."""
+    b = _bind(node, ("value", "num_or_size_splits"), {"axis": 0}, fixed={"num": None})
+    parts, axis = b["num_or_size_splits"], int(b["axis"])
+    if isinstance(parts, (list, tuple, np.ndarray)):
+        sizes = [int(p) for p in np.asarray(parts).reshape(-1)]
+        if -1 in sizes:
+            known = sum(p for p in sizes if p != -1)
+            total = node.input_shapes[0][axis]
+            if total is None:
+                raise Unsupported("tf.split argument num_or_size_splits", sizes, "known sizes")
+            sizes[sizes.index(-1)] = total - known
+        parts = tuple(int(i) for i in np.cumsum(sizes)[:-1])
+    else:
+        parts = int(parts)
+    return Lowered(Call(Sym("jnp.split"), (b["value"], parts), {"axis": axis}))
+
+
+@_tf("image.resize")
+def lower_tf_image_resize(node: Node) -> Lowered:
+    """``tf.image.resize`` (TF 2: half-pixel sampling) through ``rt.resize``."""
+    from kgen.codegen.lowerings.resampling import resize_call
+
+    b = _bind(
+        node,
+        ("images", "size"),
+        {"method": "bilinear", "antialias": False},
+        fixed={"preserve_aspect_ratio": False},
+    )
+    size = b["size"]
+    if not isinstance(size, (list, tuple, np.ndarray)) or len(np.asarray(size).reshape(-1)) != 2:
+        raise Unsupported("tf.image.resize argument size", size, "two constant ints")
+    if len(node.input_shapes[0]) != 4:
+        raise Unsupported("input rank", len(node.input_shapes[0]), "4 (a batch of images)")
+    size = tuple(int(v) for v in np.asarray(size).reshape(-1))
+    method = b["method"] if isinstance(b["method"], str) else str(b["method"])
+    method = method.split(".")[-1].lower()  # ResizeMethod.BILINEAR -> bilinear
+    config = {"interpolation": method, "antialias": bool(b["antialias"])}
+    return Lowered(resize_call(b["images"], size, config))
