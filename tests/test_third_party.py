@@ -176,6 +176,8 @@ def test_keras_tcn_classifier(tmp_path):
     source, variables = _check_file_conversion(model, tmp_path, series)
     assert "class TCN(nn.Module):" in source
     assert "class ResidualBlock(nn.Module):" in source
+    blocks = {f"residual_blocks_{i}" for i in range(3)}  # TCN's own attribute, one per dilation
+    assert set(variables["params"]["tcn"]) == blocks
 
 
 # -- kecam (keras-cv-attention-models), a tf.keras package ------------------------------
