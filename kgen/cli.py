@@ -361,9 +361,9 @@ def _parse_shape(ctx, param, value):
     try:
         shape = tuple(int(v) for v in value.replace("x", ",").split(",") if v.strip())
     except ValueError:
-        raise click.BadParameter(f"{value!r}: expected H,W,C such as 160,160,3") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise click.BadParameter(f"{value!r}: expected H,W,C such as 160,160,3")
+        raise click.BadParameter(f"{value!r}: expected sizes such as 160,160,3") from None
+    if not shape or min(shape) < 1:
+        raise click.BadParameter(f"{value!r}: expected sizes such as 160,160,3")
     return shape
 
 
@@ -387,7 +387,8 @@ def _app_options(fn):
             callback=_parse_shape,
             default=None,
             metavar="H,W,C",
-            help="Input shape, e.g. 160,160,3.",
+            help="Input shape without the batch, e.g. 160,160,3 (applications; and "
+            "a subclassed model given as module:factory).",
         ),
         click.option(
             "--classes",
@@ -428,8 +429,18 @@ def _app_options(fn):
 
 def _collect_options(source: str, values: dict) -> dict:
     from kgen.tracer import catalog
+    from kgen.tracer.load import is_factory
 
     options = {k: v for k, v in values.items() if v is not None}
+    if is_factory(source):
+        extra = sorted(set(options) - {"input_shape"})
+        if extra:
+            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
+            raise KgenError(f"{flags} only apply to application names, not to {source!r}")
+        return options
+    shape = options.get("input_shape")
+    if shape is not None and len(shape) != 3:
+        raise KgenError(f"--input-shape {shape}: an application takes H,W,C such as 160,160,3")
     if "pooling" in options and options["pooling"] == "none":
         options["pooling"] = None
     if "classifier_activation" in options and options["classifier_activation"].lower() == "none":
@@ -544,7 +555,10 @@ def emit(source, output, weights, as_json, **app_options):
                 if loaded.app
                 else "",
                 metadata=metadata,
-                trace_lambdas=False,  # a file's code is never run (and the allowlist agrees)
+                input_shapes=loaded.input_shapes,
+                # a file's code is never run (and the allowlist agrees); a factory's is
+                # the user's own
+                trace_lambdas=loaded.from_code,
             )
     if module_name is not None:
         conversion.module_name = module_file_name(module_name)
@@ -655,6 +669,7 @@ def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only
                 randomize_weights=randomize,
                 inputs=_app_inputs(loaded, batch, seed),
                 taps=taps,
+                input_shapes=loaded.input_shapes,
             )
     if as_json:
         click.echo(

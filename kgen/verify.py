@@ -191,8 +191,8 @@ def with_taps(model, taps: int):
     layer may not show in the logits; each tapped output is compared with its own scale.
     Outputs become a dict: ``output``/``output[i]``/the model's keys, then ``tap:<layer>``.
     """
-    if taps <= 0 or not hasattr(model, "layers"):
-        return model
+    if taps <= 0 or not hasattr(model, "layers") or getattr(model, "outputs", None) is None:
+        return model  # nothing to tap in a subclassed model: no layer graph
     tf_keras = type(model).__module__.startswith("tf_keras") or any(
         c.__module__.startswith("tf_keras") for c in type(model).__mro__
     )
@@ -239,10 +239,12 @@ def check_model(
     conversion=None,
     inputs=None,
     taps: int = 0,
+    input_shapes=None,
 ):
     """Randomise (optionally), convert and compare one model. Returns (conversion, report).
 
     ``taps`` > 0 also compares that many intermediate layer outputs (see :func:`with_taps`).
+    ``input_shapes``: a subclassed model's (see :func:`kgen.convert`).
     """
     import jax
 
@@ -253,7 +255,7 @@ def check_model(
     if taps and conversion is None:
         model = with_taps(model, taps)
     if conversion is None:
-        conversion = convert(model)
+        conversion = convert(model, input_shapes=input_shapes)
     if inputs is None:
         inputs = random_inputs(conversion.inputs, batch=batch, seed=seed + 1)
     names = [s.name for s in conversion.inputs]

@@ -168,6 +168,54 @@ def test_subclassed_model_with_a_block_used_three_times():
     assert "deterministic=not train" in conversion.source  # Dropout follows `train`
 
 
+_USER_MODULE = """
+import keras
+from keras import layers
+
+
+class Block(layers.Layer):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.up = layers.Dense(2 * units, activation="relu")
+        self.down = layers.Dense(units)
+
+    def call(self, x):
+        return x + self.down(self.up(x))
+
+
+class Net(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.blocks = [Block(5) for _ in range(3)]
+
+    def call(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def make():
+    return Net(name="user_net")
+"""
+
+
+def test_subclassed_model_from_the_cli(tmp_path, monkeypatch):
+    (tmp_path / "kgen_user_net.py").write_text(_USER_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = run_cli("verify", "kgen_user_net:make", "--input-shape", "5", "--weights", "random")
+    assert result.exit_code == 0, result.output
+    assert "PASS" in result.stdout
+    out = tmp_path / "out"
+    result = run_cli("emit", "kgen_user_net:make", "--input-shape", "5", "-o", out)
+    assert result.exit_code == 0, result.output
+    source = (out / "user_net.py").read_text()
+    assert source.count("class Block(nn.Module):") == 1
+    assert "input_shapes = ((None, 5),)" in source
+    missing = run_cli("emit", "kgen_user_net:make", "-o", out)
+    assert missing.exit_code == 2 and "--input-shape" in missing.output
+    assert run_cli("emit", "kgen_user_net:nothing", "-o", out).exit_code == 2
+
+
 def test_subclassed_model_without_input_shapes_is_a_clear_error():
     net = Net()
     net(np.zeros((1, 5), "float32"))

@@ -303,7 +303,7 @@ def _trace_subclassed(model, has_lowering, trace_lambdas, input_specs) -> nx.DiG
     if not input_specs:
         raise TraceError(
             f"model {model.name!r} ({type(model).__name__}) is a subclassed model: "
-            "give its input shapes (kgen.convert(model, input_shapes=[...]))"
+            "give its input shapes (--input-shape, or kgen.convert(model, input_shapes=...))"
         )
     if not model.built:
         raise TraceError(f"model {model.name!r} is not built: call it once on data first")
@@ -317,4 +317,6 @@ def _trace_subclassed(model, has_lowering, trace_lambdas, input_specs) -> nx.DiG
             f"cannot trace the call() of model {model.name!r} ({type(model).__name__}): {exc}"
         ) from None
     graph.graph.update(class_name=type(model).__name__, subclassed_model=True)
+    if len(inputs) == 1:  # called on one array, not a list of one
+        graph.graph["input_structure"] = "single"
     return graph

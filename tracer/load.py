@@ -28,6 +28,54 @@ class LoadedModel:
     app: catalog.Application | None
     real_weights: bool  # weights came from a file or ImageNet, not a fresh init
     module_name: str | None = None
+    input_shapes: tuple | None = None  # a subclassed model's, from --input-shape
+    from_code: bool = False  # built by the user's own code (module:factory), not a file
+
+
+#: ``package.module:factory``: a model built by the user's own (trusted) code.
+FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+def is_factory(source: str) -> bool:
+    return bool(FACTORY.match(source)) and not Path(source).exists()
+
+
+def load_factory(source: str, input_shape: tuple | None = None) -> LoadedModel:
+    """``module:factory``: import ``module`` (trusted code, as a ``--plugin`` is) and call
+    ``factory()`` for the model, or take ``factory`` itself when it is a model.  A
+    subclassed model that was never called is built on zeros of ``input_shape``."""
+    import importlib
+
+    module_name, _, attr = source.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SourceError(
+            f"cannot import {module_name!r} for {source!r}: {_one_line(exc)}"
+        ) from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise SourceError(f"module {module_name!r} has no {attr!r}")
+    model = factory
+    if callable(factory) and not hasattr(factory, "layers"):
+        try:
+            model = factory()
+        except Exception as exc:
+            raise SourceError(f"{source}() raised {type(exc).__name__}: {_one_line(exc)}") from None
+    if not hasattr(model, "layers") or not hasattr(model, "get_config"):
+        raise SourceError(f"{source} is not a Keras model (got {type(model).__name__})")
+    if input_shape is not None and not getattr(model, "built", True):
+        import numpy as np
+
+        try:
+            model(np.zeros((1, *input_shape), "float32"))
+        except Exception as exc:
+            raise SourceError(
+                f"{source}: calling the model on input shape {input_shape} raised "
+                f"{type(exc).__name__}: {_one_line(exc)}"
+            ) from None
+    shapes = None if input_shape is None else (tuple(input_shape),)
+    return LoadedModel(model, None, real_weights=True, input_shapes=shapes, from_code=True)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -99,6 +147,10 @@ def load_source(
     for model files ``None`` (the file's own weights), ``"none"`` or a weights file.
     ``has_lowering``: see :func:`load_model_file`.
     """
+    if is_factory(source):
+        if weights not in (None, "model", "none"):
+            raise SourceError("--weights only applies to application names and model files")
+        return load_factory(source, options.get("input_shape"))
     if weights not in (None, "none", "model", "imagenet") and not _looks_like_path(weights):
         raise SourceError(
             f"--weights {weights!r} is neither an option nor a file path (see --help)"
