@@ -1,5 +1,7 @@
-"""Trace into a Keras 3 layer kgen has no lowering for: its own ``call()``, on fresh
-symbolic inputs, recorded as a sub-graph of the layers and ``keras.ops`` it uses.
+"""Trace into a layer kgen has no lowering for: its own ``call()``, on fresh symbolic
+inputs, recorded as a sub-graph of the layers and ops it uses (``keras.ops`` in Keras 3,
+TF functions as ``TFOpLambda`` nodes in tf.keras; each Keras's tracer supplies a small
+framework adapter, :class:`Keras3` here and ``_TfKeras`` in tracer/tf_keras.py).
 
 A custom layer (keras-hub's ``TransformerEncoder``, a keras.io example's
 ``TransformerBlock``, a user's block) is usually built from Keras layers and ops that
@@ -24,7 +26,7 @@ is emitted as its own ``nn.Module`` class named after the Python class.
   layer's own code is traced at inference.
 
 Tracing never changes the model: attributes swapped for the trace are put back, and
-the sub-layer call nodes the trace added are dropped again.
+the sub-layer call nodes the trace added are dropped again.  See docs/tracing.md.
 """
 
 from __future__ import annotations
@@ -45,7 +47,6 @@ from keras.src.ops.function import map_graph
 from keras.src.ops.operation import Operation
 
 from kgen.tracer.graph import Dim, InputSpec, Ref
-from kgen.tracer.plain import plain
 
 __all__ = ["TraceFailure", "trace_call"]
 
@@ -77,14 +78,6 @@ class Keras3:
     @staticmethod
     def own_variables(layer) -> list:
         return layer._trainable_variables + layer._non_trainable_variables
-
-    @staticmethod
-    def layer_class():
-        return keras.layers.Layer
-
-    @staticmethod
-    def builtin_module(cls) -> bool:
-        return cls.__module__.startswith("keras.")
 
     @staticmethod
     def graph(inputs: list, outputs):
@@ -413,12 +406,6 @@ def _solve(x: int, y: int, sizes: dict, by_input: dict) -> Dim | None:
             if ratio == Fraction(y, int(pb)) and ratio != 0:
                 return Dim(tuple(by_input[k] for k in subset), ratio.numerator, ratio.denominator)
     return None
-
-
-def plain_constant(value):
-    """A constant call argument of a traced call: a tensor the layer computed without
-    its inputs (in ``build()``, or eagerly from a constant) is frozen as an array."""
-    return plain(value)
 
 
 def attribute_names(layer, layer_class=None) -> dict[int, str]:
