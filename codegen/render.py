@@ -274,6 +274,12 @@ class _ClassRenderer:
             text = self.expr(low.expr)
             if low.comment:
                 body.append("# " + _comment(low.comment))
+            if g.graph.get("traced") and "np.array([" in text:
+                origin = sanitize(g.graph.get("class_name", "layer"))
+                body.append(
+                    f"# constant array: computed by {origin} from no input (in build() or "
+                    "from constants), frozen by the trace"
+                )
             body.append(f"{', '.join(outs)} = {text}")
         outputs = g.graph["outputs"]
         if isinstance(outputs, list):  # several outputs come back as a tuple

@@ -94,6 +94,25 @@ def test_tracing_leaves_the_model_as_it_was():
     np.testing.assert_array_equal(np.asarray(model(x)), before)
 
 
+class RelativeBias(layers.Layer):
+    """Swin-like: an index table computed in build(), a bias table gathered by it."""
+
+    def build(self, shape):
+        n = shape[1]
+        self.index = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :]).astype("int32")
+        self.bias = self.add_weight(name="bias", shape=(n,))
+
+    def call(self, x):
+        return x + ops.take(self.bias, self.index)
+
+
+def test_constant_computed_in_build_is_frozen_and_says_so():
+    x = keras.Input((4, 4))
+    conversion, _ = assert_parity(keras.Model(x, RelativeBias(name="rel")(x)))
+    assert "# constant array: computed by RelativeBias from no input" in conversion.source
+    assert set(conversion.variables["params"]["rel"]) == {"bias"}
+
+
 class BranchOnValue(layers.Layer):
     """A Python ``if`` on a tensor's value: runs eagerly, but has no graph."""
 

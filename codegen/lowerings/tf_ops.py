@@ -121,8 +121,7 @@ SIGNATURES: dict[str, tuple[str, ...]] = {
     "expand_dims": ("input", "axis", "name"),
     "squeeze": ("input", "axis", "name"),
     "compat.v1.squeeze": ("input", "axis", "name", "squeeze_dims"),
-    "shape": ("input", "out_type", "name"),
-    "compat.v1.shape": ("input", "name", "out_type"),
+    "compat.v1.shape": ("input", "name", "out_type"),  # tf.shape records as this
     "split": ("value", "num_or_size_splits", "axis", "num", "name"),
     "image.resize": ("images", "size", "method", "preserve_aspect_ratio", "antialias", "name"),
 }
@@ -474,7 +473,7 @@ def lower_tf_squeeze(node: Node) -> Lowered:
     return Lowered(Call(Sym("jnp.squeeze"), (b["input"],), kwargs))
 
 
-@_tf("shape", "compat.v1.shape")
+@_tf("compat.v1.shape")
 def lower_tf_shape(node: Node) -> Lowered:
     """``tf.shape(x)``: under ``jax.jit`` every shape is static, so a constant vector
     read from the array (``out_type`` int32 by default, as TF's)."""

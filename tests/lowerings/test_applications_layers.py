@@ -4,12 +4,11 @@ that keras.applications defines for ConvNeXt and InceptionResNetV2."""
 import keras
 import numpy as np
 import pytest
-from helpers import assert_layer_parity, one_layer_model
+from helpers import assert_layer_parity, assert_parity, one_layer_model
 from keras.src.applications.convnext import LayerScale
 from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
 
 from kgen.api import convert
-from kgen.errors import UnsupportedError
 
 
 @pytest.mark.parametrize(
@@ -42,8 +41,8 @@ def test_custom_scale_layer_order():
     assert_layer_parity(CustomScaleLayer(0.5), (2, 3), (2, 3), inputs=[a, b])
 
 
-def test_same_name_other_class_is_unsupported():
-    """A user class called LayerScale is not Keras's: it is reported, never lowered as it."""
+def test_same_name_other_class_is_traced_not_lowered_as_it():
+    """A user class called LayerScale is not Keras's: it is traced, never lowered as it."""
 
     class LayerScale(keras.layers.Layer):  # the same name is the point
         def __init__(self, factor=2.0, **kwargs):
@@ -57,5 +56,6 @@ def test_same_name_other_class_is_unsupported():
             return {**super().get_config(), "factor": self.factor}
 
     model = one_layer_model(LayerScale(3.0), (4,))
-    with pytest.raises(UnsupportedError, match=r"LayerScale \(from [\w.]+\) x1"):
-        convert(model)
+    conversion, _ = assert_parity(model)
+    assert "class LayerScale(nn.Module):" in conversion.source
+    assert "rt.LayerScale" not in conversion.source

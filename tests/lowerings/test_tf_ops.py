@@ -41,6 +41,20 @@ def check(fn, *shapes, symbol: str):
 A = (4, 6)  # a rank-3 input (batch, 4, 6)
 
 CASES = {
+    "shape": (lambda a: a * tf.cast(tf.shape(a)[1], "float32"), (A,), "compat.v1.shape"),
+    "shape_v1": (
+        lambda a: a * tf.cast(tf.compat.v1.shape(a)[-1], "float32"),
+        (A,),
+        "compat.v1.shape",
+    ),
+    "split": (lambda a: tf.split(a, 2, axis=-1)[1], (A,), "split"),
+    "split_sizes": (lambda a: tf.concat(tf.split(a, [2, -1], axis=-1)[::-1], -1), (A,), "split"),
+    "image_resize": (lambda a: tf.image.resize(a, (6, 4)), ((4, 5, 3),), "image.resize"),
+    "image_resize_nearest": (
+        lambda a: tf.image.resize(a, (8, 10), method="nearest"),
+        ((4, 5, 3),),
+        "image.resize",
+    ),
     # binary operators, tensor-tensor and tensor-constant, both orders
     "add": (lambda a, b: a + b, (A, A), "__operators__.add"),
     "add_const": (lambda a: 1.5 + a, (A,), "__operators__.add"),
