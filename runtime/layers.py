@@ -56,7 +56,10 @@ class BatchNorm(nn.Module):
         else:
             reduce = tuple(i for i in range(x.ndim) if i not in axes)
             mean = jnp.mean(x, axis=reduce)
-            var = jnp.mean(jnp.square(x - jnp.expand_dims(mean, reduce)), axis=reduce)
+            # As tf.nn.moments (Keras 3 and tf.keras): no gradient through the mean inside
+            # the variance, a term that is zero in exact arithmetic (deviations sum to 0).
+            centered = x - lax.stop_gradient(jnp.expand_dims(mean, reduce))
+            var = jnp.mean(jnp.square(centered), axis=reduce)
             # Only when the caller lets batch_stats change (``mutable=["batch_stats"]``): a
             # tf.keras layer called with ``training=True`` uses batch statistics even
             # when the generated module runs for inference.
