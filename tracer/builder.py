@@ -52,6 +52,39 @@ class GraphBuilder:
         """Keras's registered name for ``cls`` (``"package>Name"`` for custom classes)."""
         return None
 
+    #: Module prefixes of this Keras's own activation functions.
+    activation_prefixes: tuple = ()
+    has_lowering = None  # the lowering registry's answer, set by each tracer
+
+    # -- tracing into layers kgen has no lowering for (tracer/custom.py) ----------------
+    def should_trace(self, layer) -> bool:
+        """Whether to trace ``layer.call`` instead of recording the layer as one node: a
+        class with no lowering (a user's, a third-party package's), or one of Keras's
+        own that :meth:`traces_builtin` says to trace."""
+        if self.has_lowering is None:
+            return False
+        identity = self.identity(layer)
+        if not identity["builtin"]:
+            return not self.has_lowering("layer", type(layer).__name__, **identity)
+        return self.traces_builtin(layer)
+
+    def traces_builtin(self, layer) -> bool:
+        """A Keras layer whose activation is a user function is traced with it."""
+        return self.custom_activation(layer) is not None
+
+    def untraceable(self, attrs: dict, why) -> None:
+        """Record a layer whose ``call()`` could not be traced: an unsupported layer,
+        reported with the reason."""
+        attrs.update(kind="layer", config={}, config_skipped="no lowering", trace_error=str(why))
+
+    def custom_activation(self, layer):
+        """A layer's activation when it is a function that is not this Keras's own."""
+        fn = layer.__dict__.get("activation")
+        if fn is None or not callable(fn):
+            return None
+        module = getattr(fn, "__module__", "") or ""
+        return None if module.startswith(self.activation_prefixes) else fn
+
     # -- class identity ------------------------------------------------------------------
     def is_builtin(self, layer) -> bool:
         """Whether ``layer`` is an instance of this Keras's own class, and so are the

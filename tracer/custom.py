@@ -83,7 +83,7 @@ class Keras3:
     def graph(inputs: list, outputs):
         # map_graph, not Function: Function's own check runs the graph from its inputs
         # only, and a Creation node has none.
-        return _Graph(map_graph(inputs, keras.tree.flatten(outputs))[1], outputs)
+        return TracedGraph(map_graph(inputs, keras.tree.flatten(outputs))[1], outputs)
 
     @staticmethod
     def patches(layer) -> list:
@@ -97,7 +97,7 @@ def trace_call(layer, args: tuple, kwargs: dict, make_tracer, *, framework=Keras
     once) in the order of the sub-graph's inputs.  ``make_tracer()`` gives the graph
     builder for the sub-graph."""
     fw = framework
-    tensors = list({id(t): t for t in _keras_tensors((args, kwargs), fw)}.values())
+    tensors = list({id(t): t for t in keras_tensors((args, kwargs), fw)}.values())
     unknown = [
         (i, a) for i, t in enumerate(tensors) for a, d in enumerate(fw.shape(t)) if d is None
     ]
@@ -123,13 +123,14 @@ def trace_call(layer, args: tuple, kwargs: dict, make_tracer, *, framework=Keras
     raise failure
 
 
-def _keras_tensors(value, fw=Keras3) -> list:
+def keras_tensors(value, fw=Keras3) -> list:
+    """The symbolic tensors in a nested call argument, in order."""
     if fw.is_tensor(value):
         return [value]
     if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _keras_tensors(v, fw)]
+        return [t for v in value for t in keras_tensors(v, fw)]
     if isinstance(value, dict):
-        return [t for v in value.values() for t in _keras_tensors(v, fw)]
+        return [t for v in value.values() for t in keras_tensors(v, fw)]
     return []
 
 
@@ -153,7 +154,7 @@ def _argument_names(call, args: tuple, kwargs: dict, fw) -> dict[int, str]:
         bound = {f"arg_{i}": a for i, a in enumerate(args)} | dict(kwargs)
     names = {}
     for key, value in bound.items():
-        found = _keras_tensors(value, fw)
+        found = keras_tensors(value, fw)
         for i, t in enumerate(found):
             names.setdefault(id(t), key if len(found) == 1 else f"{key}_{i}")
     return names
@@ -191,7 +192,7 @@ def _trace_once(layer, args, kwargs, tensors, stand_in, make_tracer, fw) -> nx.D
             raise
         except Exception as exc:
             raise TraceFailure(_why(exc)) from None
-        if not _keras_tensors(out, fw):
+        if not keras_tensors(out, fw):
             raise TraceFailure("call() returns no tensor computed from its inputs")
         flat_in = [t for _, t in inputs] + list(held.values())
         try:
@@ -249,7 +250,7 @@ def _symbolic_creation():
 
     def make(name, original):
         def create(*args, **kwargs):
-            if _keras_tensors((args, kwargs)):
+            if keras_tensors((args, kwargs)):
                 return original(*args, **kwargs)
             value = original(*args, **kwargs)  # its dtype, as Keras resolves it
             dtype = keras.backend.standardize_dtype(value.dtype)
@@ -297,15 +298,11 @@ def _output_specs_from_call(layer):
 
 
 @dataclasses.dataclass
-class _Graph:
-    """What the tracer reads of a traced call's graph."""
+class TracedGraph:
+    """What the tracer reads of a traced call's graph (as of a Keras ``Function``)."""
 
     _nodes_by_depth: dict
     _outputs_struct: object
-
-
-def graph_of(nodes_by_depth: dict, outputs) -> _Graph:
-    return _Graph(nodes_by_depth, outputs)
 
 
 def _node_lists(layer) -> list:
@@ -444,8 +441,7 @@ class CallTraceMixin:
     attribute holding them, ops by what they compute (``add``, ``add_1``), inputs by the
     call's argument names, and variables the layer reads itself by their Keras names.
     The framework's builder supplies ``op_of``, ``is_op``, ``op_base_name``,
-    ``outputs_of``, ``tensor_shape``, ``tensor_dtype``, ``variable_value`` and
-    ``activation_name``."""
+    ``outputs_of``, ``tensor_shape``, ``tensor_dtype`` and ``variable_value``."""
 
     layer_class = None  # the framework's Layer class, for attribute names
 
@@ -482,6 +478,11 @@ class CallTraceMixin:
         ]
         g.graph["outputs"] = self.convert(function._outputs_struct)
         return g
+
+    def activation_name(self, layer) -> str | None:
+        """The user activation a Keras layer is traced for, if that is why."""
+        fn = self.custom_activation(layer) if super().is_builtin(layer) else None
+        return getattr(fn, "__name__", None)
 
     def local_name(self, op) -> str:
         if id(op) in self.input_names:

@@ -15,7 +15,7 @@ from keras.src.models.functional import Functional
 
 from kgen.errors import TraceError
 from kgen.tracer.builder import GraphBuilder
-from kgen.tracer.custom import CallTraceMixin, Creation, op_name
+from kgen.tracer.custom import CallTraceMixin, Creation, keras_tensors, op_name
 from kgen.tracer.plain import plain as _plain
 
 _IGNORED_CALL_KWARGS = {"mask": None, "training": None}
@@ -58,6 +58,7 @@ def _layer_weights(layer) -> dict[str, np.ndarray]:
 
 class _Tracer(GraphBuilder):
     builtin_prefix = "keras.src."
+    activation_prefixes = ("keras.",)
 
     def __init__(self, has_lowering=None, trace_lambdas=False):
         super().__init__()
@@ -137,19 +138,11 @@ class _Tracer(GraphBuilder):
         self.add(nid, attrs)
 
     # -- tracing into layers kgen has no lowering for (tracer/custom.py) ----------------
-    def should_trace(self, layer) -> bool:
-        """Whether to trace ``layer.call`` instead of recording the layer as one node:
-        a class with no lowering (a user's, a third-party package's), an in-process
-        Lambda, or a Keras layer whose activation is a user function."""
-        if self.has_lowering is None:
-            return False
-        identity = self.identity(layer)
-        name = type(layer).__name__
-        if not identity["builtin"]:
-            return not self.has_lowering("layer", name, **identity)
+    def traces_builtin(self, layer) -> bool:
+        """An in-process Lambda, or a Keras layer whose activation is a user function."""
         if isinstance(layer, keras.layers.Lambda):
             return self.trace_lambdas
-        return _custom_activation(layer) is not None
+        return super().traces_builtin(layer)
 
     def trace_into(self, layer, node, attrs: dict) -> None:
         from kgen.tracer.custom import TraceFailure, trace_call
@@ -167,8 +160,7 @@ class _Tracer(GraphBuilder):
                 lambda: _CallTracer(self.has_lowering, trace_lambdas=True),
             )
         except TraceFailure as exc:
-            attrs.update(kind="layer", config={}, config_skipped="no lowering")
-            attrs["trace_error"] = str(exc)
+            self.untraceable(attrs, exc)
             return
         if isinstance(layer, keras.layers.Lambda):  # named after its function, if it has one
             fn_name = getattr(layer.function, "__name__", "<lambda>")
@@ -177,22 +169,13 @@ class _Tracer(GraphBuilder):
 
     def add_mask_producers(self, value) -> None:
         """Trace the op nodes computing a Keras mask that no recorded argument uses."""
-        for kt in _keras_tensors(value):
+        for kt in keras_tensors(value):
             op, node_index, _ = kt._keras_history
             if self.node_id(op, node_index) in self.graph:
                 continue
             knode = op._inbound_nodes[node_index]
             self.add_mask_producers(list(knode.arguments.keras_tensors))
             self.add_node(knode)
-
-
-def _custom_activation(layer):
-    """A Keras layer's activation when it is a function that is not Keras's own."""
-    fn = layer.__dict__.get("activation")
-    if fn is None or not callable(fn):
-        return None
-    module = getattr(fn, "__module__", "") or ""
-    return None if module.startswith("keras.") else fn
 
 
 class _CallTracer(CallTraceMixin, _Tracer):
@@ -222,10 +205,6 @@ class _CallTracer(CallTraceMixin, _Tracer):
     def variable_value(self, v):
         return np.asarray(keras.ops.convert_to_numpy(v))
 
-    def activation_name(self, layer):
-        fn = _custom_activation(layer) if super().is_builtin(layer) else None
-        return getattr(fn, "__name__", None)
-
     def is_builtin(self, layer) -> bool:
         # keras.ops.arange & co., recorded as ops while tracing (tracer/custom.py)
         return isinstance(layer, Creation) or super().is_builtin(layer)
@@ -233,16 +212,6 @@ class _CallTracer(CallTraceMixin, _Tracer):
     def add_node(self, node) -> None:
         if not self.add_variable_node(node):
             super().add_node(node)
-
-
-def _keras_tensors(value) -> list:
-    if isinstance(value, keras.KerasTensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [kt for v in value for kt in _keras_tensors(v)]
-    if isinstance(value, dict):
-        return [kt for v in value.values() for kt in _keras_tensors(v)]
-    return []
 
 
 def _runtime_masks(layer, node) -> dict:
@@ -286,7 +255,7 @@ def _runtime_masks(layer, node) -> dict:
             key = f"{name}_mask"
             if key in spec.argument_names and spec.arguments_dict.get(key) is None:
                 found[key] = masks_of(value)
-    return {k: v for k, v in found.items() if _keras_tensors(v)}
+    return {k: v for k, v in found.items() if keras_tensors(v)}
 
 
 def trace_keras3(model, has_lowering=None, *, trace_lambdas=False, input_specs=None):

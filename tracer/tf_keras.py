@@ -73,6 +73,7 @@ def _slice_dict(value):
 
 class _Tracer(GraphBuilder):
     builtin_prefix = "tf_keras.src."
+    activation_prefixes = ("tf_keras.", "tensorflow.")
     source = "tf_keras"
 
     def __init__(self, has_lowering=None):
@@ -159,16 +160,6 @@ class _Tracer(GraphBuilder):
         self.add(nid, attrs)
 
     # -- tracing into layers kgen has no lowering for (tracer/custom.py) ----------------
-    def should_trace(self, layer) -> bool:
-        """A class with no lowering, or a tf.keras layer whose activation is a user
-        function: trace its ``call`` (TF calls on Keras tensors become TFOpLambda nodes)."""
-        if self.has_lowering is None:
-            return False
-        identity = self.identity(layer)
-        if not identity["builtin"]:
-            return not self.has_lowering("layer", type(layer).__name__, **identity)
-        return _custom_activation(layer) is not None
-
     def trace_into(self, layer, call_args, call_kwargs, implicit_masks, attrs) -> None:
         from kgen.tracer.custom import TraceFailure, trace_call
 
@@ -183,8 +174,7 @@ class _Tracer(GraphBuilder):
                 framework=_TfKeras,
             )
         except TraceFailure as exc:
-            attrs.update(kind="layer", config={}, config_skipped="no lowering")
-            attrs["trace_error"] = str(exc)
+            self.untraceable(attrs, exc)
             return
         attrs.update(kind="traced", subgraph=sub, traced_inputs=[self.ref(t) for t in tensors])
 
@@ -343,15 +333,6 @@ def _is_keras_tensor(value) -> bool:
     return type(value).__name__ == "KerasTensor" and hasattr(value, "_keras_history")
 
 
-def _custom_activation(layer):
-    """A tf.keras layer's activation when it is a function that is not tf.keras's own."""
-    fn = layer.__dict__.get("activation")
-    if fn is None or not callable(fn):
-        return None
-    module = getattr(fn, "__module__", "") or ""
-    return None if module.startswith(("tf_keras.", "tensorflow.")) else fn
-
-
 class _TfKeras:
     """What tracing needs of tf.keras (see ``Keras3`` in tracer/custom.py)."""
 
@@ -373,10 +354,10 @@ class _TfKeras:
 
     @staticmethod
     def graph(inputs: list, outputs):
-        from kgen.tracer.custom import graph_of
+        from kgen.tracer.custom import TracedGraph
 
         model = tf_keras.Model(inputs, outputs)
-        return graph_of(model._nodes_by_depth, model._nested_outputs)
+        return TracedGraph(model._nodes_by_depth, model._nested_outputs)
 
     @staticmethod
     def patches(layer) -> list:
@@ -408,10 +389,6 @@ class _CallTracer(CallTraceMixin, _Tracer):
 
     def variable_value(self, v):
         return np.asarray(v.numpy())
-
-    def activation_name(self, layer):
-        fn = _custom_activation(layer) if super().is_builtin(layer) else None
-        return getattr(fn, "__name__", None)
 
     def add_node(self, node) -> None:
         if not self.add_variable_node(node):

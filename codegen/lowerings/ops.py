@@ -363,10 +363,14 @@ def lower_arange(node: Node) -> Lowered:
     return Lowered(Call(Sym("jnp.arange"), tuple(args), {"dtype": dtype_sym(dtype)}))
 
 
+def _shape_arg(shape):
+    """A shape argument (an int or a sequence), its sizes possibly run-time Dims."""
+    return tuple(size(d) for d in shape) if isinstance(shape, (list, tuple)) else size(shape)
+
+
 @register("Ones", "Zeros", family="ops", kind="op", handles={"dtype"})
 def lower_ones_zeros(node: Node) -> Lowered:
-    shape = bind_args(node, ("shape",))["shape"]
-    shape = tuple(size(d) for d in shape) if isinstance(shape, (list, tuple)) else size(shape)
+    shape = _shape_arg(bind_args(node, ("shape",))["shape"])
     fn = "jnp.ones" if node.class_name == "Ones" else "jnp.zeros"
     return Lowered(Call(Sym(fn), (shape,), {"dtype": dtype_sym(node.config.get("dtype"))}))
 
@@ -374,12 +378,10 @@ def lower_ones_zeros(node: Node) -> Lowered:
 @register("Full", family="ops", kind="op", handles={"dtype"})
 def lower_full(node: Node) -> Lowered:
     bound = bind_args(node, ("shape", "fill_value"))
-    shape = bound["shape"]
-    shape = tuple(size(d) for d in shape) if isinstance(shape, (list, tuple)) else size(shape)
     return Lowered(
         Call(
             Sym("jnp.full"),
-            (shape, bound["fill_value"]),
+            (_shape_arg(bound["shape"]), bound["fill_value"]),
             {"dtype": dtype_sym(node.config.get("dtype"))},
         )
     )
