@@ -21,7 +21,7 @@ from kgen.codegen import Generated, generate
 from kgen.codegen.names import pascal_case, snake_case
 from kgen.runtime.variables import save_variables
 
-__all__ = ["Conversion", "convert", "load_module", "module_file_name"]
+__all__ = ["Conversion", "convert", "convert_model", "load_module", "module_file_name"]
 
 MAX_NAME_LENGTH = 100  # module file names (and derived class names), before ".py"
 
@@ -314,6 +314,57 @@ def _is_shape(value) -> bool:
 def convert(
     model,
     *,
+    name: str | None = None,
+    input_shapes=None,
+    input_dtypes=None,
+    trace_lambdas: bool = True,
+) -> Conversion:
+    """Convert a Keras functional or Sequential model (Keras 3 or tf.keras), or a Keras 3
+    subclassed model given ``input_shapes``.
+
+    A ``keras.applications`` model built with its default options is named and
+    described as ``kgen emit`` does for that application name (``MobileNetV2`` in
+    ``mobilenetv2.py``, with ``preprocess`` and ``input_size``); one built with other
+    options keeps the application's preprocessing metadata and is named after the
+    Keras model.  ``name`` sets the class name, and its snake case the module name.
+
+    Layers kgen has no lowering for are traced into (their own ``call()``), and so are
+    the ``Lambda`` layers of a live model (``trace_lambdas``).  ``input_shapes``: a
+    subclassed model's input shapes without the batch dim, one tuple per input
+    (``input_dtypes`` defaults to float32 each).
+    """
+    from kgen.codegen.names import snake_case
+    from kgen.pipeline import application_metadata, check_name
+    from kgen.tracer.catalog import recognise
+
+    if name is not None:
+        check_name(name)
+    class_name = module_name = metadata = None
+    recognised = recognise(model)
+    if recognised is not None:
+        app, default = recognised
+        shape = tuple(model.inputs[0].shape[1:])
+        metadata = application_metadata(app, shape if None not in shape[:2] else None)
+        if default:
+            class_name, module_name = app.name, module_file_name(app.name.lower())
+    if name is not None:
+        class_name, module_name = name, module_file_name(snake_case(name))
+    conversion = convert_model(
+        model,
+        class_name=class_name,
+        metadata=metadata,
+        input_shapes=input_shapes,
+        input_dtypes=input_dtypes,
+        trace_lambdas=trace_lambdas,
+    )
+    if module_name is not None:
+        conversion.module_name = module_name
+    return conversion
+
+
+def convert_model(
+    model,
+    *,
     module_name: str | None = None,
     class_name: str | None = None,
     regenerate: str = "",
@@ -322,17 +373,12 @@ def convert(
     input_dtypes=None,
     trace_lambdas: bool = True,
 ) -> Conversion:
-    """Convert a Keras functional or Sequential model (Keras 3 or tf.keras), or a Keras 3
-    subclassed model given ``input_shapes``.
+    """:func:`convert` with every name and header given: what the pipeline calls.
 
-    Layers kgen has no lowering for are traced into (their own ``call()``), and so are
-    the ``Lambda`` layers of a live model (``trace_lambdas``; the CLI turns it off for
-    model files, whose Lambdas are refused before loading anyway).
-    ``input_shapes``: a subclassed model's input shapes without the batch dim, one
-    tuple per input (``input_dtypes`` defaults to float32 each).
-
-    ``metadata`` (e.g. ``{"preprocess": "tf", "input_size": 299}``) gives the generated
-    class ``preprocess_mode``/``input_size`` attributes and a ``preprocess`` staticmethod.
+    ``trace_lambdas``: the CLI turns it off for model files, whose Lambdas are refused
+    before loading anyway.  ``metadata`` (e.g. ``{"preprocess": "tf", "input_size":
+    299}``) gives the generated class ``preprocess_mode``/``input_size`` attributes and a
+    ``preprocess`` staticmethod.
     Without ``module_name``, the module name comes from the class name through
     :func:`module_file_name` (bounded, and shadowing no installed module); a given
     ``module_name`` is used as it is.

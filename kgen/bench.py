@@ -54,7 +54,7 @@ def bench_model(
     import jax
     import tensorflow as tf
 
-    from kgen.api import convert
+    from kgen.api import convert_model as convert
     from kgen.verify import random_inputs
 
     start = time.perf_counter()

@@ -306,7 +306,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="kgen")
+@click.version_option(package_name="kgen-flax")
 @click.option(
     "--plugin",
     "plugins",
@@ -318,6 +318,8 @@ class _Group(click.Group):
 def main(plugins):
     """kgen: convert Keras models to readable Flax linen modules, with proven parity."""
     _quiet_frameworks()
+    if plugins:
+        _cwd_importable()
     for name in plugins:
         try:
             importlib.import_module(name)
@@ -427,71 +429,55 @@ def _app_options(fn):
     return fn
 
 
-def _collect_options(source: str, values: dict) -> dict:
-    from kgen.tracer import catalog
-    from kgen.tracer.load import is_factory
-
-    options = {k: v for k, v in values.items() if v is not None}
-    if is_factory(source):
-        extra = sorted(set(options) - {"input_shape"})
-        if extra:
-            flags = ", ".join("--" + k.replace("_", "-") for k in extra)
-            raise KgenError(f"{flags} only apply to application names, not to {source!r}")
-        return options
-    shape = options.get("input_shape")
-    if shape is not None and len(shape) != 3:
-        raise KgenError(f"--input-shape {shape}: an application takes H,W,C such as 160,160,3")
-    if "pooling" in options and options["pooling"] == "none":
-        options["pooling"] = None
-    if "classifier_activation" in options and options["classifier_activation"].lower() == "none":
-        options["classifier_activation"] = None
-    if options and source not in catalog.APPLICATIONS:
-        flags = ", ".join("--" + k.replace("_", "-") for k in options)
-        raise KgenError(f"{flags} only apply to application names, not to {source!r}")
-    return options
+def _cwd_importable() -> None:
+    """Make the current directory importable first, as ``python -m`` does, for the
+    user's own modules (``--plugin mypkg.layers``, ``mypkg.models:make``)."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
 
 
-def _load(source, weights, quiet, verify=False, options=None):
-    _import_frameworks()
-    from kgen.tracer import catalog
-    from kgen.tracer.load import load_source
+def _check_name(value):
+    from kgen.errors import SourceError
+    from kgen.pipeline import check_name
 
-    options = dict(options or {})
-    if verify and source in catalog.APPLICATIONS:
-        options.setdefault("classifier_activation", None)  # compare logits, not softmax
-    with _step(f"building {source}", quiet):
-        return load_source(source, weights, **options)
-
-
-def _app_inputs(loaded, batch: int, seed: int):
-    """A random batch for an application: raw pixels in [0, 255] for models with built-in
-    preprocessing, [-1, 1] otherwise, at the catalog input size where the spatial dims
-    are free (MobileNetV3, include_top=False; an 8x8 default would shrink to nothing in
-    a stride-32 stack).  None (check_model's own inputs) for model files."""
-    from kgen.tracer.graph import InputSpec
-    from kgen.verify import random_inputs
-
-    if loaded.app is None:
+    if value is None:
         return None
-    shapes = [tuple(t.shape) for t in loaded.model.inputs]
-    size = loaded.app.input_size
-    specs = [
-        InputSpec(str(i), str(i), (None, *(size if d is None else int(d) for d in shape[1:])))
-        for i, shape in enumerate(shapes)
-    ]
-    low, high = (0.0, 255.0) if loaded.app.preprocess == "none" else (-1.0, 1.0)
-    return random_inputs(specs, batch=batch, seed=seed + 1, low=low, high=high)
+    try:
+        return check_name(value)
+    except SourceError as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
-def _app_names(loaded, options: dict) -> tuple[str | None, str | None]:
-    """(class name, module name) for an application, distinct per architecture option."""
-    from kgen.tracer import catalog
+def _source(spec: str, weights, values: dict):
+    """A checked :class:`~kgen.pipeline.Source`; an unknown name or a missing file is
+    reported here, before jax, TensorFlow and Keras are imported, and so is an install
+    without the conversion packages."""
+    from kgen.pipeline import INSTALL_CONVERT, OptionError, Source, missing_packages
 
-    if loaded.app is None:
-        return None, None
-    if not options:
-        return loaded.app.name, loaded.app.name.lower()
-    return catalog.variant_names(loaded.app, options)
+    missing = missing_packages()
+    if missing:
+        command = f"kgen {click.get_current_context().info_name}"
+        raise KgenError(
+            f"{command} needs the conversion packages ({', '.join(missing)} missing): "
+            f"{INSTALL_CONVERT}"
+        )
+    try:
+        source = Source.of(spec, weights, **values)
+    except OptionError as exc:
+        flags = ", ".join("--" + k.replace("_", "-") for k in exc.options)
+        raise KgenError(f"{flags} {exc.what}") from None
+    if source.is_factory:
+        _cwd_importable()
+    return source
+
+
+def _load(source, quiet, verify=False):
+    from kgen import pipeline
+
+    _import_frameworks()
+    with _step(f"building {source.spec}", quiet):
+        return pipeline.load(source, logits=verify)
 
 
 def _check_output_dir(output: str) -> None:
@@ -505,63 +491,34 @@ def _check_output_dir(output: str) -> None:
             return
 
 
-def _regenerate_text(source: str, output: str, weights, app_options: dict) -> str:
-    words = ["kgen emit", source]
-    if weights is not None:
-        words.append(f"--weights {weights}")
-    for key, value in app_options.items():
-        if value is None:
-            continue
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else flag.replace("--", "--no-", 1))
-        elif isinstance(value, tuple):
-            words.append(f"{flag} {','.join(str(v) for v in value)}")
-        else:
-            words.append(f"{flag} {value}")
-    return " ".join([*words, "-o", output])
-
-
 @main.command()
 @click.argument("source")
 @click.option("-o", "--output", default="generated", show_default=True, help="Output directory.")
 @click.option("--weights", default=None, metavar="imagenet|none|PATH", help=_weights_help)
+@click.option(
+    "--name",
+    default=None,
+    callback=lambda ctx, param, value: _check_name(value),
+    metavar="CLASS",
+    help="Class name of the generated module (its snake case names the file).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line describing the result.")
 @_app_options
-def emit(source, output, weights, as_json, **app_options):
+def emit(source, output, weights, name, as_json, **app_options):
     """Convert SOURCE (an application name, a .keras/.h5 file or a tf.keras SavedModel
     directory) to a Flax module.
 
     Writes OUTPUT/<name>.py and, unless --weights none, OUTPUT/<name>.safetensors.
     """
     start = time.perf_counter()
-    options = _collect_options(source, app_options)
+    src = _source(source, weights, app_options)
     _check_output_dir(output)
     with _framework_output(as_json):
-        _import_frameworks()
-        from kgen.api import convert, module_file_name
+        from kgen import pipeline
 
-        loaded = _load(source, weights, as_json, options=options)
-        class_name, module_name = _app_names(loaded, options)
-        metadata = None
-        if loaded.app:
-            size = options.get("input_shape", (loaded.app.input_size,) * 2)[:2]
-            metadata = {"preprocess": loaded.app.preprocess, "input_size": tuple(size)}
+        loaded = _load(src, as_json)
         with _step("converting", as_json):
-            conversion = convert(
-                loaded.model,
-                class_name=class_name,
-                regenerate=_regenerate_text(source, output, weights, app_options)
-                if loaded.app
-                else "",
-                metadata=metadata,
-                input_shapes=loaded.input_shapes,
-                # a file's code is never run (and the allowlist agrees); a factory's is
-                # the user's own
-                trace_lambdas=loaded.from_code,
-            )
-    if module_name is not None:
-        conversion.module_name = module_file_name(module_name)
+            conversion = pipeline.convert(src, name=name, output=output, loaded=loaded)
     _raise_if_interrupted()  # nothing is written after an interrupt, even a swallowed one
     with _step("writing", as_json):
         try:
@@ -643,14 +600,12 @@ def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only
     (classifier_activation=None) unless --classifier-activation is given.
     """
     from kgen.tracer import catalog
-    from kgen.verify import TOLERANCE, check_model
+    from kgen.verify import TOLERANCE
 
     if all_apps:
         return _verify_all(seed, markdown, only, as_json, source)
     if source is None:
         raise click.UsageError("give a SOURCE or --all")
-    options = _collect_options(source, app_options)
-
     if weights == "model" and source in catalog.APPLICATIONS:
         raise KgenError(
             "--weights model means a model file's own weights; for an application use "
@@ -658,19 +613,14 @@ def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only
         )
     randomize = weights in ("random", "none")
     load_weights = {"random": "none", "model": None}.get(weights, weights)
+    src = _source(source, load_weights, app_options)
     with _framework_output(as_json):
-        loaded = _load(source, load_weights, as_json, verify=True, options=options)
-        params = int(loaded.model.count_params())
+        from kgen import pipeline
+
+        _import_frameworks()
         with _step(f"converting and comparing {source}", as_json):
-            conversion, report = check_model(
-                loaded.model,
-                seed=seed,
-                batch=batch,
-                randomize_weights=randomize,
-                inputs=_app_inputs(loaded, batch, seed),
-                taps=taps,
-                input_shapes=loaded.input_shapes,
-            )
+            result = pipeline.verify(src, randomize=randomize, seed=seed, batch=batch, taps=taps)
+    conversion, report, params = result.conversion, result.report, result.params
     if as_json:
         click.echo(
             json.dumps(
@@ -736,6 +686,58 @@ def _verify_all(seed, markdown, only, as_json, source) -> None:
         raise SystemExit(1)
 
 
+@main.group()
+def cache():
+    """The conversions kgen.load keeps (ordinary generated .py and .safetensors files)."""
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)  # pragma: no cover
+
+
+@cache.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON line per entry.")
+def cache_list(as_json):
+    """Print the cached conversions: key, source, weights, options, class, size."""
+    from kgen import cache as kcache
+
+    found = kcache.entries()
+    for e in found:
+        if as_json:
+            record = {k: str(v) if k == "path" else v for k, v in e.__dict__.items()}
+            click.echo(json.dumps({**record, "size": e.size}))
+        else:
+            opts = ",".join(f"{k}={v}" for k, v in e.options.items()) or "-"
+            click.echo(
+                f"{e.key}  {e.source}  weights={e.weights or 'default'}  {opts}  "
+                f"{e.class_name}  {_size(e.size)}  kgen {e.kgen_version}  {e.created}"
+            )
+    if not as_json:
+        click.echo(f"{len(found)} cached in {kcache.cache_dir()}", err=True)
+
+
+@cache.command("clear")
+@click.argument("source", required=False)
+def cache_clear(source):
+    """Remove every cached conversion, or only those of SOURCE."""
+    from kgen import cache as kcache
+
+    removed = kcache.clear(source)
+    click.echo(f"removed {len(removed)} cached conversion{'s' * (len(removed) != 1)}")
+
+
+@cache.command("dir")
+def cache_dir_cmd():
+    """Print the cache directory ($KGEN_CACHE_DIR, else the user cache directory)."""
+    from kgen import cache as kcache
+
+    click.echo(str(kcache.cache_dir()))
+
+
 @main.command()
 @click.option(
     "--markdown",
@@ -771,9 +773,9 @@ def bench(source, batch, repeats, as_json, **app_options):
     """
     from kgen.bench import bench_model
 
-    options = _collect_options(source, app_options)
+    src = _source(source, "none", app_options)
     with _framework_output(as_json):
-        loaded = _load(source, "none", as_json, verify=True, options=options)
+        loaded = _load(src, as_json, verify=True)
         with _step(f"benchmarking {source}", as_json):
             result = bench_model(loaded.model, source, batch=batch, repeats=repeats)
     if as_json:

@@ -94,7 +94,7 @@ def check_training(
     import jax.numpy as jnp
     import tensorflow as tf
 
-    from kgen.api import convert
+    from kgen.api import convert_model as convert
 
     randomize(model, seed)
     _zero_dropout(model)

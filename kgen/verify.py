@@ -248,7 +248,7 @@ def check_model(
     """
     import jax
 
-    from kgen.api import convert
+    from kgen.api import convert_model as convert
 
     if randomize_weights:
         randomize(model, seed)

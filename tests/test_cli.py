@@ -209,7 +209,7 @@ def test_verify_with_model_weights_does_not_randomise(tiny_file, monkeypatch):
 def test_verify_exits_1_when_parity_fails(tiny_file, monkeypatch, as_json):
     """A converter bug (here: every converted parameter shifted) makes verify fail."""
     _, path = tiny_file
-    convert = kgen.api.convert
+    convert = kgen.api.convert_model
 
     def broken_convert(model, **kwargs):
         conversion = convert(model, **kwargs)
@@ -218,7 +218,7 @@ def test_verify_exits_1_when_parity_fails(tiny_file, monkeypatch, as_json):
         )
         return conversion
 
-    monkeypatch.setattr(kgen.api, "convert", broken_convert)
+    monkeypatch.setattr(kgen.api, "convert_model", broken_convert)
     result = run_cli("verify", path, *(["--json"] if as_json else []))
     assert result.exit_code == 1
     assert result.stderr == ""

@@ -266,7 +266,7 @@ def test_internal_error_is_one_line_with_exit_3(tiny_file, monkeypatch):
         raise RuntimeError("something\nbroke")
 
     monkeypatch.delenv("KGEN_DEBUG", raising=False)
-    monkeypatch.setattr(kgen.api, "convert", bug)
+    monkeypatch.setattr(kgen.api, "convert_model", bug)
     assert_user_error(
         run_cli("emit", tiny_file, "-o", tiny_file.parent / "out"),
         "internal error: RuntimeError: something broke",

@@ -21,7 +21,7 @@ import pytest
 from helpers import assert_parity
 from keras.src.ops import numpy as knp
 
-from kgen.api import convert
+from kgen.api import convert_model as convert
 from kgen.codegen import check_source
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -148,7 +148,7 @@ def _tiny_model():
 def test_generated_class_carries_preprocessing(mode, module):
     import importlib
 
-    from kgen.api import convert
+    from kgen.api import convert_model as convert
     from kgen.codegen import check_source
 
     conversion = convert(
@@ -165,7 +165,7 @@ def test_generated_class_carries_preprocessing(mode, module):
 
 
 def test_generated_class_without_metadata_has_no_preprocessing():
-    from kgen.api import convert
+    from kgen.api import convert_model as convert
 
     conversion = convert(_tiny_model(), class_name="Tiny")
     cls = conversion.load().Tiny

@@ -201,7 +201,7 @@ def test_signal_while_writing(tiny_file, tmp_path, phase, signum):
 def test_swallowed_interrupt_still_fails_and_writes_nothing(tiny_file, tmp_path, monkeypatch):
     """A library that catches the KeyboardInterrupt (as a jax callback did) cannot make
     the run succeed: the signal is recorded, and checked before anything is written."""
-    real = kgen.api.convert
+    real = kgen.api.convert_model
 
     def swallowing(*args, **kwargs):
         try:
@@ -212,7 +212,7 @@ def test_swallowed_interrupt_still_fails_and_writes_nothing(tiny_file, tmp_path,
         return real(*args, **kwargs)
 
     before = signal.getsignal(signal.SIGINT)
-    monkeypatch.setattr(kgen.api, "convert", swallowing)
+    monkeypatch.setattr(kgen.api, "convert_model", swallowing)
     out = tmp_path / "out"
     assert_one_line_error(run_cli("emit", tiny_file, "-o", out), "interrupted", code=130)
     assert not out.exists()
@@ -375,7 +375,7 @@ def test_os_error_of_the_machine_outside_the_write_is_exit_2(tiny_file, tmp_path
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "/tmp/cache/x")
 
-    monkeypatch.setattr(kgen.api, "convert", full)
+    monkeypatch.setattr(kgen.api, "convert_model", full)
     assert_one_line_error(
         run_cli("emit", tiny_file, "-o", tmp_path / "out"), "No space left on device: /tmp/cache/x"
     )

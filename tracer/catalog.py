@@ -6,7 +6,17 @@ from dataclasses import dataclass
 
 from kgen.errors import SourceError
 
-__all__ = ["APPLICATIONS", "OPTION_KEYS", "Application", "build", "get", "names", "variant_names"]
+__all__ = [
+    "APPLICATIONS",
+    "OPTION_KEYS",
+    "Application",
+    "build",
+    "get",
+    "keras_model_name",
+    "names",
+    "recognise",
+    "variant_names",
+]
 
 
 @dataclass(frozen=True)
@@ -142,12 +152,7 @@ def get(name: str) -> Application:
 
 def build(app: Application, *, weights=None, **options):
     """Build the Keras model for ``app`` (``weights``: None, "imagenet" or a file path)."""
-    if app.source == "tf_keras":
-        import tf_keras.applications as apps
-    else:
-        import keras.applications as apps
-    constructor = getattr(apps, app.name)
-    return constructor(weights=weights, **options)
+    return _constructor(app)(weights=weights, **options)
 
 
 # Options users set on applications, with the constructor keyword each maps to.
@@ -208,3 +213,70 @@ def variant_names(app: Application, options: dict) -> tuple[str, str]:
     class_name = app.name + "".join(p[:1].upper() + p[1:] for p in parts)
     module_name = "_".join([app.name.lower(), *parts])
     return class_name, module_name
+
+
+def _constructor(app: Application):
+    if app.source == "tf_keras":
+        import tf_keras.applications as apps
+    else:
+        import keras.applications as apps
+    return getattr(apps, app.name)
+
+
+def keras_model_name(app: Application) -> str:
+    """The name Keras gives ``app``'s model when built with default options."""
+    import inspect
+
+    params = inspect.signature(_constructor(app)).parameters
+    for key in ("name", "model_name"):
+        default = params[key].default if key in params else None
+        if isinstance(default, str):
+            return default
+    prefix = {"MobileNet": "mobilenet", "MobileNetV2": "mobilenetv2"}[app.name]
+    return f"{prefix}_1.00_{app.input_size}"  # f"{name}_{alpha:0.2f}_{rows}"
+
+
+def _layer_signature(model) -> list:
+    """Each layer's class and config, without the names Keras numbers per session."""
+    return [
+        (type(layer).__name__, {k: v for k, v in layer.get_config().items() if k != "name"})
+        for layer in model.layers
+    ]
+
+
+def recognise(model) -> tuple[Application, bool] | None:
+    """``(app, default)`` when ``model`` is a live ``keras.applications`` model: ``app``
+    by the model's name and layer names, ``default`` when it was built with the default
+    options (its layers' configs equal a fresh default build's).  None for any other
+    model (one that only shares an application's name).  Builds that application once,
+    without weights."""
+    import re
+
+    source = "tf_keras" if type(model).__module__.startswith("tf_keras") else "keras3"
+    name = getattr(model, "name", None)
+    if not isinstance(name, str):
+        return None
+    for app in APPLICATIONS.values():
+        if app.source != source:
+            continue
+        default_name = keras_model_name(app)
+        if app.name in ("MobileNet", "MobileNetV2"):  # the name records alpha and size
+            pattern = re.escape(default_name.split("_")[0]) + r"_\d\.\d\d_\d+"
+            if not re.fullmatch(pattern, name):
+                continue
+        elif name != default_name:
+            continue
+        try:
+            reference = build(app)
+            if name == default_name and _layer_signature(reference) == _layer_signature(model):
+                return app, True
+        except Exception:  # a model of that name that Keras cannot compare: not an app
+            return None
+        # Other options (no top, another input size, alpha): most of the application's
+        # layer names are there.  A user's own model that only shares the name is not.
+        names = {layer.name for layer in model.layers}
+        wanted = [layer.name for layer in reference.layers]
+        if sum(n in names for n in wanted) >= 0.8 * len(wanted):
+            return app, False
+        return None
+    return None

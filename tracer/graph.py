@@ -34,9 +34,10 @@ where the source's output feeds the destination's arguments.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
+if TYPE_CHECKING:  # networkx is a conversion dependency; these types are plain data
+    import networkx as nx
 
 __all__ = ["Dim", "InputSpec", "Ref", "iter_refs", "map_refs", "topological_nodes"]
 
@@ -105,4 +106,6 @@ def map_refs(value: Any, fn):
 
 def topological_nodes(graph: nx.DiGraph) -> list[str]:
     """Nodes in a dependency order that is stable: ties follow Keras's own order."""
+    import networkx as nx
+
     return list(nx.lexicographical_topological_sort(graph, key=lambda n: graph.nodes[n]["order"]))

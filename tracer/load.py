@@ -83,7 +83,7 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _looks_like_path(source: str) -> bool:
+def looks_like_path(source: str) -> bool:
     """Application names are identifiers; anything with a dot or a slash is a file."""
     seps = {os.path.sep, os.path.altsep} - {None}
     return "." in source or any(s in source for s in seps) or Path(source).exists()
@@ -151,11 +151,11 @@ def load_source(
         if weights not in (None, "model", "none"):
             raise SourceError("--weights only applies to application names and model files")
         return load_factory(source, options.get("input_shape"))
-    if weights not in (None, "none", "model", "imagenet") and not _looks_like_path(weights):
+    if weights not in (None, "none", "model", "imagenet") and not looks_like_path(weights):
         raise SourceError(
             f"--weights {weights!r} is neither an option nor a file path (see --help)"
         )
-    if source not in catalog.APPLICATIONS and _looks_like_path(source):
+    if source not in catalog.APPLICATIONS and looks_like_path(source):
         if weights == "imagenet":
             raise SourceError(
                 "--weights imagenet only applies to application names (see `kgen list`)"

@@ -62,7 +62,7 @@ def run(output: str | Path | None = None, *, model_path: str | Path = MODEL_PATH
 
     import jax
 
-    from kgen.api import convert
+    from kgen.api import convert_model as convert
     from kgen.runtime import load_variables
     from kgen.tracer.load import load_model_file
 
