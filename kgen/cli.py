@@ -686,6 +686,47 @@ def _verify_all(seed, markdown, only, as_json, source) -> None:
         raise SystemExit(1)
 
 
+@main.command()
+@click.argument("source")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    metavar="FILE",
+    help="The picture: FILE.svg, FILE.png or FILE.pdf.",
+)
+@click.option(
+    "--weights",
+    default="none",
+    show_default=True,
+    metavar="none|PATH|model",
+    help="Weights do not change the picture; a model file's own are read with model.",
+)
+@_app_options
+def graph(source, output, weights, **app_options):
+    """Draw SOURCE's traced graph (as keras.utils.plot_model does) to FILE.
+
+    One box per layer call, named as in Keras; nested models and custom layers kgen
+    traces into, which become classes of their own, are drawn as rounded boxes.
+    """
+    from kgen.plot import FORMATS
+
+    if Path(output).suffix.lower() not in FORMATS:
+        raise click.BadParameter(
+            f"{output!r}: the format comes from the suffix, one of {', '.join(FORMATS)}",
+            param_hint="'-o'",
+        )
+    src = _source(source, None if weights == "model" else weights, app_options)
+    _check_output_dir(str(Path(output).parent) or ".")
+    with _framework_output(False):
+        from kgen import pipeline
+
+        loaded = _load(src, False)
+        with _step("drawing", False):
+            path = pipeline.draw(src, output, loaded=loaded)
+    click.echo(f"wrote {path}")
+
+
 @main.group()
 def cache():
     """The conversions kgen.load keeps (ordinary generated .py and .safetensors files)."""

@@ -14,6 +14,7 @@ Messages name the keyword arguments (``input_shape``); the command line adds its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kgen.errors import SourceError
 
@@ -23,6 +24,7 @@ __all__ = [
     "Source",
     "check_name",
     "convert",
+    "draw",
     "load",
     "missing_packages",
     "verify",
@@ -264,3 +266,24 @@ def verify(
         input_shapes=loaded.input_shapes,
     )
     return Verified(conversion, report, int(loaded.model.count_params()), randomize)
+
+
+def draw(source: Source, path, *, loaded=None):
+    """Trace ``source`` and draw its graph to ``path`` (``.svg``, ``.png`` or ``.pdf``)."""
+    from kgen.codegen.registry import has_lowering
+    from kgen.plot import draw_graph
+    from kgen.tracer import trace
+
+    if loaded is None:
+        loaded = load(source)
+    specs = None
+    if loaded.input_shapes is not None:
+        specs = [((None, *shape), "float32") for shape in loaded.input_shapes]
+    graph = trace(
+        loaded.model,
+        has_lowering=has_lowering,
+        trace_lambdas=loaded.from_code,
+        input_specs=specs,
+    )
+    what = source.spec if source.app is not None else Path(source.spec).name
+    return draw_graph(graph, path, title=f"{what}: {graph.graph['name']}")
