@@ -1,16 +1,17 @@
-"""``kgen verify --all``: check every application, one subprocess per model.
+"""``kgen verify --all``: check every application, one worker process per model.
 
-Each model runs in its own ``kgen verify NAME --json`` process, so TensorFlow's and
-JAX's memory is returned to the system between models and one failure cannot take the
-run down.  Peak memory is the largest single model's, well under 16 GB on CPU.
+Each model is verified by the library (:func:`kgen.pipeline.verify`) in its own
+freshly spawned process, so TensorFlow's and JAX's memory is returned to the system
+between models and one failure (or a crash) cannot take the run down.  The worker sends
+its result back as data over a pipe.  Peak memory is the largest single model's, well
+under 16 GB on CPU.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import multiprocessing
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,33 +33,69 @@ class CatalogRow:
     wall: float = 0.0  # whole verify run, Keras build and XLA compile included
 
 
+def _worker(spec: str, seed: int, connection) -> None:
+    """In the spawned process: verify ``spec`` and send back a dict (or an error)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # Keras's and TensorFlow's own prints: the parent shows progress
+    os.dup2(null, 2)
+    try:
+        from kgen import pipeline
+
+        result = pipeline.verify(pipeline.Source.of(spec), seed=seed)
+        top1 = [o.top1 for o in result.report.outputs if getattr(o, "top1", None) is not None]
+        connection.send(
+            {
+                "params": result.params,
+                "layers": result.conversion.n_layers,
+                "seconds": result.conversion.seconds,
+                "max_rel": result.report.max_rel,
+                "top1": min(top1) if top1 else None,
+                "ok": bool(result.report.ok),
+            }
+        )
+    except BaseException as exc:
+        connection.send({"error": " ".join(f"{type(exc).__name__}: {exc}".split())[:200]})
+    finally:
+        connection.close()
+
+
 def _verify_one(name: str, seed: int, timeout: float) -> CatalogRow:
     from kgen.tracer.catalog import APPLICATIONS
 
-    source = APPLICATIONS[name].source
+    source = APPLICATIONS[name].source if name in APPLICATIONS else "file"
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "kgen.cli", "verify", name, "--json", "--seed", str(seed)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_worker, args=(name, seed, send), daemon=True)
+    process.start()
+    send.close()
+    data = None
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return CatalogRow(name, source, None, None, None, None, None, False, "timeout")
+        if receive.poll(timeout):
+            with contextlib.suppress(EOFError):
+                data = receive.recv()
+    finally:
+        receive.close()
+        process.join(5 if data is not None else 0)
+        if process.is_alive():
+            process.kill()
+            process.join()
     wall = time.perf_counter() - start
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return CatalogRow(name, source, None, None, None, None, None, False, err[:200], wall)
-    data = json.loads(lines[-1])
-    top1 = [o["top1"] for o in data["outputs"] if o.get("top1") is not None]
+    if data is None:
+        error = "timeout" if wall >= timeout else f"worker exited with code {process.exitcode}"
+        return CatalogRow(name, source, None, None, None, None, None, False, error, wall)
+    if "error" in data:
+        return CatalogRow(name, source, None, None, None, None, None, False, data["error"], wall)
     return CatalogRow(
         name=name,
         source=source,
-        params=data.get("params"),
-        layers=data.get("layers"),
-        seconds=data.get("convert_seconds"),
+        params=data["params"],
+        layers=data["layers"],
+        seconds=data["seconds"],
         max_rel=data["max_rel"],
-        top1=min(top1) if top1 else None,
-        ok=bool(data["ok"]) and proc.returncode == 0,
+        top1=data["top1"],
+        ok=data["ok"],
         wall=wall,
     )
 
@@ -69,6 +106,8 @@ def _cost_order(names) -> list[str]:
     from kgen.tracer.catalog import APPLICATIONS
 
     position = {n: i for i, n in enumerate(names)}
+    if not all(n in APPLICATIONS for n in names):
+        return list(names)
     rank: dict[str, int] = {}  # position within the family: bigger models come later
     seen: dict[str, int] = {}
     for n in APPLICATIONS:
@@ -81,7 +120,8 @@ def _cost_order(names) -> list[str]:
 def run_catalog(
     names, *, seed: int = 0, timeout: float = 1800.0, progress=None, on_row=None
 ) -> list[CatalogRow]:
-    """Verify ``names`` one subprocess each; rows come back in ``names`` order.
+    """Verify ``names`` (application names, or model files) one worker process each;
+    rows come back in ``names`` order.
 
     ``on_row(rows_so_far)`` is called after each model (e.g. to rewrite the report).
     """

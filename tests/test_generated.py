@@ -1,8 +1,9 @@
 """``generated/`` holds the emitted modules (code only) and must match the generator.
 
-Each application is re-emitted in-process through the CLI itself (``kgen emit NAME
---weights none -o generated``, run in a temporary directory so that the header's
-"Regenerate with" line is the same) and compared byte for byte with the committed file.
+Each application is converted in-process by the library pipeline that ``kgen emit NAME
+--weights none -o generated`` calls (:func:`kgen.pipeline.convert`, with the same
+"Regenerate with" header), written as emit writes it, and compared byte for byte with
+the committed file.
 After an intended change to the generated code, regenerate all of them with::
 
     for m in $(kgen list --only keras3); do kgen emit $m --weights none -o generated; done
@@ -17,9 +18,8 @@ import difflib
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from kgen.cli import main
+from kgen import pipeline
 from kgen.tracer.catalog import APPLICATIONS as CATALOG
 
 GENERATED = Path(__file__).resolve().parents[1] / "generated"
@@ -69,12 +69,11 @@ def test_generated_holds_exactly_the_listed_modules():
 
 
 @pytest.mark.parametrize("name", PARAMS)
-def test_generated_module_is_up_to_date(name, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # `-o generated` as in the committed header
-    result = CliRunner().invoke(main, ["emit", name, "--weights", "none", "-o", "generated"])
-    assert result.exit_code == 0, result.output
+def test_generated_module_is_up_to_date(name, tmp_path):
+    conversion = pipeline.convert(pipeline.Source.of(name, "none"), output="generated")
+    py_path, _ = conversion.write(tmp_path / "generated", weights=False)
     written = tmp_path / "generated" / f"{name.lower()}.py"
-    assert sorted(p.name for p in written.parent.iterdir()) == [written.name]  # no weights
+    assert py_path == written and [p.name for p in written.parent.iterdir()] == [written.name]
     committed = GENERATED / written.name
     assert committed.exists(), f"generated/{written.name} is missing: run `{_regenerate(name)}`"
     expected = committed.read_text(encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from kgen.errors import SourceError
@@ -223,8 +224,10 @@ def _constructor(app: Application):
     return getattr(apps, app.name)
 
 
-def keras_model_name(app: Application) -> str:
-    """The name Keras gives ``app``'s model when built with default options."""
+@functools.cache
+def keras_model_name(app: Application) -> str | None:
+    """The name Keras gives ``app``'s model when built with default options (None where
+    the constructor's signature does not say)."""
     import inspect
 
     params = inspect.signature(_constructor(app)).parameters
@@ -232,7 +235,11 @@ def keras_model_name(app: Application) -> str:
         default = params[key].default if key in params else None
         if isinstance(default, str):
             return default
-    prefix = {"MobileNet": "mobilenet", "MobileNetV2": "mobilenetv2"}[app.name]
+    if app.name.startswith("ResNetRS"):  # tf_keras's ResNetRS(model_name=...) calls
+        return f"resnet-rs-{app.name.removeprefix('ResNetRS')}"
+    prefix = {"MobileNet": "mobilenet", "MobileNetV2": "mobilenetv2"}.get(app.name)
+    if prefix is None:
+        return None
     return f"{prefix}_1.00_{app.input_size}"  # f"{name}_{alpha:0.2f}_{rows}"
 
 
@@ -260,6 +267,8 @@ def recognise(model) -> tuple[Application, bool] | None:
         if app.source != source:
             continue
         default_name = keras_model_name(app)
+        if default_name is None:
+            continue
         if app.name in ("MobileNet", "MobileNetV2"):  # the name records alpha and size
             pattern = re.escape(default_name.split("_")[0]) + r"_\d\.\d\d_\d+"
             if not re.fullmatch(pattern, name):
