@@ -370,8 +370,16 @@ def _parse_shape(ctx, param, value):
 
 
 def _app_options(fn):
-    """Options users set on keras.applications constructors (applications only)."""
+    """Options users set on keras.applications constructors (applications only), and
+    ``--outputs`` (applications and model files)."""
     options = [
+        click.option(
+            "--outputs",
+            default=None,
+            metavar="LAYER[,LAYER...]",
+            help="Return these layers' outputs instead of the model's (feature maps, a "
+            "backbone's pooled features); applications and model files.",
+        ),
         click.option(
             "--include-top/--no-include-top",
             "include_top",
@@ -396,7 +404,8 @@ def _app_options(fn):
             "--classes",
             type=click.IntRange(min=1),
             default=None,
-            help="Number of classes (with --weights none/random or a weights file).",
+            help="Number of classes; with the ImageNet weights the backbone gets them and "
+            "the new head Keras's initialisation.",
         ),
         click.option(
             "--classifier-activation",
@@ -534,12 +543,18 @@ def emit(source, output, weights, name, as_json, **app_options):
                     "weights": None if st_path is None else str(st_path),
                     "class": conversion.class_name,
                     "layers": conversion.n_layers,
+                    "fresh_layers": list(loaded.fresh_layers),
                     "seconds": round(seconds, 3),
                 }
             )
         )
     else:
         click.echo(f"wrote {py_path} (class {conversion.class_name}, {conversion.n_layers} layers)")
+        if loaded.fresh_layers:
+            click.echo(
+                f"  ImageNet backbone; new head at Keras's initialisation: "
+                f"{', '.join(loaded.fresh_layers)}"
+            )
         if st_path is not None:
             click.echo(f"wrote {st_path}")
 

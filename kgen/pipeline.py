@@ -100,18 +100,26 @@ class Source:
         from kgen.tracer.load import is_factory, looks_like_path
 
         opts = {k: _freeze(v) for k, v in options.items() if v is not None}
-        unknown = sorted(set(opts) - set(catalog.OPTION_KEYS))
+        if isinstance(opts.get("outputs"), str):
+            opts["outputs"] = tuple(n.strip() for n in opts["outputs"].split(",") if n.strip())
+        if "outputs" in opts:
+            names = opts["outputs"]
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise OptionError(["outputs"], "must be layer names, e.g. ('conv3', 'gap')")
+            opts["outputs"] = tuple(names)
+        unknown = sorted(set(opts) - set(catalog.OPTION_KEYS) - {"outputs"})
         if unknown:
             raise OptionError(unknown, "are not application options")
         if is_factory(spec):
-            extra = sorted(set(opts) - {"input_shape"})
+            extra = sorted(set(opts) - {"input_shape"})  # a subclassed model has no layer graph
             if extra:
-                raise OptionError(extra, f"only apply to application names, not to {spec!r}")
+                raise OptionError(extra, f"do not apply to a module:factory source ({spec!r})")
             return cls(spec, weights, opts)
         if spec not in catalog.APPLICATIONS and not looks_like_path(spec):
             catalog.get(spec)  # raises: unknown application, with the closest names
-        if opts and spec not in catalog.APPLICATIONS:
-            raise OptionError(list(opts), f"only apply to application names, not to {spec!r}")
+        app_only = [k for k in opts if k != "outputs"]
+        if app_only and spec not in catalog.APPLICATIONS:
+            raise OptionError(app_only, f"only apply to application names, not to {spec!r}")
         shape = opts.get("input_shape")
         if shape is not None and len(shape) != 3:
             raise OptionError(
@@ -169,12 +177,16 @@ def load(source: Source, *, logits: bool = False):
     ``logits``: an application's classifier activation defaults to none, so that a
     comparison sees logits rather than a saturated softmax.
     """
-    from kgen.tracer.load import load_source
+    from kgen.tracer.load import load_source, with_outputs
 
     options = dict(source.options)
+    outputs = options.pop("outputs", None)
     if logits and source.app is not None:
         options.setdefault("classifier_activation", None)
-    return load_source(source.spec, source.weights, **options)
+    loaded = load_source(source.spec, source.weights, **options)
+    if outputs:
+        loaded.model = with_outputs(loaded.model, outputs)
+    return loaded
 
 
 def application_metadata(app, input_shape=None) -> dict:

@@ -6,13 +6,18 @@ from helpers import run_cli
 from test_errors import assert_user_error
 
 
-def test_classes_with_imagenet_weights_says_what_is_wrong(monkeypatch):
+def test_a_new_head_on_imagenet_weights_offline_says_how_to_go_on(monkeypatch):
+    """``--classes 10`` with the ImageNet weights is a pretrained backbone under a new head
+    (tests/test_fine_tune.py); without the download it is one line, like plain imagenet."""
+    import urllib.error
+
     import kgen.tracer.catalog as catalog
 
-    def no_build(*args, **kwargs):  # the message must come before any download
-        raise AssertionError("the model was built")
+    def offline(app, *, weights=None, **options):
+        if weights == "imagenet":
+            raise urllib.error.URLError("no network")
+        raise AssertionError("the new-head model is built after the download")
 
-    monkeypatch.setattr(catalog, "build", no_build)
-    line = assert_user_error(run_cli("emit", "MobileNet", "--classes", "10"), "--classes 10")
-    assert "1000" in line and "--no-include-top" in line
-    assert "network" not in line and "offline" not in line
+    monkeypatch.setattr(catalog, "build", offline)
+    line = assert_user_error(run_cli("emit", "MobileNet", "--classes", "10"), "ImageNet weights")
+    assert "--weights none" in line and "offline" in line

@@ -178,11 +178,14 @@ def _token(value) -> str:
     if isinstance(value, float):
         return f"{value:g}".replace(".", "")
     if isinstance(value, (tuple, list)):
-        return "x".join(str(v) for v in value)
+        return "x".join(
+            "".join(ch for ch in str(v) if ch.isascii() and ch.isalnum()) for v in value
+        )
     return "".join(ch for ch in str(value) if ch.isalnum())
 
 
 _LABELS = {
+    "outputs": "out",
     "include_top": "top",
     "pooling": "pool",
     "input_shape": "input",
@@ -203,7 +206,7 @@ def variant_names(app: Application, options: dict) -> tuple[str, str]:
     in ``mobilenet_alpha05_input160x160x3.py``.
     """
     parts = []
-    for key in OPTION_KEYS:
+    for key in (*OPTION_KEYS, "outputs"):
         if key not in options:
             continue
         value = options[key]

@@ -27,6 +27,7 @@ class LoadedModel:
     model: object
     app: catalog.Application | None
     real_weights: bool  # weights came from a file or ImageNet, not a fresh init
+    fresh_layers: tuple = ()  # layers left at Keras's initialisation (a new head)
     module_name: str | None = None
     input_shapes: tuple | None = None  # a subclassed model's, from --input-shape
     from_code: bool = False  # built by the user's own code (module:factory), not a file
@@ -172,11 +173,7 @@ def load_source(
     if weights == "imagenet":
         classes = options.get("classes")
         if classes not in (None, 1000) and options.get("include_top", True):
-            raise SourceError(
-                f"--classes {classes} with the ImageNet weights: their classifier has 1000 "
-                "classes; use --no-include-top (a backbone), or --weights none or PATH "
-                f"for a {classes}-class head"
-            )
+            return _pretrained_backbone(app, options)
         try:
             model = catalog.build(app, weights="imagenet", **options)
         except Exception as exc:
@@ -192,6 +189,71 @@ def load_source(
     if weights != "none":
         load_weights_file(model, weights)
     return LoadedModel(model, app, real_weights=weights != "none")
+
+
+def _pretrained_backbone(app, options: dict) -> LoadedModel:
+    """``classes`` other than ImageNet's with the ImageNet weights: what ``timm``'s
+    ``num_classes`` gives.  The model is built with the new head; every layer whose
+    weights have the ImageNet model's shapes gets them, the head keeps Keras's
+    initialisation (Keras itself refuses this combination)."""
+    imagenet_options = {k: v for k, v in options.items() if k != "classes"}
+    try:
+        pretrained = catalog.build(app, weights="imagenet", **imagenet_options)
+    except Exception as exc:
+        raise SourceError(
+            f"could not get the ImageNet weights for {app.name} ({_one_line(exc)}); "
+            "offline, use --weights none (code only) or --weights PATH (a .weights.h5 file)"
+        ) from None
+    try:
+        model = catalog.build(app, weights=None, **options)
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"cannot build {app.name} with these options: {_one_line(exc)}") from None
+    source = {layer.name: layer for layer in pretrained.layers}
+    fresh = []
+    for layer in model.layers:
+        weights = layer.get_weights()
+        if not weights:
+            continue
+        match = source.get(layer.name)
+        theirs = match.get_weights() if match is not None else None
+        if theirs is None or [w.shape for w in theirs] != [w.shape for w in weights]:
+            fresh.append(layer.name)
+            continue
+        layer.set_weights(theirs)
+    if not fresh or len(fresh) > 3:  # a head is one or two layers, never the backbone
+        raise SourceError(
+            f"cannot give {app.name} a {options['classes']}-class head on the ImageNet "
+            f"weights: {len(fresh)} layers differ from the ImageNet model"
+        )
+    return LoadedModel(model, app, real_weights=True, fresh_layers=tuple(fresh))
+
+
+def with_outputs(model, names) -> object:
+    """``model`` returning the outputs of the layers ``names`` (in that order)."""
+    found = {layer.name: layer for layer in model.layers}
+    tensors = []
+    for name in names:
+        layer = found.get(name)
+        if layer is None:
+            shown = ", ".join(list(found)[-5:])
+            raise SourceError(
+                f"outputs: no layer named {name!r} in model {model.name!r} "
+                f"(its last layers: {shown})"
+            )
+        try:
+            tensors.append(layer.output)
+        except (AttributeError, ValueError) as exc:  # a layer called more than once
+            raise SourceError(
+                f"outputs: layer {name!r} has no single output ({_one_line(exc)})"
+            ) from None
+    module = type(model).__module__
+    if module.startswith("tf_keras"):
+        import tf_keras as keras_module
+    else:
+        import keras as keras_module
+    return keras_module.Model(
+        model.inputs, tensors[0] if len(tensors) == 1 else tensors, name=model.name
+    )
 
 
 def load_model_file(path: str, has_lowering=None):

@@ -29,15 +29,19 @@ __all__ = ["run"]
 
 
 def _train_step(module, optimizer):
-    def loss_fn(params, state, x, y):
+    def loss_fn(params, state, x, y, rng):
         logits, updates = module.apply(
-            {"params": params, **state}, x, train=True, mutable=["batch_stats"]
+            {"params": params, **state},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": rng},  # the same mask however the batch is sharded
         )
         loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
         return loss, updates
 
-    def step(params, state, opt_state, x, y):
-        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y)
+    def step(params, state, opt_state, x, y, rng):
+        (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, x, y, rng)
         changes, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, changes), updates, opt_state, loss
 
@@ -74,7 +78,7 @@ def run(batch_per_device: int = 8) -> dict:
         opt_state = jax.device_put(optimizer.init(params), sharding_vars)
         xs, ys = jax.device_put((x, y), sharding_batch)
         logits = forward({"params": p, **s}, xs)
-        new_params, new_state, _, loss = step(p, s, opt_state, xs, ys)
+        new_params, new_state, _, loss = step(p, s, opt_state, xs, ys, jax.random.key(0))
         return logits, new_params, new_state, loss
 
     single = jax.sharding.SingleDeviceSharding(devices[0])
