@@ -7,7 +7,8 @@ their own layer classes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from kgen.codegen.format import check_source, format_source
 from kgen.codegen.ir import (
@@ -55,6 +56,7 @@ class Generated:
     source: str  # formatted Python source of the module
     class_name: str  # the top-level nn.Module class
     variables: dict  # {collection: nested dict of numpy arrays}
+    seconds: dict = field(default_factory=dict)  # {"lower": s, "render": s, "format": s}
 
 
 def generate(
@@ -64,6 +66,16 @@ def generate(
 
     ``metadata``: optional ``{"preprocess": mode, "input_size": n}`` (see ``render``).
     """
+    clock = time.perf_counter
+    start = clock()
     lowered = lower(graph)
+    lowered_at = clock()
     rendered = render(lowered, class_name=class_name, regenerate=regenerate, metadata=metadata)
-    return Generated(format_source(rendered.source), rendered.class_name, rendered.variables)
+    rendered_at = clock()
+    source = format_source(rendered.source)
+    seconds = {
+        "lower": lowered_at - start,
+        "render": rendered_at - lowered_at,
+        "format": clock() - rendered_at,
+    }
+    return Generated(source, rendered.class_name, rendered.variables, seconds)

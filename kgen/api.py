@@ -14,7 +14,7 @@ import stat
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from kgen.codegen import Generated, generate
@@ -42,6 +42,7 @@ class Conversion:
     seconds: float
     inputs: list  # InputSpec per model input, in Keras order
     input_structure: str  # "single", "list" or "dict"
+    timings: dict = field(default_factory=dict)  # seconds per step: trace, lower, render, format
 
     def write(
         self, directory: str | os.PathLike, *, weights: bool = True
@@ -395,6 +396,7 @@ def convert_model(
             raise ValueError(f"{len(shapes)} input shapes but {len(dtypes)} dtypes")
         specs = [((None, *shape), dtype) for shape, dtype in zip(shapes, dtypes)]
     graph = trace(model, has_lowering=has_lowering, trace_lambdas=trace_lambdas, input_specs=specs)
+    traced_at = time.perf_counter()
     if class_name is None:  # a very long model name: a bounded class (and file) name
         default = pascal_case(graph.graph["name"])
         if len(default) > MAX_NAME_LENGTH:
@@ -411,4 +413,5 @@ def convert_model(
         seconds=time.perf_counter() - start,
         inputs=list(graph.graph["inputs"]),
         input_structure=graph.graph["input_structure"],
+        timings={"trace": traced_at - start, **gen.seconds},
     )

@@ -525,10 +525,14 @@ def emit(source, output, weights, name, as_json, **app_options):
     with _framework_output(as_json):
         from kgen import pipeline
 
+        _import_frameworks()
+        imported_at = time.perf_counter()
         loaded = _load(src, as_json)
+        loaded_at = time.perf_counter()
         with _step("converting", as_json):
             conversion = pipeline.convert(src, name=name, output=output, loaded=loaded)
     _raise_if_interrupted()  # nothing is written after an interrupt, even a swallowed one
+    written_from = time.perf_counter()
     with _step("writing", as_json):
         try:
             py_path, st_path = conversion.write(output, weights=weights != "none")
@@ -545,6 +549,17 @@ def emit(source, output, weights, name, as_json, **app_options):
                     "layers": conversion.n_layers,
                     "fresh_layers": list(loaded.fresh_layers),
                     "seconds": round(seconds, 3),
+                    # where the time went: importing jax/TF/Keras, building or loading
+                    # the Keras model, kgen's own steps, writing the files
+                    "timings": {
+                        k: round(v, 3)
+                        for k, v in {
+                            "import": imported_at - start,
+                            "keras_load": loaded_at - imported_at,
+                            **conversion.timings,
+                            "write": time.perf_counter() - written_from,
+                        }.items()
+                    },
                 }
             )
         )

@@ -20,7 +20,7 @@ from kgen.runtime import load_variables
 from kgen.tracer.catalog import APPLICATIONS
 from kgen.verify import compare, randomize
 
-JSON_KEYS = {"module", "weights", "class", "layers", "seconds"}
+JSON_KEYS = {"module", "weights", "class", "layers", "fresh_layers", "seconds", "timings"}
 
 
 def tiny_model(name="tiny"):
@@ -84,6 +84,10 @@ def test_emit_application_with_weights_file(mobilenet, tmp_path):
     assert info["weights"] == str(out / "mobilenet.safetensors")
     assert info["layers"] == sum(not isinstance(la, keras.layers.InputLayer) for la in model.layers)
     assert isinstance(info["seconds"], float) and info["seconds"] > 0
+    steps = ["import", "keras_load", "trace", "lower", "render", "format", "write"]
+    assert list(info["timings"]) == steps and all(v >= 0 for v in info["timings"].values())
+    assert sum(info["timings"].values()) <= info["seconds"] + 0.01
+    assert info["fresh_layers"] == []
     assert sorted(os.listdir(out)) == ["mobilenet.py", "mobilenet.safetensors"]  # no temp files
 
     net = import_file(info["module"]).MobileNet()
