@@ -14,6 +14,7 @@ import importlib
 import io
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -117,6 +118,23 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+# Library messages name options as keywords (``weights=none``); the CLI says its flags.
+_OPTION_WORDS = re.compile(
+    r"\b(weights|input_shape|include_top|pooling|classes|classifier_activation|alpha|"
+    r"depth_multiplier|minimalistic|include_preprocessing|outputs)=([^\s,)]*)"
+)
+
+
+def _cli_flags(message: str) -> str:
+    """``weights=none`` -> ``--weights none``; a bare ``input_shape=`` -> ``--input-shape``."""
+
+    def flag(match: re.Match) -> str:
+        name = "--" + match.group(1).replace("_", "-")
+        return f"{name} {match.group(2)}" if match.group(2) else name
+
+    return _OPTION_WORDS.sub(flag, message)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -277,7 +295,7 @@ class _Group(click.Group):
             if _received or isinstance(exc, KeyboardInterrupt):
                 _interrupted(exc)
             if isinstance(exc, KgenError):
-                _fail(_one_line(exc), exc.exit_code)
+                _fail(_cli_flags(_one_line(exc)), exc.exit_code)
             if isinstance(exc, click.exceptions.NoArgsIsHelpError):
                 raise
             if isinstance(exc, click.ClickException):

@@ -195,3 +195,13 @@ def test_without_the_conversion_packages_emit_names_the_install(monkeypatch, tmp
         "pip install 'kgen-flax[convert]'"
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_library_messages_name_keywords_and_the_cli_its_flags(tmp_path):
+    with pytest.raises(SourceError) as raised:
+        pipeline.load(pipeline.Source.of(str(MODEL_PATH), "imagenet"))
+    assert str(raised.value).startswith("weights=imagenet only applies to application names")
+    assert "--" not in str(raised.value)
+    result = run_cli("emit", MODEL_PATH, "--weights", "imagenet", "-o", tmp_path / "out")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("kgen: error: --weights imagenet only applies to application")

@@ -272,7 +272,7 @@ def _trace_subclassed(model, has_lowering, trace_lambdas, input_specs) -> nx.DiG
     if not input_specs:
         raise TraceError(
             f"model {model.name!r} ({type(model).__name__}) is a subclassed model: "
-            "give its input shapes (--input-shape, or kgen.convert(model, input_shapes=...))"
+            "give its input shapes (input_shape=, or kgen.convert(model, input_shapes=...))"
         )
     if not model.built:
         raise TraceError(f"model {model.name!r} is not built: call it once on data first")

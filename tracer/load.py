@@ -29,7 +29,7 @@ class LoadedModel:
     real_weights: bool  # weights came from a file or ImageNet, not a fresh init
     fresh_layers: tuple = ()  # layers left at Keras's initialisation (a new head)
     module_name: str | None = None
-    input_shapes: tuple | None = None  # a subclassed model's, from --input-shape
+    input_shapes: tuple | None = None  # a subclassed model's, from input_shape=
     from_code: bool = False  # built by the user's own code (module:factory), not a file
 
 
@@ -150,16 +150,14 @@ def load_source(
     """
     if is_factory(source):
         if weights not in (None, "model", "none"):
-            raise SourceError("--weights only applies to application names and model files")
+            raise SourceError("weights= only applies to application names and model files")
         return load_factory(source, options.get("input_shape"))
     if weights not in (None, "none", "model", "imagenet") and not looks_like_path(weights):
-        raise SourceError(
-            f"--weights {weights!r} is neither an option nor a file path (see --help)"
-        )
+        raise SourceError(f"weights={weights!r} is neither imagenet, none, model nor a file path")
     if source not in catalog.APPLICATIONS and looks_like_path(source):
         if weights == "imagenet":
             raise SourceError(
-                "--weights imagenet only applies to application names (see `kgen list`)"
+                "weights=imagenet only applies to application names (see `kgen list`)"
             )
         model = load_model_file(source, has_lowering)
         if weights not in (None, "none", "model"):
@@ -179,7 +177,7 @@ def load_source(
         except Exception as exc:
             raise SourceError(
                 f"could not get the ImageNet weights for {app.name} ({_one_line(exc)}); "
-                "offline, use --weights none (code only) or --weights PATH (a .weights.h5 file)"
+                "offline, use weights=none (code only) or weights=PATH (a .weights.h5 file)"
             ) from None
         return LoadedModel(model, app, real_weights=True)
     try:
@@ -202,7 +200,7 @@ def _pretrained_backbone(app, options: dict) -> LoadedModel:
     except Exception as exc:
         raise SourceError(
             f"could not get the ImageNet weights for {app.name} ({_one_line(exc)}); "
-            "offline, use --weights none (code only) or --weights PATH (a .weights.h5 file)"
+            "offline, use weights=none (code only) or weights=PATH (a .weights.h5 file)"
         ) from None
     try:
         model = catalog.build(app, weights=None, **options)
@@ -286,7 +284,7 @@ def load_model_file(path: str, has_lowering=None):
     except Exception as exc:
         hint = ""
         if "No model config found" in str(exc):
-            hint = " (it holds weights only: pass the model file, and this file as --weights)"
+            hint = " (it holds weights only: pass the model file, and this file as weights=PATH)"
         raise SourceError(f"cannot load model file {path}: {_one_line(exc)}{hint}") from None
 
 
@@ -314,7 +312,7 @@ def _h5_config(p: Path, path: str) -> tuple[str, str]:
     if config is None:
         raise SourceError(
             f"cannot load model file {path}: it has no model config (it holds weights "
-            "only: pass the model file, and this file as --weights)"
+            "only: pass the model file, and this file as weights=PATH)"
         )
     return version, config
 
