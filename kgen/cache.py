@@ -82,6 +82,11 @@ def _is_file_choice(value: str | None) -> bool:
     return value is not None and value not in ("imagenet", "none", "model")
 
 
+def _plain(options: dict) -> dict:
+    """Options as JSON writes and reads them (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
+
+
 def cache_key(source, name: str | None = None) -> str:
     """The cache key of a :class:`~kgen.pipeline.Source` (see the module docstring)."""
     from kgen import __version__
@@ -90,7 +95,7 @@ def cache_key(source, name: str | None = None) -> str:
         "kgen": __version__,
         "source": source.spec,
         "weights": source.weights,
-        "options": {k: list(v) if isinstance(v, tuple) else v for k, v in source.options.items()},
+        "options": _plain(source.options),
         "name": name,
     }
     if source.app is None:  # a model file: its bytes, not its path
@@ -174,9 +179,7 @@ def _store(source, name, key: str, root: Path) -> Entry:
         record = {
             "source": source.spec,
             "weights": source.weights,
-            "options": {
-                k: list(v) if isinstance(v, tuple) else v for k, v in source.options.items()
-            },
+            "options": _plain(source.options),
             "module": conversion.module_name,
             "class": conversion.class_name,
             "kgen": __version__,

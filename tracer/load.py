@@ -172,21 +172,30 @@ def load_source(
         classes = options.get("classes")
         if classes not in (None, 1000) and options.get("include_top", True):
             return _pretrained_backbone(app, options)
-        try:
-            model = catalog.build(app, weights="imagenet", **options)
-        except Exception as exc:
-            raise SourceError(
-                f"could not get the ImageNet weights for {app.name} ({_one_line(exc)}); "
-                "offline, use weights=none (code only) or weights=PATH (a .weights.h5 file)"
-            ) from None
-        return LoadedModel(model, app, real_weights=True)
-    try:
-        model = catalog.build(app, weights=None, **options)
-    except (ValueError, TypeError) as exc:
-        raise SourceError(f"cannot build {app.name} with these options: {_one_line(exc)}") from None
+        return LoadedModel(_build_imagenet(app, options), app, real_weights=True)
+    model = _build_fresh(app, options)
     if weights != "none":
         load_weights_file(model, weights)
     return LoadedModel(model, app, real_weights=weights != "none")
+
+
+def _build_imagenet(app, options: dict):
+    """``app`` with the ImageNet weights (Keras's download and cache)."""
+    try:
+        return catalog.build(app, weights="imagenet", **options)
+    except Exception as exc:
+        raise SourceError(
+            f"could not get the ImageNet weights for {app.name} ({_one_line(exc)}); "
+            "offline, use weights=none (code only) or weights=PATH (a .weights.h5 file)"
+        ) from None
+
+
+def _build_fresh(app, options: dict):
+    """``app`` at Keras's initialisation."""
+    try:
+        return catalog.build(app, weights=None, **options)
+    except (ValueError, TypeError) as exc:
+        raise SourceError(f"cannot build {app.name} with these options: {_one_line(exc)}") from None
 
 
 def _pretrained_backbone(app, options: dict) -> LoadedModel:
@@ -194,18 +203,8 @@ def _pretrained_backbone(app, options: dict) -> LoadedModel:
     ``num_classes`` gives.  The model is built with the new head; every layer whose
     weights have the ImageNet model's shapes gets them, the head keeps Keras's
     initialisation (Keras itself refuses this combination)."""
-    imagenet_options = {k: v for k, v in options.items() if k != "classes"}
-    try:
-        pretrained = catalog.build(app, weights="imagenet", **imagenet_options)
-    except Exception as exc:
-        raise SourceError(
-            f"could not get the ImageNet weights for {app.name} ({_one_line(exc)}); "
-            "offline, use weights=none (code only) or weights=PATH (a .weights.h5 file)"
-        ) from None
-    try:
-        model = catalog.build(app, weights=None, **options)
-    except (ValueError, TypeError) as exc:
-        raise SourceError(f"cannot build {app.name} with these options: {_one_line(exc)}") from None
+    pretrained = _build_imagenet(app, {k: v for k, v in options.items() if k != "classes"})
+    model = _build_fresh(app, options)
     source = {layer.name: layer for layer in pretrained.layers}
     fresh = []
     for layer in model.layers:
