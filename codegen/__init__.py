@@ -1,6 +1,6 @@
 """Codegen: lower a traced graph to Flax source and variables, without Keras.
 
-``generate(graph)`` runs lower -> render -> format.  The lowering API (``register`` and
+``generate(graph)`` runs lower -> fold -> render -> format.  The lowering API (``register`` and
 the IR types) is public: it is how built-in layers are converted, and how users plug in
 their own layer classes.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from kgen.codegen.fold import fold as fold_blocks
 from kgen.codegen.format import check_source, format_source
 from kgen.codegen.ir import (
     NOT_TRAIN,
@@ -56,26 +57,38 @@ class Generated:
     source: str  # formatted Python source of the module
     class_name: str  # the top-level nn.Module class
     variables: dict  # {collection: nested dict of numpy arrays}
-    seconds: dict = field(default_factory=dict)  # {"lower": s, "render": s, "format": s}
+    seconds: dict = field(default_factory=dict)  # {"lower": s, "fold": s, "render": s, ...}
+    layer_paths: dict = field(default_factory=dict)  # submodule path -> Keras layer name
 
 
 def generate(
-    graph, *, class_name: str | None = None, regenerate: str = "", metadata: dict | None = None
+    graph,
+    *,
+    class_name: str | None = None,
+    regenerate: str = "",
+    metadata: dict | None = None,
+    fold: bool = True,
 ) -> Generated:
     """trace output -> formatted Flax module source and its variables.
 
+    lower -> fold -> render -> format.  ``fold=False`` keeps the flat form: one
+    statement per Keras layer, no block classes (see ``codegen/fold.py``).
     ``metadata``: optional ``{"preprocess": mode, "input_size": n}`` (see ``render``).
     """
     clock = time.perf_counter
     start = clock()
     lowered = lower(graph)
     lowered_at = clock()
+    if fold:
+        fold_blocks(lowered)
+    folded_at = clock()
     rendered = render(lowered, class_name=class_name, regenerate=regenerate, metadata=metadata)
     rendered_at = clock()
     source = format_source(rendered.source)
     seconds = {
         "lower": lowered_at - start,
-        "render": rendered_at - lowered_at,
+        "fold": folded_at - lowered_at,
+        "render": rendered_at - folded_at,
         "format": clock() - rendered_at,
     }
-    return Generated(source, rendered.class_name, rendered.variables, seconds)
+    return Generated(source, rendered.class_name, rendered.variables, seconds, rendered.layer_paths)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import networkx as nx
 
@@ -27,6 +28,7 @@ class LoweredNode:
     n_outputs: int
     calls_of_layer: int  # how many nodes share this node's layer
     subclass: LoweredGraph | None = None
+    binds: list | None = None  # a folded block: the refs its outputs stand for
 
 
 @dataclass
@@ -34,10 +36,12 @@ class LoweredGraph:
     graph: nx.DiGraph
     nodes: list[LoweredNode] = field(default_factory=list)
     children: list[LoweredGraph] = field(default_factory=list)  # nested model classes
+    block: Any = None  # a folded block of its parent (codegen.fold.Block), else None
+    folded: bool = False  # passed through codegen.fold: write it as folded code reads
 
     @property
     def name(self) -> str:
-        return self.graph.graph["name"]
+        return self.block.prefix if self.block is not None else self.graph.graph["name"]
 
 
 class _Problems:

@@ -39,13 +39,15 @@ _RESERVED = set(keyword.kwlist) | set(keyword.softkwlist) | set(dir(builtins))
 FLAX_RESERVED = frozenset({"params"})
 
 
-def sanitize(name: str, fallback: str = "v") -> str:
-    """A plain identifier made from ``name`` (may still be a keyword or builtin)."""
+def sanitize(name: str, fallback: str = "v", digit_first: bool = False) -> str:
+    """A plain identifier made from ``name`` (may still be a keyword or builtin).
+    ``digit_first``: a leading digit is kept (a submodule name, which is a string in the
+    source, not an identifier: ``1_conv`` inside block ``conv2_block1``)."""
     text = _ILLEGAL.sub("_", str(name)).strip("_")
     text = re.sub(r"_+", "_", text)
     if not text:
         text = fallback
-    if text[0].isdigit():
+    if text[0].isdigit() and not digit_first:
         text = f"{fallback}_{text}"
     return text
 
@@ -66,12 +68,17 @@ def snake_case(name: str) -> str:
 class Namespace:
     """Hands out unique identifiers within one scope."""
 
-    def __init__(self, reserved=(), suffixed=()):
+    def __init__(self, reserved=(), suffixed=(), digit_first: bool = False):
         """``reserved`` names are never handed out (a clash gets ``_1``...);
-        ``suffixed`` names get a ``_`` suffix first, as keywords and builtins do."""
+        ``suffixed`` names get a ``_`` suffix first, as keywords and builtins do;
+        ``digit_first``: names may start with a digit (see :func:`sanitize`)."""
+        self._digit_first = digit_first
         self._used: set[str] = set(reserved)
         self._suffixed = _RESERVED | set(suffixed)
         self._by_key: dict[object, str] = {}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._used
 
     def reserve(self, *names: str) -> None:
         self._used.update(names)
@@ -80,7 +87,7 @@ class Namespace:
         """A fresh identifier for ``candidate``; the same ``key`` gets the same name."""
         if key is not None and key in self._by_key:
             return self._by_key[key]
-        base = sanitize(candidate, fallback)
+        base = sanitize(candidate, fallback, self._digit_first)
         if base in self._suffixed:
             base = f"{base}_"
         name, n = base, 1
@@ -93,6 +100,6 @@ class Namespace:
         return name
 
 
-def submodule_namespace() -> Namespace:
+def submodule_namespace(digit_first: bool = False) -> Namespace:
     """The namespace of one class's Flax submodule names (``name=`` arguments)."""
-    return Namespace(suffixed=FLAX_RESERVED)
+    return Namespace(suffixed=FLAX_RESERVED, digit_first=digit_first)

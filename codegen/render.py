@@ -9,10 +9,8 @@ the source unescaped.
 from __future__ import annotations
 
 import ast
-import io
 import math
 import re
-import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import jinja2
 import numpy as np
 
 from kgen.codegen import ir
+from kgen.codegen.fold import expr_refs
 from kgen.codegen.lower import LoweredGraph
 from kgen.codegen.names import (
     FLAX_RESERVED,
@@ -28,7 +27,7 @@ from kgen.codegen.names import (
     sanitize,
     submodule_namespace,
 )
-from kgen.tracer.graph import Dim, Ref, map_refs
+from kgen.tracer.graph import Dim, Ref, iter_refs, map_refs
 
 __all__ = ["Rendered", "py_literal", "render"]
 
@@ -135,6 +134,9 @@ class _Class:
     traced: bool = False  # a custom layer's call(), traced (see tracer/custom.py)
     origin: str = ""  # the traced layer's Python class name
     hyper: dict = field(default_factory=dict)  # the traced layer's plain attributes
+    block: bool = False  # a folded block (see codegen/fold.py)
+    positional: bool = False  # its calls give the fields by position (else by keyword)
+    layer_paths: dict = field(default_factory=dict)  # submodule path -> Keras layer name
 
 
 class _ClassRenderer:
@@ -151,12 +153,15 @@ class _ClassRenderer:
         self.child_classes = child_classes  # id(LoweredGraph) -> _Class
         self.field_values = field_values or {}  # id(LoweredGraph) -> {field: literal}
         self.locals = Namespace(reserved | {"self", "train"})
-        self.modules = submodule_namespace()
+        self.modules = submodule_namespace(digit_first=lg.block is not None)
         self.vars: dict[Ref, str] = {}
         self.module_vars: dict[str, str] = {}  # layer name -> local holding a shared module
-        self.module_names: dict[str, str] = {}  # layer name -> name= of its submodule
+        self.module_names: dict[str, str] = {}  # layer name (block id) -> its submodule name=
         self.used: set[str] = {"nn"}  # namespaces the class body uses
         self.current_module: str | None = None  # SELF while rendering one statement
+        self.loop_index: str | None = None  # the counter of loops over blocks
+        self.chain: dict[Ref, str] = {}  # values alone alive when made: they go in `x`
+        self.chain_vars: dict[str, str] = {}  # "x"/"y" -> the local holding that chain
 
     def expr(self, e) -> str:
         if isinstance(e, Ref):
@@ -192,15 +197,17 @@ class _ClassRenderer:
     def _code(self, ref: Ref) -> _Code:
         return _Code(self.vars[ref])
 
-    def module_ctor(self, lnode, name: str) -> str:
+    def module_ctor(self, lnode, name: str, name_code: str | None = None) -> str:
         mod = lnode.lowered.module
         fn = mod.fn
         parts = [self.expr(a) for a in mod.args]
         if isinstance(fn, ir.LocalClass):
             fn = ir.LocalClass(self.child_classes[id(lnode.subclass)].name)
-            parts += [f"{k}={v}" for k, v in self.field_values.get(id(lnode.subclass), {}).items()]
+            values = self.field_values.get(id(lnode.subclass), {})
+            positional = self.child_classes[id(lnode.subclass)].positional
+            parts += [v if positional else f"{k}={v}" for k, v in values.items()]
         parts += [f"{k}={self.expr(v)}" for k, v in mod.kwargs.items()]
-        parts.append(f"name={name!r}")
+        parts.append(f"name={name_code or repr(name)}")
         return f"{self.expr(fn)}({', '.join(parts)})"
 
     def param_statement(self, lnode, variables: dict) -> str:
@@ -220,71 +227,207 @@ class _ClassRenderer:
             f"{var} = self.variable({p.collection!r}, {pname!r}, jnp.zeros, {shape}, {dtype}).value"
         )
 
-    def render(self) -> _Class:
-        g = self.lg.graph
-        args = []
-        for spec in g.graph["inputs"]:
-            var = self.locals.create(spec.name, key=Ref(spec.node, 0), fallback="x")
-            self.vars[Ref(spec.node, 0)] = var
-            args.append(var)
-        body: list[str] = []
-        variables: dict = {}
+    def _inner(self, node) -> str:
+        """A layer's name inside a folded block, else its Keras name."""
+        block = self.lg.block
+        return block.names.get(node.name, node.name) if block is not None else node.name
+
+    def _nodes(self):
+        """The nodes to write, with blocks no other block is like written inline."""
         for lnode in self.lg.nodes:
-            node = lnode.node
-            if lnode.lowered is None:
-                continue
-            low = lnode.lowered
-            if isinstance(low.expr, ir.Param):
-                body.append(self.param_statement(lnode, variables))
-                continue
-            module_text = None
-            if low.module is not None:
-                first = node.name not in self.module_names
+            sub = lnode.subclass
+            if sub is not None and sub.block is not None and id(sub) not in self.child_classes:
+                yield from sub.nodes
+            else:
+                yield lnode
+
+    def statement(self, lnode, body: list, variables: dict, layer_paths: dict) -> None:
+        """Write one node's statement into ``body``; file its variables and paths."""
+        g = self.lg.graph
+        node = lnode.node
+        if lnode.lowered is None:
+            return
+        low = lnode.lowered
+        name = self._inner(node)
+        if isinstance(low.expr, ir.Param):
+            body.append(self.param_statement(lnode, variables))
+            return
+        module_text = None
+        if low.module is not None:
+            key = lnode.id if node.kind == "block" else node.name  # a layer, once per layer
+            first = key not in self.module_names
+            if first:
+                self.module_names[key] = self.modules.create(name, fallback="layer")
+            mname = self.module_names[key]
+            if first and sanitize(name, "layer") in FLAX_RESERVED:
+                body.append("# " + _renamed_comment(name))
+            if lnode.calls_of_layer > 1:
                 if first:
-                    self.module_names[node.name] = self.modules.create(node.name, fallback="layer")
-                mname = self.module_names[node.name]
-                if first and sanitize(node.name, "layer") in FLAX_RESERVED:
-                    body.append("# " + _renamed_comment(node.name))
-                if lnode.calls_of_layer > 1:
-                    if first:
-                        mvar = self.locals.create(node.name, fallback="layer")
-                        self.module_vars[node.name] = mvar
-                        body.append(f"{mvar} = {self.module_ctor(lnode, mname)}")
-                    module_text = self.module_vars[node.name]
-                else:
-                    module_text = self.module_ctor(lnode, mname)
-                if first:
-                    node_vars = (
-                        self.child_classes[id(lnode.subclass)].variables
-                        if lnode.subclass is not None
-                        else low.variables
-                    )
-                    for collection, tree in node_vars.items():
-                        if tree:
-                            variables.setdefault(collection, {})[mname] = tree
+                    mvar = self.locals.create(name, fallback="layer")
+                    self.module_vars[node.name] = mvar
+                    body.append(f"{mvar} = {self.module_ctor(lnode, mname)}")
+                module_text = self.module_vars[node.name]
+            else:
+                module_text = self.module_ctor(lnode, mname)
+            if first:
+                child = None
+                if lnode.subclass is not None:
+                    child = self.child_classes[id(lnode.subclass)]
+                node_vars = child.variables if child is not None else low.variables
+                for collection, tree in node_vars.items():
+                    if tree:
+                        variables.setdefault(collection, {})[mname] = tree
+                layer_paths[mname] = node.name
+                if child is not None:
+                    scope = "" if lnode.subclass.block is not None else f"{node.name}/"
+                    for path, keras in child.layer_paths.items():
+                        layer_paths[f"{mname}/{path}"] = scope + keras
+        chained = [
+            self.chain[r] for r in (Ref(lnode.id, 0), *(lnode.binds or ())) if r in self.chain
+        ]
+        if lnode.n_outputs == 1 and chained:
+            outs = [self._chain_var(chained[0])]
+        else:
             outs = [
-                self.locals.create(
-                    node.name if lnode.n_outputs == 1 else f"{node.name}_{i}", fallback="x"
-                )
+                self.locals.create(name if lnode.n_outputs == 1 else f"{name}_{i}", fallback="x")
                 for i in range(lnode.n_outputs)
             ]
-            for i, var in enumerate(outs):
-                self.vars[Ref(lnode.id, i)] = var
-            self.current_module = module_text
-            text = self.expr(low.expr)
-            if low.comment:
-                body.append("# " + _comment(low.comment))
-            if g.graph.get("traced") and "np.array([" in text:
-                origin = sanitize(g.graph.get("class_name", "layer"))
-                body.append(
-                    f"# constant array: computed by {origin} from no input (in build() or "
-                    "from constants), frozen by the trace"
-                )
+        for i, var in enumerate(outs):
+            self.vars[Ref(lnode.id, i)] = var
+        for ref, var in zip(lnode.binds or (), outs):
+            self.vars[ref] = var
+        self.current_module = module_text
+        text = self.expr(low.expr)
+        if low.comment:
+            body.append("# " + _comment(low.comment))
+        if g.graph.get("traced") and "np.array([" in text:
+            origin = sanitize(g.graph.get("class_name", "layer"))
+            body.append(
+                f"# constant array: computed by {origin} from no input (in build() or "
+                "from constants), frozen by the trace"
+            )
+        if [text] != outs:  # an identity (a linear Activation) on the x chain: no line
             body.append(f"{', '.join(outs)} = {text}")
-        outputs = g.graph["outputs"]
+
+    def _call_of(self, lnode):
+        """``(class, field values, entry, exit)`` of a kept block's call, else None."""
+        sub = lnode.subclass
+        if sub is None or sub.block is None or id(sub) not in self.child_classes:
+            return None
+        values = tuple(sorted(self.field_values.get(id(sub), {}).items()))
+        return self.child_classes[id(sub)].name, values, sub.block.entry, sub.block.exit
+
+    def _runs(self, nodes):
+        """The nodes, with each run of three or more calls of one block class that differ
+        only in their number (``conv4_block2`` ... ``conv4_block6``), each fed by the one
+        before, gathered into a list: written as a loop."""
+        run: list = []
+
+        def flush():
+            if len(run) >= _MIN_LOOP:
+                yield list(run)
+            else:
+                yield from run
+            run.clear()
+
+        for lnode in nodes:
+            call = self._call_of(lnode)
+            if run and call is not None and self._continues(run, lnode, call):
+                run.append(lnode)
+                continue
+            yield from flush()
+            if call is not None and _NUMBERED.fullmatch(lnode.node.name):
+                run.append(lnode)
+            else:
+                yield lnode
+        yield from flush()
+
+    def _continues(self, run: list, lnode, call) -> bool:
+        prev = self._call_of(run[-1])
+        a, b = _NUMBERED.fullmatch(run[-1].node.name), _NUMBERED.fullmatch(lnode.node.name)
+        return (
+            b is not None
+            and prev[:2] == call[:2]
+            and call[2] == prev[3]  # fed by the block before
+            and (a["head"], a["tail"]) == (b["head"], b["tail"])
+            and int(b["n"]) == int(a["n"]) + 1
+            and not (len(a["n"]) > 1 and a["n"].startswith("0"))  # block_01: not a count
+        )
+
+    def loop(self, run: list, body: list, variables: dict, layer_paths: dict) -> None:
+        """``for i in range(2, 7): x = ConvBlock(name=f"conv4_block{i}")(x, train=train)``."""
+        for lnode in run:  # names, variables and paths as one statement each would file
+            self.statement(lnode, [], variables, layer_paths)
+        first, last = run[0], run[-1]
+        entry, exit_ = first.subclass.block.entry, last.subclass.block.exit
+        var = self.vars[entry]
+        if entry not in self.chain:  # the loop carries `x`, unless its entry must live on
+            var = self.locals.create("x") if "x" in self.chain_vars else self._chain_var()
+        if self.loop_index is None:
+            self.loop_index = self.locals.create("i")
+        index = self.loop_index
+        if self.vars[entry] != var:
+            body.append(f"{var} = {self.vars[entry]}")
+        match = _NUMBERED.fullmatch(first.node.name)
+        name = f'f"{match["head"]}{{{index}}}{match["tail"]}"'
+        ctor = self.module_ctor(first, "", name_code=name)
+        start, stop = int(match["n"]), int(match["n"]) + len(run)
+        bounds = f"{stop}" if start == 0 else f"{start}, {stop}"
+        body.append(f"for {index} in range({bounds}):")
+        body.append(f"    {var} = {ctor}({var}, train=train)")
+        for lnode in run:
+            self.vars[Ref(lnode.id, 0)] = var
+        self.vars[exit_] = var
+
+    def _chain_var(self, which: str = "x") -> str:
+        """The local that holds the ``x`` (or ``y``) chain of :func:`_chain`."""
+        if which not in self.chain_vars:
+            self.chain_vars[which] = self.locals.create(which)
+        return self.chain_vars[which]
+
+    def render(self) -> _Class:
+        g = self.lg.graph
+        block = self.lg.block
+        args = []
+        if block is not None:
+            args.append(self._chain_var())
+            self.vars[block.entry] = args[0]
+        else:
+            for spec in g.graph["inputs"]:
+                var = self.locals.create(spec.name, key=Ref(spec.node, 0), fallback="x")
+                self.vars[Ref(spec.node, 0)] = var
+                args.append(var)
+                if var == "x":  # the x chain starts where every input is dead: reuse it
+                    self.chain_vars["x"] = var
+        body: list[str] = []
+        variables: dict = {}
+        layer_paths: dict = {}
+        items = list(self._runs(self._nodes()))
+        if self.lg.folded:
+            outputs = [block.exit] if block is not None else g.graph["outputs"]
+            self.chain = _chain(items, outputs, [block.entry] if block is not None else ())
+        for item in items:
+            if isinstance(item, list):
+                self.loop(item, body, variables, layer_paths)
+            else:
+                self.statement(item, body, variables, layer_paths)
+        outputs = block.exit if block is not None else g.graph["outputs"]
         if isinstance(outputs, list):  # several outputs come back as a tuple
             outputs = tuple(outputs)
         returns = py_literal(map_refs(outputs, self._code), self.used)
+        if block is not None:
+            return _Class(
+                name=self.class_name,
+                doc="",  # written once the blocks alike are known
+                args=args,
+                input_shapes="",
+                body=body,
+                returns=returns,
+                variables=variables,
+                used=self.used,
+                block=True,
+                layer_paths=layer_paths,
+            )
         shapes = tuple(tuple(s.shape) for s in g.graph["inputs"])
         kind = g.graph.get("class_name", "Functional")
         traced = bool(g.graph.get("traced"))
@@ -319,7 +462,49 @@ class _ClassRenderer:
             traced=traced,
             origin=str(kind),
             hyper=dict(g.graph.get("hyper", {})),
+            layer_paths=layer_paths,
         )
+
+
+def _chain(items: list, outputs, entry=()) -> dict[Ref, str]:
+    """The values that are the only one alive just after they are made, as a block's
+    output or a plain chain's next layer is.  Nothing else can still need the previous
+    such value, so they can all live in one variable, ``x``, as hand-written code has it;
+    in a block, the values alone alive beside its input live in ``y`` (a residual
+    path).  ``items``: statements, or lists of block calls that become one loop; ``entry``: a
+    block's input, alive from the start."""
+    reads, makes = [], []
+    for item in items:
+        run = item if isinstance(item, list) else [item]
+        if isinstance(item, list):
+            read = {run[0].subclass.block.entry}
+            made = {run[-1].subclass.block.exit}
+        else:
+            low = item.lowered
+            read = set() if low is None else {*expr_refs(low.expr), *expr_refs(low.module)}
+            made = {Ref(item.id, k) for k in range(item.n_outputs)} | set(item.binds or ())
+        reads.append(read)
+        makes.append(made)
+    last_use: dict[Ref, int] = {}
+    for i, read in enumerate(reads):
+        for ref in read:
+            last_use[ref] = i
+    for _, ref in iter_refs(outputs):
+        last_use[ref] = len(items)
+    chain, live = {}, set(entry)
+    for i, made in enumerate(makes):
+        live = {r for r in live if last_use.get(r, -1) > i}
+        live |= {r for r in made if last_use.get(r, -1) > i}
+        item = items[i]
+        if isinstance(item, list) or item.lowered is None or item.n_outputs != 1:
+            continue
+        if isinstance(item.lowered.expr, ir.Param):
+            continue
+        if len(live) == 1 and live <= made:
+            chain.update(dict.fromkeys(live, "x"))
+        elif len(live - set(entry)) == 1 and live - set(entry) <= made:  # a residual path
+            chain.update(dict.fromkeys(live - set(entry), "y"))
+    return chain
 
 
 def _renamed_comment(layer_name: str) -> str:
@@ -337,6 +522,10 @@ def _comment(text: str) -> str:
 
 
 _ENV.filters["py"] = py_literal
+
+#: Block names a loop can count through: plain text around one decimal number.
+_NUMBERED = re.compile(r"(?P<head>[A-Za-z_][A-Za-z0-9_]*?)(?P<n>\d+)(?P<tail>[A-Za-z_]*)")
+_MIN_LOOP = 3
 
 
 def _levels(top: LoweredGraph) -> list[list[LoweredGraph]]:
@@ -372,8 +561,13 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
             rendered.append((lg, cls))
         for group in _share(rendered):
             lg0, cls = group[0]
+            if cls.block and len(group) == 1:
+                continue  # a block like no other: its parent writes it inline
             if lg0 is top:
                 cls.name = top_name
+            elif cls.block:
+                cls.name = _block_class_name([lg.name for lg, _ in group], class_names)
+                cls.doc = _block_doc([lg for lg, _ in group])
             else:
                 base = cls.origin if cls.traced else lg0.name
                 cls.name = class_names.create(pascal_case(base), fallback="Model")
@@ -383,51 +577,149 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
                 cls.fields, values = _fields(cls, [c for _, c in group])
                 for (lg, _), vals in zip(group, values):
                     field_values[id(lg)] = vals
+                cls.positional = cls.block and not all(
+                    _fits(cls.name, vals, lg.name) for (lg, _), vals in zip(group, values)
+                )
             for lg, member in group:
-                shared = _Class(**{**cls.__dict__, "variables": member.variables})
+                shared = _Class(
+                    **{
+                        **cls.__dict__,
+                        "variables": member.variables,
+                        "layer_paths": member.layer_paths,
+                    }
+                )
                 by_id[id(lg)] = shared
             classes.append(cls)
     return classes, by_id
 
 
-def _tokens(cls: _Class) -> list:
+def _fits(class_name: str, values: dict, name: str) -> bool:
+    """Whether a block's call, its fields by keyword, fits on one line of the parent."""
+    fields = "".join(f"{k}={v}, " for k, v in values.items())
+    return len(f"        x = {class_name}({fields}name={name!r})(x, train=train)") <= 100
+
+
+def _block_class_name(prefixes: list[str], class_names: Namespace) -> str:
+    """``conv2_block1``, ``conv3_block1``... -> ``ConvBlock``: the prefix without its
+    numbers; where two kinds of block would get one name, the second is named after
+    its first instance."""
+    base = pascal_case(re.sub(r"\d+", "", prefixes[0]))
+    if base in class_names or base == "Model":
+        base = pascal_case(prefixes[0])
+    return class_names.create(base, fallback="Block")
+
+
+def _block_doc(members: list[LoweredGraph]) -> str:
+    model = sanitize(members[0].block.parent.name, "model")
+    names = [sanitize(m.name, "block") for m in members]
+    which = f"{names[0]} and {names[1]}" if len(names) == 2 else f"{names[0]} to {names[-1]}"
+    summary = f"{len(names)} alike blocks of the Keras model {model}, folded by kgen."
+    return f"{summary}\n\n    {which}.\n    "
+
+
+def _tree(cls: _Class) -> tuple[ast.Module, list[bytes]]:
     text = "\n".join([*cls.body, f"return {cls.returns}"]) + "\n"
-    return list(tokenize.generate_tokens(io.StringIO(text).readline))
+    return ast.parse(text), [line.encode() for line in text.split("\n")]
 
 
-_LITERALS = (tokenize.NUMBER, tokenize.STRING)
 _MAX_FIELDS = 16
 
 
-def _differing(a: list, b: list) -> list[int] | None:
-    """Token positions where two classes differ in a literal only, or None if their
-    code differs otherwise (or in more than a few literals)."""
-    if len(a) != len(b):
+def _is_literal(node) -> bool:
+    if isinstance(node, ast.Constant):
+        return True
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return isinstance(node.operand, ast.Constant)
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_is_literal(e) for e in node.elts)
+    return False
+
+
+@dataclass
+class _Site:
+    """One literal of the first member that other members hold another value in."""
+
+    node: ast.AST
+    keyword: str | None  # the keyword argument it is passed as
+    call: str | None  # else the function it is a positional argument of ...
+    position: int  # ... at this position
+    owner: str | None  # the ``name=`` of the submodule it configures
+
+
+def _differing(a, b, found: dict, context=(None, None, 0, None)) -> bool:
+    """Walk two class bodies together: True if they differ in literal values only
+    (recorded in ``found``: first member's node -> (site, other's node)), and never in
+    a submodule's ``name``."""
+    if _is_literal(a) and _is_literal(b):
+        if repr(ast.literal_eval(a)) == repr(ast.literal_eval(b)):
+            return True
+        if context[0] == "name":
+            return False
+        found[id(a)] = (_Site(a, *context), b)
+        return True
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, ast.Call):
+        owner = context[3]
+        for kw in a.keywords:
+            if kw.arg == "name" and isinstance(kw.value, ast.Constant):
+                owner = kw.value.value
+        func = ast.unparse(a.func)
+        if not _differing(a.func, b.func, found, (None, None, 0, owner)):
+            return False
+        if len(a.args) != len(b.args) or len(a.keywords) != len(b.keywords):
+            return False
+        for i, (x, y) in enumerate(zip(a.args, b.args)):
+            if not _differing(x, y, found, (None, func, i, owner)):
+                return False
+        for x, y in zip(a.keywords, b.keywords):
+            if x.arg != y.arg or not _differing(x.value, y.value, found, (x.arg, None, 0, owner)):
+                return False
+        return True
+    for name in a._fields:
+        x, y = getattr(a, name), getattr(b, name)
+        if isinstance(x, list):
+            if not isinstance(y, list) or len(x) != len(y):
+                return False
+            if not all(
+                _differing(u, v, found, context) if isinstance(u, ast.AST) else u == v
+                for u, v in zip(x, y)
+            ):
+                return False
+        elif isinstance(x, ast.AST):
+            if not _differing(x, y, found, context):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+def _alike(a: _Class, b: _Class) -> dict | None:
+    """Where ``b`` differs from ``a`` (see :func:`_differing`), or None if not alike."""
+    if a.args != b.args or a.fields or b.fields:
         return None
-    found = []
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x.string == y.string:
-            continue
-        if x.type not in _LITERALS or y.type != x.type:
-            return None
-        found.append(i)
+    found: dict = {}
+    if not _differing(_tree(a)[0], _tree(b)[0], found):
+        return None
     return found if len(found) <= _MAX_FIELDS else None
 
 
+def _shareable(a: _Class, b: _Class) -> bool:
+    """Traced classes of one Python class, or folded blocks, may share a class."""
+    if a.traced and b.traced:
+        return a.doc == b.doc
+    return a.block and b.block
+
+
 def _share(rendered: list) -> list[list]:
-    """Group ``(graph, class)`` pairs: traced classes of one Python class that differ at
-    most in literal values share a group; everything else is a group of its own."""
+    """Group ``(graph, class)`` pairs: traced classes of one Python class, and folded
+    blocks, that differ at most in literal values share a group; everything else is a
+    group of its own."""
     groups: list[list] = []
     for lg, cls in rendered:
         for group in groups:
             other = group[0][1]
-            if (
-                cls.traced
-                and other.traced
-                and cls.doc == other.doc
-                and cls.args == other.args
-                and _differing(_tokens(other), _tokens(cls)) is not None
-            ):
+            if _shareable(other, cls) and _alike(other, cls) is not None:
                 group.append((lg, cls))
                 break
         else:
@@ -438,33 +730,111 @@ def _share(rendered: list) -> list[list]:
 def _fields(cls: _Class, members: list[_Class]) -> tuple[list[str], list[dict]]:
     """Turn the literals the members differ in into fields of ``cls``: rewrites its
     body to read ``self.<field>``; returns the field lines and each member's values."""
-    toks = [_tokens(m) for m in members]
-    positions = sorted({i for t in toks[1:] for i in _differing(toks[0], t)})
-    if not positions:
+    tree, lines = _tree(cls)
+    diffs = []
+    for m in members[1:]:  # _alike on a fresh parse of the first, with node ids of `tree`
+        found: dict = {}
+        _differing(tree, _tree(m)[0], found)
+        diffs.append((found, _tree(m)[1]))
+    sites = {}
+    for found, _ in diffs:
+        for key, (site, _) in found.items():
+            sites.setdefault(key, site)
+    if not sites:
         return [], [{} for _ in members]
-    names = Namespace({"name", "parent"})
-    lines = "\n".join([*cls.body, f"return {cls.returns}"]).split("\n")
-    fields, per_position = [], []
-    by_attribute: dict[str, str] = {}
-    for i in positions:
-        values = [ast.literal_eval(t[i].string) for t in toks]
-        attr = _attribute_for(values, [m.hyper for m in members])
-        if attr is not None and attr in by_attribute:
-            per_position.append(by_attribute[attr])
-            continue
-        fname = names.create(attr or _field_name(toks[0], i), fallback="value")
-        if attr is not None:
-            by_attribute[attr] = fname
-        fields.append(f"{fname}: {type(values[0]).__name__}")
-        per_position.append(fname)
-    for i, fname in sorted(zip(positions, per_position), reverse=True):
-        tok = toks[0][i]
-        (row, col), (_, end) = tok.start, tok.end
-        line = lines[row - 1]
-        lines[row - 1] = line[:col] + f"self.{fname}" + line[end:]
-    cls.body, cls.returns = lines[:-1], lines[-1][len("return ") :]
-    values = [{f: t[i].string for i, f in zip(positions, per_position)} for t in toks]
-    return fields, values
+    order = sorted(sites, key=lambda k: (sites[k].node.lineno, sites[k].node.col_offset))
+
+    def text(node, src) -> str:
+        row, col, end = node.lineno - 1, node.col_offset, node.end_col_offset
+        return src[row][col:end].decode()
+
+    values = {}  # site -> each member's literal text
+    for key in order:
+        first = text(sites[key].node, lines)
+        values[key] = [first] + [
+            text(found[key][1], src) if key in found else first for found, src in diffs
+        ]
+    hypers = [m.hyper for m in members]
+    names = Namespace(_field_reserved())
+    groups: dict = {}  # values -> (base, [site keys]): literals equal in every member
+    for key in order:  # are one field (ConvNeXt's LayerScale dim is its conv's features)
+        vals = [ast.literal_eval(v) for v in values[key]]
+        base = _attribute_for(vals, hypers) or _base_name(sites[key])
+        groups.setdefault(tuple(values[key]), (base, []))[1].append(key)
+    bases = [base for base, _ in groups.values()]
+    field_of, fields, member_values = {}, [], [{} for _ in members]
+    for vals, (base, keys) in groups.items():
+        name = base
+        if bases.count(base) > 1:
+            owner = sites[keys[0]].owner
+            name = _qualified(base, owner)
+        fname = names.create(name, fallback="value")
+        fields.append(f"{fname}: {type(ast.literal_eval(vals[0])).__name__}")
+        for key in keys:
+            field_of[key] = fname
+        for k, v in enumerate(vals):
+            member_values[k][fname] = v
+    for key in sorted(order, key=lambda k: (sites[k].node.lineno, sites[k].node.col_offset))[::-1]:
+        node = sites[key].node
+        row = node.lineno - 1
+        line = lines[row]
+        lines[row] = (
+            line[: node.col_offset] + f"self.{field_of[key]}".encode() + line[node.end_col_offset :]
+        )
+    decoded = [line.decode() for line in lines[:-1]]  # the text ended with a newline
+    cls.body, cls.returns = decoded[:-1], decoded[-1][len("return ") :]
+    return fields, member_values
+
+
+def _field_reserved() -> set:
+    import flax.linen as nn
+
+    return {"name", "parent", "self", "train"} | {
+        n for n in dir(nn.Module) if not n.startswith("_")
+    }
+
+
+def _base_name(site: _Site) -> str:
+    """A field's name: the keyword it is passed as, else the parameter name of the
+    function it is passed to (``nn.Conv(64, ...)`` -> ``features``)."""
+    if site.keyword:
+        return site.keyword
+    return _parameter_name(site.call, site.position) if site.call else "value"
+
+
+def _parameter_name(call: str, position: int) -> str:
+    import importlib
+    import inspect
+
+    alias, _, attr = call.partition(".")
+    module = ir.NAMESPACES.get(alias)
+    if module is None or not attr:
+        return "value"
+    try:
+        words = module.split()
+        base = importlib.import_module(words[1])
+        obj = base
+        if words[0] == "from":  # from jax import lax / from kgen import runtime as rt
+            obj = getattr(base, words[3])
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        params = [
+            p.name
+            for p in inspect.signature(obj).parameters.values()
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
+        ]
+        if isinstance(obj, type) and issubclass(obj, object) and params[:1] == ["parent"]:
+            params = params[1:]
+    except (ImportError, AttributeError, TypeError, ValueError):
+        return "value"
+    return params[position] if position < len(params) else "value"
+
+
+def _qualified(base: str, owner: str | None) -> str:
+    if not owner:
+        return base
+    owner = sanitize(owner, "layer", digit_first=True)
+    return f"{owner}_{base}" if owner[0].isalpha() else f"{base}_{owner}"
 
 
 def _attribute_for(values: list, hypers: list[dict]) -> str | None:
@@ -475,20 +845,6 @@ def _attribute_for(values: list, hypers: list[dict]) -> str | None:
         ):
             return attr
     return None
-
-
-def _field_name(toks: list, i: int) -> str:
-    """``<submodule or variable>_<keyword>`` for the literal at token ``i``."""
-    row = toks[i].start[0]
-    line = [t for t in toks if t.start[0] == row]
-    owner = line[0].string if line and line[0].type == tokenize.NAME else "value"
-    for j, t in enumerate(line[:-2]):
-        if t.string == "name" and line[j + 1].string == "=" and line[j + 2].type == tokenize.STRING:
-            owner = ast.literal_eval(line[j + 2].string)
-    keyword = None
-    if i >= 2 and toks[i - 1].string == "=" and toks[i - 2].type == tokenize.NAME:
-        keyword = toks[i - 2].string
-    return f"{owner}_{keyword}" if keyword else owner
 
 
 def _metadata_attrs(metadata: dict) -> tuple[list[str], str]:
@@ -517,6 +873,7 @@ class Rendered:
     source: str
     class_name: str
     variables: dict
+    layer_paths: dict = field(default_factory=dict)  # submodule path -> Keras layer name
 
 
 def render(
@@ -549,4 +906,5 @@ def render(
         top_attrs=top_attrs,
         preprocess=preprocess,
     )
-    return Rendered(source=source, class_name=top_name, variables=classes[-1].variables)
+    top = classes[-1]
+    return Rendered(source, top_name, top.variables, top.layer_paths)
