@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import importlib.machinery
 import importlib.util
+import json
 import keyword
 import os
 import re
@@ -43,6 +44,8 @@ class Conversion:
     inputs: list  # InputSpec per model input, in Keras order
     input_structure: str  # "single", "list" or "dict"
     timings: dict = field(default_factory=dict)  # seconds per step: trace, lower, render, format
+    layer_paths: dict = field(default_factory=dict)  # submodule path -> Keras layer name
+    folded: bool = True  # repeated blocks are classes (False: one statement per layer)
 
     def write(
         self, directory: str | os.PathLike, *, weights: bool = True
@@ -73,7 +76,7 @@ class Conversion:
                 mode = _write_new_file(tmp_py, self.source.encode("utf-8"))
                 pairs = [(tmp_py, py_path)]
                 if st_path is not None and not signalled():
-                    _save_variables(self.variables, tmp_st)
+                    _save_variables(self.variables, tmp_st, self.weights_metadata())
                     os.chmod(tmp_st, mode)  # safetensors creates its files 0600
                     _fsync(tmp_st)
                     pairs.insert(0, (tmp_st, st_path))  # the module appears last
@@ -91,6 +94,14 @@ class Conversion:
         if not done:  # a signal arrived, and its handler did not raise
             raise KeyboardInterrupt(f"interrupted while writing {py_path}")
         return py_path, st_path
+
+    def weights_metadata(self) -> dict:
+        """What the ``.safetensors`` records besides the arrays: the module's form and
+        the Keras layer each submodule path was converted from."""
+        return {
+            "layout": "folded" if self.folded else "flat",
+            "keras_layers": json.dumps(self.layer_paths, sort_keys=True),
+        }
 
     def load(self):
         """Import the generated source as a module object (without writing it)."""
@@ -238,10 +249,10 @@ def _write_new_file(path: Path, data: bytes) -> int:
 _OS_ERROR = re.compile(r"os error (\d+)")
 
 
-def _save_variables(variables: dict, path: Path) -> None:
+def _save_variables(variables: dict, path: Path, metadata: dict | None = None) -> None:
     """``save_variables``, with safetensors' I/O errors raised as the OSError they are."""
     try:
-        save_variables(variables, path)
+        save_variables(variables, path, metadata=metadata)
     except OSError:
         raise
     except Exception as exc:  # SafetensorError: "... I/O error: ... (os error 28)"
@@ -319,6 +330,7 @@ def convert(
     input_shapes=None,
     input_dtypes=None,
     trace_lambdas: bool = True,
+    fold: bool = True,
 ) -> Conversion:
     """Convert a Keras functional or Sequential model (Keras 3 or tf.keras), or a Keras 3
     subclassed model given ``input_shapes``.
@@ -332,7 +344,8 @@ def convert(
     Layers kgen has no lowering for are traced into (their own ``call()``), and so are
     the ``Lambda`` layers of a live model (``trace_lambdas``).  ``input_shapes``: a
     subclassed model's input shapes without the batch dim, one tuple per input
-    (``input_dtypes`` defaults to float32 each).
+    (``input_dtypes`` defaults to float32 each).  ``fold=False`` writes the flat form:
+    one statement per Keras layer, no classes for repeated blocks.
     """
     from kgen.codegen.names import snake_case
     from kgen.pipeline import application_metadata, check_name
@@ -357,6 +370,7 @@ def convert(
         input_shapes=input_shapes,
         input_dtypes=input_dtypes,
         trace_lambdas=trace_lambdas,
+        fold=fold,
     )
     if module_name is not None:
         conversion.module_name = module_name
@@ -373,6 +387,7 @@ def convert_model(
     input_shapes=None,
     input_dtypes=None,
     trace_lambdas: bool = True,
+    fold: bool = True,
 ) -> Conversion:
     """:func:`convert` with every name and header given: what the pipeline calls.
 
@@ -402,7 +417,7 @@ def convert_model(
         if len(default) > MAX_NAME_LENGTH:
             class_name = _bounded(default)
     gen: Generated = generate(
-        graph, class_name=class_name, regenerate=regenerate, metadata=metadata
+        graph, class_name=class_name, regenerate=regenerate, metadata=metadata, fold=fold
     )
     return Conversion(
         source=gen.source,
@@ -414,4 +429,6 @@ def convert_model(
         inputs=list(graph.graph["inputs"]),
         input_structure=graph.graph["input_structure"],
         timings={"trace": traced_at - start, **gen.seconds},
+        layer_paths=gen.layer_paths,
+        folded=fold,
     )

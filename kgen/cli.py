@@ -529,9 +529,16 @@ def _check_output_dir(output: str) -> None:
     metavar="CLASS",
     help="Class name of the generated module (its snake case names the file).",
 )
+@click.option(
+    "--fold/--no-fold",
+    default=True,
+    show_default=True,
+    help="Write repeated blocks as classes (--no-fold: one statement per Keras layer, the "
+    "form whose weights files kgen wrote before folding).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line describing the result.")
 @_app_options
-def emit(source, output, weights, name, as_json, **app_options):
+def emit(source, output, weights, name, fold, as_json, **app_options):
     """Convert SOURCE (an application name, a .keras/.h5 file or a tf.keras SavedModel
     directory) to a Flax module.
 
@@ -548,7 +555,7 @@ def emit(source, output, weights, name, as_json, **app_options):
         loaded = _load(src, as_json)
         loaded_at = time.perf_counter()
         with _step("converting", as_json):
-            conversion = pipeline.convert(src, name=name, output=output, loaded=loaded)
+            conversion = pipeline.convert(src, name=name, output=output, loaded=loaded, fold=fold)
     _raise_if_interrupted()  # nothing is written after an interrupt, even a swallowed one
     written_from = time.perf_counter()
     with _step("writing", as_json):
@@ -619,6 +626,12 @@ def emit(source, output, weights, name, as_json, **app_options):
     help="Also compare this many evenly spaced intermediate layer outputs "
     "(with random weights a deep model's logits can hide early-layer bugs).",
 )
+@click.option(
+    "--fold/--no-fold",
+    default=True,
+    show_default=True,
+    help="Check the module with repeated blocks as classes (--no-fold: the flat form).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
 @click.option(
     "--all",
@@ -639,7 +652,9 @@ def emit(source, output, weights, name, as_json, **app_options):
     help="With --all: only applications of this Keras.",
 )
 @_app_options
-def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only, **app_options):
+def verify(
+    source, weights, seed, batch, taps, fold, as_json, all_apps, markdown, only, **app_options
+):
     """Convert SOURCE and compare it with Keras on a random batch.
 
     By default EVERY Keras variable (BN statistics, gammas, betas, biases) is first set
@@ -667,7 +682,9 @@ def verify(source, weights, seed, batch, taps, as_json, all_apps, markdown, only
 
         _import_frameworks()
         with _step(f"converting and comparing {source}", as_json):
-            result = pipeline.verify(src, randomize=randomize, seed=seed, batch=batch, taps=taps)
+            result = pipeline.verify(
+                src, randomize=randomize, seed=seed, batch=batch, taps=taps, fold=fold
+            )
     conversion, report, params = result.conversion, result.report, result.params
     if as_json:
         click.echo(

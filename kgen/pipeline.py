@@ -155,7 +155,7 @@ class Source:
             return app.name, app.name.lower()
         return catalog.variant_names(app, self.options)
 
-    def command(self, output: str) -> str:
+    def command(self, output: str, *, fold: bool = True) -> str:
         """The ``kgen emit`` command line that writes this source to ``output``."""
         words = ["kgen emit", self.spec]
         if self.weights is not None:
@@ -168,6 +168,8 @@ class Source:
                 words.append(f"{flag} {','.join(str(v) for v in value)}")
             else:
                 words.append(f"{flag} {'none' if value is None else value}")
+        if not fold:
+            words.append("--no-fold")
         return " ".join([*words, "-o", output])
 
 
@@ -195,12 +197,21 @@ def application_metadata(app, input_shape=None) -> dict:
     return {"preprocess": app.preprocess, "input_size": size}
 
 
-def convert(source: Source, *, name: str | None = None, output: str = "generated", loaded=None):
+def convert(
+    source: Source,
+    *,
+    name: str | None = None,
+    output: str = "generated",
+    loaded=None,
+    fold: bool = True,
+):
     """Convert ``source``: a :class:`~kgen.api.Conversion` named as ``kgen emit`` names it.
 
     ``name``: the class name (and, snake-cased, the module name) instead of the default.
     ``output`` only goes into the generated file's "Regenerate with" line.  ``loaded``:
-    the model :func:`load` gave, when the caller already has it.
+    the model :func:`load` gave, when the caller already has it.  ``fold=False``: the
+    flat form, one statement per Keras layer, without classes for repeated blocks (its
+    variables are one submodule per layer, as kgen wrote them before folding).
     """
     from kgen.api import convert_model, module_file_name
     from kgen.codegen.names import snake_case
@@ -218,11 +229,12 @@ def convert(source: Source, *, name: str | None = None, output: str = "generated
     conversion = convert_model(
         loaded.model,
         class_name=class_name,
-        regenerate=source.command(output) if loaded.app else "",
+        regenerate=source.command(output, fold=fold) if loaded.app else "",
         metadata=metadata,
         input_shapes=loaded.input_shapes,
         # a file's code is never run (and the allowlist agrees); a factory's is the user's
         trace_lambdas=loaded.from_code,
+        fold=fold,
     )
     if module_name is not None:
         conversion.module_name = module_file_name(module_name)
@@ -260,11 +272,18 @@ class Verified:
 
 
 def verify(
-    source: Source, *, randomize: bool = True, seed: int = 0, batch: int = 2, taps: int = 8
+    source: Source,
+    *,
+    randomize: bool = True,
+    seed: int = 0,
+    batch: int = 2,
+    taps: int = 8,
+    fold: bool = True,
 ) -> Verified:
     """Convert ``source`` and compare it with Keras on a random batch (logits for
     applications), after setting every Keras variable to random values unless
-    ``randomize`` is false (then the source's own weights are compared)."""
+    ``randomize`` is false (then the source's own weights are compared).  ``fold=False``
+    checks the flat form (see :func:`convert`)."""
     from kgen.verify import check_model
 
     loaded = load(source, logits=True)
@@ -276,6 +295,7 @@ def verify(
         inputs=_app_inputs(loaded, batch, seed),
         taps=taps,
         input_shapes=loaded.input_shapes,
+        fold=fold,
     )
     return Verified(conversion, report, int(loaded.model.count_params()), randomize)
 

@@ -240,11 +240,13 @@ def check_model(
     inputs=None,
     taps: int = 0,
     input_shapes=None,
+    fold: bool = True,
 ):
     """Randomise (optionally), convert and compare one model. Returns (conversion, report).
 
     ``taps`` > 0 also compares that many intermediate layer outputs (see :func:`with_taps`).
-    ``input_shapes``: a subclassed model's (see :func:`kgen.convert`).
+    ``input_shapes``: a subclassed model's (see :func:`kgen.convert`).  ``fold=False``
+    checks the flat form.
     """
     import jax
 
@@ -255,7 +257,7 @@ def check_model(
     if taps and conversion is None:
         model = with_taps(model, taps)
     if conversion is None:
-        conversion = convert(model, input_shapes=input_shapes)
+        conversion = convert(model, input_shapes=input_shapes, fold=fold)
     if inputs is None:
         inputs = random_inputs(conversion.inputs, batch=batch, seed=seed + 1)
     names = [s.name for s in conversion.inputs]

@@ -65,12 +65,17 @@ def _show(path: str) -> str:
     return text if re.fullmatch(r"[\w./:-]+", text, re.ASCII) else ascii(text)
 
 
-def save_variables(variables: dict, path: str | os.PathLike) -> None:
-    """Write ``{collection: {...}}`` to a safetensors file, atomically."""
+def save_variables(
+    variables: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None
+) -> None:
+    """Write ``{collection: {...}}`` to a safetensors file, atomically.  ``metadata``:
+    more string entries for the file's header (kgen records the module's ``layout``
+    and the Keras layer of each submodule path, ``keras_layers``)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(flatten(variables), str(tmp), metadata={"format": "kgen-flax-variables"})
+        header = {**(metadata or {}), "format": "kgen-flax-variables"}
+        save_file(flatten(variables), str(tmp), metadata=header)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -100,11 +105,33 @@ def load_variables(path: str | os.PathLike, module=None, *, cast: bool = False) 
         raise WeightsError(f"bad weights file {path}: {exc}") from None
     if module is not None:
         expected = _expected(module)
-        _raise_problems(module, expected, flat, check_dtypes=not cast, cast_hint=True)
+        try:
+            _raise_problems(module, expected, flat, check_dtypes=not cast, cast_hint=True)
+        except WeightsError as exc:
+            if expected.keys() != flat.keys() and _layout(path) == "flat":
+                raise WeightsError(f"{exc}; {FLAT_HINT}") from None
+            raise
         if cast:
             flat = {k: v.astype(expected[k].dtype, copy=False) for k, v in flat.items()}
     # numpy first: jnp.asarray alone would turn float64 into float32 without a word
     return jax.tree_util.tree_map(jax.numpy.asarray, unflatten(flat))
+
+
+FLAT_HINT = (
+    "the file holds the flat form's variables (one submodule per Keras layer, as kgen "
+    "wrote before repeated blocks became classes): convert the model with fold=False "
+    "for the flat module, or convert it again for weights that fit the folded one"
+)
+
+
+def _layout(path) -> str:
+    """``folded`` or ``flat``: the module form a kgen file was written for (files from
+    before folding record none, and are flat)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        meta = f.metadata() or {}
+    return meta.get("layout", "flat")
 
 
 def _expected(module) -> dict[str, jax.ShapeDtypeStruct]:
