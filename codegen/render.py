@@ -160,6 +160,7 @@ class _ClassRenderer:
         self.used: set[str] = {"nn"}  # namespaces the class body uses
         self.current_module: str | None = None  # SELF while rendering one statement
         self.loop_index: str | None = None  # the counter of loops over blocks
+        self.output_refs = {r for _, r in iter_refs(lg.graph.graph["outputs"])}
         self.chain: dict[Ref, str] = {}  # values alone alive when made: they go in `x`
         self.chain_vars: dict[str, str] = {}  # "x"/"y" -> the local holding that chain
 
@@ -349,6 +350,7 @@ class _ClassRenderer:
             b is not None
             and prev[:2] == call[:2]
             and call[2] == prev[3]  # fed by the block before
+            and prev[3] not in self.output_refs  # which is not also a model output
             and (a["head"], a["tail"]) == (b["head"], b["tail"])
             and int(b["n"]) == int(a["n"]) + 1
             and not (len(a["n"]) > 1 and a["n"].startswith("0"))  # block_01: not a count
@@ -363,18 +365,25 @@ class _ClassRenderer:
         var = self.vars[entry]
         if entry not in self.chain:  # the loop carries `x`, unless its entry must live on
             var = self.locals.create("x") if "x" in self.chain_vars else self._chain_var()
-        if self.loop_index is None:
-            self.loop_index = self.locals.create("i")
-        index = self.loop_index
         if self.vars[entry] != var:
             body.append(f"{var} = {self.vars[entry]}")
-        match = _NUMBERED.fullmatch(first.node.name)
-        name = f'f"{match["head"]}{{{index}}}{match["tail"]}"'
-        ctor = self.module_ctor(first, "", name_code=name)
-        start, stop = int(match["n"]), int(match["n"]) + len(run)
-        bounds = f"{stop}" if start == 0 else f"{start}, {stop}"
-        body.append(f"for {index} in range({bounds}):")
-        body.append(f"    {var} = {ctor}({var}, train=train)")
+        names = [self.module_names[lnode.id] for lnode in run]  # as sanitized, made unique
+        match = _NUMBERED.fullmatch(names[0])
+        start = int(match["n"]) if match else 0
+        numbered = [f"{match['head']}{start + k}{match['tail']}" for k in range(len(run))]
+        if not match or names != numbered:  # BlockGroup3__block_1 is BlockGroup3_block_1
+            for lnode, name in zip(run, names):
+                body.append(f"{var} = {self.module_ctor(lnode, name)}({var}, train=train)")
+        else:
+            if self.loop_index is None:
+                self.loop_index = self.locals.create("i")
+            index = self.loop_index
+            name = f'f"{match["head"]}{{{index}}}{match["tail"]}"'
+            ctor = self.module_ctor(first, "", name_code=name)
+            stop = start + len(run)
+            bounds = f"{stop}" if start == 0 else f"{start}, {stop}"
+            body.append(f"for {index} in range({bounds}):")
+            body.append(f"    {var} = {ctor}({var}, train=train)")
         for lnode in run:
             self.vars[Ref(lnode.id, 0)] = var
         self.vars[exit_] = var

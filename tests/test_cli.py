@@ -84,7 +84,7 @@ def test_emit_application_with_weights_file(mobilenet, tmp_path):
     assert info["weights"] == str(out / "mobilenet.safetensors")
     assert info["layers"] == sum(not isinstance(la, keras.layers.InputLayer) for la in model.layers)
     assert isinstance(info["seconds"], float) and info["seconds"] > 0
-    steps = ["import", "keras_load", "trace", "lower", "render", "format", "write"]
+    steps = ["import", "keras_load", "trace", "lower", "fold", "render", "format", "write"]
     assert list(info["timings"]) == steps and all(v >= 0 for v in info["timings"].values())
     assert sum(info["timings"].values()) <= info["seconds"] + 0.01
     assert info["fresh_layers"] == []

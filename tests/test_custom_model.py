@@ -151,4 +151,4 @@ def test_single_output_given_as_a_list_comes_back_bare():
     x = keras.Input((3,), name="x")
     model = keras.Model(x, [keras.layers.Dense(2, name="d")(x)], name="single_in_list")
     conversion, _ = assert_parity(model)
-    assert "return d\n" in conversion.source
+    assert "return x\n" in conversion.source

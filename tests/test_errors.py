@@ -226,7 +226,7 @@ def test_output_that_is_a_file(tiny_file, tmp_path):
 
 
 def test_failed_write_leaves_nothing(tiny_file, tmp_path, monkeypatch):
-    def full_disk(variables, path):
+    def full_disk(variables, path, metadata=None):
         Path(path).write_bytes(b"partial")
         raise OSError(28, "No space left on device")
 

@@ -79,7 +79,7 @@ def test_instances_that_trace_alike_share_one_class_with_fields():
     source = conversion.source
     assert source.count("class PositionalProjection(nn.Module):") == 1
     assert "dim: int" in source  # named after the layer's own attribute
-    assert "PositionalProjection(dim=4, name='pos2')" in source.replace('"', "'")
+    assert "dim=4, name='pos2')" in source.replace('"', "'")
 
 
 def test_tracing_leaves_the_model_as_it_was():

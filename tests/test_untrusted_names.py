@@ -218,8 +218,9 @@ def assert_safe_source(source: str, raw_names, vocabulary: set[str]):
 
 
 def assert_unique_identifiers(source: str):
-    """Each class body assigns every local once, never shadowing an argument, a builtin,
-    a module-level name or a namespace; Flax submodule names are unique per class."""
+    """Each class body assigns every local once (but the x/y chain), never shadowing an
+    argument, a builtin, a module-level name or a namespace; Flax submodule names are
+    unique per class."""
     tree = ast.parse(source)
     module_names = {
         a.asname or a.name.split(".")[0]
@@ -238,7 +239,9 @@ def assert_unique_identifiers(source: str):
             for t in (target.elts if isinstance(target, ast.Tuple) else [target])
         ]
         everything = params + assigned
-        assert len(everything) == len(set(everything)), f"{cls.name}: duplicate identifiers"
+        # only the chain variables (codegen/render.py's _chain) are assigned again
+        once = [n for n in everything if not re.fullmatch(r"[xy](_\d+)?", n)]
+        assert len(once) == len(set(once)), f"{cls.name}: duplicate identifiers"
         assert not set(everything) & module_names, f"{cls.name}: shadows a module-level name"
         assert not set(assigned) & set(dir(builtins)), f"{cls.name}: shadows a builtin"
         flax_names = [

@@ -223,8 +223,8 @@ def test_api_write_interrupted_leaves_old_pair(conversion, tmp_path, monkeypatch
     """``Conversion.write`` holds SIGINT back while writing, cleans up, then lets it act."""
     real = kgen.api.save_variables
 
-    def interrupted(variables, path):
-        real(variables, path)
+    def interrupted(variables, path, metadata=None):
+        real(variables, path, metadata)
         os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(kgen.api, "save_variables", interrupted)
@@ -309,7 +309,7 @@ def test_safetensors_io_error_is_an_os_error(tiny_file, tmp_path, monkeypatch):
     class SafetensorError(Exception):
         pass
 
-    def failing(variables, path):
+    def failing(variables, path, metadata=None):
         Path(path).write_bytes(b"partial")
         raise SafetensorError("Error while serializing: I/O error: ... (os error 28)")
 

@@ -15,12 +15,10 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, encoder_input, *, train: bool = False):
-        encoder_conv = nn.Conv(6, (3, 3), strides=(2, 2), padding="SAME", name="encoder_conv")(
-            encoder_input
-        )
-        encoder_relu = jax.nn.relu(encoder_conv)
-        encoder_pool = jnp.mean(encoder_relu, axis=(1, 2))
-        return encoder_pool
+        x = nn.Conv(6, (3, 3), strides=(2, 2), padding="SAME", name="encoder_conv")(encoder_input)
+        x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        return x
 
 
 class MultiIo(nn.Module):
@@ -30,8 +28,8 @@ class MultiIo(nn.Module):
 
     @nn.compact
     def __call__(self, image, meta, *, train: bool = False):
-        encoder = Encoder(name="encoder")(image, train=train)
-        concat = jnp.concatenate([encoder, meta], axis=-1)
+        x = Encoder(name="encoder")(image, train=train)
+        concat = jnp.concatenate([x, meta], axis=-1)
         hidden = jax.nn.relu(nn.Dense(8, name="hidden")(concat))
         class_logits = nn.Dense(4, name="class_logits")(hidden)
         aux = nn.Dense(2, name="aux")(meta)

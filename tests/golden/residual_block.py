@@ -19,9 +19,9 @@ class ResidualBlock(nn.Module):
         shared_conv_1 = shared_conv(features)
         relu = jax.nn.relu(shared_conv_1)
         shared_conv_2 = shared_conv(relu)
-        residual = features + shared_conv_2
-        half = residual * 0.5
-        crop = half[:, 1:7, 1:7]
-        spatial_mean = jnp.mean(crop, axis=(1, 2))
-        head = nn.Dense(3, name="head")(spatial_mean)
-        return head
+        x = features + shared_conv_2
+        x = x * 0.5
+        x = x[:, 1:7, 1:7]
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(3, name="head")(x)
+        return x

@@ -17,15 +17,13 @@ class TinyCnn(nn.Module):
 
     @nn.compact
     def __call__(self, image, *, train: bool = False):
-        conv1 = nn.Conv(8, (3, 3), padding="SAME", name="conv1")(image)
-        bn1 = rt.BatchNorm(epsilon=0.001, name="bn1")(conv1, use_running_average=not train)
-        relu1 = jax.nn.relu(bn1)
-        pool1 = nn.max_pool(relu1, (2, 2), strides=(2, 2), padding="VALID")
-        conv2 = nn.Conv(16, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2")(
-            pool1
-        )
-        bn2 = rt.BatchNorm(epsilon=0.001, name="bn2")(conv2, use_running_average=not train)
-        relu2 = jax.nn.relu(bn2)
-        gap = jnp.mean(relu2, axis=(1, 2))
-        logits = nn.Dense(10, name="logits")(gap)
-        return logits
+        x = nn.Conv(8, (3, 3), padding="SAME", name="conv1")(image)
+        x = rt.BatchNorm(epsilon=0.001, name="bn1")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = nn.Conv(16, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="bn2")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dense(10, name="logits")(x)
+        return x
