@@ -147,8 +147,13 @@ class _ClassRenderer:
         child_classes: dict,
         reserved: set,
         field_values: dict | None = None,
+        residual: tuple | None = None,
     ):
+        """``residual``: render a folded block with its residual add under
+        ``if self.residual:`` -- ``("tail", None)`` for a block that ends in one,
+        ``("guard", line)`` for one without, given the other's guarded line."""
         self.lg = lg
+        self.residual = residual
         self.class_name = class_name
         self.child_classes = child_classes  # id(LoweredGraph) -> _Class
         self.field_values = field_values or {}  # id(LoweredGraph) -> {field: literal}
@@ -412,8 +417,17 @@ class _ClassRenderer:
         variables: dict = {}
         layer_paths: dict = {}
         items = list(self._runs(self._nodes()))
+        main_exit, tail = None, None
+        if self.residual is not None:
+            if self.residual[0] == "tail":
+                tail = items.pop()
+                main_exit = _residual_tail(self.lg)
+            else:
+                main_exit = block.exit
         if self.lg.folded:
             outputs = [block.exit] if block is not None else g.graph["outputs"]
+            if main_exit is not None:  # the input lives to the end: the path is in y
+                outputs = [block.entry, main_exit]
             self.chain = _chain(items, outputs, [block.entry] if block is not None else ())
         for item in items:
             if isinstance(item, list):
@@ -423,7 +437,15 @@ class _ClassRenderer:
         outputs = block.exit if block is not None else g.graph["outputs"]
         if isinstance(outputs, list):  # several outputs come back as a tuple
             outputs = tuple(outputs)
-        returns = py_literal(map_refs(outputs, self._code), self.used)
+        if main_exit is not None:
+            path = self.vars[main_exit]
+            line = self.residual[1]
+            if tail is not None:
+                line = f"{path} = {self.expr(tail.lowered.expr)}"
+            body += ["if self.residual:", f"    {line}"]
+            returns = path
+        else:
+            returns = py_literal(map_refs(outputs, self._code), self.used)
         if block is not None:
             return _Class(
                 name=self.class_name,
@@ -473,6 +495,58 @@ class _ClassRenderer:
             hyper=dict(g.graph.get("hyper", {})),
             layer_paths=layer_paths,
         )
+
+
+def _residual_tail(lg: LoweredGraph) -> Ref | None:
+    """For a folded block that ends in ``entry + path`` (a residual add), ``path``."""
+    block = lg.block
+    if block is None or not lg.nodes or lg.nodes[-1].subclass is not None:
+        return None
+    last = lg.nodes[-1]
+    low = last.lowered
+    if last.id != block.exit.node or low is None or low.module is not None:
+        return None
+    expr = low.expr
+    if not (isinstance(expr, ir.BinOp) and expr.op == "+"):
+        return None
+    operands = [expr.left, expr.right]
+    if block.entry not in operands or not all(isinstance(o, Ref) for o in operands):
+        return None
+    path = operands[1] if operands[0] == block.entry else operands[0]
+    return path if path != block.entry else None
+
+
+def _merge_residual(groups: list, render_as) -> list:
+    """Merge a group of blocks that end in a residual add with a group that is the same
+    but for it (MobileNetV2's block_10 beside block_11): one class, ``residual: bool``.
+    ``render_as(lg, residual)`` renders one member the guarded way."""
+    blocks = [g for g in groups if g[0][1].block]
+    with_add = [g for g in blocks if all(_residual_tail(lg) is not None for lg, _ in g)]
+    without = [g for g in blocks if all(_residual_tail(lg) is None for lg, _ in g)]
+    merged: dict[int, list] = {}  # id(first group) -> merged group
+    gone: set[int] = set()
+    for r in with_add:
+        guarded = render_as(r[0][0], ("tail", None))
+        line = guarded.body[-1].strip()
+        for p in without:
+            if id(p) in gone:
+                continue
+            other = render_as(p[0][0], ("guard", line))
+            if _alike(guarded, other) is None:
+                continue
+            members = [(lg, render_as(lg, ("tail", None)), "True") for lg, _ in r]
+            members += [(lg, render_as(lg, ("guard", line)), "False") for lg, _ in p]
+            first = min(id(r), id(p), key=lambda k: [id(g) for g in groups].index(k))
+            merged[first] = members
+            gone |= {id(r), id(p)}
+            break
+    out = []
+    for g in groups:
+        if id(g) in merged:
+            out.append(merged[id(g)])
+        elif id(g) not in gone:
+            out.append([(lg, cls, None) for lg, cls in g])
+    return out
 
 
 def _chain(items: list, outputs, entry=()) -> dict[Ref, str]:
@@ -568,7 +642,13 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
         for lg in level:
             cls = _ClassRenderer(lg, "", by_id, reserved, field_values).render()
             rendered.append((lg, cls))
-        for group in _share(rendered):
+
+        def render_as(lg, residual, reserved=reserved):
+            return _ClassRenderer(lg, "", by_id, reserved, field_values, residual).render()
+
+        for flagged in _merge_residual(_share(rendered), render_as):
+            group = [(lg, cls) for lg, cls, _ in flagged]
+            flags = [flag for _, _, flag in flagged]
             lg0, cls = group[0]
             if cls.block and len(group) == 1:
                 continue  # a block like no other: its parent writes it inline
@@ -584,6 +664,9 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
                     cls.input_shapes = ""
             if len(group) > 1:
                 cls.fields, values = _fields(cls, [c for _, c in group])
+                if flags[0] is not None:  # blocks with and without the residual add
+                    cls.fields.append("residual: bool")
+                    values = [{**vals, "residual": flag} for vals, flag in zip(values, flags)]
                 for (lg, _), vals in zip(group, values):
                     field_values[id(lg)] = vals
                 cls.positional = cls.block and not all(

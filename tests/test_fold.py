@@ -36,9 +36,6 @@ LINE_TARGETS = {
 }
 TOTAL_TARGET = 15_000
 NOT_YET = {
-    "mobilenetv2": "its inverted-residual blocks with and without the residual add, and "
-    "with and without stride-2 padding, are three classes: folding does not yet merge "
-    "blocks that differ by an optional branch into one class with a boolean field",
     "inceptionv3": "its conv-BN-ReLU units have Keras auto names (conv2d_27, "
     "batch_normalization_27) and no prefix to name a block by, so they stay inline",
 }
@@ -248,8 +245,7 @@ def _default_suite():
     from test_generated import DEFAULT_SUITE
 
     return [
-        pytest.param(n, marks=pytest.mark.catalog) if n in NOT_FOLDED else n
-        for n in DEFAULT_SUITE
+        pytest.param(n, marks=pytest.mark.catalog) if n in NOT_FOLDED else n for n in DEFAULT_SUITE
     ]
 
 
@@ -281,3 +277,31 @@ def test_folded_and_flat_applications_compute_the_same(name):
             assert gen.source.count("class ") > 1 or name in NOT_FOLDED, "nothing folded"
     scale = float(np.max(np.abs(outs[1])))
     assert float(np.max(np.abs(outs[0] - outs[1]))) <= 1e-6 * max(scale, 1.0)
+
+
+def test_blocks_with_and_without_the_residual_add_share_a_class():
+    """MobileNetV2's way: a block whose channels change has no residual add; it shares
+    the class of those that do, with ``residual=False``."""
+    L = layers
+
+    def block(x, filters, i):
+        y = L.Conv2D(filters, 1, use_bias=False, name=f"block_{i}_expand")(x)
+        y = L.BatchNormalization(name=f"block_{i}_expand_BN")(y)
+        y = L.ReLU(6.0, name=f"block_{i}_expand_relu")(y)
+        y = L.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"block_{i}_depthwise")(y)
+        y = L.BatchNormalization(name=f"block_{i}_depthwise_BN")(y)
+        if x.shape[-1] == filters:
+            return L.Add(name=f"block_{i}_add")([x, y])
+        return y
+
+    inputs = keras.Input((10, 10, 4))
+    x = inputs
+    for i, filters in enumerate((4, 8, 8, 8, 6), start=1):
+        x = block(x, filters, i)
+    model = keras.Model(inputs, L.GlobalAveragePooling2D(name="gap")(x), name="inverted")
+    conversion, _ = assert_parity(model)
+    source = conversion.source
+    assert source.count("(nn.Module)") == 2, source  # one block class and the model
+    assert "residual: bool" in source and "if self.residual:\n            y = x + y" in source
+    assert '(8, False, name="block_2")' in source or "residual=False" in source, source
+    assert list(conversion.variables["params"]) == [f"block_{i}" for i in range(1, 6)]
