@@ -18,13 +18,11 @@ class ConvnextLargeStem(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_1, *, train: bool = False):
-        convnext_large_stem_conv = nn.Conv(
-            192, (4, 4), strides=(4, 4), padding="VALID", name="convnext_large_stem_conv"
-        )(input_layer_1)
-        convnext_large_stem_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stem_layernorm"
-        )(convnext_large_stem_conv)
-        return convnext_large_stem_layernorm
+        x = nn.Conv(192, (4, 4), strides=(4, 4), padding="VALID", name="convnext_large_stem_conv")(
+            input_layer_1
+        )
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_large_stem_layernorm")(x)
+        return x
 
 
 class ConvnextLargeDownsamplingBlock0(nn.Module):
@@ -34,13 +32,13 @@ class ConvnextLargeDownsamplingBlock0(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_2, *, train: bool = False):
-        convnext_large_downsampling_layernorm_0 = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_downsampling_layernorm_0"
-        )(input_layer_2)
-        convnext_large_downsampling_conv_0 = nn.Conv(
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_large_downsampling_layernorm_0")(
+            input_layer_2
+        )
+        x = nn.Conv(
             384, (2, 2), strides=(2, 2), padding="VALID", name="convnext_large_downsampling_conv_0"
-        )(convnext_large_downsampling_layernorm_0)
-        return convnext_large_downsampling_conv_0
+        )(x)
+        return x
 
 
 class ConvnextLargeDownsamplingBlock1(nn.Module):
@@ -50,13 +48,13 @@ class ConvnextLargeDownsamplingBlock1(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_3, *, train: bool = False):
-        convnext_large_downsampling_layernorm_1 = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_downsampling_layernorm_1"
-        )(input_layer_3)
-        convnext_large_downsampling_conv_1 = nn.Conv(
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_large_downsampling_layernorm_1")(
+            input_layer_3
+        )
+        x = nn.Conv(
             768, (2, 2), strides=(2, 2), padding="VALID", name="convnext_large_downsampling_conv_1"
-        )(convnext_large_downsampling_layernorm_1)
-        return convnext_large_downsampling_conv_1
+        )(x)
+        return x
 
 
 class ConvnextLargeDownsamplingBlock2(nn.Module):
@@ -66,13 +64,36 @@ class ConvnextLargeDownsamplingBlock2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_4, *, train: bool = False):
-        convnext_large_downsampling_layernorm_2 = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_downsampling_layernorm_2"
-        )(input_layer_4)
-        convnext_large_downsampling_conv_2 = nn.Conv(
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_large_downsampling_layernorm_2")(
+            input_layer_4
+        )
+        x = nn.Conv(
             1536, (2, 2), strides=(2, 2), padding="VALID", name="convnext_large_downsampling_conv_2"
-        )(convnext_large_downsampling_layernorm_2)
-        return convnext_large_downsampling_conv_2
+        )(x)
+        return x
+
+
+class ConvnextLargeStageBlock(nn.Module):
+    """36 alike blocks of the Keras model convnext_large, folded by kgen.
+
+    convnext_large_stage_0_block_0 to convnext_large_stage_3_block_2.
+    """
+
+    depthwise_conv_features: int
+    pointwise_conv_1_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = rt.DepthwiseConv(
+            self.depthwise_conv_features, (7, 7), padding="SAME", name="depthwise_conv"
+        )(x)
+        y = rt.LayerNorm(epsilon=1e-06, name="layernorm")(y)
+        y = nn.Dense(self.pointwise_conv_1_features, name="pointwise_conv_1")(y)
+        y = jax.nn.gelu(y, approximate=False)
+        y = nn.Dense(self.depthwise_conv_features, name="pointwise_conv_2")(y)
+        y = rt.LayerScale(self.depthwise_conv_features, name="layer_scale")(y)
+        x = x + y
+        return x
 
 
 class ConvNeXtLarge(nn.Module):
@@ -89,750 +110,40 @@ class ConvNeXtLarge(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        convnext_large_prestem_normalization = rt.normalize(
+        x = rt.normalize(
             input_layer,
             mean=np.array(
                 [123.67500305175781, 116.27999877929688, 103.52999877929688], dtype=np.float32
             ),
             variance=np.array([3409.97607421875, 3262.6943359375, 3291.890625], dtype=np.float32),
         )
-        convnext_large_stem = ConvnextLargeStem(name="convnext_large_stem")(
-            convnext_large_prestem_normalization, train=train
+        x = ConvnextLargeStem(name="convnext_large_stem")(x, train=train)
+        for i in range(3):
+            x = ConvnextLargeStageBlock(192, 768, name=f"convnext_large_stage_0_block_{i}")(
+                x, train=train
+            )
+        x = ConvnextLargeDownsamplingBlock0(name="convnext_large_downsampling_block_0")(
+            x, train=train
         )
-        convnext_large_stage_0_block_0_depthwise_conv = rt.DepthwiseConv(
-            192, (7, 7), padding="SAME", name="convnext_large_stage_0_block_0_depthwise_conv"
-        )(convnext_large_stem)
-        convnext_large_stage_0_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_0_block_0_layernorm"
-        )(convnext_large_stage_0_block_0_depthwise_conv)
-        convnext_large_stage_0_block_0_pointwise_conv_1 = nn.Dense(
-            768, name="convnext_large_stage_0_block_0_pointwise_conv_1"
-        )(convnext_large_stage_0_block_0_layernorm)
-        convnext_large_stage_0_block_0_gelu = jax.nn.gelu(
-            convnext_large_stage_0_block_0_pointwise_conv_1, approximate=False
+        for i in range(3):
+            x = ConvnextLargeStageBlock(384, 1536, name=f"convnext_large_stage_1_block_{i}")(
+                x, train=train
+            )
+        x = ConvnextLargeDownsamplingBlock1(name="convnext_large_downsampling_block_1")(
+            x, train=train
         )
-        convnext_large_stage_0_block_0_pointwise_conv_2 = nn.Dense(
-            192, name="convnext_large_stage_0_block_0_pointwise_conv_2"
-        )(convnext_large_stage_0_block_0_gelu)
-        convnext_large_stage_0_block_0_layer_scale = rt.LayerScale(
-            192, name="convnext_large_stage_0_block_0_layer_scale"
-        )(convnext_large_stage_0_block_0_pointwise_conv_2)
-        convnext_large_stage_0_block_0_identity = convnext_large_stage_0_block_0_layer_scale
-        add = convnext_large_stem + convnext_large_stage_0_block_0_identity
-        convnext_large_stage_0_block_1_depthwise_conv = rt.DepthwiseConv(
-            192, (7, 7), padding="SAME", name="convnext_large_stage_0_block_1_depthwise_conv"
-        )(add)
-        convnext_large_stage_0_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_0_block_1_layernorm"
-        )(convnext_large_stage_0_block_1_depthwise_conv)
-        convnext_large_stage_0_block_1_pointwise_conv_1 = nn.Dense(
-            768, name="convnext_large_stage_0_block_1_pointwise_conv_1"
-        )(convnext_large_stage_0_block_1_layernorm)
-        convnext_large_stage_0_block_1_gelu = jax.nn.gelu(
-            convnext_large_stage_0_block_1_pointwise_conv_1, approximate=False
+        for i in range(27):
+            x = ConvnextLargeStageBlock(768, 3072, name=f"convnext_large_stage_2_block_{i}")(
+                x, train=train
+            )
+        x = ConvnextLargeDownsamplingBlock2(name="convnext_large_downsampling_block_2")(
+            x, train=train
         )
-        convnext_large_stage_0_block_1_pointwise_conv_2 = nn.Dense(
-            192, name="convnext_large_stage_0_block_1_pointwise_conv_2"
-        )(convnext_large_stage_0_block_1_gelu)
-        convnext_large_stage_0_block_1_layer_scale = rt.LayerScale(
-            192, name="convnext_large_stage_0_block_1_layer_scale"
-        )(convnext_large_stage_0_block_1_pointwise_conv_2)
-        convnext_large_stage_0_block_1_identity = convnext_large_stage_0_block_1_layer_scale
-        add_1 = add + convnext_large_stage_0_block_1_identity
-        convnext_large_stage_0_block_2_depthwise_conv = rt.DepthwiseConv(
-            192, (7, 7), padding="SAME", name="convnext_large_stage_0_block_2_depthwise_conv"
-        )(add_1)
-        convnext_large_stage_0_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_0_block_2_layernorm"
-        )(convnext_large_stage_0_block_2_depthwise_conv)
-        convnext_large_stage_0_block_2_pointwise_conv_1 = nn.Dense(
-            768, name="convnext_large_stage_0_block_2_pointwise_conv_1"
-        )(convnext_large_stage_0_block_2_layernorm)
-        convnext_large_stage_0_block_2_gelu = jax.nn.gelu(
-            convnext_large_stage_0_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_0_block_2_pointwise_conv_2 = nn.Dense(
-            192, name="convnext_large_stage_0_block_2_pointwise_conv_2"
-        )(convnext_large_stage_0_block_2_gelu)
-        convnext_large_stage_0_block_2_layer_scale = rt.LayerScale(
-            192, name="convnext_large_stage_0_block_2_layer_scale"
-        )(convnext_large_stage_0_block_2_pointwise_conv_2)
-        convnext_large_stage_0_block_2_identity = convnext_large_stage_0_block_2_layer_scale
-        add_2 = add_1 + convnext_large_stage_0_block_2_identity
-        convnext_large_downsampling_block_0 = ConvnextLargeDownsamplingBlock0(
-            name="convnext_large_downsampling_block_0"
-        )(add_2, train=train)
-        convnext_large_stage_1_block_0_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_large_stage_1_block_0_depthwise_conv"
-        )(convnext_large_downsampling_block_0)
-        convnext_large_stage_1_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_1_block_0_layernorm"
-        )(convnext_large_stage_1_block_0_depthwise_conv)
-        convnext_large_stage_1_block_0_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_large_stage_1_block_0_pointwise_conv_1"
-        )(convnext_large_stage_1_block_0_layernorm)
-        convnext_large_stage_1_block_0_gelu = jax.nn.gelu(
-            convnext_large_stage_1_block_0_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_1_block_0_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_large_stage_1_block_0_pointwise_conv_2"
-        )(convnext_large_stage_1_block_0_gelu)
-        convnext_large_stage_1_block_0_layer_scale = rt.LayerScale(
-            384, name="convnext_large_stage_1_block_0_layer_scale"
-        )(convnext_large_stage_1_block_0_pointwise_conv_2)
-        convnext_large_stage_1_block_0_identity = convnext_large_stage_1_block_0_layer_scale
-        add_3 = convnext_large_downsampling_block_0 + convnext_large_stage_1_block_0_identity
-        convnext_large_stage_1_block_1_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_large_stage_1_block_1_depthwise_conv"
-        )(add_3)
-        convnext_large_stage_1_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_1_block_1_layernorm"
-        )(convnext_large_stage_1_block_1_depthwise_conv)
-        convnext_large_stage_1_block_1_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_large_stage_1_block_1_pointwise_conv_1"
-        )(convnext_large_stage_1_block_1_layernorm)
-        convnext_large_stage_1_block_1_gelu = jax.nn.gelu(
-            convnext_large_stage_1_block_1_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_1_block_1_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_large_stage_1_block_1_pointwise_conv_2"
-        )(convnext_large_stage_1_block_1_gelu)
-        convnext_large_stage_1_block_1_layer_scale = rt.LayerScale(
-            384, name="convnext_large_stage_1_block_1_layer_scale"
-        )(convnext_large_stage_1_block_1_pointwise_conv_2)
-        convnext_large_stage_1_block_1_identity = convnext_large_stage_1_block_1_layer_scale
-        add_4 = add_3 + convnext_large_stage_1_block_1_identity
-        convnext_large_stage_1_block_2_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_large_stage_1_block_2_depthwise_conv"
-        )(add_4)
-        convnext_large_stage_1_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_1_block_2_layernorm"
-        )(convnext_large_stage_1_block_2_depthwise_conv)
-        convnext_large_stage_1_block_2_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_large_stage_1_block_2_pointwise_conv_1"
-        )(convnext_large_stage_1_block_2_layernorm)
-        convnext_large_stage_1_block_2_gelu = jax.nn.gelu(
-            convnext_large_stage_1_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_1_block_2_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_large_stage_1_block_2_pointwise_conv_2"
-        )(convnext_large_stage_1_block_2_gelu)
-        convnext_large_stage_1_block_2_layer_scale = rt.LayerScale(
-            384, name="convnext_large_stage_1_block_2_layer_scale"
-        )(convnext_large_stage_1_block_2_pointwise_conv_2)
-        convnext_large_stage_1_block_2_identity = convnext_large_stage_1_block_2_layer_scale
-        add_5 = add_4 + convnext_large_stage_1_block_2_identity
-        convnext_large_downsampling_block_1 = ConvnextLargeDownsamplingBlock1(
-            name="convnext_large_downsampling_block_1"
-        )(add_5, train=train)
-        convnext_large_stage_2_block_0_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_0_depthwise_conv"
-        )(convnext_large_downsampling_block_1)
-        convnext_large_stage_2_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_0_layernorm"
-        )(convnext_large_stage_2_block_0_depthwise_conv)
-        convnext_large_stage_2_block_0_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_0_pointwise_conv_1"
-        )(convnext_large_stage_2_block_0_layernorm)
-        convnext_large_stage_2_block_0_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_0_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_0_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_0_pointwise_conv_2"
-        )(convnext_large_stage_2_block_0_gelu)
-        convnext_large_stage_2_block_0_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_0_layer_scale"
-        )(convnext_large_stage_2_block_0_pointwise_conv_2)
-        convnext_large_stage_2_block_0_identity = convnext_large_stage_2_block_0_layer_scale
-        add_6 = convnext_large_downsampling_block_1 + convnext_large_stage_2_block_0_identity
-        convnext_large_stage_2_block_1_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_1_depthwise_conv"
-        )(add_6)
-        convnext_large_stage_2_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_1_layernorm"
-        )(convnext_large_stage_2_block_1_depthwise_conv)
-        convnext_large_stage_2_block_1_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_1_pointwise_conv_1"
-        )(convnext_large_stage_2_block_1_layernorm)
-        convnext_large_stage_2_block_1_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_1_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_1_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_1_pointwise_conv_2"
-        )(convnext_large_stage_2_block_1_gelu)
-        convnext_large_stage_2_block_1_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_1_layer_scale"
-        )(convnext_large_stage_2_block_1_pointwise_conv_2)
-        convnext_large_stage_2_block_1_identity = convnext_large_stage_2_block_1_layer_scale
-        add_7 = add_6 + convnext_large_stage_2_block_1_identity
-        convnext_large_stage_2_block_2_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_2_depthwise_conv"
-        )(add_7)
-        convnext_large_stage_2_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_2_layernorm"
-        )(convnext_large_stage_2_block_2_depthwise_conv)
-        convnext_large_stage_2_block_2_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_2_pointwise_conv_1"
-        )(convnext_large_stage_2_block_2_layernorm)
-        convnext_large_stage_2_block_2_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_2_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_2_pointwise_conv_2"
-        )(convnext_large_stage_2_block_2_gelu)
-        convnext_large_stage_2_block_2_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_2_layer_scale"
-        )(convnext_large_stage_2_block_2_pointwise_conv_2)
-        convnext_large_stage_2_block_2_identity = convnext_large_stage_2_block_2_layer_scale
-        add_8 = add_7 + convnext_large_stage_2_block_2_identity
-        convnext_large_stage_2_block_3_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_3_depthwise_conv"
-        )(add_8)
-        convnext_large_stage_2_block_3_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_3_layernorm"
-        )(convnext_large_stage_2_block_3_depthwise_conv)
-        convnext_large_stage_2_block_3_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_3_pointwise_conv_1"
-        )(convnext_large_stage_2_block_3_layernorm)
-        convnext_large_stage_2_block_3_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_3_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_3_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_3_pointwise_conv_2"
-        )(convnext_large_stage_2_block_3_gelu)
-        convnext_large_stage_2_block_3_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_3_layer_scale"
-        )(convnext_large_stage_2_block_3_pointwise_conv_2)
-        convnext_large_stage_2_block_3_identity = convnext_large_stage_2_block_3_layer_scale
-        add_9 = add_8 + convnext_large_stage_2_block_3_identity
-        convnext_large_stage_2_block_4_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_4_depthwise_conv"
-        )(add_9)
-        convnext_large_stage_2_block_4_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_4_layernorm"
-        )(convnext_large_stage_2_block_4_depthwise_conv)
-        convnext_large_stage_2_block_4_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_4_pointwise_conv_1"
-        )(convnext_large_stage_2_block_4_layernorm)
-        convnext_large_stage_2_block_4_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_4_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_4_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_4_pointwise_conv_2"
-        )(convnext_large_stage_2_block_4_gelu)
-        convnext_large_stage_2_block_4_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_4_layer_scale"
-        )(convnext_large_stage_2_block_4_pointwise_conv_2)
-        convnext_large_stage_2_block_4_identity = convnext_large_stage_2_block_4_layer_scale
-        add_10 = add_9 + convnext_large_stage_2_block_4_identity
-        convnext_large_stage_2_block_5_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_5_depthwise_conv"
-        )(add_10)
-        convnext_large_stage_2_block_5_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_5_layernorm"
-        )(convnext_large_stage_2_block_5_depthwise_conv)
-        convnext_large_stage_2_block_5_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_5_pointwise_conv_1"
-        )(convnext_large_stage_2_block_5_layernorm)
-        convnext_large_stage_2_block_5_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_5_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_5_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_5_pointwise_conv_2"
-        )(convnext_large_stage_2_block_5_gelu)
-        convnext_large_stage_2_block_5_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_5_layer_scale"
-        )(convnext_large_stage_2_block_5_pointwise_conv_2)
-        convnext_large_stage_2_block_5_identity = convnext_large_stage_2_block_5_layer_scale
-        add_11 = add_10 + convnext_large_stage_2_block_5_identity
-        convnext_large_stage_2_block_6_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_6_depthwise_conv"
-        )(add_11)
-        convnext_large_stage_2_block_6_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_6_layernorm"
-        )(convnext_large_stage_2_block_6_depthwise_conv)
-        convnext_large_stage_2_block_6_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_6_pointwise_conv_1"
-        )(convnext_large_stage_2_block_6_layernorm)
-        convnext_large_stage_2_block_6_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_6_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_6_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_6_pointwise_conv_2"
-        )(convnext_large_stage_2_block_6_gelu)
-        convnext_large_stage_2_block_6_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_6_layer_scale"
-        )(convnext_large_stage_2_block_6_pointwise_conv_2)
-        convnext_large_stage_2_block_6_identity = convnext_large_stage_2_block_6_layer_scale
-        add_12 = add_11 + convnext_large_stage_2_block_6_identity
-        convnext_large_stage_2_block_7_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_7_depthwise_conv"
-        )(add_12)
-        convnext_large_stage_2_block_7_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_7_layernorm"
-        )(convnext_large_stage_2_block_7_depthwise_conv)
-        convnext_large_stage_2_block_7_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_7_pointwise_conv_1"
-        )(convnext_large_stage_2_block_7_layernorm)
-        convnext_large_stage_2_block_7_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_7_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_7_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_7_pointwise_conv_2"
-        )(convnext_large_stage_2_block_7_gelu)
-        convnext_large_stage_2_block_7_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_7_layer_scale"
-        )(convnext_large_stage_2_block_7_pointwise_conv_2)
-        convnext_large_stage_2_block_7_identity = convnext_large_stage_2_block_7_layer_scale
-        add_13 = add_12 + convnext_large_stage_2_block_7_identity
-        convnext_large_stage_2_block_8_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_8_depthwise_conv"
-        )(add_13)
-        convnext_large_stage_2_block_8_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_8_layernorm"
-        )(convnext_large_stage_2_block_8_depthwise_conv)
-        convnext_large_stage_2_block_8_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_8_pointwise_conv_1"
-        )(convnext_large_stage_2_block_8_layernorm)
-        convnext_large_stage_2_block_8_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_8_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_8_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_8_pointwise_conv_2"
-        )(convnext_large_stage_2_block_8_gelu)
-        convnext_large_stage_2_block_8_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_8_layer_scale"
-        )(convnext_large_stage_2_block_8_pointwise_conv_2)
-        convnext_large_stage_2_block_8_identity = convnext_large_stage_2_block_8_layer_scale
-        add_14 = add_13 + convnext_large_stage_2_block_8_identity
-        convnext_large_stage_2_block_9_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_9_depthwise_conv"
-        )(add_14)
-        convnext_large_stage_2_block_9_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_9_layernorm"
-        )(convnext_large_stage_2_block_9_depthwise_conv)
-        convnext_large_stage_2_block_9_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_9_pointwise_conv_1"
-        )(convnext_large_stage_2_block_9_layernorm)
-        convnext_large_stage_2_block_9_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_9_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_9_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_9_pointwise_conv_2"
-        )(convnext_large_stage_2_block_9_gelu)
-        convnext_large_stage_2_block_9_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_9_layer_scale"
-        )(convnext_large_stage_2_block_9_pointwise_conv_2)
-        convnext_large_stage_2_block_9_identity = convnext_large_stage_2_block_9_layer_scale
-        add_15 = add_14 + convnext_large_stage_2_block_9_identity
-        convnext_large_stage_2_block_10_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_10_depthwise_conv"
-        )(add_15)
-        convnext_large_stage_2_block_10_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_10_layernorm"
-        )(convnext_large_stage_2_block_10_depthwise_conv)
-        convnext_large_stage_2_block_10_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_10_pointwise_conv_1"
-        )(convnext_large_stage_2_block_10_layernorm)
-        convnext_large_stage_2_block_10_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_10_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_10_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_10_pointwise_conv_2"
-        )(convnext_large_stage_2_block_10_gelu)
-        convnext_large_stage_2_block_10_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_10_layer_scale"
-        )(convnext_large_stage_2_block_10_pointwise_conv_2)
-        convnext_large_stage_2_block_10_identity = convnext_large_stage_2_block_10_layer_scale
-        add_16 = add_15 + convnext_large_stage_2_block_10_identity
-        convnext_large_stage_2_block_11_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_11_depthwise_conv"
-        )(add_16)
-        convnext_large_stage_2_block_11_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_11_layernorm"
-        )(convnext_large_stage_2_block_11_depthwise_conv)
-        convnext_large_stage_2_block_11_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_11_pointwise_conv_1"
-        )(convnext_large_stage_2_block_11_layernorm)
-        convnext_large_stage_2_block_11_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_11_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_11_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_11_pointwise_conv_2"
-        )(convnext_large_stage_2_block_11_gelu)
-        convnext_large_stage_2_block_11_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_11_layer_scale"
-        )(convnext_large_stage_2_block_11_pointwise_conv_2)
-        convnext_large_stage_2_block_11_identity = convnext_large_stage_2_block_11_layer_scale
-        add_17 = add_16 + convnext_large_stage_2_block_11_identity
-        convnext_large_stage_2_block_12_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_12_depthwise_conv"
-        )(add_17)
-        convnext_large_stage_2_block_12_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_12_layernorm"
-        )(convnext_large_stage_2_block_12_depthwise_conv)
-        convnext_large_stage_2_block_12_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_12_pointwise_conv_1"
-        )(convnext_large_stage_2_block_12_layernorm)
-        convnext_large_stage_2_block_12_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_12_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_12_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_12_pointwise_conv_2"
-        )(convnext_large_stage_2_block_12_gelu)
-        convnext_large_stage_2_block_12_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_12_layer_scale"
-        )(convnext_large_stage_2_block_12_pointwise_conv_2)
-        convnext_large_stage_2_block_12_identity = convnext_large_stage_2_block_12_layer_scale
-        add_18 = add_17 + convnext_large_stage_2_block_12_identity
-        convnext_large_stage_2_block_13_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_13_depthwise_conv"
-        )(add_18)
-        convnext_large_stage_2_block_13_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_13_layernorm"
-        )(convnext_large_stage_2_block_13_depthwise_conv)
-        convnext_large_stage_2_block_13_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_13_pointwise_conv_1"
-        )(convnext_large_stage_2_block_13_layernorm)
-        convnext_large_stage_2_block_13_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_13_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_13_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_13_pointwise_conv_2"
-        )(convnext_large_stage_2_block_13_gelu)
-        convnext_large_stage_2_block_13_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_13_layer_scale"
-        )(convnext_large_stage_2_block_13_pointwise_conv_2)
-        convnext_large_stage_2_block_13_identity = convnext_large_stage_2_block_13_layer_scale
-        add_19 = add_18 + convnext_large_stage_2_block_13_identity
-        convnext_large_stage_2_block_14_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_14_depthwise_conv"
-        )(add_19)
-        convnext_large_stage_2_block_14_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_14_layernorm"
-        )(convnext_large_stage_2_block_14_depthwise_conv)
-        convnext_large_stage_2_block_14_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_14_pointwise_conv_1"
-        )(convnext_large_stage_2_block_14_layernorm)
-        convnext_large_stage_2_block_14_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_14_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_14_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_14_pointwise_conv_2"
-        )(convnext_large_stage_2_block_14_gelu)
-        convnext_large_stage_2_block_14_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_14_layer_scale"
-        )(convnext_large_stage_2_block_14_pointwise_conv_2)
-        convnext_large_stage_2_block_14_identity = convnext_large_stage_2_block_14_layer_scale
-        add_20 = add_19 + convnext_large_stage_2_block_14_identity
-        convnext_large_stage_2_block_15_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_15_depthwise_conv"
-        )(add_20)
-        convnext_large_stage_2_block_15_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_15_layernorm"
-        )(convnext_large_stage_2_block_15_depthwise_conv)
-        convnext_large_stage_2_block_15_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_15_pointwise_conv_1"
-        )(convnext_large_stage_2_block_15_layernorm)
-        convnext_large_stage_2_block_15_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_15_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_15_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_15_pointwise_conv_2"
-        )(convnext_large_stage_2_block_15_gelu)
-        convnext_large_stage_2_block_15_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_15_layer_scale"
-        )(convnext_large_stage_2_block_15_pointwise_conv_2)
-        convnext_large_stage_2_block_15_identity = convnext_large_stage_2_block_15_layer_scale
-        add_21 = add_20 + convnext_large_stage_2_block_15_identity
-        convnext_large_stage_2_block_16_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_16_depthwise_conv"
-        )(add_21)
-        convnext_large_stage_2_block_16_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_16_layernorm"
-        )(convnext_large_stage_2_block_16_depthwise_conv)
-        convnext_large_stage_2_block_16_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_16_pointwise_conv_1"
-        )(convnext_large_stage_2_block_16_layernorm)
-        convnext_large_stage_2_block_16_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_16_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_16_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_16_pointwise_conv_2"
-        )(convnext_large_stage_2_block_16_gelu)
-        convnext_large_stage_2_block_16_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_16_layer_scale"
-        )(convnext_large_stage_2_block_16_pointwise_conv_2)
-        convnext_large_stage_2_block_16_identity = convnext_large_stage_2_block_16_layer_scale
-        add_22 = add_21 + convnext_large_stage_2_block_16_identity
-        convnext_large_stage_2_block_17_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_17_depthwise_conv"
-        )(add_22)
-        convnext_large_stage_2_block_17_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_17_layernorm"
-        )(convnext_large_stage_2_block_17_depthwise_conv)
-        convnext_large_stage_2_block_17_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_17_pointwise_conv_1"
-        )(convnext_large_stage_2_block_17_layernorm)
-        convnext_large_stage_2_block_17_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_17_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_17_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_17_pointwise_conv_2"
-        )(convnext_large_stage_2_block_17_gelu)
-        convnext_large_stage_2_block_17_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_17_layer_scale"
-        )(convnext_large_stage_2_block_17_pointwise_conv_2)
-        convnext_large_stage_2_block_17_identity = convnext_large_stage_2_block_17_layer_scale
-        add_23 = add_22 + convnext_large_stage_2_block_17_identity
-        convnext_large_stage_2_block_18_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_18_depthwise_conv"
-        )(add_23)
-        convnext_large_stage_2_block_18_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_18_layernorm"
-        )(convnext_large_stage_2_block_18_depthwise_conv)
-        convnext_large_stage_2_block_18_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_18_pointwise_conv_1"
-        )(convnext_large_stage_2_block_18_layernorm)
-        convnext_large_stage_2_block_18_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_18_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_18_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_18_pointwise_conv_2"
-        )(convnext_large_stage_2_block_18_gelu)
-        convnext_large_stage_2_block_18_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_18_layer_scale"
-        )(convnext_large_stage_2_block_18_pointwise_conv_2)
-        convnext_large_stage_2_block_18_identity = convnext_large_stage_2_block_18_layer_scale
-        add_24 = add_23 + convnext_large_stage_2_block_18_identity
-        convnext_large_stage_2_block_19_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_19_depthwise_conv"
-        )(add_24)
-        convnext_large_stage_2_block_19_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_19_layernorm"
-        )(convnext_large_stage_2_block_19_depthwise_conv)
-        convnext_large_stage_2_block_19_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_19_pointwise_conv_1"
-        )(convnext_large_stage_2_block_19_layernorm)
-        convnext_large_stage_2_block_19_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_19_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_19_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_19_pointwise_conv_2"
-        )(convnext_large_stage_2_block_19_gelu)
-        convnext_large_stage_2_block_19_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_19_layer_scale"
-        )(convnext_large_stage_2_block_19_pointwise_conv_2)
-        convnext_large_stage_2_block_19_identity = convnext_large_stage_2_block_19_layer_scale
-        add_25 = add_24 + convnext_large_stage_2_block_19_identity
-        convnext_large_stage_2_block_20_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_20_depthwise_conv"
-        )(add_25)
-        convnext_large_stage_2_block_20_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_20_layernorm"
-        )(convnext_large_stage_2_block_20_depthwise_conv)
-        convnext_large_stage_2_block_20_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_20_pointwise_conv_1"
-        )(convnext_large_stage_2_block_20_layernorm)
-        convnext_large_stage_2_block_20_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_20_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_20_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_20_pointwise_conv_2"
-        )(convnext_large_stage_2_block_20_gelu)
-        convnext_large_stage_2_block_20_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_20_layer_scale"
-        )(convnext_large_stage_2_block_20_pointwise_conv_2)
-        convnext_large_stage_2_block_20_identity = convnext_large_stage_2_block_20_layer_scale
-        add_26 = add_25 + convnext_large_stage_2_block_20_identity
-        convnext_large_stage_2_block_21_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_21_depthwise_conv"
-        )(add_26)
-        convnext_large_stage_2_block_21_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_21_layernorm"
-        )(convnext_large_stage_2_block_21_depthwise_conv)
-        convnext_large_stage_2_block_21_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_21_pointwise_conv_1"
-        )(convnext_large_stage_2_block_21_layernorm)
-        convnext_large_stage_2_block_21_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_21_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_21_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_21_pointwise_conv_2"
-        )(convnext_large_stage_2_block_21_gelu)
-        convnext_large_stage_2_block_21_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_21_layer_scale"
-        )(convnext_large_stage_2_block_21_pointwise_conv_2)
-        convnext_large_stage_2_block_21_identity = convnext_large_stage_2_block_21_layer_scale
-        add_27 = add_26 + convnext_large_stage_2_block_21_identity
-        convnext_large_stage_2_block_22_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_22_depthwise_conv"
-        )(add_27)
-        convnext_large_stage_2_block_22_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_22_layernorm"
-        )(convnext_large_stage_2_block_22_depthwise_conv)
-        convnext_large_stage_2_block_22_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_22_pointwise_conv_1"
-        )(convnext_large_stage_2_block_22_layernorm)
-        convnext_large_stage_2_block_22_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_22_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_22_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_22_pointwise_conv_2"
-        )(convnext_large_stage_2_block_22_gelu)
-        convnext_large_stage_2_block_22_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_22_layer_scale"
-        )(convnext_large_stage_2_block_22_pointwise_conv_2)
-        convnext_large_stage_2_block_22_identity = convnext_large_stage_2_block_22_layer_scale
-        add_28 = add_27 + convnext_large_stage_2_block_22_identity
-        convnext_large_stage_2_block_23_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_23_depthwise_conv"
-        )(add_28)
-        convnext_large_stage_2_block_23_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_23_layernorm"
-        )(convnext_large_stage_2_block_23_depthwise_conv)
-        convnext_large_stage_2_block_23_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_23_pointwise_conv_1"
-        )(convnext_large_stage_2_block_23_layernorm)
-        convnext_large_stage_2_block_23_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_23_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_23_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_23_pointwise_conv_2"
-        )(convnext_large_stage_2_block_23_gelu)
-        convnext_large_stage_2_block_23_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_23_layer_scale"
-        )(convnext_large_stage_2_block_23_pointwise_conv_2)
-        convnext_large_stage_2_block_23_identity = convnext_large_stage_2_block_23_layer_scale
-        add_29 = add_28 + convnext_large_stage_2_block_23_identity
-        convnext_large_stage_2_block_24_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_24_depthwise_conv"
-        )(add_29)
-        convnext_large_stage_2_block_24_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_24_layernorm"
-        )(convnext_large_stage_2_block_24_depthwise_conv)
-        convnext_large_stage_2_block_24_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_24_pointwise_conv_1"
-        )(convnext_large_stage_2_block_24_layernorm)
-        convnext_large_stage_2_block_24_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_24_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_24_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_24_pointwise_conv_2"
-        )(convnext_large_stage_2_block_24_gelu)
-        convnext_large_stage_2_block_24_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_24_layer_scale"
-        )(convnext_large_stage_2_block_24_pointwise_conv_2)
-        convnext_large_stage_2_block_24_identity = convnext_large_stage_2_block_24_layer_scale
-        add_30 = add_29 + convnext_large_stage_2_block_24_identity
-        convnext_large_stage_2_block_25_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_25_depthwise_conv"
-        )(add_30)
-        convnext_large_stage_2_block_25_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_25_layernorm"
-        )(convnext_large_stage_2_block_25_depthwise_conv)
-        convnext_large_stage_2_block_25_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_25_pointwise_conv_1"
-        )(convnext_large_stage_2_block_25_layernorm)
-        convnext_large_stage_2_block_25_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_25_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_25_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_25_pointwise_conv_2"
-        )(convnext_large_stage_2_block_25_gelu)
-        convnext_large_stage_2_block_25_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_25_layer_scale"
-        )(convnext_large_stage_2_block_25_pointwise_conv_2)
-        convnext_large_stage_2_block_25_identity = convnext_large_stage_2_block_25_layer_scale
-        add_31 = add_30 + convnext_large_stage_2_block_25_identity
-        convnext_large_stage_2_block_26_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_large_stage_2_block_26_depthwise_conv"
-        )(add_31)
-        convnext_large_stage_2_block_26_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_2_block_26_layernorm"
-        )(convnext_large_stage_2_block_26_depthwise_conv)
-        convnext_large_stage_2_block_26_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_large_stage_2_block_26_pointwise_conv_1"
-        )(convnext_large_stage_2_block_26_layernorm)
-        convnext_large_stage_2_block_26_gelu = jax.nn.gelu(
-            convnext_large_stage_2_block_26_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_2_block_26_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_large_stage_2_block_26_pointwise_conv_2"
-        )(convnext_large_stage_2_block_26_gelu)
-        convnext_large_stage_2_block_26_layer_scale = rt.LayerScale(
-            768, name="convnext_large_stage_2_block_26_layer_scale"
-        )(convnext_large_stage_2_block_26_pointwise_conv_2)
-        convnext_large_stage_2_block_26_identity = convnext_large_stage_2_block_26_layer_scale
-        add_32 = add_31 + convnext_large_stage_2_block_26_identity
-        convnext_large_downsampling_block_2 = ConvnextLargeDownsamplingBlock2(
-            name="convnext_large_downsampling_block_2"
-        )(add_32, train=train)
-        convnext_large_stage_3_block_0_depthwise_conv = rt.DepthwiseConv(
-            1536, (7, 7), padding="SAME", name="convnext_large_stage_3_block_0_depthwise_conv"
-        )(convnext_large_downsampling_block_2)
-        convnext_large_stage_3_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_3_block_0_layernorm"
-        )(convnext_large_stage_3_block_0_depthwise_conv)
-        convnext_large_stage_3_block_0_pointwise_conv_1 = nn.Dense(
-            6144, name="convnext_large_stage_3_block_0_pointwise_conv_1"
-        )(convnext_large_stage_3_block_0_layernorm)
-        convnext_large_stage_3_block_0_gelu = jax.nn.gelu(
-            convnext_large_stage_3_block_0_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_3_block_0_pointwise_conv_2 = nn.Dense(
-            1536, name="convnext_large_stage_3_block_0_pointwise_conv_2"
-        )(convnext_large_stage_3_block_0_gelu)
-        convnext_large_stage_3_block_0_layer_scale = rt.LayerScale(
-            1536, name="convnext_large_stage_3_block_0_layer_scale"
-        )(convnext_large_stage_3_block_0_pointwise_conv_2)
-        convnext_large_stage_3_block_0_identity = convnext_large_stage_3_block_0_layer_scale
-        add_33 = convnext_large_downsampling_block_2 + convnext_large_stage_3_block_0_identity
-        convnext_large_stage_3_block_1_depthwise_conv = rt.DepthwiseConv(
-            1536, (7, 7), padding="SAME", name="convnext_large_stage_3_block_1_depthwise_conv"
-        )(add_33)
-        convnext_large_stage_3_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_3_block_1_layernorm"
-        )(convnext_large_stage_3_block_1_depthwise_conv)
-        convnext_large_stage_3_block_1_pointwise_conv_1 = nn.Dense(
-            6144, name="convnext_large_stage_3_block_1_pointwise_conv_1"
-        )(convnext_large_stage_3_block_1_layernorm)
-        convnext_large_stage_3_block_1_gelu = jax.nn.gelu(
-            convnext_large_stage_3_block_1_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_3_block_1_pointwise_conv_2 = nn.Dense(
-            1536, name="convnext_large_stage_3_block_1_pointwise_conv_2"
-        )(convnext_large_stage_3_block_1_gelu)
-        convnext_large_stage_3_block_1_layer_scale = rt.LayerScale(
-            1536, name="convnext_large_stage_3_block_1_layer_scale"
-        )(convnext_large_stage_3_block_1_pointwise_conv_2)
-        convnext_large_stage_3_block_1_identity = convnext_large_stage_3_block_1_layer_scale
-        add_34 = add_33 + convnext_large_stage_3_block_1_identity
-        convnext_large_stage_3_block_2_depthwise_conv = rt.DepthwiseConv(
-            1536, (7, 7), padding="SAME", name="convnext_large_stage_3_block_2_depthwise_conv"
-        )(add_34)
-        convnext_large_stage_3_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_stage_3_block_2_layernorm"
-        )(convnext_large_stage_3_block_2_depthwise_conv)
-        convnext_large_stage_3_block_2_pointwise_conv_1 = nn.Dense(
-            6144, name="convnext_large_stage_3_block_2_pointwise_conv_1"
-        )(convnext_large_stage_3_block_2_layernorm)
-        convnext_large_stage_3_block_2_gelu = jax.nn.gelu(
-            convnext_large_stage_3_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_large_stage_3_block_2_pointwise_conv_2 = nn.Dense(
-            1536, name="convnext_large_stage_3_block_2_pointwise_conv_2"
-        )(convnext_large_stage_3_block_2_gelu)
-        convnext_large_stage_3_block_2_layer_scale = rt.LayerScale(
-            1536, name="convnext_large_stage_3_block_2_layer_scale"
-        )(convnext_large_stage_3_block_2_pointwise_conv_2)
-        convnext_large_stage_3_block_2_identity = convnext_large_stage_3_block_2_layer_scale
-        add_35 = add_34 + convnext_large_stage_3_block_2_identity
-        convnext_large_head_gap = jnp.mean(add_35, axis=(1, 2))
-        convnext_large_head_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_large_head_layernorm"
-        )(convnext_large_head_gap)
-        convnext_large_head_dense = jax.nn.softmax(
-            nn.Dense(1000, name="convnext_large_head_dense")(convnext_large_head_layernorm)
-        )
-        return convnext_large_head_dense
+        for i in range(3):
+            x = ConvnextLargeStageBlock(1536, 6144, name=f"convnext_large_stage_3_block_{i}")(
+                x, train=train
+            )
+        x = jnp.mean(x, axis=(1, 2))
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_large_head_layernorm")(x)
+        x = jax.nn.softmax(nn.Dense(1000, name="convnext_large_head_dense")(x))
+        return x

@@ -18,13 +18,11 @@ class ConvnextTinyStem(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_1, *, train: bool = False):
-        convnext_tiny_stem_conv = nn.Conv(
-            96, (4, 4), strides=(4, 4), padding="VALID", name="convnext_tiny_stem_conv"
-        )(input_layer_1)
-        convnext_tiny_stem_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stem_layernorm"
-        )(convnext_tiny_stem_conv)
-        return convnext_tiny_stem_layernorm
+        x = nn.Conv(96, (4, 4), strides=(4, 4), padding="VALID", name="convnext_tiny_stem_conv")(
+            input_layer_1
+        )
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_stem_layernorm")(x)
+        return x
 
 
 class ConvnextTinyDownsamplingBlock0(nn.Module):
@@ -34,13 +32,13 @@ class ConvnextTinyDownsamplingBlock0(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_2, *, train: bool = False):
-        convnext_tiny_downsampling_layernorm_0 = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_0"
-        )(input_layer_2)
-        convnext_tiny_downsampling_conv_0 = nn.Conv(
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_0")(
+            input_layer_2
+        )
+        x = nn.Conv(
             192, (2, 2), strides=(2, 2), padding="VALID", name="convnext_tiny_downsampling_conv_0"
-        )(convnext_tiny_downsampling_layernorm_0)
-        return convnext_tiny_downsampling_conv_0
+        )(x)
+        return x
 
 
 class ConvnextTinyDownsamplingBlock1(nn.Module):
@@ -50,13 +48,13 @@ class ConvnextTinyDownsamplingBlock1(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_3, *, train: bool = False):
-        convnext_tiny_downsampling_layernorm_1 = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_1"
-        )(input_layer_3)
-        convnext_tiny_downsampling_conv_1 = nn.Conv(
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_1")(
+            input_layer_3
+        )
+        x = nn.Conv(
             384, (2, 2), strides=(2, 2), padding="VALID", name="convnext_tiny_downsampling_conv_1"
-        )(convnext_tiny_downsampling_layernorm_1)
-        return convnext_tiny_downsampling_conv_1
+        )(x)
+        return x
 
 
 class ConvnextTinyDownsamplingBlock2(nn.Module):
@@ -66,13 +64,36 @@ class ConvnextTinyDownsamplingBlock2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_4, *, train: bool = False):
-        convnext_tiny_downsampling_layernorm_2 = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_2"
-        )(input_layer_4)
-        convnext_tiny_downsampling_conv_2 = nn.Conv(
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_2")(
+            input_layer_4
+        )
+        x = nn.Conv(
             768, (2, 2), strides=(2, 2), padding="VALID", name="convnext_tiny_downsampling_conv_2"
-        )(convnext_tiny_downsampling_layernorm_2)
-        return convnext_tiny_downsampling_conv_2
+        )(x)
+        return x
+
+
+class ConvnextTinyStageBlock(nn.Module):
+    """18 alike blocks of the Keras model convnext_tiny, folded by kgen.
+
+    convnext_tiny_stage_0_block_0 to convnext_tiny_stage_3_block_2.
+    """
+
+    depthwise_conv_features: int
+    pointwise_conv_1_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = rt.DepthwiseConv(
+            self.depthwise_conv_features, (7, 7), padding="SAME", name="depthwise_conv"
+        )(x)
+        y = rt.LayerNorm(epsilon=1e-06, name="layernorm")(y)
+        y = nn.Dense(self.pointwise_conv_1_features, name="pointwise_conv_1")(y)
+        y = jax.nn.gelu(y, approximate=False)
+        y = nn.Dense(self.depthwise_conv_features, name="pointwise_conv_2")(y)
+        y = rt.LayerScale(self.depthwise_conv_features, name="layer_scale")(y)
+        x = x + y
+        return x
 
 
 class ConvNeXtTiny(nn.Module):
@@ -89,390 +110,40 @@ class ConvNeXtTiny(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        convnext_tiny_prestem_normalization = rt.normalize(
+        x = rt.normalize(
             input_layer,
             mean=np.array(
                 [123.67500305175781, 116.27999877929688, 103.52999877929688], dtype=np.float32
             ),
             variance=np.array([3409.97607421875, 3262.6943359375, 3291.890625], dtype=np.float32),
         )
-        convnext_tiny_stem = ConvnextTinyStem(name="convnext_tiny_stem")(
-            convnext_tiny_prestem_normalization, train=train
+        x = ConvnextTinyStem(name="convnext_tiny_stem")(x, train=train)
+        for i in range(3):
+            x = ConvnextTinyStageBlock(96, 384, name=f"convnext_tiny_stage_0_block_{i}")(
+                x, train=train
+            )
+        x = ConvnextTinyDownsamplingBlock0(name="convnext_tiny_downsampling_block_0")(
+            x, train=train
         )
-        convnext_tiny_stage_0_block_0_depthwise_conv = rt.DepthwiseConv(
-            96, (7, 7), padding="SAME", name="convnext_tiny_stage_0_block_0_depthwise_conv"
-        )(convnext_tiny_stem)
-        convnext_tiny_stage_0_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_0_block_0_layernorm"
-        )(convnext_tiny_stage_0_block_0_depthwise_conv)
-        convnext_tiny_stage_0_block_0_pointwise_conv_1 = nn.Dense(
-            384, name="convnext_tiny_stage_0_block_0_pointwise_conv_1"
-        )(convnext_tiny_stage_0_block_0_layernorm)
-        convnext_tiny_stage_0_block_0_gelu = jax.nn.gelu(
-            convnext_tiny_stage_0_block_0_pointwise_conv_1, approximate=False
+        for i in range(3):
+            x = ConvnextTinyStageBlock(192, 768, name=f"convnext_tiny_stage_1_block_{i}")(
+                x, train=train
+            )
+        x = ConvnextTinyDownsamplingBlock1(name="convnext_tiny_downsampling_block_1")(
+            x, train=train
         )
-        convnext_tiny_stage_0_block_0_pointwise_conv_2 = nn.Dense(
-            96, name="convnext_tiny_stage_0_block_0_pointwise_conv_2"
-        )(convnext_tiny_stage_0_block_0_gelu)
-        convnext_tiny_stage_0_block_0_layer_scale = rt.LayerScale(
-            96, name="convnext_tiny_stage_0_block_0_layer_scale"
-        )(convnext_tiny_stage_0_block_0_pointwise_conv_2)
-        convnext_tiny_stage_0_block_0_identity = convnext_tiny_stage_0_block_0_layer_scale
-        add = convnext_tiny_stem + convnext_tiny_stage_0_block_0_identity
-        convnext_tiny_stage_0_block_1_depthwise_conv = rt.DepthwiseConv(
-            96, (7, 7), padding="SAME", name="convnext_tiny_stage_0_block_1_depthwise_conv"
-        )(add)
-        convnext_tiny_stage_0_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_0_block_1_layernorm"
-        )(convnext_tiny_stage_0_block_1_depthwise_conv)
-        convnext_tiny_stage_0_block_1_pointwise_conv_1 = nn.Dense(
-            384, name="convnext_tiny_stage_0_block_1_pointwise_conv_1"
-        )(convnext_tiny_stage_0_block_1_layernorm)
-        convnext_tiny_stage_0_block_1_gelu = jax.nn.gelu(
-            convnext_tiny_stage_0_block_1_pointwise_conv_1, approximate=False
+        for i in range(9):
+            x = ConvnextTinyStageBlock(384, 1536, name=f"convnext_tiny_stage_2_block_{i}")(
+                x, train=train
+            )
+        x = ConvnextTinyDownsamplingBlock2(name="convnext_tiny_downsampling_block_2")(
+            x, train=train
         )
-        convnext_tiny_stage_0_block_1_pointwise_conv_2 = nn.Dense(
-            96, name="convnext_tiny_stage_0_block_1_pointwise_conv_2"
-        )(convnext_tiny_stage_0_block_1_gelu)
-        convnext_tiny_stage_0_block_1_layer_scale = rt.LayerScale(
-            96, name="convnext_tiny_stage_0_block_1_layer_scale"
-        )(convnext_tiny_stage_0_block_1_pointwise_conv_2)
-        convnext_tiny_stage_0_block_1_identity = convnext_tiny_stage_0_block_1_layer_scale
-        add_1 = add + convnext_tiny_stage_0_block_1_identity
-        convnext_tiny_stage_0_block_2_depthwise_conv = rt.DepthwiseConv(
-            96, (7, 7), padding="SAME", name="convnext_tiny_stage_0_block_2_depthwise_conv"
-        )(add_1)
-        convnext_tiny_stage_0_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_0_block_2_layernorm"
-        )(convnext_tiny_stage_0_block_2_depthwise_conv)
-        convnext_tiny_stage_0_block_2_pointwise_conv_1 = nn.Dense(
-            384, name="convnext_tiny_stage_0_block_2_pointwise_conv_1"
-        )(convnext_tiny_stage_0_block_2_layernorm)
-        convnext_tiny_stage_0_block_2_gelu = jax.nn.gelu(
-            convnext_tiny_stage_0_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_0_block_2_pointwise_conv_2 = nn.Dense(
-            96, name="convnext_tiny_stage_0_block_2_pointwise_conv_2"
-        )(convnext_tiny_stage_0_block_2_gelu)
-        convnext_tiny_stage_0_block_2_layer_scale = rt.LayerScale(
-            96, name="convnext_tiny_stage_0_block_2_layer_scale"
-        )(convnext_tiny_stage_0_block_2_pointwise_conv_2)
-        convnext_tiny_stage_0_block_2_identity = convnext_tiny_stage_0_block_2_layer_scale
-        add_2 = add_1 + convnext_tiny_stage_0_block_2_identity
-        convnext_tiny_downsampling_block_0 = ConvnextTinyDownsamplingBlock0(
-            name="convnext_tiny_downsampling_block_0"
-        )(add_2, train=train)
-        convnext_tiny_stage_1_block_0_depthwise_conv = rt.DepthwiseConv(
-            192, (7, 7), padding="SAME", name="convnext_tiny_stage_1_block_0_depthwise_conv"
-        )(convnext_tiny_downsampling_block_0)
-        convnext_tiny_stage_1_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_1_block_0_layernorm"
-        )(convnext_tiny_stage_1_block_0_depthwise_conv)
-        convnext_tiny_stage_1_block_0_pointwise_conv_1 = nn.Dense(
-            768, name="convnext_tiny_stage_1_block_0_pointwise_conv_1"
-        )(convnext_tiny_stage_1_block_0_layernorm)
-        convnext_tiny_stage_1_block_0_gelu = jax.nn.gelu(
-            convnext_tiny_stage_1_block_0_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_1_block_0_pointwise_conv_2 = nn.Dense(
-            192, name="convnext_tiny_stage_1_block_0_pointwise_conv_2"
-        )(convnext_tiny_stage_1_block_0_gelu)
-        convnext_tiny_stage_1_block_0_layer_scale = rt.LayerScale(
-            192, name="convnext_tiny_stage_1_block_0_layer_scale"
-        )(convnext_tiny_stage_1_block_0_pointwise_conv_2)
-        convnext_tiny_stage_1_block_0_identity = convnext_tiny_stage_1_block_0_layer_scale
-        add_3 = convnext_tiny_downsampling_block_0 + convnext_tiny_stage_1_block_0_identity
-        convnext_tiny_stage_1_block_1_depthwise_conv = rt.DepthwiseConv(
-            192, (7, 7), padding="SAME", name="convnext_tiny_stage_1_block_1_depthwise_conv"
-        )(add_3)
-        convnext_tiny_stage_1_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_1_block_1_layernorm"
-        )(convnext_tiny_stage_1_block_1_depthwise_conv)
-        convnext_tiny_stage_1_block_1_pointwise_conv_1 = nn.Dense(
-            768, name="convnext_tiny_stage_1_block_1_pointwise_conv_1"
-        )(convnext_tiny_stage_1_block_1_layernorm)
-        convnext_tiny_stage_1_block_1_gelu = jax.nn.gelu(
-            convnext_tiny_stage_1_block_1_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_1_block_1_pointwise_conv_2 = nn.Dense(
-            192, name="convnext_tiny_stage_1_block_1_pointwise_conv_2"
-        )(convnext_tiny_stage_1_block_1_gelu)
-        convnext_tiny_stage_1_block_1_layer_scale = rt.LayerScale(
-            192, name="convnext_tiny_stage_1_block_1_layer_scale"
-        )(convnext_tiny_stage_1_block_1_pointwise_conv_2)
-        convnext_tiny_stage_1_block_1_identity = convnext_tiny_stage_1_block_1_layer_scale
-        add_4 = add_3 + convnext_tiny_stage_1_block_1_identity
-        convnext_tiny_stage_1_block_2_depthwise_conv = rt.DepthwiseConv(
-            192, (7, 7), padding="SAME", name="convnext_tiny_stage_1_block_2_depthwise_conv"
-        )(add_4)
-        convnext_tiny_stage_1_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_1_block_2_layernorm"
-        )(convnext_tiny_stage_1_block_2_depthwise_conv)
-        convnext_tiny_stage_1_block_2_pointwise_conv_1 = nn.Dense(
-            768, name="convnext_tiny_stage_1_block_2_pointwise_conv_1"
-        )(convnext_tiny_stage_1_block_2_layernorm)
-        convnext_tiny_stage_1_block_2_gelu = jax.nn.gelu(
-            convnext_tiny_stage_1_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_1_block_2_pointwise_conv_2 = nn.Dense(
-            192, name="convnext_tiny_stage_1_block_2_pointwise_conv_2"
-        )(convnext_tiny_stage_1_block_2_gelu)
-        convnext_tiny_stage_1_block_2_layer_scale = rt.LayerScale(
-            192, name="convnext_tiny_stage_1_block_2_layer_scale"
-        )(convnext_tiny_stage_1_block_2_pointwise_conv_2)
-        convnext_tiny_stage_1_block_2_identity = convnext_tiny_stage_1_block_2_layer_scale
-        add_5 = add_4 + convnext_tiny_stage_1_block_2_identity
-        convnext_tiny_downsampling_block_1 = ConvnextTinyDownsamplingBlock1(
-            name="convnext_tiny_downsampling_block_1"
-        )(add_5, train=train)
-        convnext_tiny_stage_2_block_0_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_0_depthwise_conv"
-        )(convnext_tiny_downsampling_block_1)
-        convnext_tiny_stage_2_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_0_layernorm"
-        )(convnext_tiny_stage_2_block_0_depthwise_conv)
-        convnext_tiny_stage_2_block_0_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_0_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_0_layernorm)
-        convnext_tiny_stage_2_block_0_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_0_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_0_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_0_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_0_gelu)
-        convnext_tiny_stage_2_block_0_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_0_layer_scale"
-        )(convnext_tiny_stage_2_block_0_pointwise_conv_2)
-        convnext_tiny_stage_2_block_0_identity = convnext_tiny_stage_2_block_0_layer_scale
-        add_6 = convnext_tiny_downsampling_block_1 + convnext_tiny_stage_2_block_0_identity
-        convnext_tiny_stage_2_block_1_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_1_depthwise_conv"
-        )(add_6)
-        convnext_tiny_stage_2_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_1_layernorm"
-        )(convnext_tiny_stage_2_block_1_depthwise_conv)
-        convnext_tiny_stage_2_block_1_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_1_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_1_layernorm)
-        convnext_tiny_stage_2_block_1_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_1_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_1_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_1_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_1_gelu)
-        convnext_tiny_stage_2_block_1_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_1_layer_scale"
-        )(convnext_tiny_stage_2_block_1_pointwise_conv_2)
-        convnext_tiny_stage_2_block_1_identity = convnext_tiny_stage_2_block_1_layer_scale
-        add_7 = add_6 + convnext_tiny_stage_2_block_1_identity
-        convnext_tiny_stage_2_block_2_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_2_depthwise_conv"
-        )(add_7)
-        convnext_tiny_stage_2_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_2_layernorm"
-        )(convnext_tiny_stage_2_block_2_depthwise_conv)
-        convnext_tiny_stage_2_block_2_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_2_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_2_layernorm)
-        convnext_tiny_stage_2_block_2_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_2_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_2_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_2_gelu)
-        convnext_tiny_stage_2_block_2_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_2_layer_scale"
-        )(convnext_tiny_stage_2_block_2_pointwise_conv_2)
-        convnext_tiny_stage_2_block_2_identity = convnext_tiny_stage_2_block_2_layer_scale
-        add_8 = add_7 + convnext_tiny_stage_2_block_2_identity
-        convnext_tiny_stage_2_block_3_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_3_depthwise_conv"
-        )(add_8)
-        convnext_tiny_stage_2_block_3_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_3_layernorm"
-        )(convnext_tiny_stage_2_block_3_depthwise_conv)
-        convnext_tiny_stage_2_block_3_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_3_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_3_layernorm)
-        convnext_tiny_stage_2_block_3_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_3_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_3_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_3_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_3_gelu)
-        convnext_tiny_stage_2_block_3_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_3_layer_scale"
-        )(convnext_tiny_stage_2_block_3_pointwise_conv_2)
-        convnext_tiny_stage_2_block_3_identity = convnext_tiny_stage_2_block_3_layer_scale
-        add_9 = add_8 + convnext_tiny_stage_2_block_3_identity
-        convnext_tiny_stage_2_block_4_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_4_depthwise_conv"
-        )(add_9)
-        convnext_tiny_stage_2_block_4_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_4_layernorm"
-        )(convnext_tiny_stage_2_block_4_depthwise_conv)
-        convnext_tiny_stage_2_block_4_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_4_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_4_layernorm)
-        convnext_tiny_stage_2_block_4_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_4_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_4_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_4_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_4_gelu)
-        convnext_tiny_stage_2_block_4_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_4_layer_scale"
-        )(convnext_tiny_stage_2_block_4_pointwise_conv_2)
-        convnext_tiny_stage_2_block_4_identity = convnext_tiny_stage_2_block_4_layer_scale
-        add_10 = add_9 + convnext_tiny_stage_2_block_4_identity
-        convnext_tiny_stage_2_block_5_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_5_depthwise_conv"
-        )(add_10)
-        convnext_tiny_stage_2_block_5_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_5_layernorm"
-        )(convnext_tiny_stage_2_block_5_depthwise_conv)
-        convnext_tiny_stage_2_block_5_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_5_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_5_layernorm)
-        convnext_tiny_stage_2_block_5_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_5_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_5_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_5_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_5_gelu)
-        convnext_tiny_stage_2_block_5_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_5_layer_scale"
-        )(convnext_tiny_stage_2_block_5_pointwise_conv_2)
-        convnext_tiny_stage_2_block_5_identity = convnext_tiny_stage_2_block_5_layer_scale
-        add_11 = add_10 + convnext_tiny_stage_2_block_5_identity
-        convnext_tiny_stage_2_block_6_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_6_depthwise_conv"
-        )(add_11)
-        convnext_tiny_stage_2_block_6_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_6_layernorm"
-        )(convnext_tiny_stage_2_block_6_depthwise_conv)
-        convnext_tiny_stage_2_block_6_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_6_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_6_layernorm)
-        convnext_tiny_stage_2_block_6_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_6_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_6_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_6_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_6_gelu)
-        convnext_tiny_stage_2_block_6_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_6_layer_scale"
-        )(convnext_tiny_stage_2_block_6_pointwise_conv_2)
-        convnext_tiny_stage_2_block_6_identity = convnext_tiny_stage_2_block_6_layer_scale
-        add_12 = add_11 + convnext_tiny_stage_2_block_6_identity
-        convnext_tiny_stage_2_block_7_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_7_depthwise_conv"
-        )(add_12)
-        convnext_tiny_stage_2_block_7_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_7_layernorm"
-        )(convnext_tiny_stage_2_block_7_depthwise_conv)
-        convnext_tiny_stage_2_block_7_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_7_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_7_layernorm)
-        convnext_tiny_stage_2_block_7_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_7_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_7_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_7_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_7_gelu)
-        convnext_tiny_stage_2_block_7_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_7_layer_scale"
-        )(convnext_tiny_stage_2_block_7_pointwise_conv_2)
-        convnext_tiny_stage_2_block_7_identity = convnext_tiny_stage_2_block_7_layer_scale
-        add_13 = add_12 + convnext_tiny_stage_2_block_7_identity
-        convnext_tiny_stage_2_block_8_depthwise_conv = rt.DepthwiseConv(
-            384, (7, 7), padding="SAME", name="convnext_tiny_stage_2_block_8_depthwise_conv"
-        )(add_13)
-        convnext_tiny_stage_2_block_8_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_2_block_8_layernorm"
-        )(convnext_tiny_stage_2_block_8_depthwise_conv)
-        convnext_tiny_stage_2_block_8_pointwise_conv_1 = nn.Dense(
-            1536, name="convnext_tiny_stage_2_block_8_pointwise_conv_1"
-        )(convnext_tiny_stage_2_block_8_layernorm)
-        convnext_tiny_stage_2_block_8_gelu = jax.nn.gelu(
-            convnext_tiny_stage_2_block_8_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_2_block_8_pointwise_conv_2 = nn.Dense(
-            384, name="convnext_tiny_stage_2_block_8_pointwise_conv_2"
-        )(convnext_tiny_stage_2_block_8_gelu)
-        convnext_tiny_stage_2_block_8_layer_scale = rt.LayerScale(
-            384, name="convnext_tiny_stage_2_block_8_layer_scale"
-        )(convnext_tiny_stage_2_block_8_pointwise_conv_2)
-        convnext_tiny_stage_2_block_8_identity = convnext_tiny_stage_2_block_8_layer_scale
-        add_14 = add_13 + convnext_tiny_stage_2_block_8_identity
-        convnext_tiny_downsampling_block_2 = ConvnextTinyDownsamplingBlock2(
-            name="convnext_tiny_downsampling_block_2"
-        )(add_14, train=train)
-        convnext_tiny_stage_3_block_0_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_tiny_stage_3_block_0_depthwise_conv"
-        )(convnext_tiny_downsampling_block_2)
-        convnext_tiny_stage_3_block_0_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_3_block_0_layernorm"
-        )(convnext_tiny_stage_3_block_0_depthwise_conv)
-        convnext_tiny_stage_3_block_0_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_tiny_stage_3_block_0_pointwise_conv_1"
-        )(convnext_tiny_stage_3_block_0_layernorm)
-        convnext_tiny_stage_3_block_0_gelu = jax.nn.gelu(
-            convnext_tiny_stage_3_block_0_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_3_block_0_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_tiny_stage_3_block_0_pointwise_conv_2"
-        )(convnext_tiny_stage_3_block_0_gelu)
-        convnext_tiny_stage_3_block_0_layer_scale = rt.LayerScale(
-            768, name="convnext_tiny_stage_3_block_0_layer_scale"
-        )(convnext_tiny_stage_3_block_0_pointwise_conv_2)
-        convnext_tiny_stage_3_block_0_identity = convnext_tiny_stage_3_block_0_layer_scale
-        add_15 = convnext_tiny_downsampling_block_2 + convnext_tiny_stage_3_block_0_identity
-        convnext_tiny_stage_3_block_1_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_tiny_stage_3_block_1_depthwise_conv"
-        )(add_15)
-        convnext_tiny_stage_3_block_1_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_3_block_1_layernorm"
-        )(convnext_tiny_stage_3_block_1_depthwise_conv)
-        convnext_tiny_stage_3_block_1_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_tiny_stage_3_block_1_pointwise_conv_1"
-        )(convnext_tiny_stage_3_block_1_layernorm)
-        convnext_tiny_stage_3_block_1_gelu = jax.nn.gelu(
-            convnext_tiny_stage_3_block_1_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_3_block_1_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_tiny_stage_3_block_1_pointwise_conv_2"
-        )(convnext_tiny_stage_3_block_1_gelu)
-        convnext_tiny_stage_3_block_1_layer_scale = rt.LayerScale(
-            768, name="convnext_tiny_stage_3_block_1_layer_scale"
-        )(convnext_tiny_stage_3_block_1_pointwise_conv_2)
-        convnext_tiny_stage_3_block_1_identity = convnext_tiny_stage_3_block_1_layer_scale
-        add_16 = add_15 + convnext_tiny_stage_3_block_1_identity
-        convnext_tiny_stage_3_block_2_depthwise_conv = rt.DepthwiseConv(
-            768, (7, 7), padding="SAME", name="convnext_tiny_stage_3_block_2_depthwise_conv"
-        )(add_16)
-        convnext_tiny_stage_3_block_2_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_stage_3_block_2_layernorm"
-        )(convnext_tiny_stage_3_block_2_depthwise_conv)
-        convnext_tiny_stage_3_block_2_pointwise_conv_1 = nn.Dense(
-            3072, name="convnext_tiny_stage_3_block_2_pointwise_conv_1"
-        )(convnext_tiny_stage_3_block_2_layernorm)
-        convnext_tiny_stage_3_block_2_gelu = jax.nn.gelu(
-            convnext_tiny_stage_3_block_2_pointwise_conv_1, approximate=False
-        )
-        convnext_tiny_stage_3_block_2_pointwise_conv_2 = nn.Dense(
-            768, name="convnext_tiny_stage_3_block_2_pointwise_conv_2"
-        )(convnext_tiny_stage_3_block_2_gelu)
-        convnext_tiny_stage_3_block_2_layer_scale = rt.LayerScale(
-            768, name="convnext_tiny_stage_3_block_2_layer_scale"
-        )(convnext_tiny_stage_3_block_2_pointwise_conv_2)
-        convnext_tiny_stage_3_block_2_identity = convnext_tiny_stage_3_block_2_layer_scale
-        add_17 = add_16 + convnext_tiny_stage_3_block_2_identity
-        convnext_tiny_head_gap = jnp.mean(add_17, axis=(1, 2))
-        convnext_tiny_head_layernorm = rt.LayerNorm(
-            epsilon=1e-06, name="convnext_tiny_head_layernorm"
-        )(convnext_tiny_head_gap)
-        convnext_tiny_head_dense = jax.nn.softmax(
-            nn.Dense(1000, name="convnext_tiny_head_dense")(convnext_tiny_head_layernorm)
-        )
-        return convnext_tiny_head_dense
+        for i in range(3):
+            x = ConvnextTinyStageBlock(768, 3072, name=f"convnext_tiny_stage_3_block_{i}")(
+                x, train=train
+            )
+        x = jnp.mean(x, axis=(1, 2))
+        x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_head_layernorm")(x)
+        x = jax.nn.softmax(nn.Dense(1000, name="convnext_tiny_head_dense")(x))
+        return x

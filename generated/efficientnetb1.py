@@ -10,6 +10,144 @@ from kgen import runtime as rt
 __all__ = ["EfficientNetB1"]
 
 
+class Blocka(nn.Module):
+    """4 alike blocks of the Keras model efficientnetb1, folded by kgen.
+
+    block2a to block6a.
+    """
+
+    expand_conv_features: int
+    pad_width: tuple
+    kernel_size: tuple
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = jnp.pad(x, self.pad_width)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            self.kernel_size,
+            strides=(2, 2),
+            padding="VALID",
+            use_bias=False,
+            name="dwconv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
+        return x
+
+
+class Blockb(nn.Module):
+    """15 alike blocks of the Keras model efficientnetb1, folded by kgen.
+
+    block2b to block7b.
+    """
+
+    expand_conv_features: int
+    kernel_size: tuple
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, name="expand_bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        y = rt.DepthwiseConv(
+            self.expand_conv_features,
+            self.kernel_size,
+            padding="SAME",
+            use_bias=False,
+            name="dwconv",
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, name="bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        se_squeeze = jnp.mean(y, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        y = y * se_expand
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, name="project_bn")(y, use_running_average=not train)
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Block5a(nn.Module):
+    """2 alike blocks of the Keras model efficientnetb1, folded by kgen.
+
+    block5a and block7a.
+    """
+
+    expand_conv_features: int
+    kernel_size: tuple
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            self.kernel_size,
+            padding="SAME",
+            use_bias=False,
+            name="dwconv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
+        return x
+
+
 class EfficientNetB1(nn.Module):
     """Keras Functional model efficientnetb1, converted by kgen."""
 
@@ -24,24 +162,18 @@ class EfficientNetB1(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        rescaling = input_layer * 0.00392156862745098
-        normalization = rt.Normalization(name="normalization")(rescaling)
-        stem_conv_pad = jnp.pad(normalization, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        stem_conv = nn.Conv(
-            32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv"
-        )(stem_conv_pad)
-        stem_bn = rt.BatchNorm(epsilon=0.001, name="stem_bn")(
-            stem_conv, use_running_average=not train
+        x = input_layer * 0.00392156862745098
+        x = rt.Normalization(name="normalization")(x)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv")(
+            x
         )
-        stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = rt.DepthwiseConv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
-        )(stem_activation)
-        block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
-            block1a_dwconv, use_running_average=not train
-        )
-        block1a_activation = jax.nn.silu(block1a_bn)
-        block1a_se_squeeze = jnp.mean(block1a_activation, axis=(1, 2))
+        x = rt.BatchNorm(epsilon=0.001, name="stem_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(32, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        block1a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block1a_se_reshape = jnp.reshape(block1a_se_squeeze, (-1, 1, 1, 32))
         block1a_se_reduce = jax.nn.silu(
             nn.Conv(8, (1, 1), padding="SAME", name="block1a_se_reduce")(block1a_se_reshape)
@@ -49,16 +181,12 @@ class EfficientNetB1(nn.Module):
         block1a_se_expand = jax.nn.sigmoid(
             nn.Conv(32, (1, 1), padding="SAME", name="block1a_se_expand")(block1a_se_reduce)
         )
-        block1a_se_excite = block1a_activation * block1a_se_expand
-        block1a_project_conv = nn.Conv(
-            16, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv"
-        )(block1a_se_excite)
-        block1a_project_bn = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(
-            block1a_project_conv, use_running_average=not train
-        )
+        x = x * block1a_se_expand
+        x = nn.Conv(16, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(x, use_running_average=not train)
         block1b_dwconv = rt.DepthwiseConv(
             16, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
-        )(block1a_project_bn)
+        )(x)
         block1b_bn = rt.BatchNorm(epsilon=0.001, name="block1b_bn")(
             block1b_dwconv, use_running_average=not train
         )
@@ -81,686 +209,70 @@ class EfficientNetB1(nn.Module):
         block1b_drop = nn.Dropout(
             0.008695652173913044, broadcast_dims=(1, 2, 3), name="block1b_drop"
         )(block1b_project_bn, deterministic=not train)
-        block1b_add = block1b_drop + block1a_project_bn
-        block2a_expand_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block2a_expand_conv"
-        )(block1b_add)
-        block2a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2a_expand_bn")(
-            block2a_expand_conv, use_running_average=not train
-        )
-        block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
-        block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = rt.DepthwiseConv(
-            96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
-        )(block2a_dwconv_pad)
-        block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
-            block2a_dwconv, use_running_average=not train
-        )
-        block2a_activation = jax.nn.silu(block2a_bn)
-        block2a_se_squeeze = jnp.mean(block2a_activation, axis=(1, 2))
-        block2a_se_reshape = jnp.reshape(block2a_se_squeeze, (-1, 1, 1, 96))
-        block2a_se_reduce = jax.nn.silu(
-            nn.Conv(4, (1, 1), padding="SAME", name="block2a_se_reduce")(block2a_se_reshape)
-        )
-        block2a_se_expand = jax.nn.sigmoid(
-            nn.Conv(96, (1, 1), padding="SAME", name="block2a_se_expand")(block2a_se_reduce)
-        )
-        block2a_se_excite = block2a_activation * block2a_se_expand
-        block2a_project_conv = nn.Conv(
-            24, (1, 1), padding="SAME", use_bias=False, name="block2a_project_conv"
-        )(block2a_se_excite)
-        block2a_project_bn = rt.BatchNorm(epsilon=0.001, name="block2a_project_bn")(
-            block2a_project_conv, use_running_average=not train
-        )
-        block2b_expand_conv = nn.Conv(
-            144, (1, 1), padding="SAME", use_bias=False, name="block2b_expand_conv"
-        )(block2a_project_bn)
-        block2b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2b_expand_bn")(
-            block2b_expand_conv, use_running_average=not train
-        )
-        block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = rt.DepthwiseConv(
-            144, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
-        )(block2b_expand_activation)
-        block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
-            block2b_dwconv, use_running_average=not train
-        )
-        block2b_activation = jax.nn.silu(block2b_bn)
-        block2b_se_squeeze = jnp.mean(block2b_activation, axis=(1, 2))
-        block2b_se_reshape = jnp.reshape(block2b_se_squeeze, (-1, 1, 1, 144))
-        block2b_se_reduce = jax.nn.silu(
-            nn.Conv(6, (1, 1), padding="SAME", name="block2b_se_reduce")(block2b_se_reshape)
-        )
-        block2b_se_expand = jax.nn.sigmoid(
-            nn.Conv(144, (1, 1), padding="SAME", name="block2b_se_expand")(block2b_se_reduce)
-        )
-        block2b_se_excite = block2b_activation * block2b_se_expand
-        block2b_project_conv = nn.Conv(
-            24, (1, 1), padding="SAME", use_bias=False, name="block2b_project_conv"
-        )(block2b_se_excite)
-        block2b_project_bn = rt.BatchNorm(epsilon=0.001, name="block2b_project_bn")(
-            block2b_project_conv, use_running_average=not train
-        )
-        block2b_drop = nn.Dropout(
-            0.026086956521739136, broadcast_dims=(1, 2, 3), name="block2b_drop"
-        )(block2b_project_bn, deterministic=not train)
-        block2b_add = block2b_drop + block2a_project_bn
-        block2c_expand_conv = nn.Conv(
-            144, (1, 1), padding="SAME", use_bias=False, name="block2c_expand_conv"
-        )(block2b_add)
-        block2c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2c_expand_bn")(
-            block2c_expand_conv, use_running_average=not train
-        )
-        block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_dwconv = rt.DepthwiseConv(
-            144, (3, 3), padding="SAME", use_bias=False, name="block2c_dwconv"
-        )(block2c_expand_activation)
-        block2c_bn = rt.BatchNorm(epsilon=0.001, name="block2c_bn")(
-            block2c_dwconv, use_running_average=not train
-        )
-        block2c_activation = jax.nn.silu(block2c_bn)
-        block2c_se_squeeze = jnp.mean(block2c_activation, axis=(1, 2))
-        block2c_se_reshape = jnp.reshape(block2c_se_squeeze, (-1, 1, 1, 144))
-        block2c_se_reduce = jax.nn.silu(
-            nn.Conv(6, (1, 1), padding="SAME", name="block2c_se_reduce")(block2c_se_reshape)
-        )
-        block2c_se_expand = jax.nn.sigmoid(
-            nn.Conv(144, (1, 1), padding="SAME", name="block2c_se_expand")(block2c_se_reduce)
-        )
-        block2c_se_excite = block2c_activation * block2c_se_expand
-        block2c_project_conv = nn.Conv(
-            24, (1, 1), padding="SAME", use_bias=False, name="block2c_project_conv"
-        )(block2c_se_excite)
-        block2c_project_bn = rt.BatchNorm(epsilon=0.001, name="block2c_project_bn")(
-            block2c_project_conv, use_running_average=not train
-        )
-        block2c_drop = nn.Dropout(
-            0.034782608695652174, broadcast_dims=(1, 2, 3), name="block2c_drop"
-        )(block2c_project_bn, deterministic=not train)
-        block2c_add = block2c_drop + block2b_add
-        block3a_expand_conv = nn.Conv(
-            144, (1, 1), padding="SAME", use_bias=False, name="block3a_expand_conv"
-        )(block2c_add)
-        block3a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3a_expand_bn")(
-            block3a_expand_conv, use_running_average=not train
-        )
-        block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
-        block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block3a_dwconv = rt.DepthwiseConv(
-            144, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
-        )(block3a_dwconv_pad)
-        block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
-            block3a_dwconv, use_running_average=not train
-        )
-        block3a_activation = jax.nn.silu(block3a_bn)
-        block3a_se_squeeze = jnp.mean(block3a_activation, axis=(1, 2))
-        block3a_se_reshape = jnp.reshape(block3a_se_squeeze, (-1, 1, 1, 144))
-        block3a_se_reduce = jax.nn.silu(
-            nn.Conv(6, (1, 1), padding="SAME", name="block3a_se_reduce")(block3a_se_reshape)
-        )
-        block3a_se_expand = jax.nn.sigmoid(
-            nn.Conv(144, (1, 1), padding="SAME", name="block3a_se_expand")(block3a_se_reduce)
-        )
-        block3a_se_excite = block3a_activation * block3a_se_expand
-        block3a_project_conv = nn.Conv(
-            40, (1, 1), padding="SAME", use_bias=False, name="block3a_project_conv"
-        )(block3a_se_excite)
-        block3a_project_bn = rt.BatchNorm(epsilon=0.001, name="block3a_project_bn")(
-            block3a_project_conv, use_running_average=not train
-        )
-        block3b_expand_conv = nn.Conv(
-            240, (1, 1), padding="SAME", use_bias=False, name="block3b_expand_conv"
-        )(block3a_project_bn)
-        block3b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3b_expand_bn")(
-            block3b_expand_conv, use_running_average=not train
-        )
-        block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = rt.DepthwiseConv(
-            240, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
-        )(block3b_expand_activation)
-        block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
-            block3b_dwconv, use_running_average=not train
-        )
-        block3b_activation = jax.nn.silu(block3b_bn)
-        block3b_se_squeeze = jnp.mean(block3b_activation, axis=(1, 2))
-        block3b_se_reshape = jnp.reshape(block3b_se_squeeze, (-1, 1, 1, 240))
-        block3b_se_reduce = jax.nn.silu(
-            nn.Conv(10, (1, 1), padding="SAME", name="block3b_se_reduce")(block3b_se_reshape)
-        )
-        block3b_se_expand = jax.nn.sigmoid(
-            nn.Conv(240, (1, 1), padding="SAME", name="block3b_se_expand")(block3b_se_reduce)
-        )
-        block3b_se_excite = block3b_activation * block3b_se_expand
-        block3b_project_conv = nn.Conv(
-            40, (1, 1), padding="SAME", use_bias=False, name="block3b_project_conv"
-        )(block3b_se_excite)
-        block3b_project_bn = rt.BatchNorm(epsilon=0.001, name="block3b_project_bn")(
-            block3b_project_conv, use_running_average=not train
-        )
-        block3b_drop = nn.Dropout(
-            0.05217391304347827, broadcast_dims=(1, 2, 3), name="block3b_drop"
-        )(block3b_project_bn, deterministic=not train)
-        block3b_add = block3b_drop + block3a_project_bn
-        block3c_expand_conv = nn.Conv(
-            240, (1, 1), padding="SAME", use_bias=False, name="block3c_expand_conv"
-        )(block3b_add)
-        block3c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3c_expand_bn")(
-            block3c_expand_conv, use_running_average=not train
-        )
-        block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_dwconv = rt.DepthwiseConv(
-            240, (5, 5), padding="SAME", use_bias=False, name="block3c_dwconv"
-        )(block3c_expand_activation)
-        block3c_bn = rt.BatchNorm(epsilon=0.001, name="block3c_bn")(
-            block3c_dwconv, use_running_average=not train
-        )
-        block3c_activation = jax.nn.silu(block3c_bn)
-        block3c_se_squeeze = jnp.mean(block3c_activation, axis=(1, 2))
-        block3c_se_reshape = jnp.reshape(block3c_se_squeeze, (-1, 1, 1, 240))
-        block3c_se_reduce = jax.nn.silu(
-            nn.Conv(10, (1, 1), padding="SAME", name="block3c_se_reduce")(block3c_se_reshape)
-        )
-        block3c_se_expand = jax.nn.sigmoid(
-            nn.Conv(240, (1, 1), padding="SAME", name="block3c_se_expand")(block3c_se_reduce)
-        )
-        block3c_se_excite = block3c_activation * block3c_se_expand
-        block3c_project_conv = nn.Conv(
-            40, (1, 1), padding="SAME", use_bias=False, name="block3c_project_conv"
-        )(block3c_se_excite)
-        block3c_project_bn = rt.BatchNorm(epsilon=0.001, name="block3c_project_bn")(
-            block3c_project_conv, use_running_average=not train
-        )
-        block3c_drop = nn.Dropout(
-            0.06086956521739131, broadcast_dims=(1, 2, 3), name="block3c_drop"
-        )(block3c_project_bn, deterministic=not train)
-        block3c_add = block3c_drop + block3b_add
-        block4a_expand_conv = nn.Conv(
-            240, (1, 1), padding="SAME", use_bias=False, name="block4a_expand_conv"
-        )(block3c_add)
-        block4a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4a_expand_bn")(
-            block4a_expand_conv, use_running_average=not train
-        )
-        block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block4a_dwconv = rt.DepthwiseConv(
-            240, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
-        )(block4a_dwconv_pad)
-        block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
-            block4a_dwconv, use_running_average=not train
-        )
-        block4a_activation = jax.nn.silu(block4a_bn)
-        block4a_se_squeeze = jnp.mean(block4a_activation, axis=(1, 2))
-        block4a_se_reshape = jnp.reshape(block4a_se_squeeze, (-1, 1, 1, 240))
-        block4a_se_reduce = jax.nn.silu(
-            nn.Conv(10, (1, 1), padding="SAME", name="block4a_se_reduce")(block4a_se_reshape)
-        )
-        block4a_se_expand = jax.nn.sigmoid(
-            nn.Conv(240, (1, 1), padding="SAME", name="block4a_se_expand")(block4a_se_reduce)
-        )
-        block4a_se_excite = block4a_activation * block4a_se_expand
-        block4a_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block4a_project_conv"
-        )(block4a_se_excite)
-        block4a_project_bn = rt.BatchNorm(epsilon=0.001, name="block4a_project_bn")(
-            block4a_project_conv, use_running_average=not train
-        )
-        block4b_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block4b_expand_conv"
-        )(block4a_project_bn)
-        block4b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4b_expand_bn")(
-            block4b_expand_conv, use_running_average=not train
-        )
-        block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = rt.DepthwiseConv(
-            480, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
-        )(block4b_expand_activation)
-        block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
-            block4b_dwconv, use_running_average=not train
-        )
-        block4b_activation = jax.nn.silu(block4b_bn)
-        block4b_se_squeeze = jnp.mean(block4b_activation, axis=(1, 2))
-        block4b_se_reshape = jnp.reshape(block4b_se_squeeze, (-1, 1, 1, 480))
-        block4b_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block4b_se_reduce")(block4b_se_reshape)
-        )
-        block4b_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block4b_se_expand")(block4b_se_reduce)
-        )
-        block4b_se_excite = block4b_activation * block4b_se_expand
-        block4b_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block4b_project_conv"
-        )(block4b_se_excite)
-        block4b_project_bn = rt.BatchNorm(epsilon=0.001, name="block4b_project_bn")(
-            block4b_project_conv, use_running_average=not train
-        )
-        block4b_drop = nn.Dropout(
-            0.0782608695652174, broadcast_dims=(1, 2, 3), name="block4b_drop"
-        )(block4b_project_bn, deterministic=not train)
-        block4b_add = block4b_drop + block4a_project_bn
-        block4c_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block4c_expand_conv"
-        )(block4b_add)
-        block4c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4c_expand_bn")(
-            block4c_expand_conv, use_running_average=not train
-        )
-        block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = rt.DepthwiseConv(
-            480, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
-        )(block4c_expand_activation)
-        block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
-            block4c_dwconv, use_running_average=not train
-        )
-        block4c_activation = jax.nn.silu(block4c_bn)
-        block4c_se_squeeze = jnp.mean(block4c_activation, axis=(1, 2))
-        block4c_se_reshape = jnp.reshape(block4c_se_squeeze, (-1, 1, 1, 480))
-        block4c_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block4c_se_reduce")(block4c_se_reshape)
-        )
-        block4c_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block4c_se_expand")(block4c_se_reduce)
-        )
-        block4c_se_excite = block4c_activation * block4c_se_expand
-        block4c_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block4c_project_conv"
-        )(block4c_se_excite)
-        block4c_project_bn = rt.BatchNorm(epsilon=0.001, name="block4c_project_bn")(
-            block4c_project_conv, use_running_average=not train
-        )
-        block4c_drop = nn.Dropout(
-            0.08695652173913043, broadcast_dims=(1, 2, 3), name="block4c_drop"
-        )(block4c_project_bn, deterministic=not train)
-        block4c_add = block4c_drop + block4b_add
-        block4d_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block4d_expand_conv"
-        )(block4c_add)
-        block4d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4d_expand_bn")(
-            block4d_expand_conv, use_running_average=not train
-        )
-        block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv = rt.DepthwiseConv(
-            480, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv"
-        )(block4d_expand_activation)
-        block4d_bn = rt.BatchNorm(epsilon=0.001, name="block4d_bn")(
-            block4d_dwconv, use_running_average=not train
-        )
-        block4d_activation = jax.nn.silu(block4d_bn)
-        block4d_se_squeeze = jnp.mean(block4d_activation, axis=(1, 2))
-        block4d_se_reshape = jnp.reshape(block4d_se_squeeze, (-1, 1, 1, 480))
-        block4d_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block4d_se_reduce")(block4d_se_reshape)
-        )
-        block4d_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block4d_se_expand")(block4d_se_reduce)
-        )
-        block4d_se_excite = block4d_activation * block4d_se_expand
-        block4d_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block4d_project_conv"
-        )(block4d_se_excite)
-        block4d_project_bn = rt.BatchNorm(epsilon=0.001, name="block4d_project_bn")(
-            block4d_project_conv, use_running_average=not train
-        )
-        block4d_drop = nn.Dropout(
-            0.09565217391304348, broadcast_dims=(1, 2, 3), name="block4d_drop"
-        )(block4d_project_bn, deterministic=not train)
-        block4d_add = block4d_drop + block4c_add
-        block5a_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv"
-        )(block4d_add)
-        block5a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5a_expand_bn")(
-            block5a_expand_conv, use_running_average=not train
-        )
-        block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
-        )(block5a_expand_activation)
-        block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
-            block5a_dwconv, use_running_average=not train
-        )
-        block5a_activation = jax.nn.silu(block5a_bn)
-        block5a_se_squeeze = jnp.mean(block5a_activation, axis=(1, 2))
-        block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 480))
-        block5a_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
-        )
-        block5a_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
-        )
-        block5a_se_excite = block5a_activation * block5a_se_expand
-        block5a_project_conv = nn.Conv(
-            112, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv"
-        )(block5a_se_excite)
-        block5a_project_bn = rt.BatchNorm(epsilon=0.001, name="block5a_project_bn")(
-            block5a_project_conv, use_running_average=not train
-        )
-        block5b_expand_conv = nn.Conv(
-            672, (1, 1), padding="SAME", use_bias=False, name="block5b_expand_conv"
-        )(block5a_project_bn)
-        block5b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5b_expand_bn")(
-            block5b_expand_conv, use_running_average=not train
-        )
-        block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = rt.DepthwiseConv(
-            672, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
-        )(block5b_expand_activation)
-        block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
-            block5b_dwconv, use_running_average=not train
-        )
-        block5b_activation = jax.nn.silu(block5b_bn)
-        block5b_se_squeeze = jnp.mean(block5b_activation, axis=(1, 2))
-        block5b_se_reshape = jnp.reshape(block5b_se_squeeze, (-1, 1, 1, 672))
-        block5b_se_reduce = jax.nn.silu(
-            nn.Conv(28, (1, 1), padding="SAME", name="block5b_se_reduce")(block5b_se_reshape)
-        )
-        block5b_se_expand = jax.nn.sigmoid(
-            nn.Conv(672, (1, 1), padding="SAME", name="block5b_se_expand")(block5b_se_reduce)
-        )
-        block5b_se_excite = block5b_activation * block5b_se_expand
-        block5b_project_conv = nn.Conv(
-            112, (1, 1), padding="SAME", use_bias=False, name="block5b_project_conv"
-        )(block5b_se_excite)
-        block5b_project_bn = rt.BatchNorm(epsilon=0.001, name="block5b_project_bn")(
-            block5b_project_conv, use_running_average=not train
-        )
-        block5b_drop = nn.Dropout(
-            0.11304347826086956, broadcast_dims=(1, 2, 3), name="block5b_drop"
-        )(block5b_project_bn, deterministic=not train)
-        block5b_add = block5b_drop + block5a_project_bn
-        block5c_expand_conv = nn.Conv(
-            672, (1, 1), padding="SAME", use_bias=False, name="block5c_expand_conv"
-        )(block5b_add)
-        block5c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5c_expand_bn")(
-            block5c_expand_conv, use_running_average=not train
-        )
-        block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = rt.DepthwiseConv(
-            672, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
-        )(block5c_expand_activation)
-        block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
-            block5c_dwconv, use_running_average=not train
-        )
-        block5c_activation = jax.nn.silu(block5c_bn)
-        block5c_se_squeeze = jnp.mean(block5c_activation, axis=(1, 2))
-        block5c_se_reshape = jnp.reshape(block5c_se_squeeze, (-1, 1, 1, 672))
-        block5c_se_reduce = jax.nn.silu(
-            nn.Conv(28, (1, 1), padding="SAME", name="block5c_se_reduce")(block5c_se_reshape)
-        )
-        block5c_se_expand = jax.nn.sigmoid(
-            nn.Conv(672, (1, 1), padding="SAME", name="block5c_se_expand")(block5c_se_reduce)
-        )
-        block5c_se_excite = block5c_activation * block5c_se_expand
-        block5c_project_conv = nn.Conv(
-            112, (1, 1), padding="SAME", use_bias=False, name="block5c_project_conv"
-        )(block5c_se_excite)
-        block5c_project_bn = rt.BatchNorm(epsilon=0.001, name="block5c_project_bn")(
-            block5c_project_conv, use_running_average=not train
-        )
-        block5c_drop = nn.Dropout(
-            0.12173913043478261, broadcast_dims=(1, 2, 3), name="block5c_drop"
-        )(block5c_project_bn, deterministic=not train)
-        block5c_add = block5c_drop + block5b_add
-        block5d_expand_conv = nn.Conv(
-            672, (1, 1), padding="SAME", use_bias=False, name="block5d_expand_conv"
-        )(block5c_add)
-        block5d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5d_expand_bn")(
-            block5d_expand_conv, use_running_average=not train
-        )
-        block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv = rt.DepthwiseConv(
-            672, (5, 5), padding="SAME", use_bias=False, name="block5d_dwconv"
-        )(block5d_expand_activation)
-        block5d_bn = rt.BatchNorm(epsilon=0.001, name="block5d_bn")(
-            block5d_dwconv, use_running_average=not train
-        )
-        block5d_activation = jax.nn.silu(block5d_bn)
-        block5d_se_squeeze = jnp.mean(block5d_activation, axis=(1, 2))
-        block5d_se_reshape = jnp.reshape(block5d_se_squeeze, (-1, 1, 1, 672))
-        block5d_se_reduce = jax.nn.silu(
-            nn.Conv(28, (1, 1), padding="SAME", name="block5d_se_reduce")(block5d_se_reshape)
-        )
-        block5d_se_expand = jax.nn.sigmoid(
-            nn.Conv(672, (1, 1), padding="SAME", name="block5d_se_expand")(block5d_se_reduce)
-        )
-        block5d_se_excite = block5d_activation * block5d_se_expand
-        block5d_project_conv = nn.Conv(
-            112, (1, 1), padding="SAME", use_bias=False, name="block5d_project_conv"
-        )(block5d_se_excite)
-        block5d_project_bn = rt.BatchNorm(epsilon=0.001, name="block5d_project_bn")(
-            block5d_project_conv, use_running_average=not train
-        )
-        block5d_drop = nn.Dropout(
-            0.13043478260869565, broadcast_dims=(1, 2, 3), name="block5d_drop"
-        )(block5d_project_bn, deterministic=not train)
-        block5d_add = block5d_drop + block5c_add
-        block6a_expand_conv = nn.Conv(
-            672, (1, 1), padding="SAME", use_bias=False, name="block6a_expand_conv"
-        )(block5d_add)
-        block6a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6a_expand_bn")(
-            block6a_expand_conv, use_running_average=not train
-        )
-        block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (2, 2), (2, 2), (0, 0)))
-        block6a_dwconv = rt.DepthwiseConv(
-            672, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
-        )(block6a_dwconv_pad)
-        block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
-            block6a_dwconv, use_running_average=not train
-        )
-        block6a_activation = jax.nn.silu(block6a_bn)
-        block6a_se_squeeze = jnp.mean(block6a_activation, axis=(1, 2))
-        block6a_se_reshape = jnp.reshape(block6a_se_squeeze, (-1, 1, 1, 672))
-        block6a_se_reduce = jax.nn.silu(
-            nn.Conv(28, (1, 1), padding="SAME", name="block6a_se_reduce")(block6a_se_reshape)
-        )
-        block6a_se_expand = jax.nn.sigmoid(
-            nn.Conv(672, (1, 1), padding="SAME", name="block6a_se_expand")(block6a_se_reduce)
-        )
-        block6a_se_excite = block6a_activation * block6a_se_expand
-        block6a_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block6a_project_conv"
-        )(block6a_se_excite)
-        block6a_project_bn = rt.BatchNorm(epsilon=0.001, name="block6a_project_bn")(
-            block6a_project_conv, use_running_average=not train
-        )
-        block6b_expand_conv = nn.Conv(
-            1152, (1, 1), padding="SAME", use_bias=False, name="block6b_expand_conv"
-        )(block6a_project_bn)
-        block6b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6b_expand_bn")(
-            block6b_expand_conv, use_running_average=not train
-        )
-        block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = rt.DepthwiseConv(
-            1152, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
-        )(block6b_expand_activation)
-        block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
-            block6b_dwconv, use_running_average=not train
-        )
-        block6b_activation = jax.nn.silu(block6b_bn)
-        block6b_se_squeeze = jnp.mean(block6b_activation, axis=(1, 2))
-        block6b_se_reshape = jnp.reshape(block6b_se_squeeze, (-1, 1, 1, 1152))
-        block6b_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block6b_se_reduce")(block6b_se_reshape)
-        )
-        block6b_se_expand = jax.nn.sigmoid(
-            nn.Conv(1152, (1, 1), padding="SAME", name="block6b_se_expand")(block6b_se_reduce)
-        )
-        block6b_se_excite = block6b_activation * block6b_se_expand
-        block6b_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block6b_project_conv"
-        )(block6b_se_excite)
-        block6b_project_bn = rt.BatchNorm(epsilon=0.001, name="block6b_project_bn")(
-            block6b_project_conv, use_running_average=not train
-        )
-        block6b_drop = nn.Dropout(
-            0.14782608695652175, broadcast_dims=(1, 2, 3), name="block6b_drop"
-        )(block6b_project_bn, deterministic=not train)
-        block6b_add = block6b_drop + block6a_project_bn
-        block6c_expand_conv = nn.Conv(
-            1152, (1, 1), padding="SAME", use_bias=False, name="block6c_expand_conv"
-        )(block6b_add)
-        block6c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6c_expand_bn")(
-            block6c_expand_conv, use_running_average=not train
-        )
-        block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = rt.DepthwiseConv(
-            1152, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
-        )(block6c_expand_activation)
-        block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
-            block6c_dwconv, use_running_average=not train
-        )
-        block6c_activation = jax.nn.silu(block6c_bn)
-        block6c_se_squeeze = jnp.mean(block6c_activation, axis=(1, 2))
-        block6c_se_reshape = jnp.reshape(block6c_se_squeeze, (-1, 1, 1, 1152))
-        block6c_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block6c_se_reduce")(block6c_se_reshape)
-        )
-        block6c_se_expand = jax.nn.sigmoid(
-            nn.Conv(1152, (1, 1), padding="SAME", name="block6c_se_expand")(block6c_se_reduce)
-        )
-        block6c_se_excite = block6c_activation * block6c_se_expand
-        block6c_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block6c_project_conv"
-        )(block6c_se_excite)
-        block6c_project_bn = rt.BatchNorm(epsilon=0.001, name="block6c_project_bn")(
-            block6c_project_conv, use_running_average=not train
-        )
-        block6c_drop = nn.Dropout(
-            0.1565217391304348, broadcast_dims=(1, 2, 3), name="block6c_drop"
-        )(block6c_project_bn, deterministic=not train)
-        block6c_add = block6c_drop + block6b_add
-        block6d_expand_conv = nn.Conv(
-            1152, (1, 1), padding="SAME", use_bias=False, name="block6d_expand_conv"
-        )(block6c_add)
-        block6d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6d_expand_bn")(
-            block6d_expand_conv, use_running_average=not train
-        )
-        block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = rt.DepthwiseConv(
-            1152, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
-        )(block6d_expand_activation)
-        block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
-            block6d_dwconv, use_running_average=not train
-        )
-        block6d_activation = jax.nn.silu(block6d_bn)
-        block6d_se_squeeze = jnp.mean(block6d_activation, axis=(1, 2))
-        block6d_se_reshape = jnp.reshape(block6d_se_squeeze, (-1, 1, 1, 1152))
-        block6d_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block6d_se_reduce")(block6d_se_reshape)
-        )
-        block6d_se_expand = jax.nn.sigmoid(
-            nn.Conv(1152, (1, 1), padding="SAME", name="block6d_se_expand")(block6d_se_reduce)
-        )
-        block6d_se_excite = block6d_activation * block6d_se_expand
-        block6d_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block6d_project_conv"
-        )(block6d_se_excite)
-        block6d_project_bn = rt.BatchNorm(epsilon=0.001, name="block6d_project_bn")(
-            block6d_project_conv, use_running_average=not train
-        )
-        block6d_drop = nn.Dropout(
-            0.16521739130434784, broadcast_dims=(1, 2, 3), name="block6d_drop"
-        )(block6d_project_bn, deterministic=not train)
-        block6d_add = block6d_drop + block6c_add
-        block6e_expand_conv = nn.Conv(
-            1152, (1, 1), padding="SAME", use_bias=False, name="block6e_expand_conv"
-        )(block6d_add)
-        block6e_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6e_expand_bn")(
-            block6e_expand_conv, use_running_average=not train
-        )
-        block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv = rt.DepthwiseConv(
-            1152, (5, 5), padding="SAME", use_bias=False, name="block6e_dwconv"
-        )(block6e_expand_activation)
-        block6e_bn = rt.BatchNorm(epsilon=0.001, name="block6e_bn")(
-            block6e_dwconv, use_running_average=not train
-        )
-        block6e_activation = jax.nn.silu(block6e_bn)
-        block6e_se_squeeze = jnp.mean(block6e_activation, axis=(1, 2))
-        block6e_se_reshape = jnp.reshape(block6e_se_squeeze, (-1, 1, 1, 1152))
-        block6e_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block6e_se_reduce")(block6e_se_reshape)
-        )
-        block6e_se_expand = jax.nn.sigmoid(
-            nn.Conv(1152, (1, 1), padding="SAME", name="block6e_se_expand")(block6e_se_reduce)
-        )
-        block6e_se_excite = block6e_activation * block6e_se_expand
-        block6e_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block6e_project_conv"
-        )(block6e_se_excite)
-        block6e_project_bn = rt.BatchNorm(epsilon=0.001, name="block6e_project_bn")(
-            block6e_project_conv, use_running_average=not train
-        )
-        block6e_drop = nn.Dropout(
-            0.17391304347826086, broadcast_dims=(1, 2, 3), name="block6e_drop"
-        )(block6e_project_bn, deterministic=not train)
-        block6e_add = block6e_drop + block6d_add
-        block7a_expand_conv = nn.Conv(
-            1152, (1, 1), padding="SAME", use_bias=False, name="block7a_expand_conv"
-        )(block6e_add)
-        block7a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block7a_expand_bn")(
-            block7a_expand_conv, use_running_average=not train
-        )
-        block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = rt.DepthwiseConv(
-            1152, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
-        )(block7a_expand_activation)
-        block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
-            block7a_dwconv, use_running_average=not train
-        )
-        block7a_activation = jax.nn.silu(block7a_bn)
-        block7a_se_squeeze = jnp.mean(block7a_activation, axis=(1, 2))
-        block7a_se_reshape = jnp.reshape(block7a_se_squeeze, (-1, 1, 1, 1152))
-        block7a_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block7a_se_reduce")(block7a_se_reshape)
-        )
-        block7a_se_expand = jax.nn.sigmoid(
-            nn.Conv(1152, (1, 1), padding="SAME", name="block7a_se_expand")(block7a_se_reduce)
-        )
-        block7a_se_excite = block7a_activation * block7a_se_expand
-        block7a_project_conv = nn.Conv(
-            320, (1, 1), padding="SAME", use_bias=False, name="block7a_project_conv"
-        )(block7a_se_excite)
-        block7a_project_bn = rt.BatchNorm(epsilon=0.001, name="block7a_project_bn")(
-            block7a_project_conv, use_running_average=not train
-        )
-        block7b_expand_conv = nn.Conv(
-            1920, (1, 1), padding="SAME", use_bias=False, name="block7b_expand_conv"
-        )(block7a_project_bn)
-        block7b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block7b_expand_bn")(
-            block7b_expand_conv, use_running_average=not train
-        )
-        block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv = rt.DepthwiseConv(
-            1920, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv"
-        )(block7b_expand_activation)
-        block7b_bn = rt.BatchNorm(epsilon=0.001, name="block7b_bn")(
-            block7b_dwconv, use_running_average=not train
-        )
-        block7b_activation = jax.nn.silu(block7b_bn)
-        block7b_se_squeeze = jnp.mean(block7b_activation, axis=(1, 2))
-        block7b_se_reshape = jnp.reshape(block7b_se_squeeze, (-1, 1, 1, 1920))
-        block7b_se_reduce = jax.nn.silu(
-            nn.Conv(80, (1, 1), padding="SAME", name="block7b_se_reduce")(block7b_se_reshape)
-        )
-        block7b_se_expand = jax.nn.sigmoid(
-            nn.Conv(1920, (1, 1), padding="SAME", name="block7b_se_expand")(block7b_se_reduce)
-        )
-        block7b_se_excite = block7b_activation * block7b_se_expand
-        block7b_project_conv = nn.Conv(
-            320, (1, 1), padding="SAME", use_bias=False, name="block7b_project_conv"
-        )(block7b_se_excite)
-        block7b_project_bn = rt.BatchNorm(epsilon=0.001, name="block7b_project_bn")(
-            block7b_project_conv, use_running_average=not train
-        )
-        block7b_drop = nn.Dropout(
-            0.19130434782608696, broadcast_dims=(1, 2, 3), name="block7b_drop"
-        )(block7b_project_bn, deterministic=not train)
-        block7b_add = block7b_drop + block7a_project_bn
-        top_conv = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(
-            block7b_add
-        )
-        top_bn = rt.BatchNorm(epsilon=0.001, name="top_bn")(top_conv, use_running_average=not train)
-        top_activation = jax.nn.silu(top_bn)
-        avg_pool = jnp.mean(top_activation, axis=(1, 2))
-        top_dropout = nn.Dropout(0.2, name="top_dropout")(avg_pool, deterministic=not train)
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(top_dropout))
-        return predictions
+        x = block1b_drop + x
+        x = Blocka(
+            96, ((0, 0), (0, 1), (0, 1), (0, 0)), (3, 3), (-1, 1, 1, 96), 4, 24, name="block2a"
+        )(x, train=train)
+        x = Blockb(144, (3, 3), (-1, 1, 1, 144), 6, 24, 0.026086956521739136, name="block2b")(
+            x, train=train
+        )
+        x = Blockb(144, (3, 3), (-1, 1, 1, 144), 6, 24, 0.034782608695652174, name="block2c")(
+            x, train=train
+        )
+        x = Blocka(
+            144, ((0, 0), (1, 2), (1, 2), (0, 0)), (5, 5), (-1, 1, 1, 144), 6, 40, name="block3a"
+        )(x, train=train)
+        x = Blockb(240, (5, 5), (-1, 1, 1, 240), 10, 40, 0.05217391304347827, name="block3b")(
+            x, train=train
+        )
+        x = Blockb(240, (5, 5), (-1, 1, 1, 240), 10, 40, 0.06086956521739131, name="block3c")(
+            x, train=train
+        )
+        x = Blocka(
+            240, ((0, 0), (0, 1), (0, 1), (0, 0)), (3, 3), (-1, 1, 1, 240), 10, 80, name="block4a"
+        )(x, train=train)
+        x = Blockb(480, (3, 3), (-1, 1, 1, 480), 20, 80, 0.0782608695652174, name="block4b")(
+            x, train=train
+        )
+        x = Blockb(480, (3, 3), (-1, 1, 1, 480), 20, 80, 0.08695652173913043, name="block4c")(
+            x, train=train
+        )
+        x = Blockb(480, (3, 3), (-1, 1, 1, 480), 20, 80, 0.09565217391304348, name="block4d")(
+            x, train=train
+        )
+        x = Block5a(480, (5, 5), (-1, 1, 1, 480), 20, 112, name="block5a")(x, train=train)
+        x = Blockb(672, (5, 5), (-1, 1, 1, 672), 28, 112, 0.11304347826086956, name="block5b")(
+            x, train=train
+        )
+        x = Blockb(672, (5, 5), (-1, 1, 1, 672), 28, 112, 0.12173913043478261, name="block5c")(
+            x, train=train
+        )
+        x = Blockb(672, (5, 5), (-1, 1, 1, 672), 28, 112, 0.13043478260869565, name="block5d")(
+            x, train=train
+        )
+        x = Blocka(
+            672, ((0, 0), (2, 2), (2, 2), (0, 0)), (5, 5), (-1, 1, 1, 672), 28, 192, name="block6a"
+        )(x, train=train)
+        x = Blockb(1152, (5, 5), (-1, 1, 1, 1152), 48, 192, 0.14782608695652175, name="block6b")(
+            x, train=train
+        )
+        x = Blockb(1152, (5, 5), (-1, 1, 1, 1152), 48, 192, 0.1565217391304348, name="block6c")(
+            x, train=train
+        )
+        x = Blockb(1152, (5, 5), (-1, 1, 1, 1152), 48, 192, 0.16521739130434784, name="block6d")(
+            x, train=train
+        )
+        x = Blockb(1152, (5, 5), (-1, 1, 1, 1152), 48, 192, 0.17391304347826086, name="block6e")(
+            x, train=train
+        )
+        x = Block5a(1152, (3, 3), (-1, 1, 1, 1152), 48, 320, name="block7a")(x, train=train)
+        x = Blockb(1920, (3, 3), (-1, 1, 1, 1920), 80, 320, 0.19130434782608696, name="block7b")(
+            x, train=train
+        )
+        x = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="top_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(0.2, name="top_dropout")(x, deterministic=not train)
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

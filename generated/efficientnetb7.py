@@ -10,6 +10,169 @@ from kgen import runtime as rt
 __all__ = ["EfficientNetB7"]
 
 
+class Blockb(nn.Module):
+    """3 alike blocks of the Keras model efficientnetb7, folded by kgen.
+
+    block1b to block1d.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = rt.DepthwiseConv(32, (3, 3), padding="SAME", use_bias=False, name="dwconv")(x)
+        y = rt.BatchNorm(epsilon=0.001, name="bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        se_squeeze = jnp.mean(y, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, (-1, 1, 1, 32))
+        se_reduce = jax.nn.silu(nn.Conv(8, (1, 1), padding="SAME", name="se_reduce")(se_reshape))
+        se_expand = jax.nn.sigmoid(nn.Conv(32, (1, 1), padding="SAME", name="se_expand")(se_reduce))
+        y = y * se_expand
+        y = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="project_conv")(y)
+        y = rt.BatchNorm(epsilon=0.001, name="project_bn")(y, use_running_average=not train)
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Blocka(nn.Module):
+    """4 alike blocks of the Keras model efficientnetb7, folded by kgen.
+
+    block2a to block6a.
+    """
+
+    expand_conv_features: int
+    pad_width: tuple
+    kernel_size: tuple
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = jnp.pad(x, self.pad_width)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            self.kernel_size,
+            strides=(2, 2),
+            padding="VALID",
+            use_bias=False,
+            name="dwconv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
+        return x
+
+
+class Block2b(nn.Module):
+    """45 alike blocks of the Keras model efficientnetb7, folded by kgen.
+
+    block2b to block7d.
+    """
+
+    expand_conv_features: int
+    kernel_size: tuple
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, name="expand_bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        y = rt.DepthwiseConv(
+            self.expand_conv_features,
+            self.kernel_size,
+            padding="SAME",
+            use_bias=False,
+            name="dwconv",
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, name="bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        se_squeeze = jnp.mean(y, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        y = y * se_expand
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, name="project_bn")(y, use_running_average=not train)
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Block5a(nn.Module):
+    """2 alike blocks of the Keras model efficientnetb7, folded by kgen.
+
+    block5a and block7a.
+    """
+
+    expand_conv_features: int
+    kernel_size: tuple
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            self.kernel_size,
+            padding="SAME",
+            use_bias=False,
+            name="dwconv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
+        return x
+
+
 class EfficientNetB7(nn.Module):
     """Keras Functional model efficientnetb7, converted by kgen."""
 
@@ -24,24 +187,18 @@ class EfficientNetB7(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        rescaling = input_layer * 0.00392156862745098
-        normalization = rt.Normalization(name="normalization")(rescaling)
-        stem_conv_pad = jnp.pad(normalization, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        stem_conv = nn.Conv(
-            64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv"
-        )(stem_conv_pad)
-        stem_bn = rt.BatchNorm(epsilon=0.001, name="stem_bn")(
-            stem_conv, use_running_average=not train
+        x = input_layer * 0.00392156862745098
+        x = rt.Normalization(name="normalization")(x)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = nn.Conv(64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv")(
+            x
         )
-        stem_activation = jax.nn.silu(stem_bn)
-        block1a_dwconv = rt.DepthwiseConv(
-            64, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv"
-        )(stem_activation)
-        block1a_bn = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(
-            block1a_dwconv, use_running_average=not train
-        )
-        block1a_activation = jax.nn.silu(block1a_bn)
-        block1a_se_squeeze = jnp.mean(block1a_activation, axis=(1, 2))
+        x = rt.BatchNorm(epsilon=0.001, name="stem_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(64, (3, 3), padding="SAME", use_bias=False, name="block1a_dwconv")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="block1a_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        block1a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block1a_se_reshape = jnp.reshape(block1a_se_squeeze, (-1, 1, 1, 64))
         block1a_se_reduce = jax.nn.silu(
             nn.Conv(16, (1, 1), padding="SAME", name="block1a_se_reduce")(block1a_se_reshape)
@@ -49,1760 +206,167 @@ class EfficientNetB7(nn.Module):
         block1a_se_expand = jax.nn.sigmoid(
             nn.Conv(64, (1, 1), padding="SAME", name="block1a_se_expand")(block1a_se_reduce)
         )
-        block1a_se_excite = block1a_activation * block1a_se_expand
-        block1a_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv"
-        )(block1a_se_excite)
-        block1a_project_bn = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(
-            block1a_project_conv, use_running_average=not train
-        )
-        block1b_dwconv = rt.DepthwiseConv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
-        )(block1a_project_bn)
-        block1b_bn = rt.BatchNorm(epsilon=0.001, name="block1b_bn")(
-            block1b_dwconv, use_running_average=not train
-        )
-        block1b_activation = jax.nn.silu(block1b_bn)
-        block1b_se_squeeze = jnp.mean(block1b_activation, axis=(1, 2))
-        block1b_se_reshape = jnp.reshape(block1b_se_squeeze, (-1, 1, 1, 32))
-        block1b_se_reduce = jax.nn.silu(
-            nn.Conv(8, (1, 1), padding="SAME", name="block1b_se_reduce")(block1b_se_reshape)
-        )
-        block1b_se_expand = jax.nn.sigmoid(
-            nn.Conv(32, (1, 1), padding="SAME", name="block1b_se_expand")(block1b_se_reduce)
-        )
-        block1b_se_excite = block1b_activation * block1b_se_expand
-        block1b_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block1b_project_conv"
-        )(block1b_se_excite)
-        block1b_project_bn = rt.BatchNorm(epsilon=0.001, name="block1b_project_bn")(
-            block1b_project_conv, use_running_average=not train
-        )
-        block1b_drop = nn.Dropout(
-            0.0036363636363636364, broadcast_dims=(1, 2, 3), name="block1b_drop"
-        )(block1b_project_bn, deterministic=not train)
-        block1b_add = block1b_drop + block1a_project_bn
-        block1c_dwconv = rt.DepthwiseConv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1c_dwconv"
-        )(block1b_add)
-        block1c_bn = rt.BatchNorm(epsilon=0.001, name="block1c_bn")(
-            block1c_dwconv, use_running_average=not train
-        )
-        block1c_activation = jax.nn.silu(block1c_bn)
-        block1c_se_squeeze = jnp.mean(block1c_activation, axis=(1, 2))
-        block1c_se_reshape = jnp.reshape(block1c_se_squeeze, (-1, 1, 1, 32))
-        block1c_se_reduce = jax.nn.silu(
-            nn.Conv(8, (1, 1), padding="SAME", name="block1c_se_reduce")(block1c_se_reshape)
-        )
-        block1c_se_expand = jax.nn.sigmoid(
-            nn.Conv(32, (1, 1), padding="SAME", name="block1c_se_expand")(block1c_se_reduce)
-        )
-        block1c_se_excite = block1c_activation * block1c_se_expand
-        block1c_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block1c_project_conv"
-        )(block1c_se_excite)
-        block1c_project_bn = rt.BatchNorm(epsilon=0.001, name="block1c_project_bn")(
-            block1c_project_conv, use_running_average=not train
-        )
-        block1c_drop = nn.Dropout(
-            0.007272727272727273, broadcast_dims=(1, 2, 3), name="block1c_drop"
-        )(block1c_project_bn, deterministic=not train)
-        block1c_add = block1c_drop + block1b_add
-        block1d_dwconv = rt.DepthwiseConv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1d_dwconv"
-        )(block1c_add)
-        block1d_bn = rt.BatchNorm(epsilon=0.001, name="block1d_bn")(
-            block1d_dwconv, use_running_average=not train
-        )
-        block1d_activation = jax.nn.silu(block1d_bn)
-        block1d_se_squeeze = jnp.mean(block1d_activation, axis=(1, 2))
-        block1d_se_reshape = jnp.reshape(block1d_se_squeeze, (-1, 1, 1, 32))
-        block1d_se_reduce = jax.nn.silu(
-            nn.Conv(8, (1, 1), padding="SAME", name="block1d_se_reduce")(block1d_se_reshape)
-        )
-        block1d_se_expand = jax.nn.sigmoid(
-            nn.Conv(32, (1, 1), padding="SAME", name="block1d_se_expand")(block1d_se_reduce)
-        )
-        block1d_se_excite = block1d_activation * block1d_se_expand
-        block1d_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block1d_project_conv"
-        )(block1d_se_excite)
-        block1d_project_bn = rt.BatchNorm(epsilon=0.001, name="block1d_project_bn")(
-            block1d_project_conv, use_running_average=not train
-        )
-        block1d_drop = nn.Dropout(
-            0.01090909090909091, broadcast_dims=(1, 2, 3), name="block1d_drop"
-        )(block1d_project_bn, deterministic=not train)
-        block1d_add = block1d_drop + block1c_add
-        block2a_expand_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block2a_expand_conv"
-        )(block1d_add)
-        block2a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2a_expand_bn")(
-            block2a_expand_conv, use_running_average=not train
-        )
-        block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
-        block2a_dwconv_pad = jnp.pad(block2a_expand_activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block2a_dwconv = rt.DepthwiseConv(
-            192, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block2a_dwconv"
-        )(block2a_dwconv_pad)
-        block2a_bn = rt.BatchNorm(epsilon=0.001, name="block2a_bn")(
-            block2a_dwconv, use_running_average=not train
-        )
-        block2a_activation = jax.nn.silu(block2a_bn)
-        block2a_se_squeeze = jnp.mean(block2a_activation, axis=(1, 2))
-        block2a_se_reshape = jnp.reshape(block2a_se_squeeze, (-1, 1, 1, 192))
-        block2a_se_reduce = jax.nn.silu(
-            nn.Conv(8, (1, 1), padding="SAME", name="block2a_se_reduce")(block2a_se_reshape)
-        )
-        block2a_se_expand = jax.nn.sigmoid(
-            nn.Conv(192, (1, 1), padding="SAME", name="block2a_se_expand")(block2a_se_reduce)
-        )
-        block2a_se_excite = block2a_activation * block2a_se_expand
-        block2a_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2a_project_conv"
-        )(block2a_se_excite)
-        block2a_project_bn = rt.BatchNorm(epsilon=0.001, name="block2a_project_bn")(
-            block2a_project_conv, use_running_average=not train
-        )
-        block2b_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block2b_expand_conv"
-        )(block2a_project_bn)
-        block2b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2b_expand_bn")(
-            block2b_expand_conv, use_running_average=not train
-        )
-        block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_dwconv = rt.DepthwiseConv(
-            288, (3, 3), padding="SAME", use_bias=False, name="block2b_dwconv"
-        )(block2b_expand_activation)
-        block2b_bn = rt.BatchNorm(epsilon=0.001, name="block2b_bn")(
-            block2b_dwconv, use_running_average=not train
-        )
-        block2b_activation = jax.nn.silu(block2b_bn)
-        block2b_se_squeeze = jnp.mean(block2b_activation, axis=(1, 2))
-        block2b_se_reshape = jnp.reshape(block2b_se_squeeze, (-1, 1, 1, 288))
-        block2b_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block2b_se_reduce")(block2b_se_reshape)
-        )
-        block2b_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block2b_se_expand")(block2b_se_reduce)
-        )
-        block2b_se_excite = block2b_activation * block2b_se_expand
-        block2b_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2b_project_conv"
-        )(block2b_se_excite)
-        block2b_project_bn = rt.BatchNorm(epsilon=0.001, name="block2b_project_bn")(
-            block2b_project_conv, use_running_average=not train
-        )
-        block2b_drop = nn.Dropout(
-            0.01818181818181818, broadcast_dims=(1, 2, 3), name="block2b_drop"
-        )(block2b_project_bn, deterministic=not train)
-        block2b_add = block2b_drop + block2a_project_bn
-        block2c_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block2c_expand_conv"
-        )(block2b_add)
-        block2c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2c_expand_bn")(
-            block2c_expand_conv, use_running_average=not train
-        )
-        block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_dwconv = rt.DepthwiseConv(
-            288, (3, 3), padding="SAME", use_bias=False, name="block2c_dwconv"
-        )(block2c_expand_activation)
-        block2c_bn = rt.BatchNorm(epsilon=0.001, name="block2c_bn")(
-            block2c_dwconv, use_running_average=not train
-        )
-        block2c_activation = jax.nn.silu(block2c_bn)
-        block2c_se_squeeze = jnp.mean(block2c_activation, axis=(1, 2))
-        block2c_se_reshape = jnp.reshape(block2c_se_squeeze, (-1, 1, 1, 288))
-        block2c_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block2c_se_reduce")(block2c_se_reshape)
-        )
-        block2c_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block2c_se_expand")(block2c_se_reduce)
-        )
-        block2c_se_excite = block2c_activation * block2c_se_expand
-        block2c_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2c_project_conv"
-        )(block2c_se_excite)
-        block2c_project_bn = rt.BatchNorm(epsilon=0.001, name="block2c_project_bn")(
-            block2c_project_conv, use_running_average=not train
-        )
-        block2c_drop = nn.Dropout(
-            0.02181818181818182, broadcast_dims=(1, 2, 3), name="block2c_drop"
-        )(block2c_project_bn, deterministic=not train)
-        block2c_add = block2c_drop + block2b_add
-        block2d_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block2d_expand_conv"
-        )(block2c_add)
-        block2d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2d_expand_bn")(
-            block2d_expand_conv, use_running_average=not train
-        )
-        block2d_expand_activation = jax.nn.silu(block2d_expand_bn)
-        block2d_dwconv = rt.DepthwiseConv(
-            288, (3, 3), padding="SAME", use_bias=False, name="block2d_dwconv"
-        )(block2d_expand_activation)
-        block2d_bn = rt.BatchNorm(epsilon=0.001, name="block2d_bn")(
-            block2d_dwconv, use_running_average=not train
-        )
-        block2d_activation = jax.nn.silu(block2d_bn)
-        block2d_se_squeeze = jnp.mean(block2d_activation, axis=(1, 2))
-        block2d_se_reshape = jnp.reshape(block2d_se_squeeze, (-1, 1, 1, 288))
-        block2d_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block2d_se_reduce")(block2d_se_reshape)
-        )
-        block2d_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block2d_se_expand")(block2d_se_reduce)
-        )
-        block2d_se_excite = block2d_activation * block2d_se_expand
-        block2d_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2d_project_conv"
-        )(block2d_se_excite)
-        block2d_project_bn = rt.BatchNorm(epsilon=0.001, name="block2d_project_bn")(
-            block2d_project_conv, use_running_average=not train
-        )
-        block2d_drop = nn.Dropout(
-            0.025454545454545455, broadcast_dims=(1, 2, 3), name="block2d_drop"
-        )(block2d_project_bn, deterministic=not train)
-        block2d_add = block2d_drop + block2c_add
-        block2e_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block2e_expand_conv"
-        )(block2d_add)
-        block2e_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2e_expand_bn")(
-            block2e_expand_conv, use_running_average=not train
-        )
-        block2e_expand_activation = jax.nn.silu(block2e_expand_bn)
-        block2e_dwconv = rt.DepthwiseConv(
-            288, (3, 3), padding="SAME", use_bias=False, name="block2e_dwconv"
-        )(block2e_expand_activation)
-        block2e_bn = rt.BatchNorm(epsilon=0.001, name="block2e_bn")(
-            block2e_dwconv, use_running_average=not train
-        )
-        block2e_activation = jax.nn.silu(block2e_bn)
-        block2e_se_squeeze = jnp.mean(block2e_activation, axis=(1, 2))
-        block2e_se_reshape = jnp.reshape(block2e_se_squeeze, (-1, 1, 1, 288))
-        block2e_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block2e_se_reduce")(block2e_se_reshape)
-        )
-        block2e_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block2e_se_expand")(block2e_se_reduce)
-        )
-        block2e_se_excite = block2e_activation * block2e_se_expand
-        block2e_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2e_project_conv"
-        )(block2e_se_excite)
-        block2e_project_bn = rt.BatchNorm(epsilon=0.001, name="block2e_project_bn")(
-            block2e_project_conv, use_running_average=not train
-        )
-        block2e_drop = nn.Dropout(
-            0.02909090909090909, broadcast_dims=(1, 2, 3), name="block2e_drop"
-        )(block2e_project_bn, deterministic=not train)
-        block2e_add = block2e_drop + block2d_add
-        block2f_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block2f_expand_conv"
-        )(block2e_add)
-        block2f_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2f_expand_bn")(
-            block2f_expand_conv, use_running_average=not train
-        )
-        block2f_expand_activation = jax.nn.silu(block2f_expand_bn)
-        block2f_dwconv = rt.DepthwiseConv(
-            288, (3, 3), padding="SAME", use_bias=False, name="block2f_dwconv"
-        )(block2f_expand_activation)
-        block2f_bn = rt.BatchNorm(epsilon=0.001, name="block2f_bn")(
-            block2f_dwconv, use_running_average=not train
-        )
-        block2f_activation = jax.nn.silu(block2f_bn)
-        block2f_se_squeeze = jnp.mean(block2f_activation, axis=(1, 2))
-        block2f_se_reshape = jnp.reshape(block2f_se_squeeze, (-1, 1, 1, 288))
-        block2f_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block2f_se_reduce")(block2f_se_reshape)
-        )
-        block2f_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block2f_se_expand")(block2f_se_reduce)
-        )
-        block2f_se_excite = block2f_activation * block2f_se_expand
-        block2f_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2f_project_conv"
-        )(block2f_se_excite)
-        block2f_project_bn = rt.BatchNorm(epsilon=0.001, name="block2f_project_bn")(
-            block2f_project_conv, use_running_average=not train
-        )
-        block2f_drop = nn.Dropout(
-            0.03272727272727273, broadcast_dims=(1, 2, 3), name="block2f_drop"
-        )(block2f_project_bn, deterministic=not train)
-        block2f_add = block2f_drop + block2e_add
-        block2g_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block2g_expand_conv"
-        )(block2f_add)
-        block2g_expand_bn = rt.BatchNorm(epsilon=0.001, name="block2g_expand_bn")(
-            block2g_expand_conv, use_running_average=not train
-        )
-        block2g_expand_activation = jax.nn.silu(block2g_expand_bn)
-        block2g_dwconv = rt.DepthwiseConv(
-            288, (3, 3), padding="SAME", use_bias=False, name="block2g_dwconv"
-        )(block2g_expand_activation)
-        block2g_bn = rt.BatchNorm(epsilon=0.001, name="block2g_bn")(
-            block2g_dwconv, use_running_average=not train
-        )
-        block2g_activation = jax.nn.silu(block2g_bn)
-        block2g_se_squeeze = jnp.mean(block2g_activation, axis=(1, 2))
-        block2g_se_reshape = jnp.reshape(block2g_se_squeeze, (-1, 1, 1, 288))
-        block2g_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block2g_se_reduce")(block2g_se_reshape)
-        )
-        block2g_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block2g_se_expand")(block2g_se_reduce)
-        )
-        block2g_se_excite = block2g_activation * block2g_se_expand
-        block2g_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2g_project_conv"
-        )(block2g_se_excite)
-        block2g_project_bn = rt.BatchNorm(epsilon=0.001, name="block2g_project_bn")(
-            block2g_project_conv, use_running_average=not train
-        )
-        block2g_drop = nn.Dropout(
-            0.03636363636363636, broadcast_dims=(1, 2, 3), name="block2g_drop"
-        )(block2g_project_bn, deterministic=not train)
-        block2g_add = block2g_drop + block2f_add
-        block3a_expand_conv = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="block3a_expand_conv"
-        )(block2g_add)
-        block3a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3a_expand_bn")(
-            block3a_expand_conv, use_running_average=not train
-        )
-        block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
-        block3a_dwconv_pad = jnp.pad(block3a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block3a_dwconv = rt.DepthwiseConv(
-            288, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block3a_dwconv"
-        )(block3a_dwconv_pad)
-        block3a_bn = rt.BatchNorm(epsilon=0.001, name="block3a_bn")(
-            block3a_dwconv, use_running_average=not train
-        )
-        block3a_activation = jax.nn.silu(block3a_bn)
-        block3a_se_squeeze = jnp.mean(block3a_activation, axis=(1, 2))
-        block3a_se_reshape = jnp.reshape(block3a_se_squeeze, (-1, 1, 1, 288))
-        block3a_se_reduce = jax.nn.silu(
-            nn.Conv(12, (1, 1), padding="SAME", name="block3a_se_reduce")(block3a_se_reshape)
-        )
-        block3a_se_expand = jax.nn.sigmoid(
-            nn.Conv(288, (1, 1), padding="SAME", name="block3a_se_expand")(block3a_se_reduce)
-        )
-        block3a_se_excite = block3a_activation * block3a_se_expand
-        block3a_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3a_project_conv"
-        )(block3a_se_excite)
-        block3a_project_bn = rt.BatchNorm(epsilon=0.001, name="block3a_project_bn")(
-            block3a_project_conv, use_running_average=not train
-        )
-        block3b_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block3b_expand_conv"
-        )(block3a_project_bn)
-        block3b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3b_expand_bn")(
-            block3b_expand_conv, use_running_average=not train
-        )
-        block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block3b_dwconv"
-        )(block3b_expand_activation)
-        block3b_bn = rt.BatchNorm(epsilon=0.001, name="block3b_bn")(
-            block3b_dwconv, use_running_average=not train
-        )
-        block3b_activation = jax.nn.silu(block3b_bn)
-        block3b_se_squeeze = jnp.mean(block3b_activation, axis=(1, 2))
-        block3b_se_reshape = jnp.reshape(block3b_se_squeeze, (-1, 1, 1, 480))
-        block3b_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block3b_se_reduce")(block3b_se_reshape)
-        )
-        block3b_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block3b_se_expand")(block3b_se_reduce)
-        )
-        block3b_se_excite = block3b_activation * block3b_se_expand
-        block3b_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3b_project_conv"
-        )(block3b_se_excite)
-        block3b_project_bn = rt.BatchNorm(epsilon=0.001, name="block3b_project_bn")(
-            block3b_project_conv, use_running_average=not train
-        )
-        block3b_drop = nn.Dropout(
-            0.04363636363636364, broadcast_dims=(1, 2, 3), name="block3b_drop"
-        )(block3b_project_bn, deterministic=not train)
-        block3b_add = block3b_drop + block3a_project_bn
-        block3c_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block3c_expand_conv"
-        )(block3b_add)
-        block3c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3c_expand_bn")(
-            block3c_expand_conv, use_running_average=not train
-        )
-        block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block3c_dwconv"
-        )(block3c_expand_activation)
-        block3c_bn = rt.BatchNorm(epsilon=0.001, name="block3c_bn")(
-            block3c_dwconv, use_running_average=not train
-        )
-        block3c_activation = jax.nn.silu(block3c_bn)
-        block3c_se_squeeze = jnp.mean(block3c_activation, axis=(1, 2))
-        block3c_se_reshape = jnp.reshape(block3c_se_squeeze, (-1, 1, 1, 480))
-        block3c_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block3c_se_reduce")(block3c_se_reshape)
-        )
-        block3c_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block3c_se_expand")(block3c_se_reduce)
-        )
-        block3c_se_excite = block3c_activation * block3c_se_expand
-        block3c_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3c_project_conv"
-        )(block3c_se_excite)
-        block3c_project_bn = rt.BatchNorm(epsilon=0.001, name="block3c_project_bn")(
-            block3c_project_conv, use_running_average=not train
-        )
-        block3c_drop = nn.Dropout(
-            0.04727272727272727, broadcast_dims=(1, 2, 3), name="block3c_drop"
-        )(block3c_project_bn, deterministic=not train)
-        block3c_add = block3c_drop + block3b_add
-        block3d_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block3d_expand_conv"
-        )(block3c_add)
-        block3d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3d_expand_bn")(
-            block3d_expand_conv, use_running_average=not train
-        )
-        block3d_expand_activation = jax.nn.silu(block3d_expand_bn)
-        block3d_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block3d_dwconv"
-        )(block3d_expand_activation)
-        block3d_bn = rt.BatchNorm(epsilon=0.001, name="block3d_bn")(
-            block3d_dwconv, use_running_average=not train
-        )
-        block3d_activation = jax.nn.silu(block3d_bn)
-        block3d_se_squeeze = jnp.mean(block3d_activation, axis=(1, 2))
-        block3d_se_reshape = jnp.reshape(block3d_se_squeeze, (-1, 1, 1, 480))
-        block3d_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block3d_se_reduce")(block3d_se_reshape)
-        )
-        block3d_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block3d_se_expand")(block3d_se_reduce)
-        )
-        block3d_se_excite = block3d_activation * block3d_se_expand
-        block3d_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3d_project_conv"
-        )(block3d_se_excite)
-        block3d_project_bn = rt.BatchNorm(epsilon=0.001, name="block3d_project_bn")(
-            block3d_project_conv, use_running_average=not train
-        )
-        block3d_drop = nn.Dropout(
-            0.05090909090909091, broadcast_dims=(1, 2, 3), name="block3d_drop"
-        )(block3d_project_bn, deterministic=not train)
-        block3d_add = block3d_drop + block3c_add
-        block3e_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block3e_expand_conv"
-        )(block3d_add)
-        block3e_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3e_expand_bn")(
-            block3e_expand_conv, use_running_average=not train
-        )
-        block3e_expand_activation = jax.nn.silu(block3e_expand_bn)
-        block3e_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block3e_dwconv"
-        )(block3e_expand_activation)
-        block3e_bn = rt.BatchNorm(epsilon=0.001, name="block3e_bn")(
-            block3e_dwconv, use_running_average=not train
-        )
-        block3e_activation = jax.nn.silu(block3e_bn)
-        block3e_se_squeeze = jnp.mean(block3e_activation, axis=(1, 2))
-        block3e_se_reshape = jnp.reshape(block3e_se_squeeze, (-1, 1, 1, 480))
-        block3e_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block3e_se_reduce")(block3e_se_reshape)
-        )
-        block3e_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block3e_se_expand")(block3e_se_reduce)
-        )
-        block3e_se_excite = block3e_activation * block3e_se_expand
-        block3e_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3e_project_conv"
-        )(block3e_se_excite)
-        block3e_project_bn = rt.BatchNorm(epsilon=0.001, name="block3e_project_bn")(
-            block3e_project_conv, use_running_average=not train
-        )
-        block3e_drop = nn.Dropout(
-            0.05454545454545454, broadcast_dims=(1, 2, 3), name="block3e_drop"
-        )(block3e_project_bn, deterministic=not train)
-        block3e_add = block3e_drop + block3d_add
-        block3f_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block3f_expand_conv"
-        )(block3e_add)
-        block3f_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3f_expand_bn")(
-            block3f_expand_conv, use_running_average=not train
-        )
-        block3f_expand_activation = jax.nn.silu(block3f_expand_bn)
-        block3f_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block3f_dwconv"
-        )(block3f_expand_activation)
-        block3f_bn = rt.BatchNorm(epsilon=0.001, name="block3f_bn")(
-            block3f_dwconv, use_running_average=not train
-        )
-        block3f_activation = jax.nn.silu(block3f_bn)
-        block3f_se_squeeze = jnp.mean(block3f_activation, axis=(1, 2))
-        block3f_se_reshape = jnp.reshape(block3f_se_squeeze, (-1, 1, 1, 480))
-        block3f_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block3f_se_reduce")(block3f_se_reshape)
-        )
-        block3f_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block3f_se_expand")(block3f_se_reduce)
-        )
-        block3f_se_excite = block3f_activation * block3f_se_expand
-        block3f_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3f_project_conv"
-        )(block3f_se_excite)
-        block3f_project_bn = rt.BatchNorm(epsilon=0.001, name="block3f_project_bn")(
-            block3f_project_conv, use_running_average=not train
-        )
-        block3f_drop = nn.Dropout(
-            0.05818181818181818, broadcast_dims=(1, 2, 3), name="block3f_drop"
-        )(block3f_project_bn, deterministic=not train)
-        block3f_add = block3f_drop + block3e_add
-        block3g_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block3g_expand_conv"
-        )(block3f_add)
-        block3g_expand_bn = rt.BatchNorm(epsilon=0.001, name="block3g_expand_bn")(
-            block3g_expand_conv, use_running_average=not train
-        )
-        block3g_expand_activation = jax.nn.silu(block3g_expand_bn)
-        block3g_dwconv = rt.DepthwiseConv(
-            480, (5, 5), padding="SAME", use_bias=False, name="block3g_dwconv"
-        )(block3g_expand_activation)
-        block3g_bn = rt.BatchNorm(epsilon=0.001, name="block3g_bn")(
-            block3g_dwconv, use_running_average=not train
-        )
-        block3g_activation = jax.nn.silu(block3g_bn)
-        block3g_se_squeeze = jnp.mean(block3g_activation, axis=(1, 2))
-        block3g_se_reshape = jnp.reshape(block3g_se_squeeze, (-1, 1, 1, 480))
-        block3g_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block3g_se_reduce")(block3g_se_reshape)
-        )
-        block3g_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block3g_se_expand")(block3g_se_reduce)
-        )
-        block3g_se_excite = block3g_activation * block3g_se_expand
-        block3g_project_conv = nn.Conv(
-            80, (1, 1), padding="SAME", use_bias=False, name="block3g_project_conv"
-        )(block3g_se_excite)
-        block3g_project_bn = rt.BatchNorm(epsilon=0.001, name="block3g_project_bn")(
-            block3g_project_conv, use_running_average=not train
-        )
-        block3g_drop = nn.Dropout(
-            0.06181818181818183, broadcast_dims=(1, 2, 3), name="block3g_drop"
-        )(block3g_project_bn, deterministic=not train)
-        block3g_add = block3g_drop + block3f_add
-        block4a_expand_conv = nn.Conv(
-            480, (1, 1), padding="SAME", use_bias=False, name="block4a_expand_conv"
-        )(block3g_add)
-        block4a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4a_expand_bn")(
-            block4a_expand_conv, use_running_average=not train
-        )
-        block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv_pad = jnp.pad(block4a_expand_activation, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        block4a_dwconv = rt.DepthwiseConv(
-            480, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block4a_dwconv"
-        )(block4a_dwconv_pad)
-        block4a_bn = rt.BatchNorm(epsilon=0.001, name="block4a_bn")(
-            block4a_dwconv, use_running_average=not train
-        )
-        block4a_activation = jax.nn.silu(block4a_bn)
-        block4a_se_squeeze = jnp.mean(block4a_activation, axis=(1, 2))
-        block4a_se_reshape = jnp.reshape(block4a_se_squeeze, (-1, 1, 1, 480))
-        block4a_se_reduce = jax.nn.silu(
-            nn.Conv(20, (1, 1), padding="SAME", name="block4a_se_reduce")(block4a_se_reshape)
-        )
-        block4a_se_expand = jax.nn.sigmoid(
-            nn.Conv(480, (1, 1), padding="SAME", name="block4a_se_expand")(block4a_se_reduce)
-        )
-        block4a_se_excite = block4a_activation * block4a_se_expand
-        block4a_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4a_project_conv"
-        )(block4a_se_excite)
-        block4a_project_bn = rt.BatchNorm(epsilon=0.001, name="block4a_project_bn")(
-            block4a_project_conv, use_running_average=not train
-        )
-        block4b_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4b_expand_conv"
-        )(block4a_project_bn)
-        block4b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4b_expand_bn")(
-            block4b_expand_conv, use_running_average=not train
-        )
-        block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv"
-        )(block4b_expand_activation)
-        block4b_bn = rt.BatchNorm(epsilon=0.001, name="block4b_bn")(
-            block4b_dwconv, use_running_average=not train
-        )
-        block4b_activation = jax.nn.silu(block4b_bn)
-        block4b_se_squeeze = jnp.mean(block4b_activation, axis=(1, 2))
-        block4b_se_reshape = jnp.reshape(block4b_se_squeeze, (-1, 1, 1, 960))
-        block4b_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4b_se_reduce")(block4b_se_reshape)
-        )
-        block4b_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4b_se_expand")(block4b_se_reduce)
-        )
-        block4b_se_excite = block4b_activation * block4b_se_expand
-        block4b_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4b_project_conv"
-        )(block4b_se_excite)
-        block4b_project_bn = rt.BatchNorm(epsilon=0.001, name="block4b_project_bn")(
-            block4b_project_conv, use_running_average=not train
-        )
-        block4b_drop = nn.Dropout(
-            0.06909090909090909, broadcast_dims=(1, 2, 3), name="block4b_drop"
-        )(block4b_project_bn, deterministic=not train)
-        block4b_add = block4b_drop + block4a_project_bn
-        block4c_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4c_expand_conv"
-        )(block4b_add)
-        block4c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4c_expand_bn")(
-            block4c_expand_conv, use_running_average=not train
-        )
-        block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv"
-        )(block4c_expand_activation)
-        block4c_bn = rt.BatchNorm(epsilon=0.001, name="block4c_bn")(
-            block4c_dwconv, use_running_average=not train
-        )
-        block4c_activation = jax.nn.silu(block4c_bn)
-        block4c_se_squeeze = jnp.mean(block4c_activation, axis=(1, 2))
-        block4c_se_reshape = jnp.reshape(block4c_se_squeeze, (-1, 1, 1, 960))
-        block4c_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4c_se_reduce")(block4c_se_reshape)
-        )
-        block4c_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4c_se_expand")(block4c_se_reduce)
-        )
-        block4c_se_excite = block4c_activation * block4c_se_expand
-        block4c_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4c_project_conv"
-        )(block4c_se_excite)
-        block4c_project_bn = rt.BatchNorm(epsilon=0.001, name="block4c_project_bn")(
-            block4c_project_conv, use_running_average=not train
-        )
-        block4c_drop = nn.Dropout(
-            0.07272727272727272, broadcast_dims=(1, 2, 3), name="block4c_drop"
-        )(block4c_project_bn, deterministic=not train)
-        block4c_add = block4c_drop + block4b_add
-        block4d_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4d_expand_conv"
-        )(block4c_add)
-        block4d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4d_expand_bn")(
-            block4d_expand_conv, use_running_average=not train
-        )
-        block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv"
-        )(block4d_expand_activation)
-        block4d_bn = rt.BatchNorm(epsilon=0.001, name="block4d_bn")(
-            block4d_dwconv, use_running_average=not train
-        )
-        block4d_activation = jax.nn.silu(block4d_bn)
-        block4d_se_squeeze = jnp.mean(block4d_activation, axis=(1, 2))
-        block4d_se_reshape = jnp.reshape(block4d_se_squeeze, (-1, 1, 1, 960))
-        block4d_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4d_se_reduce")(block4d_se_reshape)
-        )
-        block4d_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4d_se_expand")(block4d_se_reduce)
-        )
-        block4d_se_excite = block4d_activation * block4d_se_expand
-        block4d_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4d_project_conv"
-        )(block4d_se_excite)
-        block4d_project_bn = rt.BatchNorm(epsilon=0.001, name="block4d_project_bn")(
-            block4d_project_conv, use_running_average=not train
-        )
-        block4d_drop = nn.Dropout(
-            0.07636363636363637, broadcast_dims=(1, 2, 3), name="block4d_drop"
-        )(block4d_project_bn, deterministic=not train)
-        block4d_add = block4d_drop + block4c_add
-        block4e_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4e_expand_conv"
-        )(block4d_add)
-        block4e_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4e_expand_bn")(
-            block4e_expand_conv, use_running_average=not train
-        )
-        block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv"
-        )(block4e_expand_activation)
-        block4e_bn = rt.BatchNorm(epsilon=0.001, name="block4e_bn")(
-            block4e_dwconv, use_running_average=not train
-        )
-        block4e_activation = jax.nn.silu(block4e_bn)
-        block4e_se_squeeze = jnp.mean(block4e_activation, axis=(1, 2))
-        block4e_se_reshape = jnp.reshape(block4e_se_squeeze, (-1, 1, 1, 960))
-        block4e_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4e_se_reduce")(block4e_se_reshape)
-        )
-        block4e_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4e_se_expand")(block4e_se_reduce)
-        )
-        block4e_se_excite = block4e_activation * block4e_se_expand
-        block4e_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4e_project_conv"
-        )(block4e_se_excite)
-        block4e_project_bn = rt.BatchNorm(epsilon=0.001, name="block4e_project_bn")(
-            block4e_project_conv, use_running_average=not train
-        )
-        block4e_drop = nn.Dropout(0.08, broadcast_dims=(1, 2, 3), name="block4e_drop")(
-            block4e_project_bn, deterministic=not train
-        )
-        block4e_add = block4e_drop + block4d_add
-        block4f_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4f_expand_conv"
-        )(block4e_add)
-        block4f_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4f_expand_bn")(
-            block4f_expand_conv, use_running_average=not train
-        )
-        block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv"
-        )(block4f_expand_activation)
-        block4f_bn = rt.BatchNorm(epsilon=0.001, name="block4f_bn")(
-            block4f_dwconv, use_running_average=not train
-        )
-        block4f_activation = jax.nn.silu(block4f_bn)
-        block4f_se_squeeze = jnp.mean(block4f_activation, axis=(1, 2))
-        block4f_se_reshape = jnp.reshape(block4f_se_squeeze, (-1, 1, 1, 960))
-        block4f_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4f_se_reduce")(block4f_se_reshape)
-        )
-        block4f_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4f_se_expand")(block4f_se_reduce)
-        )
-        block4f_se_excite = block4f_activation * block4f_se_expand
-        block4f_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4f_project_conv"
-        )(block4f_se_excite)
-        block4f_project_bn = rt.BatchNorm(epsilon=0.001, name="block4f_project_bn")(
-            block4f_project_conv, use_running_average=not train
-        )
-        block4f_drop = nn.Dropout(
-            0.08363636363636365, broadcast_dims=(1, 2, 3), name="block4f_drop"
-        )(block4f_project_bn, deterministic=not train)
-        block4f_add = block4f_drop + block4e_add
-        block4g_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4g_expand_conv"
-        )(block4f_add)
-        block4g_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4g_expand_bn")(
-            block4g_expand_conv, use_running_average=not train
-        )
-        block4g_expand_activation = jax.nn.silu(block4g_expand_bn)
-        block4g_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4g_dwconv"
-        )(block4g_expand_activation)
-        block4g_bn = rt.BatchNorm(epsilon=0.001, name="block4g_bn")(
-            block4g_dwconv, use_running_average=not train
-        )
-        block4g_activation = jax.nn.silu(block4g_bn)
-        block4g_se_squeeze = jnp.mean(block4g_activation, axis=(1, 2))
-        block4g_se_reshape = jnp.reshape(block4g_se_squeeze, (-1, 1, 1, 960))
-        block4g_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4g_se_reduce")(block4g_se_reshape)
-        )
-        block4g_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4g_se_expand")(block4g_se_reduce)
-        )
-        block4g_se_excite = block4g_activation * block4g_se_expand
-        block4g_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4g_project_conv"
-        )(block4g_se_excite)
-        block4g_project_bn = rt.BatchNorm(epsilon=0.001, name="block4g_project_bn")(
-            block4g_project_conv, use_running_average=not train
-        )
-        block4g_drop = nn.Dropout(
-            0.08727272727272728, broadcast_dims=(1, 2, 3), name="block4g_drop"
-        )(block4g_project_bn, deterministic=not train)
-        block4g_add = block4g_drop + block4f_add
-        block4h_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4h_expand_conv"
-        )(block4g_add)
-        block4h_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4h_expand_bn")(
-            block4h_expand_conv, use_running_average=not train
-        )
-        block4h_expand_activation = jax.nn.silu(block4h_expand_bn)
-        block4h_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4h_dwconv"
-        )(block4h_expand_activation)
-        block4h_bn = rt.BatchNorm(epsilon=0.001, name="block4h_bn")(
-            block4h_dwconv, use_running_average=not train
-        )
-        block4h_activation = jax.nn.silu(block4h_bn)
-        block4h_se_squeeze = jnp.mean(block4h_activation, axis=(1, 2))
-        block4h_se_reshape = jnp.reshape(block4h_se_squeeze, (-1, 1, 1, 960))
-        block4h_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4h_se_reduce")(block4h_se_reshape)
-        )
-        block4h_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4h_se_expand")(block4h_se_reduce)
-        )
-        block4h_se_excite = block4h_activation * block4h_se_expand
-        block4h_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4h_project_conv"
-        )(block4h_se_excite)
-        block4h_project_bn = rt.BatchNorm(epsilon=0.001, name="block4h_project_bn")(
-            block4h_project_conv, use_running_average=not train
-        )
-        block4h_drop = nn.Dropout(
-            0.09090909090909091, broadcast_dims=(1, 2, 3), name="block4h_drop"
-        )(block4h_project_bn, deterministic=not train)
-        block4h_add = block4h_drop + block4g_add
-        block4i_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4i_expand_conv"
-        )(block4h_add)
-        block4i_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4i_expand_bn")(
-            block4i_expand_conv, use_running_average=not train
-        )
-        block4i_expand_activation = jax.nn.silu(block4i_expand_bn)
-        block4i_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4i_dwconv"
-        )(block4i_expand_activation)
-        block4i_bn = rt.BatchNorm(epsilon=0.001, name="block4i_bn")(
-            block4i_dwconv, use_running_average=not train
-        )
-        block4i_activation = jax.nn.silu(block4i_bn)
-        block4i_se_squeeze = jnp.mean(block4i_activation, axis=(1, 2))
-        block4i_se_reshape = jnp.reshape(block4i_se_squeeze, (-1, 1, 1, 960))
-        block4i_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4i_se_reduce")(block4i_se_reshape)
-        )
-        block4i_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4i_se_expand")(block4i_se_reduce)
-        )
-        block4i_se_excite = block4i_activation * block4i_se_expand
-        block4i_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4i_project_conv"
-        )(block4i_se_excite)
-        block4i_project_bn = rt.BatchNorm(epsilon=0.001, name="block4i_project_bn")(
-            block4i_project_conv, use_running_average=not train
-        )
-        block4i_drop = nn.Dropout(
-            0.09454545454545454, broadcast_dims=(1, 2, 3), name="block4i_drop"
-        )(block4i_project_bn, deterministic=not train)
-        block4i_add = block4i_drop + block4h_add
-        block4j_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block4j_expand_conv"
-        )(block4i_add)
-        block4j_expand_bn = rt.BatchNorm(epsilon=0.001, name="block4j_expand_bn")(
-            block4j_expand_conv, use_running_average=not train
-        )
-        block4j_expand_activation = jax.nn.silu(block4j_expand_bn)
-        block4j_dwconv = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block4j_dwconv"
-        )(block4j_expand_activation)
-        block4j_bn = rt.BatchNorm(epsilon=0.001, name="block4j_bn")(
-            block4j_dwconv, use_running_average=not train
-        )
-        block4j_activation = jax.nn.silu(block4j_bn)
-        block4j_se_squeeze = jnp.mean(block4j_activation, axis=(1, 2))
-        block4j_se_reshape = jnp.reshape(block4j_se_squeeze, (-1, 1, 1, 960))
-        block4j_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block4j_se_reduce")(block4j_se_reshape)
-        )
-        block4j_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block4j_se_expand")(block4j_se_reduce)
-        )
-        block4j_se_excite = block4j_activation * block4j_se_expand
-        block4j_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block4j_project_conv"
-        )(block4j_se_excite)
-        block4j_project_bn = rt.BatchNorm(epsilon=0.001, name="block4j_project_bn")(
-            block4j_project_conv, use_running_average=not train
-        )
-        block4j_drop = nn.Dropout(
-            0.09818181818181819, broadcast_dims=(1, 2, 3), name="block4j_drop"
-        )(block4j_project_bn, deterministic=not train)
-        block4j_add = block4j_drop + block4i_add
-        block5a_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv"
-        )(block4j_add)
-        block5a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5a_expand_bn")(
-            block5a_expand_conv, use_running_average=not train
-        )
-        block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv = rt.DepthwiseConv(
-            960, (5, 5), padding="SAME", use_bias=False, name="block5a_dwconv"
-        )(block5a_expand_activation)
-        block5a_bn = rt.BatchNorm(epsilon=0.001, name="block5a_bn")(
-            block5a_dwconv, use_running_average=not train
-        )
-        block5a_activation = jax.nn.silu(block5a_bn)
-        block5a_se_squeeze = jnp.mean(block5a_activation, axis=(1, 2))
-        block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 960))
-        block5a_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
-        )
-        block5a_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
-        )
-        block5a_se_excite = block5a_activation * block5a_se_expand
-        block5a_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv"
-        )(block5a_se_excite)
-        block5a_project_bn = rt.BatchNorm(epsilon=0.001, name="block5a_project_bn")(
-            block5a_project_conv, use_running_average=not train
-        )
-        block5b_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5b_expand_conv"
-        )(block5a_project_bn)
-        block5b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5b_expand_bn")(
-            block5b_expand_conv, use_running_average=not train
-        )
-        block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5b_dwconv"
-        )(block5b_expand_activation)
-        block5b_bn = rt.BatchNorm(epsilon=0.001, name="block5b_bn")(
-            block5b_dwconv, use_running_average=not train
-        )
-        block5b_activation = jax.nn.silu(block5b_bn)
-        block5b_se_squeeze = jnp.mean(block5b_activation, axis=(1, 2))
-        block5b_se_reshape = jnp.reshape(block5b_se_squeeze, (-1, 1, 1, 1344))
-        block5b_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5b_se_reduce")(block5b_se_reshape)
-        )
-        block5b_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5b_se_expand")(block5b_se_reduce)
-        )
-        block5b_se_excite = block5b_activation * block5b_se_expand
-        block5b_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5b_project_conv"
-        )(block5b_se_excite)
-        block5b_project_bn = rt.BatchNorm(epsilon=0.001, name="block5b_project_bn")(
-            block5b_project_conv, use_running_average=not train
-        )
-        block5b_drop = nn.Dropout(
-            0.10545454545454547, broadcast_dims=(1, 2, 3), name="block5b_drop"
-        )(block5b_project_bn, deterministic=not train)
-        block5b_add = block5b_drop + block5a_project_bn
-        block5c_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5c_expand_conv"
-        )(block5b_add)
-        block5c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5c_expand_bn")(
-            block5c_expand_conv, use_running_average=not train
-        )
-        block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5c_dwconv"
-        )(block5c_expand_activation)
-        block5c_bn = rt.BatchNorm(epsilon=0.001, name="block5c_bn")(
-            block5c_dwconv, use_running_average=not train
-        )
-        block5c_activation = jax.nn.silu(block5c_bn)
-        block5c_se_squeeze = jnp.mean(block5c_activation, axis=(1, 2))
-        block5c_se_reshape = jnp.reshape(block5c_se_squeeze, (-1, 1, 1, 1344))
-        block5c_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5c_se_reduce")(block5c_se_reshape)
-        )
-        block5c_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5c_se_expand")(block5c_se_reduce)
-        )
-        block5c_se_excite = block5c_activation * block5c_se_expand
-        block5c_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5c_project_conv"
-        )(block5c_se_excite)
-        block5c_project_bn = rt.BatchNorm(epsilon=0.001, name="block5c_project_bn")(
-            block5c_project_conv, use_running_average=not train
-        )
-        block5c_drop = nn.Dropout(
-            0.10909090909090909, broadcast_dims=(1, 2, 3), name="block5c_drop"
-        )(block5c_project_bn, deterministic=not train)
-        block5c_add = block5c_drop + block5b_add
-        block5d_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5d_expand_conv"
-        )(block5c_add)
-        block5d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5d_expand_bn")(
-            block5d_expand_conv, use_running_average=not train
-        )
-        block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5d_dwconv"
-        )(block5d_expand_activation)
-        block5d_bn = rt.BatchNorm(epsilon=0.001, name="block5d_bn")(
-            block5d_dwconv, use_running_average=not train
-        )
-        block5d_activation = jax.nn.silu(block5d_bn)
-        block5d_se_squeeze = jnp.mean(block5d_activation, axis=(1, 2))
-        block5d_se_reshape = jnp.reshape(block5d_se_squeeze, (-1, 1, 1, 1344))
-        block5d_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5d_se_reduce")(block5d_se_reshape)
-        )
-        block5d_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5d_se_expand")(block5d_se_reduce)
-        )
-        block5d_se_excite = block5d_activation * block5d_se_expand
-        block5d_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5d_project_conv"
-        )(block5d_se_excite)
-        block5d_project_bn = rt.BatchNorm(epsilon=0.001, name="block5d_project_bn")(
-            block5d_project_conv, use_running_average=not train
-        )
-        block5d_drop = nn.Dropout(
-            0.11272727272727273, broadcast_dims=(1, 2, 3), name="block5d_drop"
-        )(block5d_project_bn, deterministic=not train)
-        block5d_add = block5d_drop + block5c_add
-        block5e_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5e_expand_conv"
-        )(block5d_add)
-        block5e_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5e_expand_bn")(
-            block5e_expand_conv, use_running_average=not train
-        )
-        block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5e_dwconv"
-        )(block5e_expand_activation)
-        block5e_bn = rt.BatchNorm(epsilon=0.001, name="block5e_bn")(
-            block5e_dwconv, use_running_average=not train
-        )
-        block5e_activation = jax.nn.silu(block5e_bn)
-        block5e_se_squeeze = jnp.mean(block5e_activation, axis=(1, 2))
-        block5e_se_reshape = jnp.reshape(block5e_se_squeeze, (-1, 1, 1, 1344))
-        block5e_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5e_se_reduce")(block5e_se_reshape)
-        )
-        block5e_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5e_se_expand")(block5e_se_reduce)
-        )
-        block5e_se_excite = block5e_activation * block5e_se_expand
-        block5e_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5e_project_conv"
-        )(block5e_se_excite)
-        block5e_project_bn = rt.BatchNorm(epsilon=0.001, name="block5e_project_bn")(
-            block5e_project_conv, use_running_average=not train
-        )
-        block5e_drop = nn.Dropout(
-            0.11636363636363636, broadcast_dims=(1, 2, 3), name="block5e_drop"
-        )(block5e_project_bn, deterministic=not train)
-        block5e_add = block5e_drop + block5d_add
-        block5f_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5f_expand_conv"
-        )(block5e_add)
-        block5f_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5f_expand_bn")(
-            block5f_expand_conv, use_running_average=not train
-        )
-        block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5f_dwconv"
-        )(block5f_expand_activation)
-        block5f_bn = rt.BatchNorm(epsilon=0.001, name="block5f_bn")(
-            block5f_dwconv, use_running_average=not train
-        )
-        block5f_activation = jax.nn.silu(block5f_bn)
-        block5f_se_squeeze = jnp.mean(block5f_activation, axis=(1, 2))
-        block5f_se_reshape = jnp.reshape(block5f_se_squeeze, (-1, 1, 1, 1344))
-        block5f_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5f_se_reduce")(block5f_se_reshape)
-        )
-        block5f_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5f_se_expand")(block5f_se_reduce)
-        )
-        block5f_se_excite = block5f_activation * block5f_se_expand
-        block5f_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5f_project_conv"
-        )(block5f_se_excite)
-        block5f_project_bn = rt.BatchNorm(epsilon=0.001, name="block5f_project_bn")(
-            block5f_project_conv, use_running_average=not train
-        )
-        block5f_drop = nn.Dropout(
-            0.12000000000000001, broadcast_dims=(1, 2, 3), name="block5f_drop"
-        )(block5f_project_bn, deterministic=not train)
-        block5f_add = block5f_drop + block5e_add
-        block5g_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5g_expand_conv"
-        )(block5f_add)
-        block5g_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5g_expand_bn")(
-            block5g_expand_conv, use_running_average=not train
-        )
-        block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5g_dwconv"
-        )(block5g_expand_activation)
-        block5g_bn = rt.BatchNorm(epsilon=0.001, name="block5g_bn")(
-            block5g_dwconv, use_running_average=not train
-        )
-        block5g_activation = jax.nn.silu(block5g_bn)
-        block5g_se_squeeze = jnp.mean(block5g_activation, axis=(1, 2))
-        block5g_se_reshape = jnp.reshape(block5g_se_squeeze, (-1, 1, 1, 1344))
-        block5g_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5g_se_reduce")(block5g_se_reshape)
-        )
-        block5g_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5g_se_expand")(block5g_se_reduce)
-        )
-        block5g_se_excite = block5g_activation * block5g_se_expand
-        block5g_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5g_project_conv"
-        )(block5g_se_excite)
-        block5g_project_bn = rt.BatchNorm(epsilon=0.001, name="block5g_project_bn")(
-            block5g_project_conv, use_running_average=not train
-        )
-        block5g_drop = nn.Dropout(
-            0.12363636363636366, broadcast_dims=(1, 2, 3), name="block5g_drop"
-        )(block5g_project_bn, deterministic=not train)
-        block5g_add = block5g_drop + block5f_add
-        block5h_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5h_expand_conv"
-        )(block5g_add)
-        block5h_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5h_expand_bn")(
-            block5h_expand_conv, use_running_average=not train
-        )
-        block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5h_dwconv"
-        )(block5h_expand_activation)
-        block5h_bn = rt.BatchNorm(epsilon=0.001, name="block5h_bn")(
-            block5h_dwconv, use_running_average=not train
-        )
-        block5h_activation = jax.nn.silu(block5h_bn)
-        block5h_se_squeeze = jnp.mean(block5h_activation, axis=(1, 2))
-        block5h_se_reshape = jnp.reshape(block5h_se_squeeze, (-1, 1, 1, 1344))
-        block5h_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5h_se_reduce")(block5h_se_reshape)
-        )
-        block5h_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5h_se_expand")(block5h_se_reduce)
-        )
-        block5h_se_excite = block5h_activation * block5h_se_expand
-        block5h_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5h_project_conv"
-        )(block5h_se_excite)
-        block5h_project_bn = rt.BatchNorm(epsilon=0.001, name="block5h_project_bn")(
-            block5h_project_conv, use_running_average=not train
-        )
-        block5h_drop = nn.Dropout(
-            0.12727272727272726, broadcast_dims=(1, 2, 3), name="block5h_drop"
-        )(block5h_project_bn, deterministic=not train)
-        block5h_add = block5h_drop + block5g_add
-        block5i_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5i_expand_conv"
-        )(block5h_add)
-        block5i_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5i_expand_bn")(
-            block5i_expand_conv, use_running_average=not train
-        )
-        block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5i_dwconv"
-        )(block5i_expand_activation)
-        block5i_bn = rt.BatchNorm(epsilon=0.001, name="block5i_bn")(
-            block5i_dwconv, use_running_average=not train
-        )
-        block5i_activation = jax.nn.silu(block5i_bn)
-        block5i_se_squeeze = jnp.mean(block5i_activation, axis=(1, 2))
-        block5i_se_reshape = jnp.reshape(block5i_se_squeeze, (-1, 1, 1, 1344))
-        block5i_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5i_se_reduce")(block5i_se_reshape)
-        )
-        block5i_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5i_se_expand")(block5i_se_reduce)
-        )
-        block5i_se_excite = block5i_activation * block5i_se_expand
-        block5i_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5i_project_conv"
-        )(block5i_se_excite)
-        block5i_project_bn = rt.BatchNorm(epsilon=0.001, name="block5i_project_bn")(
-            block5i_project_conv, use_running_average=not train
-        )
-        block5i_drop = nn.Dropout(
-            0.13090909090909092, broadcast_dims=(1, 2, 3), name="block5i_drop"
-        )(block5i_project_bn, deterministic=not train)
-        block5i_add = block5i_drop + block5h_add
-        block5j_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5j_expand_conv"
-        )(block5i_add)
-        block5j_expand_bn = rt.BatchNorm(epsilon=0.001, name="block5j_expand_bn")(
-            block5j_expand_conv, use_running_average=not train
-        )
-        block5j_expand_activation = jax.nn.silu(block5j_expand_bn)
-        block5j_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), padding="SAME", use_bias=False, name="block5j_dwconv"
-        )(block5j_expand_activation)
-        block5j_bn = rt.BatchNorm(epsilon=0.001, name="block5j_bn")(
-            block5j_dwconv, use_running_average=not train
-        )
-        block5j_activation = jax.nn.silu(block5j_bn)
-        block5j_se_squeeze = jnp.mean(block5j_activation, axis=(1, 2))
-        block5j_se_reshape = jnp.reshape(block5j_se_squeeze, (-1, 1, 1, 1344))
-        block5j_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5j_se_reduce")(block5j_se_reshape)
-        )
-        block5j_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5j_se_expand")(block5j_se_reduce)
-        )
-        block5j_se_excite = block5j_activation * block5j_se_expand
-        block5j_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5j_project_conv"
-        )(block5j_se_excite)
-        block5j_project_bn = rt.BatchNorm(epsilon=0.001, name="block5j_project_bn")(
-            block5j_project_conv, use_running_average=not train
-        )
-        block5j_drop = nn.Dropout(
-            0.13454545454545455, broadcast_dims=(1, 2, 3), name="block5j_drop"
-        )(block5j_project_bn, deterministic=not train)
-        block5j_add = block5j_drop + block5i_add
-        block6a_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block6a_expand_conv"
-        )(block5j_add)
-        block6a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6a_expand_bn")(
-            block6a_expand_conv, use_running_average=not train
-        )
-        block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv_pad = jnp.pad(block6a_expand_activation, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        block6a_dwconv = rt.DepthwiseConv(
-            1344, (5, 5), strides=(2, 2), padding="VALID", use_bias=False, name="block6a_dwconv"
-        )(block6a_dwconv_pad)
-        block6a_bn = rt.BatchNorm(epsilon=0.001, name="block6a_bn")(
-            block6a_dwconv, use_running_average=not train
-        )
-        block6a_activation = jax.nn.silu(block6a_bn)
-        block6a_se_squeeze = jnp.mean(block6a_activation, axis=(1, 2))
-        block6a_se_reshape = jnp.reshape(block6a_se_squeeze, (-1, 1, 1, 1344))
-        block6a_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block6a_se_reduce")(block6a_se_reshape)
-        )
-        block6a_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block6a_se_expand")(block6a_se_reduce)
-        )
-        block6a_se_excite = block6a_activation * block6a_se_expand
-        block6a_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6a_project_conv"
-        )(block6a_se_excite)
-        block6a_project_bn = rt.BatchNorm(epsilon=0.001, name="block6a_project_bn")(
-            block6a_project_conv, use_running_average=not train
-        )
-        block6b_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6b_expand_conv"
-        )(block6a_project_bn)
-        block6b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6b_expand_bn")(
-            block6b_expand_conv, use_running_average=not train
-        )
-        block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6b_dwconv"
-        )(block6b_expand_activation)
-        block6b_bn = rt.BatchNorm(epsilon=0.001, name="block6b_bn")(
-            block6b_dwconv, use_running_average=not train
-        )
-        block6b_activation = jax.nn.silu(block6b_bn)
-        block6b_se_squeeze = jnp.mean(block6b_activation, axis=(1, 2))
-        block6b_se_reshape = jnp.reshape(block6b_se_squeeze, (-1, 1, 1, 2304))
-        block6b_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6b_se_reduce")(block6b_se_reshape)
-        )
-        block6b_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6b_se_expand")(block6b_se_reduce)
-        )
-        block6b_se_excite = block6b_activation * block6b_se_expand
-        block6b_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6b_project_conv"
-        )(block6b_se_excite)
-        block6b_project_bn = rt.BatchNorm(epsilon=0.001, name="block6b_project_bn")(
-            block6b_project_conv, use_running_average=not train
-        )
-        block6b_drop = nn.Dropout(
-            0.14181818181818184, broadcast_dims=(1, 2, 3), name="block6b_drop"
-        )(block6b_project_bn, deterministic=not train)
-        block6b_add = block6b_drop + block6a_project_bn
-        block6c_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6c_expand_conv"
-        )(block6b_add)
-        block6c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6c_expand_bn")(
-            block6c_expand_conv, use_running_average=not train
-        )
-        block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6c_dwconv"
-        )(block6c_expand_activation)
-        block6c_bn = rt.BatchNorm(epsilon=0.001, name="block6c_bn")(
-            block6c_dwconv, use_running_average=not train
-        )
-        block6c_activation = jax.nn.silu(block6c_bn)
-        block6c_se_squeeze = jnp.mean(block6c_activation, axis=(1, 2))
-        block6c_se_reshape = jnp.reshape(block6c_se_squeeze, (-1, 1, 1, 2304))
-        block6c_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6c_se_reduce")(block6c_se_reshape)
-        )
-        block6c_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6c_se_expand")(block6c_se_reduce)
-        )
-        block6c_se_excite = block6c_activation * block6c_se_expand
-        block6c_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6c_project_conv"
-        )(block6c_se_excite)
-        block6c_project_bn = rt.BatchNorm(epsilon=0.001, name="block6c_project_bn")(
-            block6c_project_conv, use_running_average=not train
-        )
-        block6c_drop = nn.Dropout(
-            0.14545454545454545, broadcast_dims=(1, 2, 3), name="block6c_drop"
-        )(block6c_project_bn, deterministic=not train)
-        block6c_add = block6c_drop + block6b_add
-        block6d_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6d_expand_conv"
-        )(block6c_add)
-        block6d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6d_expand_bn")(
-            block6d_expand_conv, use_running_average=not train
-        )
-        block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6d_dwconv"
-        )(block6d_expand_activation)
-        block6d_bn = rt.BatchNorm(epsilon=0.001, name="block6d_bn")(
-            block6d_dwconv, use_running_average=not train
-        )
-        block6d_activation = jax.nn.silu(block6d_bn)
-        block6d_se_squeeze = jnp.mean(block6d_activation, axis=(1, 2))
-        block6d_se_reshape = jnp.reshape(block6d_se_squeeze, (-1, 1, 1, 2304))
-        block6d_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6d_se_reduce")(block6d_se_reshape)
-        )
-        block6d_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6d_se_expand")(block6d_se_reduce)
-        )
-        block6d_se_excite = block6d_activation * block6d_se_expand
-        block6d_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6d_project_conv"
-        )(block6d_se_excite)
-        block6d_project_bn = rt.BatchNorm(epsilon=0.001, name="block6d_project_bn")(
-            block6d_project_conv, use_running_average=not train
-        )
-        block6d_drop = nn.Dropout(
-            0.1490909090909091, broadcast_dims=(1, 2, 3), name="block6d_drop"
-        )(block6d_project_bn, deterministic=not train)
-        block6d_add = block6d_drop + block6c_add
-        block6e_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6e_expand_conv"
-        )(block6d_add)
-        block6e_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6e_expand_bn")(
-            block6e_expand_conv, use_running_average=not train
-        )
-        block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6e_dwconv"
-        )(block6e_expand_activation)
-        block6e_bn = rt.BatchNorm(epsilon=0.001, name="block6e_bn")(
-            block6e_dwconv, use_running_average=not train
-        )
-        block6e_activation = jax.nn.silu(block6e_bn)
-        block6e_se_squeeze = jnp.mean(block6e_activation, axis=(1, 2))
-        block6e_se_reshape = jnp.reshape(block6e_se_squeeze, (-1, 1, 1, 2304))
-        block6e_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6e_se_reduce")(block6e_se_reshape)
-        )
-        block6e_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6e_se_expand")(block6e_se_reduce)
-        )
-        block6e_se_excite = block6e_activation * block6e_se_expand
-        block6e_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6e_project_conv"
-        )(block6e_se_excite)
-        block6e_project_bn = rt.BatchNorm(epsilon=0.001, name="block6e_project_bn")(
-            block6e_project_conv, use_running_average=not train
-        )
-        block6e_drop = nn.Dropout(
-            0.15272727272727274, broadcast_dims=(1, 2, 3), name="block6e_drop"
-        )(block6e_project_bn, deterministic=not train)
-        block6e_add = block6e_drop + block6d_add
-        block6f_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6f_expand_conv"
-        )(block6e_add)
-        block6f_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6f_expand_bn")(
-            block6f_expand_conv, use_running_average=not train
-        )
-        block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6f_dwconv"
-        )(block6f_expand_activation)
-        block6f_bn = rt.BatchNorm(epsilon=0.001, name="block6f_bn")(
-            block6f_dwconv, use_running_average=not train
-        )
-        block6f_activation = jax.nn.silu(block6f_bn)
-        block6f_se_squeeze = jnp.mean(block6f_activation, axis=(1, 2))
-        block6f_se_reshape = jnp.reshape(block6f_se_squeeze, (-1, 1, 1, 2304))
-        block6f_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6f_se_reduce")(block6f_se_reshape)
-        )
-        block6f_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6f_se_expand")(block6f_se_reduce)
-        )
-        block6f_se_excite = block6f_activation * block6f_se_expand
-        block6f_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6f_project_conv"
-        )(block6f_se_excite)
-        block6f_project_bn = rt.BatchNorm(epsilon=0.001, name="block6f_project_bn")(
-            block6f_project_conv, use_running_average=not train
-        )
-        block6f_drop = nn.Dropout(
-            0.15636363636363634, broadcast_dims=(1, 2, 3), name="block6f_drop"
-        )(block6f_project_bn, deterministic=not train)
-        block6f_add = block6f_drop + block6e_add
-        block6g_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6g_expand_conv"
-        )(block6f_add)
-        block6g_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6g_expand_bn")(
-            block6g_expand_conv, use_running_average=not train
-        )
-        block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6g_dwconv"
-        )(block6g_expand_activation)
-        block6g_bn = rt.BatchNorm(epsilon=0.001, name="block6g_bn")(
-            block6g_dwconv, use_running_average=not train
-        )
-        block6g_activation = jax.nn.silu(block6g_bn)
-        block6g_se_squeeze = jnp.mean(block6g_activation, axis=(1, 2))
-        block6g_se_reshape = jnp.reshape(block6g_se_squeeze, (-1, 1, 1, 2304))
-        block6g_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6g_se_reduce")(block6g_se_reshape)
-        )
-        block6g_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6g_se_expand")(block6g_se_reduce)
-        )
-        block6g_se_excite = block6g_activation * block6g_se_expand
-        block6g_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6g_project_conv"
-        )(block6g_se_excite)
-        block6g_project_bn = rt.BatchNorm(epsilon=0.001, name="block6g_project_bn")(
-            block6g_project_conv, use_running_average=not train
-        )
-        block6g_drop = nn.Dropout(0.16, broadcast_dims=(1, 2, 3), name="block6g_drop")(
-            block6g_project_bn, deterministic=not train
-        )
-        block6g_add = block6g_drop + block6f_add
-        block6h_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6h_expand_conv"
-        )(block6g_add)
-        block6h_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6h_expand_bn")(
-            block6h_expand_conv, use_running_average=not train
-        )
-        block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6h_dwconv"
-        )(block6h_expand_activation)
-        block6h_bn = rt.BatchNorm(epsilon=0.001, name="block6h_bn")(
-            block6h_dwconv, use_running_average=not train
-        )
-        block6h_activation = jax.nn.silu(block6h_bn)
-        block6h_se_squeeze = jnp.mean(block6h_activation, axis=(1, 2))
-        block6h_se_reshape = jnp.reshape(block6h_se_squeeze, (-1, 1, 1, 2304))
-        block6h_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6h_se_reduce")(block6h_se_reshape)
-        )
-        block6h_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6h_se_expand")(block6h_se_reduce)
-        )
-        block6h_se_excite = block6h_activation * block6h_se_expand
-        block6h_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6h_project_conv"
-        )(block6h_se_excite)
-        block6h_project_bn = rt.BatchNorm(epsilon=0.001, name="block6h_project_bn")(
-            block6h_project_conv, use_running_average=not train
-        )
-        block6h_drop = nn.Dropout(
-            0.16363636363636364, broadcast_dims=(1, 2, 3), name="block6h_drop"
-        )(block6h_project_bn, deterministic=not train)
-        block6h_add = block6h_drop + block6g_add
-        block6i_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6i_expand_conv"
-        )(block6h_add)
-        block6i_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6i_expand_bn")(
-            block6i_expand_conv, use_running_average=not train
-        )
-        block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6i_dwconv"
-        )(block6i_expand_activation)
-        block6i_bn = rt.BatchNorm(epsilon=0.001, name="block6i_bn")(
-            block6i_dwconv, use_running_average=not train
-        )
-        block6i_activation = jax.nn.silu(block6i_bn)
-        block6i_se_squeeze = jnp.mean(block6i_activation, axis=(1, 2))
-        block6i_se_reshape = jnp.reshape(block6i_se_squeeze, (-1, 1, 1, 2304))
-        block6i_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6i_se_reduce")(block6i_se_reshape)
-        )
-        block6i_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6i_se_expand")(block6i_se_reduce)
-        )
-        block6i_se_excite = block6i_activation * block6i_se_expand
-        block6i_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6i_project_conv"
-        )(block6i_se_excite)
-        block6i_project_bn = rt.BatchNorm(epsilon=0.001, name="block6i_project_bn")(
-            block6i_project_conv, use_running_average=not train
-        )
-        block6i_drop = nn.Dropout(
-            0.1672727272727273, broadcast_dims=(1, 2, 3), name="block6i_drop"
-        )(block6i_project_bn, deterministic=not train)
-        block6i_add = block6i_drop + block6h_add
-        block6j_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6j_expand_conv"
-        )(block6i_add)
-        block6j_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6j_expand_bn")(
-            block6j_expand_conv, use_running_average=not train
-        )
-        block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6j_dwconv"
-        )(block6j_expand_activation)
-        block6j_bn = rt.BatchNorm(epsilon=0.001, name="block6j_bn")(
-            block6j_dwconv, use_running_average=not train
-        )
-        block6j_activation = jax.nn.silu(block6j_bn)
-        block6j_se_squeeze = jnp.mean(block6j_activation, axis=(1, 2))
-        block6j_se_reshape = jnp.reshape(block6j_se_squeeze, (-1, 1, 1, 2304))
-        block6j_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6j_se_reduce")(block6j_se_reshape)
-        )
-        block6j_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6j_se_expand")(block6j_se_reduce)
-        )
-        block6j_se_excite = block6j_activation * block6j_se_expand
-        block6j_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6j_project_conv"
-        )(block6j_se_excite)
-        block6j_project_bn = rt.BatchNorm(epsilon=0.001, name="block6j_project_bn")(
-            block6j_project_conv, use_running_average=not train
-        )
-        block6j_drop = nn.Dropout(
-            0.17090909090909093, broadcast_dims=(1, 2, 3), name="block6j_drop"
-        )(block6j_project_bn, deterministic=not train)
-        block6j_add = block6j_drop + block6i_add
-        block6k_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6k_expand_conv"
-        )(block6j_add)
-        block6k_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6k_expand_bn")(
-            block6k_expand_conv, use_running_average=not train
-        )
-        block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6k_dwconv"
-        )(block6k_expand_activation)
-        block6k_bn = rt.BatchNorm(epsilon=0.001, name="block6k_bn")(
-            block6k_dwconv, use_running_average=not train
-        )
-        block6k_activation = jax.nn.silu(block6k_bn)
-        block6k_se_squeeze = jnp.mean(block6k_activation, axis=(1, 2))
-        block6k_se_reshape = jnp.reshape(block6k_se_squeeze, (-1, 1, 1, 2304))
-        block6k_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6k_se_reduce")(block6k_se_reshape)
-        )
-        block6k_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6k_se_expand")(block6k_se_reduce)
-        )
-        block6k_se_excite = block6k_activation * block6k_se_expand
-        block6k_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6k_project_conv"
-        )(block6k_se_excite)
-        block6k_project_bn = rt.BatchNorm(epsilon=0.001, name="block6k_project_bn")(
-            block6k_project_conv, use_running_average=not train
-        )
-        block6k_drop = nn.Dropout(
-            0.17454545454545456, broadcast_dims=(1, 2, 3), name="block6k_drop"
-        )(block6k_project_bn, deterministic=not train)
-        block6k_add = block6k_drop + block6j_add
-        block6l_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6l_expand_conv"
-        )(block6k_add)
-        block6l_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6l_expand_bn")(
-            block6l_expand_conv, use_running_average=not train
-        )
-        block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6l_dwconv"
-        )(block6l_expand_activation)
-        block6l_bn = rt.BatchNorm(epsilon=0.001, name="block6l_bn")(
-            block6l_dwconv, use_running_average=not train
-        )
-        block6l_activation = jax.nn.silu(block6l_bn)
-        block6l_se_squeeze = jnp.mean(block6l_activation, axis=(1, 2))
-        block6l_se_reshape = jnp.reshape(block6l_se_squeeze, (-1, 1, 1, 2304))
-        block6l_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6l_se_reduce")(block6l_se_reshape)
-        )
-        block6l_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6l_se_expand")(block6l_se_reduce)
-        )
-        block6l_se_excite = block6l_activation * block6l_se_expand
-        block6l_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6l_project_conv"
-        )(block6l_se_excite)
-        block6l_project_bn = rt.BatchNorm(epsilon=0.001, name="block6l_project_bn")(
-            block6l_project_conv, use_running_average=not train
-        )
-        block6l_drop = nn.Dropout(
-            0.1781818181818182, broadcast_dims=(1, 2, 3), name="block6l_drop"
-        )(block6l_project_bn, deterministic=not train)
-        block6l_add = block6l_drop + block6k_add
-        block6m_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6m_expand_conv"
-        )(block6l_add)
-        block6m_expand_bn = rt.BatchNorm(epsilon=0.001, name="block6m_expand_bn")(
-            block6m_expand_conv, use_running_average=not train
-        )
-        block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv = rt.DepthwiseConv(
-            2304, (5, 5), padding="SAME", use_bias=False, name="block6m_dwconv"
-        )(block6m_expand_activation)
-        block6m_bn = rt.BatchNorm(epsilon=0.001, name="block6m_bn")(
-            block6m_dwconv, use_running_average=not train
-        )
-        block6m_activation = jax.nn.silu(block6m_bn)
-        block6m_se_squeeze = jnp.mean(block6m_activation, axis=(1, 2))
-        block6m_se_reshape = jnp.reshape(block6m_se_squeeze, (-1, 1, 1, 2304))
-        block6m_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6m_se_reduce")(block6m_se_reshape)
-        )
-        block6m_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6m_se_expand")(block6m_se_reduce)
-        )
-        block6m_se_excite = block6m_activation * block6m_se_expand
-        block6m_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6m_project_conv"
-        )(block6m_se_excite)
-        block6m_project_bn = rt.BatchNorm(epsilon=0.001, name="block6m_project_bn")(
-            block6m_project_conv, use_running_average=not train
-        )
-        block6m_drop = nn.Dropout(
-            0.18181818181818182, broadcast_dims=(1, 2, 3), name="block6m_drop"
-        )(block6m_project_bn, deterministic=not train)
-        block6m_add = block6m_drop + block6l_add
-        block7a_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block7a_expand_conv"
-        )(block6m_add)
-        block7a_expand_bn = rt.BatchNorm(epsilon=0.001, name="block7a_expand_bn")(
-            block7a_expand_conv, use_running_average=not train
-        )
-        block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv"
-        )(block7a_expand_activation)
-        block7a_bn = rt.BatchNorm(epsilon=0.001, name="block7a_bn")(
-            block7a_dwconv, use_running_average=not train
-        )
-        block7a_activation = jax.nn.silu(block7a_bn)
-        block7a_se_squeeze = jnp.mean(block7a_activation, axis=(1, 2))
-        block7a_se_reshape = jnp.reshape(block7a_se_squeeze, (-1, 1, 1, 2304))
-        block7a_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block7a_se_reduce")(block7a_se_reshape)
-        )
-        block7a_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block7a_se_expand")(block7a_se_reduce)
-        )
-        block7a_se_excite = block7a_activation * block7a_se_expand
-        block7a_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7a_project_conv"
-        )(block7a_se_excite)
-        block7a_project_bn = rt.BatchNorm(epsilon=0.001, name="block7a_project_bn")(
-            block7a_project_conv, use_running_average=not train
-        )
-        block7b_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7b_expand_conv"
-        )(block7a_project_bn)
-        block7b_expand_bn = rt.BatchNorm(epsilon=0.001, name="block7b_expand_bn")(
-            block7b_expand_conv, use_running_average=not train
-        )
-        block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv"
-        )(block7b_expand_activation)
-        block7b_bn = rt.BatchNorm(epsilon=0.001, name="block7b_bn")(
-            block7b_dwconv, use_running_average=not train
-        )
-        block7b_activation = jax.nn.silu(block7b_bn)
-        block7b_se_squeeze = jnp.mean(block7b_activation, axis=(1, 2))
-        block7b_se_reshape = jnp.reshape(block7b_se_squeeze, (-1, 1, 1, 3840))
-        block7b_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7b_se_reduce")(block7b_se_reshape)
-        )
-        block7b_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7b_se_expand")(block7b_se_reduce)
-        )
-        block7b_se_excite = block7b_activation * block7b_se_expand
-        block7b_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7b_project_conv"
-        )(block7b_se_excite)
-        block7b_project_bn = rt.BatchNorm(epsilon=0.001, name="block7b_project_bn")(
-            block7b_project_conv, use_running_average=not train
-        )
-        block7b_drop = nn.Dropout(
-            0.1890909090909091, broadcast_dims=(1, 2, 3), name="block7b_drop"
-        )(block7b_project_bn, deterministic=not train)
-        block7b_add = block7b_drop + block7a_project_bn
-        block7c_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7c_expand_conv"
-        )(block7b_add)
-        block7c_expand_bn = rt.BatchNorm(epsilon=0.001, name="block7c_expand_bn")(
-            block7c_expand_conv, use_running_average=not train
-        )
-        block7c_expand_activation = jax.nn.silu(block7c_expand_bn)
-        block7c_dwconv = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7c_dwconv"
-        )(block7c_expand_activation)
-        block7c_bn = rt.BatchNorm(epsilon=0.001, name="block7c_bn")(
-            block7c_dwconv, use_running_average=not train
-        )
-        block7c_activation = jax.nn.silu(block7c_bn)
-        block7c_se_squeeze = jnp.mean(block7c_activation, axis=(1, 2))
-        block7c_se_reshape = jnp.reshape(block7c_se_squeeze, (-1, 1, 1, 3840))
-        block7c_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7c_se_reduce")(block7c_se_reshape)
-        )
-        block7c_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7c_se_expand")(block7c_se_reduce)
-        )
-        block7c_se_excite = block7c_activation * block7c_se_expand
-        block7c_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7c_project_conv"
-        )(block7c_se_excite)
-        block7c_project_bn = rt.BatchNorm(epsilon=0.001, name="block7c_project_bn")(
-            block7c_project_conv, use_running_average=not train
-        )
-        block7c_drop = nn.Dropout(
-            0.19272727272727275, broadcast_dims=(1, 2, 3), name="block7c_drop"
-        )(block7c_project_bn, deterministic=not train)
-        block7c_add = block7c_drop + block7b_add
-        block7d_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7d_expand_conv"
-        )(block7c_add)
-        block7d_expand_bn = rt.BatchNorm(epsilon=0.001, name="block7d_expand_bn")(
-            block7d_expand_conv, use_running_average=not train
-        )
-        block7d_expand_activation = jax.nn.silu(block7d_expand_bn)
-        block7d_dwconv = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7d_dwconv"
-        )(block7d_expand_activation)
-        block7d_bn = rt.BatchNorm(epsilon=0.001, name="block7d_bn")(
-            block7d_dwconv, use_running_average=not train
-        )
-        block7d_activation = jax.nn.silu(block7d_bn)
-        block7d_se_squeeze = jnp.mean(block7d_activation, axis=(1, 2))
-        block7d_se_reshape = jnp.reshape(block7d_se_squeeze, (-1, 1, 1, 3840))
-        block7d_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7d_se_reduce")(block7d_se_reshape)
-        )
-        block7d_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7d_se_expand")(block7d_se_reduce)
-        )
-        block7d_se_excite = block7d_activation * block7d_se_expand
-        block7d_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7d_project_conv"
-        )(block7d_se_excite)
-        block7d_project_bn = rt.BatchNorm(epsilon=0.001, name="block7d_project_bn")(
-            block7d_project_conv, use_running_average=not train
-        )
-        block7d_drop = nn.Dropout(
-            0.19636363636363638, broadcast_dims=(1, 2, 3), name="block7d_drop"
-        )(block7d_project_bn, deterministic=not train)
-        block7d_add = block7d_drop + block7c_add
-        top_conv = nn.Conv(2560, (1, 1), padding="SAME", use_bias=False, name="top_conv")(
-            block7d_add
-        )
-        top_bn = rt.BatchNorm(epsilon=0.001, name="top_bn")(top_conv, use_running_average=not train)
-        top_activation = jax.nn.silu(top_bn)
-        avg_pool = jnp.mean(top_activation, axis=(1, 2))
-        top_dropout = nn.Dropout(0.5, name="top_dropout")(avg_pool, deterministic=not train)
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(top_dropout))
-        return predictions
+        x = x * block1a_se_expand
+        x = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(x, use_running_average=not train)
+        x = Blockb(rate=0.0036363636363636364, name="block1b")(x, train=train)
+        x = Blockb(rate=0.007272727272727273, name="block1c")(x, train=train)
+        x = Blockb(rate=0.01090909090909091, name="block1d")(x, train=train)
+        x = Blocka(
+            192, ((0, 0), (0, 1), (0, 1), (0, 0)), (3, 3), (-1, 1, 1, 192), 8, 48, name="block2a"
+        )(x, train=train)
+        x = Block2b(288, (3, 3), (-1, 1, 1, 288), 12, 48, 0.01818181818181818, name="block2b")(
+            x, train=train
+        )
+        x = Block2b(288, (3, 3), (-1, 1, 1, 288), 12, 48, 0.02181818181818182, name="block2c")(
+            x, train=train
+        )
+        x = Block2b(288, (3, 3), (-1, 1, 1, 288), 12, 48, 0.025454545454545455, name="block2d")(
+            x, train=train
+        )
+        x = Block2b(288, (3, 3), (-1, 1, 1, 288), 12, 48, 0.02909090909090909, name="block2e")(
+            x, train=train
+        )
+        x = Block2b(288, (3, 3), (-1, 1, 1, 288), 12, 48, 0.03272727272727273, name="block2f")(
+            x, train=train
+        )
+        x = Block2b(288, (3, 3), (-1, 1, 1, 288), 12, 48, 0.03636363636363636, name="block2g")(
+            x, train=train
+        )
+        x = Blocka(
+            288, ((0, 0), (1, 2), (1, 2), (0, 0)), (5, 5), (-1, 1, 1, 288), 12, 80, name="block3a"
+        )(x, train=train)
+        x = Block2b(480, (5, 5), (-1, 1, 1, 480), 20, 80, 0.04363636363636364, name="block3b")(
+            x, train=train
+        )
+        x = Block2b(480, (5, 5), (-1, 1, 1, 480), 20, 80, 0.04727272727272727, name="block3c")(
+            x, train=train
+        )
+        x = Block2b(480, (5, 5), (-1, 1, 1, 480), 20, 80, 0.05090909090909091, name="block3d")(
+            x, train=train
+        )
+        x = Block2b(480, (5, 5), (-1, 1, 1, 480), 20, 80, 0.05454545454545454, name="block3e")(
+            x, train=train
+        )
+        x = Block2b(480, (5, 5), (-1, 1, 1, 480), 20, 80, 0.05818181818181818, name="block3f")(
+            x, train=train
+        )
+        x = Block2b(480, (5, 5), (-1, 1, 1, 480), 20, 80, 0.06181818181818183, name="block3g")(
+            x, train=train
+        )
+        x = Blocka(
+            480, ((0, 0), (1, 1), (1, 1), (0, 0)), (3, 3), (-1, 1, 1, 480), 20, 160, name="block4a"
+        )(x, train=train)
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.06909090909090909, name="block4b")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.07272727272727272, name="block4c")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.07636363636363637, name="block4d")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.08, name="block4e")(x, train=train)
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.08363636363636365, name="block4f")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.08727272727272728, name="block4g")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.09090909090909091, name="block4h")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.09454545454545454, name="block4i")(
+            x, train=train
+        )
+        x = Block2b(960, (3, 3), (-1, 1, 1, 960), 40, 160, 0.09818181818181819, name="block4j")(
+            x, train=train
+        )
+        x = Block5a(960, (5, 5), (-1, 1, 1, 960), 40, 224, name="block5a")(x, train=train)
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.10545454545454547, name="block5b")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.10909090909090909, name="block5c")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.11272727272727273, name="block5d")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.11636363636363636, name="block5e")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.12000000000000001, name="block5f")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.12363636363636366, name="block5g")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.12727272727272726, name="block5h")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.13090909090909092, name="block5i")(
+            x, train=train
+        )
+        x = Block2b(1344, (5, 5), (-1, 1, 1, 1344), 56, 224, 0.13454545454545455, name="block5j")(
+            x, train=train
+        )
+        x = Blocka(
+            1344,
+            ((0, 0), (1, 2), (1, 2), (0, 0)),
+            (5, 5),
+            (-1, 1, 1, 1344),
+            56,
+            384,
+            name="block6a",
+        )(x, train=train)
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.14181818181818184, name="block6b")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.14545454545454545, name="block6c")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.1490909090909091, name="block6d")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.15272727272727274, name="block6e")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.15636363636363634, name="block6f")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.16, name="block6g")(x, train=train)
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.16363636363636364, name="block6h")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.1672727272727273, name="block6i")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.17090909090909093, name="block6j")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.17454545454545456, name="block6k")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.1781818181818182, name="block6l")(
+            x, train=train
+        )
+        x = Block2b(2304, (5, 5), (-1, 1, 1, 2304), 96, 384, 0.18181818181818182, name="block6m")(
+            x, train=train
+        )
+        x = Block5a(2304, (3, 3), (-1, 1, 1, 2304), 96, 640, name="block7a")(x, train=train)
+        x = Block2b(3840, (3, 3), (-1, 1, 1, 3840), 160, 640, 0.1890909090909091, name="block7b")(
+            x, train=train
+        )
+        x = Block2b(3840, (3, 3), (-1, 1, 1, 3840), 160, 640, 0.19272727272727275, name="block7c")(
+            x, train=train
+        )
+        x = Block2b(3840, (3, 3), (-1, 1, 1, 3840), 160, 640, 0.19636363636363638, name="block7d")(
+            x, train=train
+        )
+        x = nn.Conv(2560, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="top_bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(0.5, name="top_dropout")(x, deterministic=not train)
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

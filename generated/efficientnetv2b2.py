@@ -11,6 +11,162 @@ from kgen import runtime as rt
 __all__ = ["EfficientNetV2B2"]
 
 
+class Blocka(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_b2, folded by kgen.
+
+    block2a and block3a.
+    """
+
+    expand_conv_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="expand_conv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Blockb(nn.Module):
+    """4 alike blocks of the Keras model efficientnetv2_b2, folded by kgen.
+
+    block2b to block3c.
+    """
+
+    expand_conv_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Block4a(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_b2, folded by kgen.
+
+    block4a and block6a.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="dwconv2",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Block4b(nn.Module):
+    """17 alike blocks of the Keras model efficientnetv2_b2, folded by kgen.
+
+    block4b to block6j.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = rt.DepthwiseConv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="dwconv2"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        se_squeeze = jnp.mean(y, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        y = y * se_expand
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
 class EfficientNetV2B2(nn.Module):
     """Keras Functional model efficientnetv2_b2, converted by kgen."""
 
@@ -25,9 +181,9 @@ class EfficientNetV2B2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        rescaling = input_layer * 0.00392156862745098
-        normalization = rt.normalize(
-            rescaling,
+        x = input_layer * 0.00392156862745098
+        x = rt.normalize(
+            x,
             mean=np.array(
                 [0.48500001430511475, 0.4560000002384186, 0.4059999883174896], dtype=np.float32
             ),
@@ -35,23 +191,19 @@ class EfficientNetV2B2(nn.Module):
                 [0.05244100093841553, 0.050175998359918594, 0.05062500014901161], dtype=np.float32
             ),
         )
-        stem_conv = nn.Conv(
-            32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv"
-        )(normalization)
-        stem_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
-            stem_conv, use_running_average=not train
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
+            x, use_running_average=not train
         )
-        stem_activation = jax.nn.silu(stem_bn)
-        block1a_project_conv = nn.Conv(
-            16, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv"
-        )(stem_activation)
-        block1a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
-            block1a_project_conv, use_running_average=not train
+        x = jax.nn.silu(x)
+        x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
+            x, use_running_average=not train
         )
-        block1a_project_activation = jax.nn.silu(block1a_project_bn)
+        x = jax.nn.silu(x)
         block1b_project_conv = nn.Conv(
             16, (3, 3), padding="SAME", use_bias=False, name="block1b_project_conv"
-        )(block1a_project_activation)
+        )(x)
         block1b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1b_project_bn")(
             block1b_project_conv, use_running_average=not train
         )
@@ -59,244 +211,34 @@ class EfficientNetV2B2(nn.Module):
         block1b_drop = nn.Dropout(
             0.009523809523809525, broadcast_dims=(1, 2, 3), name="block1b_drop"
         )(block1b_project_activation, deterministic=not train)
-        block1b_add = block1b_drop + block1a_project_activation
-        block2a_expand_conv = nn.Conv(
-            64, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block2a_expand_conv"
-        )(block1b_add)
-        block2a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2a_expand_bn")(
-            block2a_expand_conv, use_running_average=not train
+        x = block1b_drop + x
+        x = Blocka(64, 32, name="block2a")(x, train=train)
+        x = Blockb(128, 32, 0.028571428571428574, name="block2b")(x, train=train)
+        x = Blockb(128, 32, 0.0380952380952381, name="block2c")(x, train=train)
+        x = Blocka(128, 56, name="block3a")(x, train=train)
+        x = Blockb(224, 56, 0.05714285714285715, name="block3b")(x, train=train)
+        x = Blockb(224, 56, 0.06666666666666668, name="block3c")(x, train=train)
+        x = Block4a(224, (-1, 1, 1, 224), 14, 104, name="block4a")(x, train=train)
+        x = Block4b(416, (-1, 1, 1, 416), 26, 104, 0.08571428571428572, name="block4b")(
+            x, train=train
         )
-        block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
-        block2a_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block2a_project_conv"
-        )(block2a_expand_activation)
-        block2a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2a_project_bn")(
-            block2a_project_conv, use_running_average=not train
+        x = Block4b(416, (-1, 1, 1, 416), 26, 104, 0.09523809523809523, name="block4c")(
+            x, train=train
         )
-        block2b_expand_conv = nn.Conv(
-            128, (3, 3), padding="SAME", use_bias=False, name="block2b_expand_conv"
-        )(block2a_project_bn)
-        block2b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2b_expand_bn")(
-            block2b_expand_conv, use_running_average=not train
+        x = Block4b(416, (-1, 1, 1, 416), 26, 104, 0.10476190476190476, name="block4d")(
+            x, train=train
         )
-        block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block2b_project_conv"
-        )(block2b_expand_activation)
-        block2b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2b_project_bn")(
-            block2b_project_conv, use_running_average=not train
+        x = nn.Conv(624, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
+            x, use_running_average=not train
         )
-        block2b_drop = nn.Dropout(
-            0.028571428571428574, broadcast_dims=(1, 2, 3), name="block2b_drop"
-        )(block2b_project_bn, deterministic=not train)
-        block2b_add = block2b_drop + block2a_project_bn
-        block2c_expand_conv = nn.Conv(
-            128, (3, 3), padding="SAME", use_bias=False, name="block2c_expand_conv"
-        )(block2b_add)
-        block2c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2c_expand_bn")(
-            block2c_expand_conv, use_running_average=not train
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(624, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
+            x, use_running_average=not train
         )
-        block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_project_conv = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block2c_project_conv"
-        )(block2c_expand_activation)
-        block2c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2c_project_bn")(
-            block2c_project_conv, use_running_average=not train
-        )
-        block2c_drop = nn.Dropout(
-            0.0380952380952381, broadcast_dims=(1, 2, 3), name="block2c_drop"
-        )(block2c_project_bn, deterministic=not train)
-        block2c_add = block2c_drop + block2b_add
-        block3a_expand_conv = nn.Conv(
-            128, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block3a_expand_conv"
-        )(block2c_add)
-        block3a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3a_expand_bn")(
-            block3a_expand_conv, use_running_average=not train
-        )
-        block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
-        block3a_project_conv = nn.Conv(
-            56, (1, 1), padding="SAME", use_bias=False, name="block3a_project_conv"
-        )(block3a_expand_activation)
-        block3a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3a_project_bn")(
-            block3a_project_conv, use_running_average=not train
-        )
-        block3b_expand_conv = nn.Conv(
-            224, (3, 3), padding="SAME", use_bias=False, name="block3b_expand_conv"
-        )(block3a_project_bn)
-        block3b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3b_expand_bn")(
-            block3b_expand_conv, use_running_average=not train
-        )
-        block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_project_conv = nn.Conv(
-            56, (1, 1), padding="SAME", use_bias=False, name="block3b_project_conv"
-        )(block3b_expand_activation)
-        block3b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3b_project_bn")(
-            block3b_project_conv, use_running_average=not train
-        )
-        block3b_drop = nn.Dropout(
-            0.05714285714285715, broadcast_dims=(1, 2, 3), name="block3b_drop"
-        )(block3b_project_bn, deterministic=not train)
-        block3b_add = block3b_drop + block3a_project_bn
-        block3c_expand_conv = nn.Conv(
-            224, (3, 3), padding="SAME", use_bias=False, name="block3c_expand_conv"
-        )(block3b_add)
-        block3c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3c_expand_bn")(
-            block3c_expand_conv, use_running_average=not train
-        )
-        block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_project_conv = nn.Conv(
-            56, (1, 1), padding="SAME", use_bias=False, name="block3c_project_conv"
-        )(block3c_expand_activation)
-        block3c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3c_project_bn")(
-            block3c_project_conv, use_running_average=not train
-        )
-        block3c_drop = nn.Dropout(
-            0.06666666666666668, broadcast_dims=(1, 2, 3), name="block3c_drop"
-        )(block3c_project_bn, deterministic=not train)
-        block3c_add = block3c_drop + block3b_add
-        block4a_expand_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block4a_expand_conv"
-        )(block3c_add)
-        block4a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_expand_bn")(
-            block4a_expand_conv, use_running_average=not train
-        )
-        block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = rt.DepthwiseConv(
-            224, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
-        )(block4a_expand_activation)
-        block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
-            block4a_dwconv2, use_running_average=not train
-        )
-        block4a_activation = jax.nn.silu(block4a_bn)
-        block4a_se_squeeze = jnp.mean(block4a_activation, axis=(1, 2))
-        block4a_se_reshape = jnp.reshape(block4a_se_squeeze, (-1, 1, 1, 224))
-        block4a_se_reduce = jax.nn.silu(
-            nn.Conv(14, (1, 1), padding="SAME", name="block4a_se_reduce")(block4a_se_reshape)
-        )
-        block4a_se_expand = jax.nn.sigmoid(
-            nn.Conv(224, (1, 1), padding="SAME", name="block4a_se_expand")(block4a_se_reduce)
-        )
-        block4a_se_excite = block4a_activation * block4a_se_expand
-        block4a_project_conv = nn.Conv(
-            104, (1, 1), padding="SAME", use_bias=False, name="block4a_project_conv"
-        )(block4a_se_excite)
-        block4a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_project_bn")(
-            block4a_project_conv, use_running_average=not train
-        )
-        block4b_expand_conv = nn.Conv(
-            416, (1, 1), padding="SAME", use_bias=False, name="block4b_expand_conv"
-        )(block4a_project_bn)
-        block4b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_expand_bn")(
-            block4b_expand_conv, use_running_average=not train
-        )
-        block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = rt.DepthwiseConv(
-            416, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
-        )(block4b_expand_activation)
-        block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
-            block4b_dwconv2, use_running_average=not train
-        )
-        block4b_activation = jax.nn.silu(block4b_bn)
-        block4b_se_squeeze = jnp.mean(block4b_activation, axis=(1, 2))
-        block4b_se_reshape = jnp.reshape(block4b_se_squeeze, (-1, 1, 1, 416))
-        block4b_se_reduce = jax.nn.silu(
-            nn.Conv(26, (1, 1), padding="SAME", name="block4b_se_reduce")(block4b_se_reshape)
-        )
-        block4b_se_expand = jax.nn.sigmoid(
-            nn.Conv(416, (1, 1), padding="SAME", name="block4b_se_expand")(block4b_se_reduce)
-        )
-        block4b_se_excite = block4b_activation * block4b_se_expand
-        block4b_project_conv = nn.Conv(
-            104, (1, 1), padding="SAME", use_bias=False, name="block4b_project_conv"
-        )(block4b_se_excite)
-        block4b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_project_bn")(
-            block4b_project_conv, use_running_average=not train
-        )
-        block4b_drop = nn.Dropout(
-            0.08571428571428572, broadcast_dims=(1, 2, 3), name="block4b_drop"
-        )(block4b_project_bn, deterministic=not train)
-        block4b_add = block4b_drop + block4a_project_bn
-        block4c_expand_conv = nn.Conv(
-            416, (1, 1), padding="SAME", use_bias=False, name="block4c_expand_conv"
-        )(block4b_add)
-        block4c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_expand_bn")(
-            block4c_expand_conv, use_running_average=not train
-        )
-        block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = rt.DepthwiseConv(
-            416, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
-        )(block4c_expand_activation)
-        block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
-            block4c_dwconv2, use_running_average=not train
-        )
-        block4c_activation = jax.nn.silu(block4c_bn)
-        block4c_se_squeeze = jnp.mean(block4c_activation, axis=(1, 2))
-        block4c_se_reshape = jnp.reshape(block4c_se_squeeze, (-1, 1, 1, 416))
-        block4c_se_reduce = jax.nn.silu(
-            nn.Conv(26, (1, 1), padding="SAME", name="block4c_se_reduce")(block4c_se_reshape)
-        )
-        block4c_se_expand = jax.nn.sigmoid(
-            nn.Conv(416, (1, 1), padding="SAME", name="block4c_se_expand")(block4c_se_reduce)
-        )
-        block4c_se_excite = block4c_activation * block4c_se_expand
-        block4c_project_conv = nn.Conv(
-            104, (1, 1), padding="SAME", use_bias=False, name="block4c_project_conv"
-        )(block4c_se_excite)
-        block4c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_project_bn")(
-            block4c_project_conv, use_running_average=not train
-        )
-        block4c_drop = nn.Dropout(
-            0.09523809523809523, broadcast_dims=(1, 2, 3), name="block4c_drop"
-        )(block4c_project_bn, deterministic=not train)
-        block4c_add = block4c_drop + block4b_add
-        block4d_expand_conv = nn.Conv(
-            416, (1, 1), padding="SAME", use_bias=False, name="block4d_expand_conv"
-        )(block4c_add)
-        block4d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_expand_bn")(
-            block4d_expand_conv, use_running_average=not train
-        )
-        block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = rt.DepthwiseConv(
-            416, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
-        )(block4d_expand_activation)
-        block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
-            block4d_dwconv2, use_running_average=not train
-        )
-        block4d_activation = jax.nn.silu(block4d_bn)
-        block4d_se_squeeze = jnp.mean(block4d_activation, axis=(1, 2))
-        block4d_se_reshape = jnp.reshape(block4d_se_squeeze, (-1, 1, 1, 416))
-        block4d_se_reduce = jax.nn.silu(
-            nn.Conv(26, (1, 1), padding="SAME", name="block4d_se_reduce")(block4d_se_reshape)
-        )
-        block4d_se_expand = jax.nn.sigmoid(
-            nn.Conv(416, (1, 1), padding="SAME", name="block4d_se_expand")(block4d_se_reduce)
-        )
-        block4d_se_excite = block4d_activation * block4d_se_expand
-        block4d_project_conv = nn.Conv(
-            104, (1, 1), padding="SAME", use_bias=False, name="block4d_project_conv"
-        )(block4d_se_excite)
-        block4d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_project_bn")(
-            block4d_project_conv, use_running_average=not train
-        )
-        block4d_drop = nn.Dropout(
-            0.10476190476190476, broadcast_dims=(1, 2, 3), name="block4d_drop"
-        )(block4d_project_bn, deterministic=not train)
-        block4d_add = block4d_drop + block4c_add
-        block5a_expand_conv = nn.Conv(
-            624, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv"
-        )(block4d_add)
-        block5a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
-            block5a_expand_conv, use_running_average=not train
-        )
-        block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = rt.DepthwiseConv(
-            624, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
-        )(block5a_expand_activation)
-        block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
-            block5a_dwconv2, use_running_average=not train
-        )
-        block5a_activation = jax.nn.silu(block5a_bn)
-        block5a_se_squeeze = jnp.mean(block5a_activation, axis=(1, 2))
+        x = jax.nn.silu(x)
+        block5a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 624))
         block5a_se_reduce = jax.nn.silu(
             nn.Conv(26, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
@@ -304,512 +246,58 @@ class EfficientNetV2B2(nn.Module):
         block5a_se_expand = jax.nn.sigmoid(
             nn.Conv(624, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
         )
-        block5a_se_excite = block5a_activation * block5a_se_expand
-        block5a_project_conv = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv"
-        )(block5a_se_excite)
-        block5a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
-            block5a_project_conv, use_running_average=not train
+        x = x * block5a_se_expand
+        x = nn.Conv(120, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
+            x, use_running_average=not train
         )
-        block5b_expand_conv = nn.Conv(
-            720, (1, 1), padding="SAME", use_bias=False, name="block5b_expand_conv"
-        )(block5a_project_bn)
-        block5b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_expand_bn")(
-            block5b_expand_conv, use_running_average=not train
+        x = Block4b(720, (-1, 1, 1, 720), 30, 120, 0.12380952380952381, name="block5b")(
+            x, train=train
         )
-        block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = rt.DepthwiseConv(
-            720, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
-        )(block5b_expand_activation)
-        block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
-            block5b_dwconv2, use_running_average=not train
+        x = Block4b(720, (-1, 1, 1, 720), 30, 120, 0.13333333333333336, name="block5c")(
+            x, train=train
         )
-        block5b_activation = jax.nn.silu(block5b_bn)
-        block5b_se_squeeze = jnp.mean(block5b_activation, axis=(1, 2))
-        block5b_se_reshape = jnp.reshape(block5b_se_squeeze, (-1, 1, 1, 720))
-        block5b_se_reduce = jax.nn.silu(
-            nn.Conv(30, (1, 1), padding="SAME", name="block5b_se_reduce")(block5b_se_reshape)
+        x = Block4b(720, (-1, 1, 1, 720), 30, 120, 0.14285714285714285, name="block5d")(
+            x, train=train
         )
-        block5b_se_expand = jax.nn.sigmoid(
-            nn.Conv(720, (1, 1), padding="SAME", name="block5b_se_expand")(block5b_se_reduce)
+        x = Block4b(720, (-1, 1, 1, 720), 30, 120, 0.1523809523809524, name="block5e")(
+            x, train=train
         )
-        block5b_se_excite = block5b_activation * block5b_se_expand
-        block5b_project_conv = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="block5b_project_conv"
-        )(block5b_se_excite)
-        block5b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_project_bn")(
-            block5b_project_conv, use_running_average=not train
+        x = Block4b(720, (-1, 1, 1, 720), 30, 120, 0.1619047619047619, name="block5f")(
+            x, train=train
         )
-        block5b_drop = nn.Dropout(
-            0.12380952380952381, broadcast_dims=(1, 2, 3), name="block5b_drop"
-        )(block5b_project_bn, deterministic=not train)
-        block5b_add = block5b_drop + block5a_project_bn
-        block5c_expand_conv = nn.Conv(
-            720, (1, 1), padding="SAME", use_bias=False, name="block5c_expand_conv"
-        )(block5b_add)
-        block5c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_expand_bn")(
-            block5c_expand_conv, use_running_average=not train
+        x = Block4a(720, (-1, 1, 1, 720), 30, 208, name="block6a")(x, train=train)
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.18095238095238098, name="block6b")(
+            x, train=train
         )
-        block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = rt.DepthwiseConv(
-            720, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
-        )(block5c_expand_activation)
-        block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
-            block5c_dwconv2, use_running_average=not train
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.19047619047619047, name="block6c")(
+            x, train=train
         )
-        block5c_activation = jax.nn.silu(block5c_bn)
-        block5c_se_squeeze = jnp.mean(block5c_activation, axis=(1, 2))
-        block5c_se_reshape = jnp.reshape(block5c_se_squeeze, (-1, 1, 1, 720))
-        block5c_se_reduce = jax.nn.silu(
-            nn.Conv(30, (1, 1), padding="SAME", name="block5c_se_reduce")(block5c_se_reshape)
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.2, name="block6d")(x, train=train)
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.20952380952380953, name="block6e")(
+            x, train=train
         )
-        block5c_se_expand = jax.nn.sigmoid(
-            nn.Conv(720, (1, 1), padding="SAME", name="block5c_se_expand")(block5c_se_reduce)
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.21904761904761907, name="block6f")(
+            x, train=train
         )
-        block5c_se_excite = block5c_activation * block5c_se_expand
-        block5c_project_conv = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="block5c_project_conv"
-        )(block5c_se_excite)
-        block5c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_project_bn")(
-            block5c_project_conv, use_running_average=not train
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.2285714285714286, name="block6g")(
+            x, train=train
         )
-        block5c_drop = nn.Dropout(
-            0.13333333333333336, broadcast_dims=(1, 2, 3), name="block5c_drop"
-        )(block5c_project_bn, deterministic=not train)
-        block5c_add = block5c_drop + block5b_add
-        block5d_expand_conv = nn.Conv(
-            720, (1, 1), padding="SAME", use_bias=False, name="block5d_expand_conv"
-        )(block5c_add)
-        block5d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_expand_bn")(
-            block5d_expand_conv, use_running_average=not train
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.23809523809523808, name="block6h")(
+            x, train=train
         )
-        block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = rt.DepthwiseConv(
-            720, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
-        )(block5d_expand_activation)
-        block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
-            block5d_dwconv2, use_running_average=not train
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.24761904761904763, name="block6i")(
+            x, train=train
         )
-        block5d_activation = jax.nn.silu(block5d_bn)
-        block5d_se_squeeze = jnp.mean(block5d_activation, axis=(1, 2))
-        block5d_se_reshape = jnp.reshape(block5d_se_squeeze, (-1, 1, 1, 720))
-        block5d_se_reduce = jax.nn.silu(
-            nn.Conv(30, (1, 1), padding="SAME", name="block5d_se_reduce")(block5d_se_reshape)
+        x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.2571428571428572, name="block6j")(
+            x, train=train
         )
-        block5d_se_expand = jax.nn.sigmoid(
-            nn.Conv(720, (1, 1), padding="SAME", name="block5d_se_expand")(block5d_se_reduce)
+        x = nn.Conv(1408, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
+            x, use_running_average=not train
         )
-        block5d_se_excite = block5d_activation * block5d_se_expand
-        block5d_project_conv = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="block5d_project_conv"
-        )(block5d_se_excite)
-        block5d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_project_bn")(
-            block5d_project_conv, use_running_average=not train
-        )
-        block5d_drop = nn.Dropout(
-            0.14285714285714285, broadcast_dims=(1, 2, 3), name="block5d_drop"
-        )(block5d_project_bn, deterministic=not train)
-        block5d_add = block5d_drop + block5c_add
-        block5e_expand_conv = nn.Conv(
-            720, (1, 1), padding="SAME", use_bias=False, name="block5e_expand_conv"
-        )(block5d_add)
-        block5e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_expand_bn")(
-            block5e_expand_conv, use_running_average=not train
-        )
-        block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = rt.DepthwiseConv(
-            720, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
-        )(block5e_expand_activation)
-        block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
-            block5e_dwconv2, use_running_average=not train
-        )
-        block5e_activation = jax.nn.silu(block5e_bn)
-        block5e_se_squeeze = jnp.mean(block5e_activation, axis=(1, 2))
-        block5e_se_reshape = jnp.reshape(block5e_se_squeeze, (-1, 1, 1, 720))
-        block5e_se_reduce = jax.nn.silu(
-            nn.Conv(30, (1, 1), padding="SAME", name="block5e_se_reduce")(block5e_se_reshape)
-        )
-        block5e_se_expand = jax.nn.sigmoid(
-            nn.Conv(720, (1, 1), padding="SAME", name="block5e_se_expand")(block5e_se_reduce)
-        )
-        block5e_se_excite = block5e_activation * block5e_se_expand
-        block5e_project_conv = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="block5e_project_conv"
-        )(block5e_se_excite)
-        block5e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_project_bn")(
-            block5e_project_conv, use_running_average=not train
-        )
-        block5e_drop = nn.Dropout(
-            0.1523809523809524, broadcast_dims=(1, 2, 3), name="block5e_drop"
-        )(block5e_project_bn, deterministic=not train)
-        block5e_add = block5e_drop + block5d_add
-        block5f_expand_conv = nn.Conv(
-            720, (1, 1), padding="SAME", use_bias=False, name="block5f_expand_conv"
-        )(block5e_add)
-        block5f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_expand_bn")(
-            block5f_expand_conv, use_running_average=not train
-        )
-        block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = rt.DepthwiseConv(
-            720, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
-        )(block5f_expand_activation)
-        block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
-            block5f_dwconv2, use_running_average=not train
-        )
-        block5f_activation = jax.nn.silu(block5f_bn)
-        block5f_se_squeeze = jnp.mean(block5f_activation, axis=(1, 2))
-        block5f_se_reshape = jnp.reshape(block5f_se_squeeze, (-1, 1, 1, 720))
-        block5f_se_reduce = jax.nn.silu(
-            nn.Conv(30, (1, 1), padding="SAME", name="block5f_se_reduce")(block5f_se_reshape)
-        )
-        block5f_se_expand = jax.nn.sigmoid(
-            nn.Conv(720, (1, 1), padding="SAME", name="block5f_se_expand")(block5f_se_reduce)
-        )
-        block5f_se_excite = block5f_activation * block5f_se_expand
-        block5f_project_conv = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="block5f_project_conv"
-        )(block5f_se_excite)
-        block5f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_project_bn")(
-            block5f_project_conv, use_running_average=not train
-        )
-        block5f_drop = nn.Dropout(
-            0.1619047619047619, broadcast_dims=(1, 2, 3), name="block5f_drop"
-        )(block5f_project_bn, deterministic=not train)
-        block5f_add = block5f_drop + block5e_add
-        block6a_expand_conv = nn.Conv(
-            720, (1, 1), padding="SAME", use_bias=False, name="block6a_expand_conv"
-        )(block5f_add)
-        block6a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_expand_bn")(
-            block6a_expand_conv, use_running_average=not train
-        )
-        block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = rt.DepthwiseConv(
-            720, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
-        )(block6a_expand_activation)
-        block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
-            block6a_dwconv2, use_running_average=not train
-        )
-        block6a_activation = jax.nn.silu(block6a_bn)
-        block6a_se_squeeze = jnp.mean(block6a_activation, axis=(1, 2))
-        block6a_se_reshape = jnp.reshape(block6a_se_squeeze, (-1, 1, 1, 720))
-        block6a_se_reduce = jax.nn.silu(
-            nn.Conv(30, (1, 1), padding="SAME", name="block6a_se_reduce")(block6a_se_reshape)
-        )
-        block6a_se_expand = jax.nn.sigmoid(
-            nn.Conv(720, (1, 1), padding="SAME", name="block6a_se_expand")(block6a_se_reduce)
-        )
-        block6a_se_excite = block6a_activation * block6a_se_expand
-        block6a_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6a_project_conv"
-        )(block6a_se_excite)
-        block6a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_project_bn")(
-            block6a_project_conv, use_running_average=not train
-        )
-        block6b_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6b_expand_conv"
-        )(block6a_project_bn)
-        block6b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_expand_bn")(
-            block6b_expand_conv, use_running_average=not train
-        )
-        block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
-        )(block6b_expand_activation)
-        block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
-            block6b_dwconv2, use_running_average=not train
-        )
-        block6b_activation = jax.nn.silu(block6b_bn)
-        block6b_se_squeeze = jnp.mean(block6b_activation, axis=(1, 2))
-        block6b_se_reshape = jnp.reshape(block6b_se_squeeze, (-1, 1, 1, 1248))
-        block6b_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6b_se_reduce")(block6b_se_reshape)
-        )
-        block6b_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6b_se_expand")(block6b_se_reduce)
-        )
-        block6b_se_excite = block6b_activation * block6b_se_expand
-        block6b_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6b_project_conv"
-        )(block6b_se_excite)
-        block6b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_project_bn")(
-            block6b_project_conv, use_running_average=not train
-        )
-        block6b_drop = nn.Dropout(
-            0.18095238095238098, broadcast_dims=(1, 2, 3), name="block6b_drop"
-        )(block6b_project_bn, deterministic=not train)
-        block6b_add = block6b_drop + block6a_project_bn
-        block6c_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6c_expand_conv"
-        )(block6b_add)
-        block6c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_expand_bn")(
-            block6c_expand_conv, use_running_average=not train
-        )
-        block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
-        )(block6c_expand_activation)
-        block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
-            block6c_dwconv2, use_running_average=not train
-        )
-        block6c_activation = jax.nn.silu(block6c_bn)
-        block6c_se_squeeze = jnp.mean(block6c_activation, axis=(1, 2))
-        block6c_se_reshape = jnp.reshape(block6c_se_squeeze, (-1, 1, 1, 1248))
-        block6c_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6c_se_reduce")(block6c_se_reshape)
-        )
-        block6c_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6c_se_expand")(block6c_se_reduce)
-        )
-        block6c_se_excite = block6c_activation * block6c_se_expand
-        block6c_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6c_project_conv"
-        )(block6c_se_excite)
-        block6c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_project_bn")(
-            block6c_project_conv, use_running_average=not train
-        )
-        block6c_drop = nn.Dropout(
-            0.19047619047619047, broadcast_dims=(1, 2, 3), name="block6c_drop"
-        )(block6c_project_bn, deterministic=not train)
-        block6c_add = block6c_drop + block6b_add
-        block6d_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6d_expand_conv"
-        )(block6c_add)
-        block6d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_expand_bn")(
-            block6d_expand_conv, use_running_average=not train
-        )
-        block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
-        )(block6d_expand_activation)
-        block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
-            block6d_dwconv2, use_running_average=not train
-        )
-        block6d_activation = jax.nn.silu(block6d_bn)
-        block6d_se_squeeze = jnp.mean(block6d_activation, axis=(1, 2))
-        block6d_se_reshape = jnp.reshape(block6d_se_squeeze, (-1, 1, 1, 1248))
-        block6d_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6d_se_reduce")(block6d_se_reshape)
-        )
-        block6d_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6d_se_expand")(block6d_se_reduce)
-        )
-        block6d_se_excite = block6d_activation * block6d_se_expand
-        block6d_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6d_project_conv"
-        )(block6d_se_excite)
-        block6d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_project_bn")(
-            block6d_project_conv, use_running_average=not train
-        )
-        block6d_drop = nn.Dropout(0.2, broadcast_dims=(1, 2, 3), name="block6d_drop")(
-            block6d_project_bn, deterministic=not train
-        )
-        block6d_add = block6d_drop + block6c_add
-        block6e_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6e_expand_conv"
-        )(block6d_add)
-        block6e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_expand_bn")(
-            block6e_expand_conv, use_running_average=not train
-        )
-        block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
-        )(block6e_expand_activation)
-        block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
-            block6e_dwconv2, use_running_average=not train
-        )
-        block6e_activation = jax.nn.silu(block6e_bn)
-        block6e_se_squeeze = jnp.mean(block6e_activation, axis=(1, 2))
-        block6e_se_reshape = jnp.reshape(block6e_se_squeeze, (-1, 1, 1, 1248))
-        block6e_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6e_se_reduce")(block6e_se_reshape)
-        )
-        block6e_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6e_se_expand")(block6e_se_reduce)
-        )
-        block6e_se_excite = block6e_activation * block6e_se_expand
-        block6e_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6e_project_conv"
-        )(block6e_se_excite)
-        block6e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_project_bn")(
-            block6e_project_conv, use_running_average=not train
-        )
-        block6e_drop = nn.Dropout(
-            0.20952380952380953, broadcast_dims=(1, 2, 3), name="block6e_drop"
-        )(block6e_project_bn, deterministic=not train)
-        block6e_add = block6e_drop + block6d_add
-        block6f_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6f_expand_conv"
-        )(block6e_add)
-        block6f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_expand_bn")(
-            block6f_expand_conv, use_running_average=not train
-        )
-        block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
-        )(block6f_expand_activation)
-        block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
-            block6f_dwconv2, use_running_average=not train
-        )
-        block6f_activation = jax.nn.silu(block6f_bn)
-        block6f_se_squeeze = jnp.mean(block6f_activation, axis=(1, 2))
-        block6f_se_reshape = jnp.reshape(block6f_se_squeeze, (-1, 1, 1, 1248))
-        block6f_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6f_se_reduce")(block6f_se_reshape)
-        )
-        block6f_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6f_se_expand")(block6f_se_reduce)
-        )
-        block6f_se_excite = block6f_activation * block6f_se_expand
-        block6f_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6f_project_conv"
-        )(block6f_se_excite)
-        block6f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_project_bn")(
-            block6f_project_conv, use_running_average=not train
-        )
-        block6f_drop = nn.Dropout(
-            0.21904761904761907, broadcast_dims=(1, 2, 3), name="block6f_drop"
-        )(block6f_project_bn, deterministic=not train)
-        block6f_add = block6f_drop + block6e_add
-        block6g_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6g_expand_conv"
-        )(block6f_add)
-        block6g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_expand_bn")(
-            block6g_expand_conv, use_running_average=not train
-        )
-        block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
-        )(block6g_expand_activation)
-        block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
-            block6g_dwconv2, use_running_average=not train
-        )
-        block6g_activation = jax.nn.silu(block6g_bn)
-        block6g_se_squeeze = jnp.mean(block6g_activation, axis=(1, 2))
-        block6g_se_reshape = jnp.reshape(block6g_se_squeeze, (-1, 1, 1, 1248))
-        block6g_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6g_se_reduce")(block6g_se_reshape)
-        )
-        block6g_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6g_se_expand")(block6g_se_reduce)
-        )
-        block6g_se_excite = block6g_activation * block6g_se_expand
-        block6g_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6g_project_conv"
-        )(block6g_se_excite)
-        block6g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_project_bn")(
-            block6g_project_conv, use_running_average=not train
-        )
-        block6g_drop = nn.Dropout(
-            0.2285714285714286, broadcast_dims=(1, 2, 3), name="block6g_drop"
-        )(block6g_project_bn, deterministic=not train)
-        block6g_add = block6g_drop + block6f_add
-        block6h_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6h_expand_conv"
-        )(block6g_add)
-        block6h_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_expand_bn")(
-            block6h_expand_conv, use_running_average=not train
-        )
-        block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
-        )(block6h_expand_activation)
-        block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
-            block6h_dwconv2, use_running_average=not train
-        )
-        block6h_activation = jax.nn.silu(block6h_bn)
-        block6h_se_squeeze = jnp.mean(block6h_activation, axis=(1, 2))
-        block6h_se_reshape = jnp.reshape(block6h_se_squeeze, (-1, 1, 1, 1248))
-        block6h_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6h_se_reduce")(block6h_se_reshape)
-        )
-        block6h_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6h_se_expand")(block6h_se_reduce)
-        )
-        block6h_se_excite = block6h_activation * block6h_se_expand
-        block6h_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6h_project_conv"
-        )(block6h_se_excite)
-        block6h_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_project_bn")(
-            block6h_project_conv, use_running_average=not train
-        )
-        block6h_drop = nn.Dropout(
-            0.23809523809523808, broadcast_dims=(1, 2, 3), name="block6h_drop"
-        )(block6h_project_bn, deterministic=not train)
-        block6h_add = block6h_drop + block6g_add
-        block6i_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6i_expand_conv"
-        )(block6h_add)
-        block6i_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_expand_bn")(
-            block6i_expand_conv, use_running_average=not train
-        )
-        block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
-        )(block6i_expand_activation)
-        block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
-            block6i_dwconv2, use_running_average=not train
-        )
-        block6i_activation = jax.nn.silu(block6i_bn)
-        block6i_se_squeeze = jnp.mean(block6i_activation, axis=(1, 2))
-        block6i_se_reshape = jnp.reshape(block6i_se_squeeze, (-1, 1, 1, 1248))
-        block6i_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6i_se_reduce")(block6i_se_reshape)
-        )
-        block6i_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6i_se_expand")(block6i_se_reduce)
-        )
-        block6i_se_excite = block6i_activation * block6i_se_expand
-        block6i_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6i_project_conv"
-        )(block6i_se_excite)
-        block6i_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_project_bn")(
-            block6i_project_conv, use_running_average=not train
-        )
-        block6i_drop = nn.Dropout(
-            0.24761904761904763, broadcast_dims=(1, 2, 3), name="block6i_drop"
-        )(block6i_project_bn, deterministic=not train)
-        block6i_add = block6i_drop + block6h_add
-        block6j_expand_conv = nn.Conv(
-            1248, (1, 1), padding="SAME", use_bias=False, name="block6j_expand_conv"
-        )(block6i_add)
-        block6j_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_expand_bn")(
-            block6j_expand_conv, use_running_average=not train
-        )
-        block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = rt.DepthwiseConv(
-            1248, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
-        )(block6j_expand_activation)
-        block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
-            block6j_dwconv2, use_running_average=not train
-        )
-        block6j_activation = jax.nn.silu(block6j_bn)
-        block6j_se_squeeze = jnp.mean(block6j_activation, axis=(1, 2))
-        block6j_se_reshape = jnp.reshape(block6j_se_squeeze, (-1, 1, 1, 1248))
-        block6j_se_reduce = jax.nn.silu(
-            nn.Conv(52, (1, 1), padding="SAME", name="block6j_se_reduce")(block6j_se_reshape)
-        )
-        block6j_se_expand = jax.nn.sigmoid(
-            nn.Conv(1248, (1, 1), padding="SAME", name="block6j_se_expand")(block6j_se_reduce)
-        )
-        block6j_se_excite = block6j_activation * block6j_se_expand
-        block6j_project_conv = nn.Conv(
-            208, (1, 1), padding="SAME", use_bias=False, name="block6j_project_conv"
-        )(block6j_se_excite)
-        block6j_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_project_bn")(
-            block6j_project_conv, use_running_average=not train
-        )
-        block6j_drop = nn.Dropout(
-            0.2571428571428572, broadcast_dims=(1, 2, 3), name="block6j_drop"
-        )(block6j_project_bn, deterministic=not train)
-        block6j_add = block6j_drop + block6i_add
-        top_conv = nn.Conv(1408, (1, 1), padding="SAME", use_bias=False, name="top_conv")(
-            block6j_add
-        )
-        top_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
-            top_conv, use_running_average=not train
-        )
-        top_activation = jax.nn.silu(top_bn)
-        avg_pool = jnp.mean(top_activation, axis=(1, 2))
-        top_dropout = nn.Dropout(0.2, name="top_dropout")(avg_pool, deterministic=not train)
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(top_dropout))
-        return predictions
+        x = jax.nn.silu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(0.2, name="top_dropout")(x, deterministic=not train)
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

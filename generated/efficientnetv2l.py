@@ -10,6 +10,225 @@ from kgen import runtime as rt
 __all__ = ["EfficientNetV2L"]
 
 
+class Blockb(nn.Module):
+    """3 alike blocks of the Keras model efficientnetv2_l, folded by kgen.
+
+    block1b to block1d.
+    """
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="project_conv")(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Blocka(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_l, folded by kgen.
+
+    block2a and block3a.
+    """
+
+    expand_conv_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="expand_conv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Block2b(nn.Module):
+    """12 alike blocks of the Keras model efficientnetv2_l, folded by kgen.
+
+    block2b to block3g.
+    """
+
+    expand_conv_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Block4a(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_l, folded by kgen.
+
+    block4a and block6a.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="dwconv2",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Block4b(nn.Module):
+    """57 alike blocks of the Keras model efficientnetv2_l, folded by kgen.
+
+    block4b to block7g.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = rt.DepthwiseConv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="dwconv2"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        se_squeeze = jnp.mean(y, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        y = y * se_expand
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Block5a(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_l, folded by kgen.
+
+    block5a and block7a.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="dwconv2"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
 class EfficientNetV2L(nn.Module):
     """Keras Functional model efficientnetv2_l, converted by kgen."""
 
@@ -24,2290 +243,218 @@ class EfficientNetV2L(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        rescaling = (input_layer * 0.0078125) + (-1.0)
-        stem_conv = nn.Conv(
-            32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv"
-        )(rescaling)
-        stem_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
-            stem_conv, use_running_average=not train
+        x = (input_layer * 0.0078125) + (-1.0)
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
+            x, use_running_average=not train
         )
-        stem_activation = jax.nn.silu(stem_bn)
+        x = jax.nn.silu(x)
         block1a_project_conv = nn.Conv(
             32, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv"
-        )(stem_activation)
+        )(x)
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
             block1a_project_conv, use_running_average=not train
         )
         block1a_project_activation = jax.nn.silu(block1a_project_bn)
-        block1a_add = block1a_project_activation + stem_activation
-        block1b_project_conv = nn.Conv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1b_project_conv"
-        )(block1a_add)
-        block1b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1b_project_bn")(
-            block1b_project_conv, use_running_average=not train
+        x = block1a_project_activation + x
+        x = Blockb(rate=0.002531645569620253, name="block1b")(x, train=train)
+        x = Blockb(rate=0.005063291139240506, name="block1c")(x, train=train)
+        x = Blockb(rate=0.007594936708860761, name="block1d")(x, train=train)
+        x = Blocka(128, 64, name="block2a")(x, train=train)
+        x = Block2b(256, 64, 0.012658227848101266, name="block2b")(x, train=train)
+        x = Block2b(256, 64, 0.015189873417721522, name="block2c")(x, train=train)
+        x = Block2b(256, 64, 0.017721518987341773, name="block2d")(x, train=train)
+        x = Block2b(256, 64, 0.020253164556962026, name="block2e")(x, train=train)
+        x = Block2b(256, 64, 0.02278481012658228, name="block2f")(x, train=train)
+        x = Block2b(256, 64, 0.02531645569620253, name="block2g")(x, train=train)
+        x = Blocka(256, 96, name="block3a")(x, train=train)
+        x = Block2b(384, 96, 0.030379746835443044, name="block3b")(x, train=train)
+        x = Block2b(384, 96, 0.03291139240506329, name="block3c")(x, train=train)
+        x = Block2b(384, 96, 0.035443037974683546, name="block3d")(x, train=train)
+        x = Block2b(384, 96, 0.0379746835443038, name="block3e")(x, train=train)
+        x = Block2b(384, 96, 0.04050632911392405, name="block3f")(x, train=train)
+        x = Block2b(384, 96, 0.04303797468354431, name="block3g")(x, train=train)
+        x = Block4a(384, (-1, 1, 1, 384), 24, 192, name="block4a")(x, train=train)
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.04810126582278482, name="block4b")(
+            x, train=train
         )
-        block1b_project_activation = jax.nn.silu(block1b_project_bn)
-        block1b_drop = nn.Dropout(
-            0.002531645569620253, broadcast_dims=(1, 2, 3), name="block1b_drop"
-        )(block1b_project_activation, deterministic=not train)
-        block1b_add = block1b_drop + block1a_add
-        block1c_project_conv = nn.Conv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1c_project_conv"
-        )(block1b_add)
-        block1c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1c_project_bn")(
-            block1c_project_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.05063291139240506, name="block4c")(
+            x, train=train
         )
-        block1c_project_activation = jax.nn.silu(block1c_project_bn)
-        block1c_drop = nn.Dropout(
-            0.005063291139240506, broadcast_dims=(1, 2, 3), name="block1c_drop"
-        )(block1c_project_activation, deterministic=not train)
-        block1c_add = block1c_drop + block1b_add
-        block1d_project_conv = nn.Conv(
-            32, (3, 3), padding="SAME", use_bias=False, name="block1d_project_conv"
-        )(block1c_add)
-        block1d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1d_project_bn")(
-            block1d_project_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.053164556962025315, name="block4d")(
+            x, train=train
         )
-        block1d_project_activation = jax.nn.silu(block1d_project_bn)
-        block1d_drop = nn.Dropout(
-            0.007594936708860761, broadcast_dims=(1, 2, 3), name="block1d_drop"
-        )(block1d_project_activation, deterministic=not train)
-        block1d_add = block1d_drop + block1c_add
-        block2a_expand_conv = nn.Conv(
-            128, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block2a_expand_conv"
-        )(block1d_add)
-        block2a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2a_expand_bn")(
-            block2a_expand_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.055696202531645575, name="block4e")(
+            x, train=train
         )
-        block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
-        block2a_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2a_project_conv"
-        )(block2a_expand_activation)
-        block2a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2a_project_bn")(
-            block2a_project_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.05822784810126583, name="block4f")(
+            x, train=train
         )
-        block2b_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block2b_expand_conv"
-        )(block2a_project_bn)
-        block2b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2b_expand_bn")(
-            block2b_expand_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.06075949367088609, name="block4g")(
+            x, train=train
         )
-        block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2b_project_conv"
-        )(block2b_expand_activation)
-        block2b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2b_project_bn")(
-            block2b_project_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.06329113924050633, name="block4h")(
+            x, train=train
         )
-        block2b_drop = nn.Dropout(
-            0.012658227848101266, broadcast_dims=(1, 2, 3), name="block2b_drop"
-        )(block2b_project_bn, deterministic=not train)
-        block2b_add = block2b_drop + block2a_project_bn
-        block2c_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block2c_expand_conv"
-        )(block2b_add)
-        block2c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2c_expand_bn")(
-            block2c_expand_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.06582278481012659, name="block4i")(
+            x, train=train
         )
-        block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2c_project_conv"
-        )(block2c_expand_activation)
-        block2c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2c_project_bn")(
-            block2c_project_conv, use_running_average=not train
+        x = Block4b(768, (-1, 1, 1, 768), 48, 192, 0.06835443037974684, name="block4j")(
+            x, train=train
         )
-        block2c_drop = nn.Dropout(
-            0.015189873417721522, broadcast_dims=(1, 2, 3), name="block2c_drop"
-        )(block2c_project_bn, deterministic=not train)
-        block2c_add = block2c_drop + block2b_add
-        block2d_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block2d_expand_conv"
-        )(block2c_add)
-        block2d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2d_expand_bn")(
-            block2d_expand_conv, use_running_average=not train
+        x = Block5a(1152, (-1, 1, 1, 1152), 48, 224, name="block5a")(x, train=train)
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.07341772151898734, name="block5b")(
+            x, train=train
         )
-        block2d_expand_activation = jax.nn.silu(block2d_expand_bn)
-        block2d_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2d_project_conv"
-        )(block2d_expand_activation)
-        block2d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2d_project_bn")(
-            block2d_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.0759493670886076, name="block5c")(
+            x, train=train
         )
-        block2d_drop = nn.Dropout(
-            0.017721518987341773, broadcast_dims=(1, 2, 3), name="block2d_drop"
-        )(block2d_project_bn, deterministic=not train)
-        block2d_add = block2d_drop + block2c_add
-        block2e_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block2e_expand_conv"
-        )(block2d_add)
-        block2e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2e_expand_bn")(
-            block2e_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.07848101265822785, name="block5d")(
+            x, train=train
         )
-        block2e_expand_activation = jax.nn.silu(block2e_expand_bn)
-        block2e_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2e_project_conv"
-        )(block2e_expand_activation)
-        block2e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2e_project_bn")(
-            block2e_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.0810126582278481, name="block5e")(
+            x, train=train
         )
-        block2e_drop = nn.Dropout(
-            0.020253164556962026, broadcast_dims=(1, 2, 3), name="block2e_drop"
-        )(block2e_project_bn, deterministic=not train)
-        block2e_add = block2e_drop + block2d_add
-        block2f_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block2f_expand_conv"
-        )(block2e_add)
-        block2f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2f_expand_bn")(
-            block2f_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.08354430379746836, name="block5f")(
+            x, train=train
         )
-        block2f_expand_activation = jax.nn.silu(block2f_expand_bn)
-        block2f_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2f_project_conv"
-        )(block2f_expand_activation)
-        block2f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2f_project_bn")(
-            block2f_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.08607594936708862, name="block5g")(
+            x, train=train
         )
-        block2f_drop = nn.Dropout(
-            0.02278481012658228, broadcast_dims=(1, 2, 3), name="block2f_drop"
-        )(block2f_project_bn, deterministic=not train)
-        block2f_add = block2f_drop + block2e_add
-        block2g_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block2g_expand_conv"
-        )(block2f_add)
-        block2g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2g_expand_bn")(
-            block2g_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.08860759493670886, name="block5h")(
+            x, train=train
         )
-        block2g_expand_activation = jax.nn.silu(block2g_expand_bn)
-        block2g_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block2g_project_conv"
-        )(block2g_expand_activation)
-        block2g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2g_project_bn")(
-            block2g_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.09113924050632911, name="block5i")(
+            x, train=train
         )
-        block2g_drop = nn.Dropout(
-            0.02531645569620253, broadcast_dims=(1, 2, 3), name="block2g_drop"
-        )(block2g_project_bn, deterministic=not train)
-        block2g_add = block2g_drop + block2f_add
-        block3a_expand_conv = nn.Conv(
-            256, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block3a_expand_conv"
-        )(block2g_add)
-        block3a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3a_expand_bn")(
-            block3a_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.09367088607594937, name="block5j")(
+            x, train=train
         )
-        block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
-        block3a_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3a_project_conv"
-        )(block3a_expand_activation)
-        block3a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3a_project_bn")(
-            block3a_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.09620253164556963, name="block5k")(
+            x, train=train
         )
-        block3b_expand_conv = nn.Conv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block3b_expand_conv"
-        )(block3a_project_bn)
-        block3b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3b_expand_bn")(
-            block3b_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.09873417721518989, name="block5l")(
+            x, train=train
         )
-        block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3b_project_conv"
-        )(block3b_expand_activation)
-        block3b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3b_project_bn")(
-            block3b_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.10126582278481013, name="block5m")(
+            x, train=train
         )
-        block3b_drop = nn.Dropout(
-            0.030379746835443044, broadcast_dims=(1, 2, 3), name="block3b_drop"
-        )(block3b_project_bn, deterministic=not train)
-        block3b_add = block3b_drop + block3a_project_bn
-        block3c_expand_conv = nn.Conv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block3c_expand_conv"
-        )(block3b_add)
-        block3c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3c_expand_bn")(
-            block3c_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.10379746835443039, name="block5n")(
+            x, train=train
         )
-        block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3c_project_conv"
-        )(block3c_expand_activation)
-        block3c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3c_project_bn")(
-            block3c_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.10632911392405063, name="block5o")(
+            x, train=train
         )
-        block3c_drop = nn.Dropout(
-            0.03291139240506329, broadcast_dims=(1, 2, 3), name="block3c_drop"
-        )(block3c_project_bn, deterministic=not train)
-        block3c_add = block3c_drop + block3b_add
-        block3d_expand_conv = nn.Conv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block3d_expand_conv"
-        )(block3c_add)
-        block3d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3d_expand_bn")(
-            block3d_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.10886075949367088, name="block5p")(
+            x, train=train
         )
-        block3d_expand_activation = jax.nn.silu(block3d_expand_bn)
-        block3d_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3d_project_conv"
-        )(block3d_expand_activation)
-        block3d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3d_project_bn")(
-            block3d_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.11139240506329115, name="block5q")(
+            x, train=train
         )
-        block3d_drop = nn.Dropout(
-            0.035443037974683546, broadcast_dims=(1, 2, 3), name="block3d_drop"
-        )(block3d_project_bn, deterministic=not train)
-        block3d_add = block3d_drop + block3c_add
-        block3e_expand_conv = nn.Conv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block3e_expand_conv"
-        )(block3d_add)
-        block3e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3e_expand_bn")(
-            block3e_expand_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.11392405063291139, name="block5r")(
+            x, train=train
         )
-        block3e_expand_activation = jax.nn.silu(block3e_expand_bn)
-        block3e_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3e_project_conv"
-        )(block3e_expand_activation)
-        block3e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3e_project_bn")(
-            block3e_project_conv, use_running_average=not train
+        x = Block4b(1344, (-1, 1, 1, 1344), 56, 224, 0.11645569620253166, name="block5s")(
+            x, train=train
         )
-        block3e_drop = nn.Dropout(
-            0.0379746835443038, broadcast_dims=(1, 2, 3), name="block3e_drop"
-        )(block3e_project_bn, deterministic=not train)
-        block3e_add = block3e_drop + block3d_add
-        block3f_expand_conv = nn.Conv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block3f_expand_conv"
-        )(block3e_add)
-        block3f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3f_expand_bn")(
-            block3f_expand_conv, use_running_average=not train
+        x = Block4a(1344, (-1, 1, 1, 1344), 56, 384, name="block6a")(x, train=train)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.12151898734177217, name="block6b")(
+            x, train=train
         )
-        block3f_expand_activation = jax.nn.silu(block3f_expand_bn)
-        block3f_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3f_project_conv"
-        )(block3f_expand_activation)
-        block3f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3f_project_bn")(
-            block3f_project_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.12405063291139241, name="block6c")(
+            x, train=train
         )
-        block3f_drop = nn.Dropout(
-            0.04050632911392405, broadcast_dims=(1, 2, 3), name="block3f_drop"
-        )(block3f_project_bn, deterministic=not train)
-        block3f_add = block3f_drop + block3e_add
-        block3g_expand_conv = nn.Conv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block3g_expand_conv"
-        )(block3f_add)
-        block3g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3g_expand_bn")(
-            block3g_expand_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.12658227848101267, name="block6d")(
+            x, train=train
         )
-        block3g_expand_activation = jax.nn.silu(block3g_expand_bn)
-        block3g_project_conv = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block3g_project_conv"
-        )(block3g_expand_activation)
-        block3g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3g_project_bn")(
-            block3g_project_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.12911392405063293, name="block6e")(
+            x, train=train
         )
-        block3g_drop = nn.Dropout(
-            0.04303797468354431, broadcast_dims=(1, 2, 3), name="block3g_drop"
-        )(block3g_project_bn, deterministic=not train)
-        block3g_add = block3g_drop + block3f_add
-        block4a_expand_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block4a_expand_conv"
-        )(block3g_add)
-        block4a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_expand_bn")(
-            block4a_expand_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.13164556962025317, name="block6f")(
+            x, train=train
         )
-        block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = rt.DepthwiseConv(
-            384, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
-        )(block4a_expand_activation)
-        block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
-            block4a_dwconv2, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.13417721518987344, name="block6g")(
+            x, train=train
         )
-        block4a_activation = jax.nn.silu(block4a_bn)
-        block4a_se_squeeze = jnp.mean(block4a_activation, axis=(1, 2))
-        block4a_se_reshape = jnp.reshape(block4a_se_squeeze, (-1, 1, 1, 384))
-        block4a_se_reduce = jax.nn.silu(
-            nn.Conv(24, (1, 1), padding="SAME", name="block4a_se_reduce")(block4a_se_reshape)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.13670886075949368, name="block6h")(
+            x, train=train
         )
-        block4a_se_expand = jax.nn.sigmoid(
-            nn.Conv(384, (1, 1), padding="SAME", name="block4a_se_expand")(block4a_se_reduce)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.13924050632911392, name="block6i")(
+            x, train=train
         )
-        block4a_se_excite = block4a_activation * block4a_se_expand
-        block4a_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4a_project_conv"
-        )(block4a_se_excite)
-        block4a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_project_bn")(
-            block4a_project_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.14177215189873418, name="block6j")(
+            x, train=train
         )
-        block4b_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4b_expand_conv"
-        )(block4a_project_bn)
-        block4b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_expand_bn")(
-            block4b_expand_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.14430379746835442, name="block6k")(
+            x, train=train
         )
-        block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
-        )(block4b_expand_activation)
-        block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
-            block4b_dwconv2, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.1468354430379747, name="block6l")(
+            x, train=train
         )
-        block4b_activation = jax.nn.silu(block4b_bn)
-        block4b_se_squeeze = jnp.mean(block4b_activation, axis=(1, 2))
-        block4b_se_reshape = jnp.reshape(block4b_se_squeeze, (-1, 1, 1, 768))
-        block4b_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4b_se_reduce")(block4b_se_reshape)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.14936708860759496, name="block6m")(
+            x, train=train
         )
-        block4b_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4b_se_expand")(block4b_se_reduce)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.1518987341772152, name="block6n")(
+            x, train=train
         )
-        block4b_se_excite = block4b_activation * block4b_se_expand
-        block4b_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4b_project_conv"
-        )(block4b_se_excite)
-        block4b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_project_bn")(
-            block4b_project_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.15443037974683546, name="block6o")(
+            x, train=train
         )
-        block4b_drop = nn.Dropout(
-            0.04810126582278482, broadcast_dims=(1, 2, 3), name="block4b_drop"
-        )(block4b_project_bn, deterministic=not train)
-        block4b_add = block4b_drop + block4a_project_bn
-        block4c_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4c_expand_conv"
-        )(block4b_add)
-        block4c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_expand_bn")(
-            block4c_expand_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.1569620253164557, name="block6p")(
+            x, train=train
         )
-        block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
-        )(block4c_expand_activation)
-        block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
-            block4c_dwconv2, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.15949367088607597, name="block6q")(
+            x, train=train
         )
-        block4c_activation = jax.nn.silu(block4c_bn)
-        block4c_se_squeeze = jnp.mean(block4c_activation, axis=(1, 2))
-        block4c_se_reshape = jnp.reshape(block4c_se_squeeze, (-1, 1, 1, 768))
-        block4c_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4c_se_reduce")(block4c_se_reshape)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.1620253164556962, name="block6r")(
+            x, train=train
         )
-        block4c_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4c_se_expand")(block4c_se_reduce)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.16455696202531644, name="block6s")(
+            x, train=train
         )
-        block4c_se_excite = block4c_activation * block4c_se_expand
-        block4c_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4c_project_conv"
-        )(block4c_se_excite)
-        block4c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_project_bn")(
-            block4c_project_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.1670886075949367, name="block6t")(
+            x, train=train
         )
-        block4c_drop = nn.Dropout(
-            0.05063291139240506, broadcast_dims=(1, 2, 3), name="block4c_drop"
-        )(block4c_project_bn, deterministic=not train)
-        block4c_add = block4c_drop + block4b_add
-        block4d_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4d_expand_conv"
-        )(block4c_add)
-        block4d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_expand_bn")(
-            block4d_expand_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.16962025316455698, name="block6u")(
+            x, train=train
         )
-        block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
-        )(block4d_expand_activation)
-        block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
-            block4d_dwconv2, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.17215189873417724, name="block6v")(
+            x, train=train
         )
-        block4d_activation = jax.nn.silu(block4d_bn)
-        block4d_se_squeeze = jnp.mean(block4d_activation, axis=(1, 2))
-        block4d_se_reshape = jnp.reshape(block4d_se_squeeze, (-1, 1, 1, 768))
-        block4d_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4d_se_reduce")(block4d_se_reshape)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.17468354430379748, name="block6w")(
+            x, train=train
         )
-        block4d_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4d_se_expand")(block4d_se_reduce)
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.17721518987341772, name="block6x")(
+            x, train=train
         )
-        block4d_se_excite = block4d_activation * block4d_se_expand
-        block4d_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4d_project_conv"
-        )(block4d_se_excite)
-        block4d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_project_bn")(
-            block4d_project_conv, use_running_average=not train
+        x = Block4b(2304, (-1, 1, 1, 2304), 96, 384, 0.179746835443038, name="block6y")(
+            x, train=train
         )
-        block4d_drop = nn.Dropout(
-            0.053164556962025315, broadcast_dims=(1, 2, 3), name="block4d_drop"
-        )(block4d_project_bn, deterministic=not train)
-        block4d_add = block4d_drop + block4c_add
-        block4e_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4e_expand_conv"
-        )(block4d_add)
-        block4e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_expand_bn")(
-            block4e_expand_conv, use_running_average=not train
+        x = Block5a(2304, (-1, 1, 1, 2304), 96, 640, name="block7a")(x, train=train)
+        x = Block4b(3840, (-1, 1, 1, 3840), 160, 640, 0.1848101265822785, name="block7b")(
+            x, train=train
         )
-        block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv2"
-        )(block4e_expand_activation)
-        block4e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_bn")(
-            block4e_dwconv2, use_running_average=not train
+        x = Block4b(3840, (-1, 1, 1, 3840), 160, 640, 0.18734177215189873, name="block7c")(
+            x, train=train
         )
-        block4e_activation = jax.nn.silu(block4e_bn)
-        block4e_se_squeeze = jnp.mean(block4e_activation, axis=(1, 2))
-        block4e_se_reshape = jnp.reshape(block4e_se_squeeze, (-1, 1, 1, 768))
-        block4e_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4e_se_reduce")(block4e_se_reshape)
+        x = Block4b(3840, (-1, 1, 1, 3840), 160, 640, 0.189873417721519, name="block7d")(
+            x, train=train
         )
-        block4e_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4e_se_expand")(block4e_se_reduce)
+        x = Block4b(3840, (-1, 1, 1, 3840), 160, 640, 0.19240506329113927, name="block7e")(
+            x, train=train
         )
-        block4e_se_excite = block4e_activation * block4e_se_expand
-        block4e_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4e_project_conv"
-        )(block4e_se_excite)
-        block4e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_project_bn")(
-            block4e_project_conv, use_running_average=not train
+        x = Block4b(3840, (-1, 1, 1, 3840), 160, 640, 0.1949367088607595, name="block7f")(
+            x, train=train
         )
-        block4e_drop = nn.Dropout(
-            0.055696202531645575, broadcast_dims=(1, 2, 3), name="block4e_drop"
-        )(block4e_project_bn, deterministic=not train)
-        block4e_add = block4e_drop + block4d_add
-        block4f_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4f_expand_conv"
-        )(block4e_add)
-        block4f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_expand_bn")(
-            block4f_expand_conv, use_running_average=not train
+        x = Block4b(3840, (-1, 1, 1, 3840), 160, 640, 0.19746835443037977, name="block7g")(
+            x, train=train
         )
-        block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv2"
-        )(block4f_expand_activation)
-        block4f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_bn")(
-            block4f_dwconv2, use_running_average=not train
+        x = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
+            x, use_running_average=not train
         )
-        block4f_activation = jax.nn.silu(block4f_bn)
-        block4f_se_squeeze = jnp.mean(block4f_activation, axis=(1, 2))
-        block4f_se_reshape = jnp.reshape(block4f_se_squeeze, (-1, 1, 1, 768))
-        block4f_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4f_se_reduce")(block4f_se_reshape)
-        )
-        block4f_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4f_se_expand")(block4f_se_reduce)
-        )
-        block4f_se_excite = block4f_activation * block4f_se_expand
-        block4f_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4f_project_conv"
-        )(block4f_se_excite)
-        block4f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_project_bn")(
-            block4f_project_conv, use_running_average=not train
-        )
-        block4f_drop = nn.Dropout(
-            0.05822784810126583, broadcast_dims=(1, 2, 3), name="block4f_drop"
-        )(block4f_project_bn, deterministic=not train)
-        block4f_add = block4f_drop + block4e_add
-        block4g_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4g_expand_conv"
-        )(block4f_add)
-        block4g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4g_expand_bn")(
-            block4g_expand_conv, use_running_average=not train
-        )
-        block4g_expand_activation = jax.nn.silu(block4g_expand_bn)
-        block4g_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4g_dwconv2"
-        )(block4g_expand_activation)
-        block4g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4g_bn")(
-            block4g_dwconv2, use_running_average=not train
-        )
-        block4g_activation = jax.nn.silu(block4g_bn)
-        block4g_se_squeeze = jnp.mean(block4g_activation, axis=(1, 2))
-        block4g_se_reshape = jnp.reshape(block4g_se_squeeze, (-1, 1, 1, 768))
-        block4g_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4g_se_reduce")(block4g_se_reshape)
-        )
-        block4g_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4g_se_expand")(block4g_se_reduce)
-        )
-        block4g_se_excite = block4g_activation * block4g_se_expand
-        block4g_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4g_project_conv"
-        )(block4g_se_excite)
-        block4g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4g_project_bn")(
-            block4g_project_conv, use_running_average=not train
-        )
-        block4g_drop = nn.Dropout(
-            0.06075949367088609, broadcast_dims=(1, 2, 3), name="block4g_drop"
-        )(block4g_project_bn, deterministic=not train)
-        block4g_add = block4g_drop + block4f_add
-        block4h_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4h_expand_conv"
-        )(block4g_add)
-        block4h_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4h_expand_bn")(
-            block4h_expand_conv, use_running_average=not train
-        )
-        block4h_expand_activation = jax.nn.silu(block4h_expand_bn)
-        block4h_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4h_dwconv2"
-        )(block4h_expand_activation)
-        block4h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4h_bn")(
-            block4h_dwconv2, use_running_average=not train
-        )
-        block4h_activation = jax.nn.silu(block4h_bn)
-        block4h_se_squeeze = jnp.mean(block4h_activation, axis=(1, 2))
-        block4h_se_reshape = jnp.reshape(block4h_se_squeeze, (-1, 1, 1, 768))
-        block4h_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4h_se_reduce")(block4h_se_reshape)
-        )
-        block4h_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4h_se_expand")(block4h_se_reduce)
-        )
-        block4h_se_excite = block4h_activation * block4h_se_expand
-        block4h_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4h_project_conv"
-        )(block4h_se_excite)
-        block4h_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4h_project_bn")(
-            block4h_project_conv, use_running_average=not train
-        )
-        block4h_drop = nn.Dropout(
-            0.06329113924050633, broadcast_dims=(1, 2, 3), name="block4h_drop"
-        )(block4h_project_bn, deterministic=not train)
-        block4h_add = block4h_drop + block4g_add
-        block4i_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4i_expand_conv"
-        )(block4h_add)
-        block4i_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4i_expand_bn")(
-            block4i_expand_conv, use_running_average=not train
-        )
-        block4i_expand_activation = jax.nn.silu(block4i_expand_bn)
-        block4i_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4i_dwconv2"
-        )(block4i_expand_activation)
-        block4i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4i_bn")(
-            block4i_dwconv2, use_running_average=not train
-        )
-        block4i_activation = jax.nn.silu(block4i_bn)
-        block4i_se_squeeze = jnp.mean(block4i_activation, axis=(1, 2))
-        block4i_se_reshape = jnp.reshape(block4i_se_squeeze, (-1, 1, 1, 768))
-        block4i_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4i_se_reduce")(block4i_se_reshape)
-        )
-        block4i_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4i_se_expand")(block4i_se_reduce)
-        )
-        block4i_se_excite = block4i_activation * block4i_se_expand
-        block4i_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4i_project_conv"
-        )(block4i_se_excite)
-        block4i_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4i_project_bn")(
-            block4i_project_conv, use_running_average=not train
-        )
-        block4i_drop = nn.Dropout(
-            0.06582278481012659, broadcast_dims=(1, 2, 3), name="block4i_drop"
-        )(block4i_project_bn, deterministic=not train)
-        block4i_add = block4i_drop + block4h_add
-        block4j_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block4j_expand_conv"
-        )(block4i_add)
-        block4j_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4j_expand_bn")(
-            block4j_expand_conv, use_running_average=not train
-        )
-        block4j_expand_activation = jax.nn.silu(block4j_expand_bn)
-        block4j_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block4j_dwconv2"
-        )(block4j_expand_activation)
-        block4j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4j_bn")(
-            block4j_dwconv2, use_running_average=not train
-        )
-        block4j_activation = jax.nn.silu(block4j_bn)
-        block4j_se_squeeze = jnp.mean(block4j_activation, axis=(1, 2))
-        block4j_se_reshape = jnp.reshape(block4j_se_squeeze, (-1, 1, 1, 768))
-        block4j_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block4j_se_reduce")(block4j_se_reshape)
-        )
-        block4j_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block4j_se_expand")(block4j_se_reduce)
-        )
-        block4j_se_excite = block4j_activation * block4j_se_expand
-        block4j_project_conv = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block4j_project_conv"
-        )(block4j_se_excite)
-        block4j_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4j_project_bn")(
-            block4j_project_conv, use_running_average=not train
-        )
-        block4j_drop = nn.Dropout(
-            0.06835443037974684, broadcast_dims=(1, 2, 3), name="block4j_drop"
-        )(block4j_project_bn, deterministic=not train)
-        block4j_add = block4j_drop + block4i_add
-        block5a_expand_conv = nn.Conv(
-            1152, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv"
-        )(block4j_add)
-        block5a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
-            block5a_expand_conv, use_running_average=not train
-        )
-        block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = rt.DepthwiseConv(
-            1152, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
-        )(block5a_expand_activation)
-        block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
-            block5a_dwconv2, use_running_average=not train
-        )
-        block5a_activation = jax.nn.silu(block5a_bn)
-        block5a_se_squeeze = jnp.mean(block5a_activation, axis=(1, 2))
-        block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 1152))
-        block5a_se_reduce = jax.nn.silu(
-            nn.Conv(48, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
-        )
-        block5a_se_expand = jax.nn.sigmoid(
-            nn.Conv(1152, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
-        )
-        block5a_se_excite = block5a_activation * block5a_se_expand
-        block5a_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv"
-        )(block5a_se_excite)
-        block5a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
-            block5a_project_conv, use_running_average=not train
-        )
-        block5b_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5b_expand_conv"
-        )(block5a_project_bn)
-        block5b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_expand_bn")(
-            block5b_expand_conv, use_running_average=not train
-        )
-        block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
-        )(block5b_expand_activation)
-        block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
-            block5b_dwconv2, use_running_average=not train
-        )
-        block5b_activation = jax.nn.silu(block5b_bn)
-        block5b_se_squeeze = jnp.mean(block5b_activation, axis=(1, 2))
-        block5b_se_reshape = jnp.reshape(block5b_se_squeeze, (-1, 1, 1, 1344))
-        block5b_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5b_se_reduce")(block5b_se_reshape)
-        )
-        block5b_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5b_se_expand")(block5b_se_reduce)
-        )
-        block5b_se_excite = block5b_activation * block5b_se_expand
-        block5b_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5b_project_conv"
-        )(block5b_se_excite)
-        block5b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_project_bn")(
-            block5b_project_conv, use_running_average=not train
-        )
-        block5b_drop = nn.Dropout(
-            0.07341772151898734, broadcast_dims=(1, 2, 3), name="block5b_drop"
-        )(block5b_project_bn, deterministic=not train)
-        block5b_add = block5b_drop + block5a_project_bn
-        block5c_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5c_expand_conv"
-        )(block5b_add)
-        block5c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_expand_bn")(
-            block5c_expand_conv, use_running_average=not train
-        )
-        block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
-        )(block5c_expand_activation)
-        block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
-            block5c_dwconv2, use_running_average=not train
-        )
-        block5c_activation = jax.nn.silu(block5c_bn)
-        block5c_se_squeeze = jnp.mean(block5c_activation, axis=(1, 2))
-        block5c_se_reshape = jnp.reshape(block5c_se_squeeze, (-1, 1, 1, 1344))
-        block5c_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5c_se_reduce")(block5c_se_reshape)
-        )
-        block5c_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5c_se_expand")(block5c_se_reduce)
-        )
-        block5c_se_excite = block5c_activation * block5c_se_expand
-        block5c_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5c_project_conv"
-        )(block5c_se_excite)
-        block5c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_project_bn")(
-            block5c_project_conv, use_running_average=not train
-        )
-        block5c_drop = nn.Dropout(
-            0.0759493670886076, broadcast_dims=(1, 2, 3), name="block5c_drop"
-        )(block5c_project_bn, deterministic=not train)
-        block5c_add = block5c_drop + block5b_add
-        block5d_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5d_expand_conv"
-        )(block5c_add)
-        block5d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_expand_bn")(
-            block5d_expand_conv, use_running_average=not train
-        )
-        block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
-        )(block5d_expand_activation)
-        block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
-            block5d_dwconv2, use_running_average=not train
-        )
-        block5d_activation = jax.nn.silu(block5d_bn)
-        block5d_se_squeeze = jnp.mean(block5d_activation, axis=(1, 2))
-        block5d_se_reshape = jnp.reshape(block5d_se_squeeze, (-1, 1, 1, 1344))
-        block5d_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5d_se_reduce")(block5d_se_reshape)
-        )
-        block5d_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5d_se_expand")(block5d_se_reduce)
-        )
-        block5d_se_excite = block5d_activation * block5d_se_expand
-        block5d_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5d_project_conv"
-        )(block5d_se_excite)
-        block5d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_project_bn")(
-            block5d_project_conv, use_running_average=not train
-        )
-        block5d_drop = nn.Dropout(
-            0.07848101265822785, broadcast_dims=(1, 2, 3), name="block5d_drop"
-        )(block5d_project_bn, deterministic=not train)
-        block5d_add = block5d_drop + block5c_add
-        block5e_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5e_expand_conv"
-        )(block5d_add)
-        block5e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_expand_bn")(
-            block5e_expand_conv, use_running_average=not train
-        )
-        block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
-        )(block5e_expand_activation)
-        block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
-            block5e_dwconv2, use_running_average=not train
-        )
-        block5e_activation = jax.nn.silu(block5e_bn)
-        block5e_se_squeeze = jnp.mean(block5e_activation, axis=(1, 2))
-        block5e_se_reshape = jnp.reshape(block5e_se_squeeze, (-1, 1, 1, 1344))
-        block5e_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5e_se_reduce")(block5e_se_reshape)
-        )
-        block5e_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5e_se_expand")(block5e_se_reduce)
-        )
-        block5e_se_excite = block5e_activation * block5e_se_expand
-        block5e_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5e_project_conv"
-        )(block5e_se_excite)
-        block5e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_project_bn")(
-            block5e_project_conv, use_running_average=not train
-        )
-        block5e_drop = nn.Dropout(
-            0.0810126582278481, broadcast_dims=(1, 2, 3), name="block5e_drop"
-        )(block5e_project_bn, deterministic=not train)
-        block5e_add = block5e_drop + block5d_add
-        block5f_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5f_expand_conv"
-        )(block5e_add)
-        block5f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_expand_bn")(
-            block5f_expand_conv, use_running_average=not train
-        )
-        block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
-        )(block5f_expand_activation)
-        block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
-            block5f_dwconv2, use_running_average=not train
-        )
-        block5f_activation = jax.nn.silu(block5f_bn)
-        block5f_se_squeeze = jnp.mean(block5f_activation, axis=(1, 2))
-        block5f_se_reshape = jnp.reshape(block5f_se_squeeze, (-1, 1, 1, 1344))
-        block5f_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5f_se_reduce")(block5f_se_reshape)
-        )
-        block5f_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5f_se_expand")(block5f_se_reduce)
-        )
-        block5f_se_excite = block5f_activation * block5f_se_expand
-        block5f_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5f_project_conv"
-        )(block5f_se_excite)
-        block5f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_project_bn")(
-            block5f_project_conv, use_running_average=not train
-        )
-        block5f_drop = nn.Dropout(
-            0.08354430379746836, broadcast_dims=(1, 2, 3), name="block5f_drop"
-        )(block5f_project_bn, deterministic=not train)
-        block5f_add = block5f_drop + block5e_add
-        block5g_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5g_expand_conv"
-        )(block5f_add)
-        block5g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_expand_bn")(
-            block5g_expand_conv, use_running_average=not train
-        )
-        block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5g_dwconv2"
-        )(block5g_expand_activation)
-        block5g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_bn")(
-            block5g_dwconv2, use_running_average=not train
-        )
-        block5g_activation = jax.nn.silu(block5g_bn)
-        block5g_se_squeeze = jnp.mean(block5g_activation, axis=(1, 2))
-        block5g_se_reshape = jnp.reshape(block5g_se_squeeze, (-1, 1, 1, 1344))
-        block5g_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5g_se_reduce")(block5g_se_reshape)
-        )
-        block5g_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5g_se_expand")(block5g_se_reduce)
-        )
-        block5g_se_excite = block5g_activation * block5g_se_expand
-        block5g_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5g_project_conv"
-        )(block5g_se_excite)
-        block5g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_project_bn")(
-            block5g_project_conv, use_running_average=not train
-        )
-        block5g_drop = nn.Dropout(
-            0.08607594936708862, broadcast_dims=(1, 2, 3), name="block5g_drop"
-        )(block5g_project_bn, deterministic=not train)
-        block5g_add = block5g_drop + block5f_add
-        block5h_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5h_expand_conv"
-        )(block5g_add)
-        block5h_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_expand_bn")(
-            block5h_expand_conv, use_running_average=not train
-        )
-        block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5h_dwconv2"
-        )(block5h_expand_activation)
-        block5h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_bn")(
-            block5h_dwconv2, use_running_average=not train
-        )
-        block5h_activation = jax.nn.silu(block5h_bn)
-        block5h_se_squeeze = jnp.mean(block5h_activation, axis=(1, 2))
-        block5h_se_reshape = jnp.reshape(block5h_se_squeeze, (-1, 1, 1, 1344))
-        block5h_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5h_se_reduce")(block5h_se_reshape)
-        )
-        block5h_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5h_se_expand")(block5h_se_reduce)
-        )
-        block5h_se_excite = block5h_activation * block5h_se_expand
-        block5h_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5h_project_conv"
-        )(block5h_se_excite)
-        block5h_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_project_bn")(
-            block5h_project_conv, use_running_average=not train
-        )
-        block5h_drop = nn.Dropout(
-            0.08860759493670886, broadcast_dims=(1, 2, 3), name="block5h_drop"
-        )(block5h_project_bn, deterministic=not train)
-        block5h_add = block5h_drop + block5g_add
-        block5i_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5i_expand_conv"
-        )(block5h_add)
-        block5i_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_expand_bn")(
-            block5i_expand_conv, use_running_average=not train
-        )
-        block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5i_dwconv2"
-        )(block5i_expand_activation)
-        block5i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_bn")(
-            block5i_dwconv2, use_running_average=not train
-        )
-        block5i_activation = jax.nn.silu(block5i_bn)
-        block5i_se_squeeze = jnp.mean(block5i_activation, axis=(1, 2))
-        block5i_se_reshape = jnp.reshape(block5i_se_squeeze, (-1, 1, 1, 1344))
-        block5i_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5i_se_reduce")(block5i_se_reshape)
-        )
-        block5i_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5i_se_expand")(block5i_se_reduce)
-        )
-        block5i_se_excite = block5i_activation * block5i_se_expand
-        block5i_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5i_project_conv"
-        )(block5i_se_excite)
-        block5i_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_project_bn")(
-            block5i_project_conv, use_running_average=not train
-        )
-        block5i_drop = nn.Dropout(
-            0.09113924050632911, broadcast_dims=(1, 2, 3), name="block5i_drop"
-        )(block5i_project_bn, deterministic=not train)
-        block5i_add = block5i_drop + block5h_add
-        block5j_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5j_expand_conv"
-        )(block5i_add)
-        block5j_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5j_expand_bn")(
-            block5j_expand_conv, use_running_average=not train
-        )
-        block5j_expand_activation = jax.nn.silu(block5j_expand_bn)
-        block5j_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5j_dwconv2"
-        )(block5j_expand_activation)
-        block5j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5j_bn")(
-            block5j_dwconv2, use_running_average=not train
-        )
-        block5j_activation = jax.nn.silu(block5j_bn)
-        block5j_se_squeeze = jnp.mean(block5j_activation, axis=(1, 2))
-        block5j_se_reshape = jnp.reshape(block5j_se_squeeze, (-1, 1, 1, 1344))
-        block5j_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5j_se_reduce")(block5j_se_reshape)
-        )
-        block5j_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5j_se_expand")(block5j_se_reduce)
-        )
-        block5j_se_excite = block5j_activation * block5j_se_expand
-        block5j_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5j_project_conv"
-        )(block5j_se_excite)
-        block5j_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5j_project_bn")(
-            block5j_project_conv, use_running_average=not train
-        )
-        block5j_drop = nn.Dropout(
-            0.09367088607594937, broadcast_dims=(1, 2, 3), name="block5j_drop"
-        )(block5j_project_bn, deterministic=not train)
-        block5j_add = block5j_drop + block5i_add
-        block5k_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5k_expand_conv"
-        )(block5j_add)
-        block5k_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5k_expand_bn")(
-            block5k_expand_conv, use_running_average=not train
-        )
-        block5k_expand_activation = jax.nn.silu(block5k_expand_bn)
-        block5k_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5k_dwconv2"
-        )(block5k_expand_activation)
-        block5k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5k_bn")(
-            block5k_dwconv2, use_running_average=not train
-        )
-        block5k_activation = jax.nn.silu(block5k_bn)
-        block5k_se_squeeze = jnp.mean(block5k_activation, axis=(1, 2))
-        block5k_se_reshape = jnp.reshape(block5k_se_squeeze, (-1, 1, 1, 1344))
-        block5k_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5k_se_reduce")(block5k_se_reshape)
-        )
-        block5k_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5k_se_expand")(block5k_se_reduce)
-        )
-        block5k_se_excite = block5k_activation * block5k_se_expand
-        block5k_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5k_project_conv"
-        )(block5k_se_excite)
-        block5k_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5k_project_bn")(
-            block5k_project_conv, use_running_average=not train
-        )
-        block5k_drop = nn.Dropout(
-            0.09620253164556963, broadcast_dims=(1, 2, 3), name="block5k_drop"
-        )(block5k_project_bn, deterministic=not train)
-        block5k_add = block5k_drop + block5j_add
-        block5l_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5l_expand_conv"
-        )(block5k_add)
-        block5l_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5l_expand_bn")(
-            block5l_expand_conv, use_running_average=not train
-        )
-        block5l_expand_activation = jax.nn.silu(block5l_expand_bn)
-        block5l_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5l_dwconv2"
-        )(block5l_expand_activation)
-        block5l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5l_bn")(
-            block5l_dwconv2, use_running_average=not train
-        )
-        block5l_activation = jax.nn.silu(block5l_bn)
-        block5l_se_squeeze = jnp.mean(block5l_activation, axis=(1, 2))
-        block5l_se_reshape = jnp.reshape(block5l_se_squeeze, (-1, 1, 1, 1344))
-        block5l_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5l_se_reduce")(block5l_se_reshape)
-        )
-        block5l_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5l_se_expand")(block5l_se_reduce)
-        )
-        block5l_se_excite = block5l_activation * block5l_se_expand
-        block5l_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5l_project_conv"
-        )(block5l_se_excite)
-        block5l_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5l_project_bn")(
-            block5l_project_conv, use_running_average=not train
-        )
-        block5l_drop = nn.Dropout(
-            0.09873417721518989, broadcast_dims=(1, 2, 3), name="block5l_drop"
-        )(block5l_project_bn, deterministic=not train)
-        block5l_add = block5l_drop + block5k_add
-        block5m_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5m_expand_conv"
-        )(block5l_add)
-        block5m_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5m_expand_bn")(
-            block5m_expand_conv, use_running_average=not train
-        )
-        block5m_expand_activation = jax.nn.silu(block5m_expand_bn)
-        block5m_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5m_dwconv2"
-        )(block5m_expand_activation)
-        block5m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5m_bn")(
-            block5m_dwconv2, use_running_average=not train
-        )
-        block5m_activation = jax.nn.silu(block5m_bn)
-        block5m_se_squeeze = jnp.mean(block5m_activation, axis=(1, 2))
-        block5m_se_reshape = jnp.reshape(block5m_se_squeeze, (-1, 1, 1, 1344))
-        block5m_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5m_se_reduce")(block5m_se_reshape)
-        )
-        block5m_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5m_se_expand")(block5m_se_reduce)
-        )
-        block5m_se_excite = block5m_activation * block5m_se_expand
-        block5m_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5m_project_conv"
-        )(block5m_se_excite)
-        block5m_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5m_project_bn")(
-            block5m_project_conv, use_running_average=not train
-        )
-        block5m_drop = nn.Dropout(
-            0.10126582278481013, broadcast_dims=(1, 2, 3), name="block5m_drop"
-        )(block5m_project_bn, deterministic=not train)
-        block5m_add = block5m_drop + block5l_add
-        block5n_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5n_expand_conv"
-        )(block5m_add)
-        block5n_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5n_expand_bn")(
-            block5n_expand_conv, use_running_average=not train
-        )
-        block5n_expand_activation = jax.nn.silu(block5n_expand_bn)
-        block5n_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5n_dwconv2"
-        )(block5n_expand_activation)
-        block5n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5n_bn")(
-            block5n_dwconv2, use_running_average=not train
-        )
-        block5n_activation = jax.nn.silu(block5n_bn)
-        block5n_se_squeeze = jnp.mean(block5n_activation, axis=(1, 2))
-        block5n_se_reshape = jnp.reshape(block5n_se_squeeze, (-1, 1, 1, 1344))
-        block5n_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5n_se_reduce")(block5n_se_reshape)
-        )
-        block5n_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5n_se_expand")(block5n_se_reduce)
-        )
-        block5n_se_excite = block5n_activation * block5n_se_expand
-        block5n_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5n_project_conv"
-        )(block5n_se_excite)
-        block5n_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5n_project_bn")(
-            block5n_project_conv, use_running_average=not train
-        )
-        block5n_drop = nn.Dropout(
-            0.10379746835443039, broadcast_dims=(1, 2, 3), name="block5n_drop"
-        )(block5n_project_bn, deterministic=not train)
-        block5n_add = block5n_drop + block5m_add
-        block5o_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5o_expand_conv"
-        )(block5n_add)
-        block5o_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5o_expand_bn")(
-            block5o_expand_conv, use_running_average=not train
-        )
-        block5o_expand_activation = jax.nn.silu(block5o_expand_bn)
-        block5o_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5o_dwconv2"
-        )(block5o_expand_activation)
-        block5o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5o_bn")(
-            block5o_dwconv2, use_running_average=not train
-        )
-        block5o_activation = jax.nn.silu(block5o_bn)
-        block5o_se_squeeze = jnp.mean(block5o_activation, axis=(1, 2))
-        block5o_se_reshape = jnp.reshape(block5o_se_squeeze, (-1, 1, 1, 1344))
-        block5o_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5o_se_reduce")(block5o_se_reshape)
-        )
-        block5o_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5o_se_expand")(block5o_se_reduce)
-        )
-        block5o_se_excite = block5o_activation * block5o_se_expand
-        block5o_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5o_project_conv"
-        )(block5o_se_excite)
-        block5o_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5o_project_bn")(
-            block5o_project_conv, use_running_average=not train
-        )
-        block5o_drop = nn.Dropout(
-            0.10632911392405063, broadcast_dims=(1, 2, 3), name="block5o_drop"
-        )(block5o_project_bn, deterministic=not train)
-        block5o_add = block5o_drop + block5n_add
-        block5p_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5p_expand_conv"
-        )(block5o_add)
-        block5p_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5p_expand_bn")(
-            block5p_expand_conv, use_running_average=not train
-        )
-        block5p_expand_activation = jax.nn.silu(block5p_expand_bn)
-        block5p_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5p_dwconv2"
-        )(block5p_expand_activation)
-        block5p_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5p_bn")(
-            block5p_dwconv2, use_running_average=not train
-        )
-        block5p_activation = jax.nn.silu(block5p_bn)
-        block5p_se_squeeze = jnp.mean(block5p_activation, axis=(1, 2))
-        block5p_se_reshape = jnp.reshape(block5p_se_squeeze, (-1, 1, 1, 1344))
-        block5p_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5p_se_reduce")(block5p_se_reshape)
-        )
-        block5p_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5p_se_expand")(block5p_se_reduce)
-        )
-        block5p_se_excite = block5p_activation * block5p_se_expand
-        block5p_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5p_project_conv"
-        )(block5p_se_excite)
-        block5p_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5p_project_bn")(
-            block5p_project_conv, use_running_average=not train
-        )
-        block5p_drop = nn.Dropout(
-            0.10886075949367088, broadcast_dims=(1, 2, 3), name="block5p_drop"
-        )(block5p_project_bn, deterministic=not train)
-        block5p_add = block5p_drop + block5o_add
-        block5q_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5q_expand_conv"
-        )(block5p_add)
-        block5q_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5q_expand_bn")(
-            block5q_expand_conv, use_running_average=not train
-        )
-        block5q_expand_activation = jax.nn.silu(block5q_expand_bn)
-        block5q_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5q_dwconv2"
-        )(block5q_expand_activation)
-        block5q_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5q_bn")(
-            block5q_dwconv2, use_running_average=not train
-        )
-        block5q_activation = jax.nn.silu(block5q_bn)
-        block5q_se_squeeze = jnp.mean(block5q_activation, axis=(1, 2))
-        block5q_se_reshape = jnp.reshape(block5q_se_squeeze, (-1, 1, 1, 1344))
-        block5q_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5q_se_reduce")(block5q_se_reshape)
-        )
-        block5q_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5q_se_expand")(block5q_se_reduce)
-        )
-        block5q_se_excite = block5q_activation * block5q_se_expand
-        block5q_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5q_project_conv"
-        )(block5q_se_excite)
-        block5q_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5q_project_bn")(
-            block5q_project_conv, use_running_average=not train
-        )
-        block5q_drop = nn.Dropout(
-            0.11139240506329115, broadcast_dims=(1, 2, 3), name="block5q_drop"
-        )(block5q_project_bn, deterministic=not train)
-        block5q_add = block5q_drop + block5p_add
-        block5r_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5r_expand_conv"
-        )(block5q_add)
-        block5r_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5r_expand_bn")(
-            block5r_expand_conv, use_running_average=not train
-        )
-        block5r_expand_activation = jax.nn.silu(block5r_expand_bn)
-        block5r_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5r_dwconv2"
-        )(block5r_expand_activation)
-        block5r_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5r_bn")(
-            block5r_dwconv2, use_running_average=not train
-        )
-        block5r_activation = jax.nn.silu(block5r_bn)
-        block5r_se_squeeze = jnp.mean(block5r_activation, axis=(1, 2))
-        block5r_se_reshape = jnp.reshape(block5r_se_squeeze, (-1, 1, 1, 1344))
-        block5r_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5r_se_reduce")(block5r_se_reshape)
-        )
-        block5r_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5r_se_expand")(block5r_se_reduce)
-        )
-        block5r_se_excite = block5r_activation * block5r_se_expand
-        block5r_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5r_project_conv"
-        )(block5r_se_excite)
-        block5r_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5r_project_bn")(
-            block5r_project_conv, use_running_average=not train
-        )
-        block5r_drop = nn.Dropout(
-            0.11392405063291139, broadcast_dims=(1, 2, 3), name="block5r_drop"
-        )(block5r_project_bn, deterministic=not train)
-        block5r_add = block5r_drop + block5q_add
-        block5s_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block5s_expand_conv"
-        )(block5r_add)
-        block5s_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5s_expand_bn")(
-            block5s_expand_conv, use_running_average=not train
-        )
-        block5s_expand_activation = jax.nn.silu(block5s_expand_bn)
-        block5s_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), padding="SAME", use_bias=False, name="block5s_dwconv2"
-        )(block5s_expand_activation)
-        block5s_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5s_bn")(
-            block5s_dwconv2, use_running_average=not train
-        )
-        block5s_activation = jax.nn.silu(block5s_bn)
-        block5s_se_squeeze = jnp.mean(block5s_activation, axis=(1, 2))
-        block5s_se_reshape = jnp.reshape(block5s_se_squeeze, (-1, 1, 1, 1344))
-        block5s_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block5s_se_reduce")(block5s_se_reshape)
-        )
-        block5s_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block5s_se_expand")(block5s_se_reduce)
-        )
-        block5s_se_excite = block5s_activation * block5s_se_expand
-        block5s_project_conv = nn.Conv(
-            224, (1, 1), padding="SAME", use_bias=False, name="block5s_project_conv"
-        )(block5s_se_excite)
-        block5s_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5s_project_bn")(
-            block5s_project_conv, use_running_average=not train
-        )
-        block5s_drop = nn.Dropout(
-            0.11645569620253166, broadcast_dims=(1, 2, 3), name="block5s_drop"
-        )(block5s_project_bn, deterministic=not train)
-        block5s_add = block5s_drop + block5r_add
-        block6a_expand_conv = nn.Conv(
-            1344, (1, 1), padding="SAME", use_bias=False, name="block6a_expand_conv"
-        )(block5s_add)
-        block6a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_expand_bn")(
-            block6a_expand_conv, use_running_average=not train
-        )
-        block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = rt.DepthwiseConv(
-            1344, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
-        )(block6a_expand_activation)
-        block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
-            block6a_dwconv2, use_running_average=not train
-        )
-        block6a_activation = jax.nn.silu(block6a_bn)
-        block6a_se_squeeze = jnp.mean(block6a_activation, axis=(1, 2))
-        block6a_se_reshape = jnp.reshape(block6a_se_squeeze, (-1, 1, 1, 1344))
-        block6a_se_reduce = jax.nn.silu(
-            nn.Conv(56, (1, 1), padding="SAME", name="block6a_se_reduce")(block6a_se_reshape)
-        )
-        block6a_se_expand = jax.nn.sigmoid(
-            nn.Conv(1344, (1, 1), padding="SAME", name="block6a_se_expand")(block6a_se_reduce)
-        )
-        block6a_se_excite = block6a_activation * block6a_se_expand
-        block6a_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6a_project_conv"
-        )(block6a_se_excite)
-        block6a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_project_bn")(
-            block6a_project_conv, use_running_average=not train
-        )
-        block6b_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6b_expand_conv"
-        )(block6a_project_bn)
-        block6b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_expand_bn")(
-            block6b_expand_conv, use_running_average=not train
-        )
-        block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
-        )(block6b_expand_activation)
-        block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
-            block6b_dwconv2, use_running_average=not train
-        )
-        block6b_activation = jax.nn.silu(block6b_bn)
-        block6b_se_squeeze = jnp.mean(block6b_activation, axis=(1, 2))
-        block6b_se_reshape = jnp.reshape(block6b_se_squeeze, (-1, 1, 1, 2304))
-        block6b_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6b_se_reduce")(block6b_se_reshape)
-        )
-        block6b_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6b_se_expand")(block6b_se_reduce)
-        )
-        block6b_se_excite = block6b_activation * block6b_se_expand
-        block6b_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6b_project_conv"
-        )(block6b_se_excite)
-        block6b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_project_bn")(
-            block6b_project_conv, use_running_average=not train
-        )
-        block6b_drop = nn.Dropout(
-            0.12151898734177217, broadcast_dims=(1, 2, 3), name="block6b_drop"
-        )(block6b_project_bn, deterministic=not train)
-        block6b_add = block6b_drop + block6a_project_bn
-        block6c_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6c_expand_conv"
-        )(block6b_add)
-        block6c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_expand_bn")(
-            block6c_expand_conv, use_running_average=not train
-        )
-        block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
-        )(block6c_expand_activation)
-        block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
-            block6c_dwconv2, use_running_average=not train
-        )
-        block6c_activation = jax.nn.silu(block6c_bn)
-        block6c_se_squeeze = jnp.mean(block6c_activation, axis=(1, 2))
-        block6c_se_reshape = jnp.reshape(block6c_se_squeeze, (-1, 1, 1, 2304))
-        block6c_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6c_se_reduce")(block6c_se_reshape)
-        )
-        block6c_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6c_se_expand")(block6c_se_reduce)
-        )
-        block6c_se_excite = block6c_activation * block6c_se_expand
-        block6c_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6c_project_conv"
-        )(block6c_se_excite)
-        block6c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_project_bn")(
-            block6c_project_conv, use_running_average=not train
-        )
-        block6c_drop = nn.Dropout(
-            0.12405063291139241, broadcast_dims=(1, 2, 3), name="block6c_drop"
-        )(block6c_project_bn, deterministic=not train)
-        block6c_add = block6c_drop + block6b_add
-        block6d_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6d_expand_conv"
-        )(block6c_add)
-        block6d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_expand_bn")(
-            block6d_expand_conv, use_running_average=not train
-        )
-        block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
-        )(block6d_expand_activation)
-        block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
-            block6d_dwconv2, use_running_average=not train
-        )
-        block6d_activation = jax.nn.silu(block6d_bn)
-        block6d_se_squeeze = jnp.mean(block6d_activation, axis=(1, 2))
-        block6d_se_reshape = jnp.reshape(block6d_se_squeeze, (-1, 1, 1, 2304))
-        block6d_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6d_se_reduce")(block6d_se_reshape)
-        )
-        block6d_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6d_se_expand")(block6d_se_reduce)
-        )
-        block6d_se_excite = block6d_activation * block6d_se_expand
-        block6d_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6d_project_conv"
-        )(block6d_se_excite)
-        block6d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_project_bn")(
-            block6d_project_conv, use_running_average=not train
-        )
-        block6d_drop = nn.Dropout(
-            0.12658227848101267, broadcast_dims=(1, 2, 3), name="block6d_drop"
-        )(block6d_project_bn, deterministic=not train)
-        block6d_add = block6d_drop + block6c_add
-        block6e_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6e_expand_conv"
-        )(block6d_add)
-        block6e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_expand_bn")(
-            block6e_expand_conv, use_running_average=not train
-        )
-        block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
-        )(block6e_expand_activation)
-        block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
-            block6e_dwconv2, use_running_average=not train
-        )
-        block6e_activation = jax.nn.silu(block6e_bn)
-        block6e_se_squeeze = jnp.mean(block6e_activation, axis=(1, 2))
-        block6e_se_reshape = jnp.reshape(block6e_se_squeeze, (-1, 1, 1, 2304))
-        block6e_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6e_se_reduce")(block6e_se_reshape)
-        )
-        block6e_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6e_se_expand")(block6e_se_reduce)
-        )
-        block6e_se_excite = block6e_activation * block6e_se_expand
-        block6e_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6e_project_conv"
-        )(block6e_se_excite)
-        block6e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_project_bn")(
-            block6e_project_conv, use_running_average=not train
-        )
-        block6e_drop = nn.Dropout(
-            0.12911392405063293, broadcast_dims=(1, 2, 3), name="block6e_drop"
-        )(block6e_project_bn, deterministic=not train)
-        block6e_add = block6e_drop + block6d_add
-        block6f_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6f_expand_conv"
-        )(block6e_add)
-        block6f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_expand_bn")(
-            block6f_expand_conv, use_running_average=not train
-        )
-        block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
-        )(block6f_expand_activation)
-        block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
-            block6f_dwconv2, use_running_average=not train
-        )
-        block6f_activation = jax.nn.silu(block6f_bn)
-        block6f_se_squeeze = jnp.mean(block6f_activation, axis=(1, 2))
-        block6f_se_reshape = jnp.reshape(block6f_se_squeeze, (-1, 1, 1, 2304))
-        block6f_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6f_se_reduce")(block6f_se_reshape)
-        )
-        block6f_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6f_se_expand")(block6f_se_reduce)
-        )
-        block6f_se_excite = block6f_activation * block6f_se_expand
-        block6f_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6f_project_conv"
-        )(block6f_se_excite)
-        block6f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_project_bn")(
-            block6f_project_conv, use_running_average=not train
-        )
-        block6f_drop = nn.Dropout(
-            0.13164556962025317, broadcast_dims=(1, 2, 3), name="block6f_drop"
-        )(block6f_project_bn, deterministic=not train)
-        block6f_add = block6f_drop + block6e_add
-        block6g_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6g_expand_conv"
-        )(block6f_add)
-        block6g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_expand_bn")(
-            block6g_expand_conv, use_running_average=not train
-        )
-        block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
-        )(block6g_expand_activation)
-        block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
-            block6g_dwconv2, use_running_average=not train
-        )
-        block6g_activation = jax.nn.silu(block6g_bn)
-        block6g_se_squeeze = jnp.mean(block6g_activation, axis=(1, 2))
-        block6g_se_reshape = jnp.reshape(block6g_se_squeeze, (-1, 1, 1, 2304))
-        block6g_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6g_se_reduce")(block6g_se_reshape)
-        )
-        block6g_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6g_se_expand")(block6g_se_reduce)
-        )
-        block6g_se_excite = block6g_activation * block6g_se_expand
-        block6g_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6g_project_conv"
-        )(block6g_se_excite)
-        block6g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_project_bn")(
-            block6g_project_conv, use_running_average=not train
-        )
-        block6g_drop = nn.Dropout(
-            0.13417721518987344, broadcast_dims=(1, 2, 3), name="block6g_drop"
-        )(block6g_project_bn, deterministic=not train)
-        block6g_add = block6g_drop + block6f_add
-        block6h_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6h_expand_conv"
-        )(block6g_add)
-        block6h_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_expand_bn")(
-            block6h_expand_conv, use_running_average=not train
-        )
-        block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
-        )(block6h_expand_activation)
-        block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
-            block6h_dwconv2, use_running_average=not train
-        )
-        block6h_activation = jax.nn.silu(block6h_bn)
-        block6h_se_squeeze = jnp.mean(block6h_activation, axis=(1, 2))
-        block6h_se_reshape = jnp.reshape(block6h_se_squeeze, (-1, 1, 1, 2304))
-        block6h_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6h_se_reduce")(block6h_se_reshape)
-        )
-        block6h_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6h_se_expand")(block6h_se_reduce)
-        )
-        block6h_se_excite = block6h_activation * block6h_se_expand
-        block6h_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6h_project_conv"
-        )(block6h_se_excite)
-        block6h_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_project_bn")(
-            block6h_project_conv, use_running_average=not train
-        )
-        block6h_drop = nn.Dropout(
-            0.13670886075949368, broadcast_dims=(1, 2, 3), name="block6h_drop"
-        )(block6h_project_bn, deterministic=not train)
-        block6h_add = block6h_drop + block6g_add
-        block6i_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6i_expand_conv"
-        )(block6h_add)
-        block6i_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_expand_bn")(
-            block6i_expand_conv, use_running_average=not train
-        )
-        block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
-        )(block6i_expand_activation)
-        block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
-            block6i_dwconv2, use_running_average=not train
-        )
-        block6i_activation = jax.nn.silu(block6i_bn)
-        block6i_se_squeeze = jnp.mean(block6i_activation, axis=(1, 2))
-        block6i_se_reshape = jnp.reshape(block6i_se_squeeze, (-1, 1, 1, 2304))
-        block6i_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6i_se_reduce")(block6i_se_reshape)
-        )
-        block6i_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6i_se_expand")(block6i_se_reduce)
-        )
-        block6i_se_excite = block6i_activation * block6i_se_expand
-        block6i_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6i_project_conv"
-        )(block6i_se_excite)
-        block6i_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_project_bn")(
-            block6i_project_conv, use_running_average=not train
-        )
-        block6i_drop = nn.Dropout(
-            0.13924050632911392, broadcast_dims=(1, 2, 3), name="block6i_drop"
-        )(block6i_project_bn, deterministic=not train)
-        block6i_add = block6i_drop + block6h_add
-        block6j_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6j_expand_conv"
-        )(block6i_add)
-        block6j_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_expand_bn")(
-            block6j_expand_conv, use_running_average=not train
-        )
-        block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
-        )(block6j_expand_activation)
-        block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
-            block6j_dwconv2, use_running_average=not train
-        )
-        block6j_activation = jax.nn.silu(block6j_bn)
-        block6j_se_squeeze = jnp.mean(block6j_activation, axis=(1, 2))
-        block6j_se_reshape = jnp.reshape(block6j_se_squeeze, (-1, 1, 1, 2304))
-        block6j_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6j_se_reduce")(block6j_se_reshape)
-        )
-        block6j_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6j_se_expand")(block6j_se_reduce)
-        )
-        block6j_se_excite = block6j_activation * block6j_se_expand
-        block6j_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6j_project_conv"
-        )(block6j_se_excite)
-        block6j_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_project_bn")(
-            block6j_project_conv, use_running_average=not train
-        )
-        block6j_drop = nn.Dropout(
-            0.14177215189873418, broadcast_dims=(1, 2, 3), name="block6j_drop"
-        )(block6j_project_bn, deterministic=not train)
-        block6j_add = block6j_drop + block6i_add
-        block6k_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6k_expand_conv"
-        )(block6j_add)
-        block6k_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_expand_bn")(
-            block6k_expand_conv, use_running_average=not train
-        )
-        block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6k_dwconv2"
-        )(block6k_expand_activation)
-        block6k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_bn")(
-            block6k_dwconv2, use_running_average=not train
-        )
-        block6k_activation = jax.nn.silu(block6k_bn)
-        block6k_se_squeeze = jnp.mean(block6k_activation, axis=(1, 2))
-        block6k_se_reshape = jnp.reshape(block6k_se_squeeze, (-1, 1, 1, 2304))
-        block6k_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6k_se_reduce")(block6k_se_reshape)
-        )
-        block6k_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6k_se_expand")(block6k_se_reduce)
-        )
-        block6k_se_excite = block6k_activation * block6k_se_expand
-        block6k_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6k_project_conv"
-        )(block6k_se_excite)
-        block6k_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_project_bn")(
-            block6k_project_conv, use_running_average=not train
-        )
-        block6k_drop = nn.Dropout(
-            0.14430379746835442, broadcast_dims=(1, 2, 3), name="block6k_drop"
-        )(block6k_project_bn, deterministic=not train)
-        block6k_add = block6k_drop + block6j_add
-        block6l_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6l_expand_conv"
-        )(block6k_add)
-        block6l_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_expand_bn")(
-            block6l_expand_conv, use_running_average=not train
-        )
-        block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6l_dwconv2"
-        )(block6l_expand_activation)
-        block6l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_bn")(
-            block6l_dwconv2, use_running_average=not train
-        )
-        block6l_activation = jax.nn.silu(block6l_bn)
-        block6l_se_squeeze = jnp.mean(block6l_activation, axis=(1, 2))
-        block6l_se_reshape = jnp.reshape(block6l_se_squeeze, (-1, 1, 1, 2304))
-        block6l_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6l_se_reduce")(block6l_se_reshape)
-        )
-        block6l_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6l_se_expand")(block6l_se_reduce)
-        )
-        block6l_se_excite = block6l_activation * block6l_se_expand
-        block6l_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6l_project_conv"
-        )(block6l_se_excite)
-        block6l_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_project_bn")(
-            block6l_project_conv, use_running_average=not train
-        )
-        block6l_drop = nn.Dropout(
-            0.1468354430379747, broadcast_dims=(1, 2, 3), name="block6l_drop"
-        )(block6l_project_bn, deterministic=not train)
-        block6l_add = block6l_drop + block6k_add
-        block6m_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6m_expand_conv"
-        )(block6l_add)
-        block6m_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_expand_bn")(
-            block6m_expand_conv, use_running_average=not train
-        )
-        block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6m_dwconv2"
-        )(block6m_expand_activation)
-        block6m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_bn")(
-            block6m_dwconv2, use_running_average=not train
-        )
-        block6m_activation = jax.nn.silu(block6m_bn)
-        block6m_se_squeeze = jnp.mean(block6m_activation, axis=(1, 2))
-        block6m_se_reshape = jnp.reshape(block6m_se_squeeze, (-1, 1, 1, 2304))
-        block6m_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6m_se_reduce")(block6m_se_reshape)
-        )
-        block6m_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6m_se_expand")(block6m_se_reduce)
-        )
-        block6m_se_excite = block6m_activation * block6m_se_expand
-        block6m_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6m_project_conv"
-        )(block6m_se_excite)
-        block6m_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_project_bn")(
-            block6m_project_conv, use_running_average=not train
-        )
-        block6m_drop = nn.Dropout(
-            0.14936708860759496, broadcast_dims=(1, 2, 3), name="block6m_drop"
-        )(block6m_project_bn, deterministic=not train)
-        block6m_add = block6m_drop + block6l_add
-        block6n_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6n_expand_conv"
-        )(block6m_add)
-        block6n_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_expand_bn")(
-            block6n_expand_conv, use_running_average=not train
-        )
-        block6n_expand_activation = jax.nn.silu(block6n_expand_bn)
-        block6n_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6n_dwconv2"
-        )(block6n_expand_activation)
-        block6n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_bn")(
-            block6n_dwconv2, use_running_average=not train
-        )
-        block6n_activation = jax.nn.silu(block6n_bn)
-        block6n_se_squeeze = jnp.mean(block6n_activation, axis=(1, 2))
-        block6n_se_reshape = jnp.reshape(block6n_se_squeeze, (-1, 1, 1, 2304))
-        block6n_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6n_se_reduce")(block6n_se_reshape)
-        )
-        block6n_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6n_se_expand")(block6n_se_reduce)
-        )
-        block6n_se_excite = block6n_activation * block6n_se_expand
-        block6n_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6n_project_conv"
-        )(block6n_se_excite)
-        block6n_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_project_bn")(
-            block6n_project_conv, use_running_average=not train
-        )
-        block6n_drop = nn.Dropout(
-            0.1518987341772152, broadcast_dims=(1, 2, 3), name="block6n_drop"
-        )(block6n_project_bn, deterministic=not train)
-        block6n_add = block6n_drop + block6m_add
-        block6o_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6o_expand_conv"
-        )(block6n_add)
-        block6o_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_expand_bn")(
-            block6o_expand_conv, use_running_average=not train
-        )
-        block6o_expand_activation = jax.nn.silu(block6o_expand_bn)
-        block6o_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6o_dwconv2"
-        )(block6o_expand_activation)
-        block6o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_bn")(
-            block6o_dwconv2, use_running_average=not train
-        )
-        block6o_activation = jax.nn.silu(block6o_bn)
-        block6o_se_squeeze = jnp.mean(block6o_activation, axis=(1, 2))
-        block6o_se_reshape = jnp.reshape(block6o_se_squeeze, (-1, 1, 1, 2304))
-        block6o_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6o_se_reduce")(block6o_se_reshape)
-        )
-        block6o_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6o_se_expand")(block6o_se_reduce)
-        )
-        block6o_se_excite = block6o_activation * block6o_se_expand
-        block6o_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6o_project_conv"
-        )(block6o_se_excite)
-        block6o_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_project_bn")(
-            block6o_project_conv, use_running_average=not train
-        )
-        block6o_drop = nn.Dropout(
-            0.15443037974683546, broadcast_dims=(1, 2, 3), name="block6o_drop"
-        )(block6o_project_bn, deterministic=not train)
-        block6o_add = block6o_drop + block6n_add
-        block6p_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6p_expand_conv"
-        )(block6o_add)
-        block6p_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6p_expand_bn")(
-            block6p_expand_conv, use_running_average=not train
-        )
-        block6p_expand_activation = jax.nn.silu(block6p_expand_bn)
-        block6p_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6p_dwconv2"
-        )(block6p_expand_activation)
-        block6p_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6p_bn")(
-            block6p_dwconv2, use_running_average=not train
-        )
-        block6p_activation = jax.nn.silu(block6p_bn)
-        block6p_se_squeeze = jnp.mean(block6p_activation, axis=(1, 2))
-        block6p_se_reshape = jnp.reshape(block6p_se_squeeze, (-1, 1, 1, 2304))
-        block6p_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6p_se_reduce")(block6p_se_reshape)
-        )
-        block6p_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6p_se_expand")(block6p_se_reduce)
-        )
-        block6p_se_excite = block6p_activation * block6p_se_expand
-        block6p_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6p_project_conv"
-        )(block6p_se_excite)
-        block6p_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6p_project_bn")(
-            block6p_project_conv, use_running_average=not train
-        )
-        block6p_drop = nn.Dropout(
-            0.1569620253164557, broadcast_dims=(1, 2, 3), name="block6p_drop"
-        )(block6p_project_bn, deterministic=not train)
-        block6p_add = block6p_drop + block6o_add
-        block6q_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6q_expand_conv"
-        )(block6p_add)
-        block6q_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6q_expand_bn")(
-            block6q_expand_conv, use_running_average=not train
-        )
-        block6q_expand_activation = jax.nn.silu(block6q_expand_bn)
-        block6q_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6q_dwconv2"
-        )(block6q_expand_activation)
-        block6q_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6q_bn")(
-            block6q_dwconv2, use_running_average=not train
-        )
-        block6q_activation = jax.nn.silu(block6q_bn)
-        block6q_se_squeeze = jnp.mean(block6q_activation, axis=(1, 2))
-        block6q_se_reshape = jnp.reshape(block6q_se_squeeze, (-1, 1, 1, 2304))
-        block6q_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6q_se_reduce")(block6q_se_reshape)
-        )
-        block6q_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6q_se_expand")(block6q_se_reduce)
-        )
-        block6q_se_excite = block6q_activation * block6q_se_expand
-        block6q_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6q_project_conv"
-        )(block6q_se_excite)
-        block6q_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6q_project_bn")(
-            block6q_project_conv, use_running_average=not train
-        )
-        block6q_drop = nn.Dropout(
-            0.15949367088607597, broadcast_dims=(1, 2, 3), name="block6q_drop"
-        )(block6q_project_bn, deterministic=not train)
-        block6q_add = block6q_drop + block6p_add
-        block6r_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6r_expand_conv"
-        )(block6q_add)
-        block6r_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6r_expand_bn")(
-            block6r_expand_conv, use_running_average=not train
-        )
-        block6r_expand_activation = jax.nn.silu(block6r_expand_bn)
-        block6r_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6r_dwconv2"
-        )(block6r_expand_activation)
-        block6r_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6r_bn")(
-            block6r_dwconv2, use_running_average=not train
-        )
-        block6r_activation = jax.nn.silu(block6r_bn)
-        block6r_se_squeeze = jnp.mean(block6r_activation, axis=(1, 2))
-        block6r_se_reshape = jnp.reshape(block6r_se_squeeze, (-1, 1, 1, 2304))
-        block6r_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6r_se_reduce")(block6r_se_reshape)
-        )
-        block6r_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6r_se_expand")(block6r_se_reduce)
-        )
-        block6r_se_excite = block6r_activation * block6r_se_expand
-        block6r_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6r_project_conv"
-        )(block6r_se_excite)
-        block6r_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6r_project_bn")(
-            block6r_project_conv, use_running_average=not train
-        )
-        block6r_drop = nn.Dropout(
-            0.1620253164556962, broadcast_dims=(1, 2, 3), name="block6r_drop"
-        )(block6r_project_bn, deterministic=not train)
-        block6r_add = block6r_drop + block6q_add
-        block6s_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6s_expand_conv"
-        )(block6r_add)
-        block6s_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6s_expand_bn")(
-            block6s_expand_conv, use_running_average=not train
-        )
-        block6s_expand_activation = jax.nn.silu(block6s_expand_bn)
-        block6s_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6s_dwconv2"
-        )(block6s_expand_activation)
-        block6s_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6s_bn")(
-            block6s_dwconv2, use_running_average=not train
-        )
-        block6s_activation = jax.nn.silu(block6s_bn)
-        block6s_se_squeeze = jnp.mean(block6s_activation, axis=(1, 2))
-        block6s_se_reshape = jnp.reshape(block6s_se_squeeze, (-1, 1, 1, 2304))
-        block6s_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6s_se_reduce")(block6s_se_reshape)
-        )
-        block6s_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6s_se_expand")(block6s_se_reduce)
-        )
-        block6s_se_excite = block6s_activation * block6s_se_expand
-        block6s_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6s_project_conv"
-        )(block6s_se_excite)
-        block6s_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6s_project_bn")(
-            block6s_project_conv, use_running_average=not train
-        )
-        block6s_drop = nn.Dropout(
-            0.16455696202531644, broadcast_dims=(1, 2, 3), name="block6s_drop"
-        )(block6s_project_bn, deterministic=not train)
-        block6s_add = block6s_drop + block6r_add
-        block6t_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6t_expand_conv"
-        )(block6s_add)
-        block6t_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6t_expand_bn")(
-            block6t_expand_conv, use_running_average=not train
-        )
-        block6t_expand_activation = jax.nn.silu(block6t_expand_bn)
-        block6t_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6t_dwconv2"
-        )(block6t_expand_activation)
-        block6t_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6t_bn")(
-            block6t_dwconv2, use_running_average=not train
-        )
-        block6t_activation = jax.nn.silu(block6t_bn)
-        block6t_se_squeeze = jnp.mean(block6t_activation, axis=(1, 2))
-        block6t_se_reshape = jnp.reshape(block6t_se_squeeze, (-1, 1, 1, 2304))
-        block6t_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6t_se_reduce")(block6t_se_reshape)
-        )
-        block6t_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6t_se_expand")(block6t_se_reduce)
-        )
-        block6t_se_excite = block6t_activation * block6t_se_expand
-        block6t_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6t_project_conv"
-        )(block6t_se_excite)
-        block6t_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6t_project_bn")(
-            block6t_project_conv, use_running_average=not train
-        )
-        block6t_drop = nn.Dropout(
-            0.1670886075949367, broadcast_dims=(1, 2, 3), name="block6t_drop"
-        )(block6t_project_bn, deterministic=not train)
-        block6t_add = block6t_drop + block6s_add
-        block6u_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6u_expand_conv"
-        )(block6t_add)
-        block6u_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6u_expand_bn")(
-            block6u_expand_conv, use_running_average=not train
-        )
-        block6u_expand_activation = jax.nn.silu(block6u_expand_bn)
-        block6u_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6u_dwconv2"
-        )(block6u_expand_activation)
-        block6u_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6u_bn")(
-            block6u_dwconv2, use_running_average=not train
-        )
-        block6u_activation = jax.nn.silu(block6u_bn)
-        block6u_se_squeeze = jnp.mean(block6u_activation, axis=(1, 2))
-        block6u_se_reshape = jnp.reshape(block6u_se_squeeze, (-1, 1, 1, 2304))
-        block6u_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6u_se_reduce")(block6u_se_reshape)
-        )
-        block6u_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6u_se_expand")(block6u_se_reduce)
-        )
-        block6u_se_excite = block6u_activation * block6u_se_expand
-        block6u_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6u_project_conv"
-        )(block6u_se_excite)
-        block6u_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6u_project_bn")(
-            block6u_project_conv, use_running_average=not train
-        )
-        block6u_drop = nn.Dropout(
-            0.16962025316455698, broadcast_dims=(1, 2, 3), name="block6u_drop"
-        )(block6u_project_bn, deterministic=not train)
-        block6u_add = block6u_drop + block6t_add
-        block6v_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6v_expand_conv"
-        )(block6u_add)
-        block6v_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6v_expand_bn")(
-            block6v_expand_conv, use_running_average=not train
-        )
-        block6v_expand_activation = jax.nn.silu(block6v_expand_bn)
-        block6v_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6v_dwconv2"
-        )(block6v_expand_activation)
-        block6v_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6v_bn")(
-            block6v_dwconv2, use_running_average=not train
-        )
-        block6v_activation = jax.nn.silu(block6v_bn)
-        block6v_se_squeeze = jnp.mean(block6v_activation, axis=(1, 2))
-        block6v_se_reshape = jnp.reshape(block6v_se_squeeze, (-1, 1, 1, 2304))
-        block6v_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6v_se_reduce")(block6v_se_reshape)
-        )
-        block6v_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6v_se_expand")(block6v_se_reduce)
-        )
-        block6v_se_excite = block6v_activation * block6v_se_expand
-        block6v_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6v_project_conv"
-        )(block6v_se_excite)
-        block6v_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6v_project_bn")(
-            block6v_project_conv, use_running_average=not train
-        )
-        block6v_drop = nn.Dropout(
-            0.17215189873417724, broadcast_dims=(1, 2, 3), name="block6v_drop"
-        )(block6v_project_bn, deterministic=not train)
-        block6v_add = block6v_drop + block6u_add
-        block6w_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6w_expand_conv"
-        )(block6v_add)
-        block6w_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6w_expand_bn")(
-            block6w_expand_conv, use_running_average=not train
-        )
-        block6w_expand_activation = jax.nn.silu(block6w_expand_bn)
-        block6w_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6w_dwconv2"
-        )(block6w_expand_activation)
-        block6w_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6w_bn")(
-            block6w_dwconv2, use_running_average=not train
-        )
-        block6w_activation = jax.nn.silu(block6w_bn)
-        block6w_se_squeeze = jnp.mean(block6w_activation, axis=(1, 2))
-        block6w_se_reshape = jnp.reshape(block6w_se_squeeze, (-1, 1, 1, 2304))
-        block6w_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6w_se_reduce")(block6w_se_reshape)
-        )
-        block6w_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6w_se_expand")(block6w_se_reduce)
-        )
-        block6w_se_excite = block6w_activation * block6w_se_expand
-        block6w_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6w_project_conv"
-        )(block6w_se_excite)
-        block6w_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6w_project_bn")(
-            block6w_project_conv, use_running_average=not train
-        )
-        block6w_drop = nn.Dropout(
-            0.17468354430379748, broadcast_dims=(1, 2, 3), name="block6w_drop"
-        )(block6w_project_bn, deterministic=not train)
-        block6w_add = block6w_drop + block6v_add
-        block6x_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6x_expand_conv"
-        )(block6w_add)
-        block6x_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6x_expand_bn")(
-            block6x_expand_conv, use_running_average=not train
-        )
-        block6x_expand_activation = jax.nn.silu(block6x_expand_bn)
-        block6x_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6x_dwconv2"
-        )(block6x_expand_activation)
-        block6x_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6x_bn")(
-            block6x_dwconv2, use_running_average=not train
-        )
-        block6x_activation = jax.nn.silu(block6x_bn)
-        block6x_se_squeeze = jnp.mean(block6x_activation, axis=(1, 2))
-        block6x_se_reshape = jnp.reshape(block6x_se_squeeze, (-1, 1, 1, 2304))
-        block6x_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6x_se_reduce")(block6x_se_reshape)
-        )
-        block6x_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6x_se_expand")(block6x_se_reduce)
-        )
-        block6x_se_excite = block6x_activation * block6x_se_expand
-        block6x_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6x_project_conv"
-        )(block6x_se_excite)
-        block6x_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6x_project_bn")(
-            block6x_project_conv, use_running_average=not train
-        )
-        block6x_drop = nn.Dropout(
-            0.17721518987341772, broadcast_dims=(1, 2, 3), name="block6x_drop"
-        )(block6x_project_bn, deterministic=not train)
-        block6x_add = block6x_drop + block6w_add
-        block6y_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block6y_expand_conv"
-        )(block6x_add)
-        block6y_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6y_expand_bn")(
-            block6y_expand_conv, use_running_average=not train
-        )
-        block6y_expand_activation = jax.nn.silu(block6y_expand_bn)
-        block6y_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block6y_dwconv2"
-        )(block6y_expand_activation)
-        block6y_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6y_bn")(
-            block6y_dwconv2, use_running_average=not train
-        )
-        block6y_activation = jax.nn.silu(block6y_bn)
-        block6y_se_squeeze = jnp.mean(block6y_activation, axis=(1, 2))
-        block6y_se_reshape = jnp.reshape(block6y_se_squeeze, (-1, 1, 1, 2304))
-        block6y_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block6y_se_reduce")(block6y_se_reshape)
-        )
-        block6y_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block6y_se_expand")(block6y_se_reduce)
-        )
-        block6y_se_excite = block6y_activation * block6y_se_expand
-        block6y_project_conv = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block6y_project_conv"
-        )(block6y_se_excite)
-        block6y_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6y_project_bn")(
-            block6y_project_conv, use_running_average=not train
-        )
-        block6y_drop = nn.Dropout(0.179746835443038, broadcast_dims=(1, 2, 3), name="block6y_drop")(
-            block6y_project_bn, deterministic=not train
-        )
-        block6y_add = block6y_drop + block6x_add
-        block7a_expand_conv = nn.Conv(
-            2304, (1, 1), padding="SAME", use_bias=False, name="block7a_expand_conv"
-        )(block6y_add)
-        block7a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7a_expand_bn")(
-            block7a_expand_conv, use_running_average=not train
-        )
-        block7a_expand_activation = jax.nn.silu(block7a_expand_bn)
-        block7a_dwconv2 = rt.DepthwiseConv(
-            2304, (3, 3), padding="SAME", use_bias=False, name="block7a_dwconv2"
-        )(block7a_expand_activation)
-        block7a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7a_bn")(
-            block7a_dwconv2, use_running_average=not train
-        )
-        block7a_activation = jax.nn.silu(block7a_bn)
-        block7a_se_squeeze = jnp.mean(block7a_activation, axis=(1, 2))
-        block7a_se_reshape = jnp.reshape(block7a_se_squeeze, (-1, 1, 1, 2304))
-        block7a_se_reduce = jax.nn.silu(
-            nn.Conv(96, (1, 1), padding="SAME", name="block7a_se_reduce")(block7a_se_reshape)
-        )
-        block7a_se_expand = jax.nn.sigmoid(
-            nn.Conv(2304, (1, 1), padding="SAME", name="block7a_se_expand")(block7a_se_reduce)
-        )
-        block7a_se_excite = block7a_activation * block7a_se_expand
-        block7a_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7a_project_conv"
-        )(block7a_se_excite)
-        block7a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7a_project_bn")(
-            block7a_project_conv, use_running_average=not train
-        )
-        block7b_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7b_expand_conv"
-        )(block7a_project_bn)
-        block7b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7b_expand_bn")(
-            block7b_expand_conv, use_running_average=not train
-        )
-        block7b_expand_activation = jax.nn.silu(block7b_expand_bn)
-        block7b_dwconv2 = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7b_dwconv2"
-        )(block7b_expand_activation)
-        block7b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7b_bn")(
-            block7b_dwconv2, use_running_average=not train
-        )
-        block7b_activation = jax.nn.silu(block7b_bn)
-        block7b_se_squeeze = jnp.mean(block7b_activation, axis=(1, 2))
-        block7b_se_reshape = jnp.reshape(block7b_se_squeeze, (-1, 1, 1, 3840))
-        block7b_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7b_se_reduce")(block7b_se_reshape)
-        )
-        block7b_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7b_se_expand")(block7b_se_reduce)
-        )
-        block7b_se_excite = block7b_activation * block7b_se_expand
-        block7b_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7b_project_conv"
-        )(block7b_se_excite)
-        block7b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7b_project_bn")(
-            block7b_project_conv, use_running_average=not train
-        )
-        block7b_drop = nn.Dropout(
-            0.1848101265822785, broadcast_dims=(1, 2, 3), name="block7b_drop"
-        )(block7b_project_bn, deterministic=not train)
-        block7b_add = block7b_drop + block7a_project_bn
-        block7c_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7c_expand_conv"
-        )(block7b_add)
-        block7c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7c_expand_bn")(
-            block7c_expand_conv, use_running_average=not train
-        )
-        block7c_expand_activation = jax.nn.silu(block7c_expand_bn)
-        block7c_dwconv2 = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7c_dwconv2"
-        )(block7c_expand_activation)
-        block7c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7c_bn")(
-            block7c_dwconv2, use_running_average=not train
-        )
-        block7c_activation = jax.nn.silu(block7c_bn)
-        block7c_se_squeeze = jnp.mean(block7c_activation, axis=(1, 2))
-        block7c_se_reshape = jnp.reshape(block7c_se_squeeze, (-1, 1, 1, 3840))
-        block7c_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7c_se_reduce")(block7c_se_reshape)
-        )
-        block7c_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7c_se_expand")(block7c_se_reduce)
-        )
-        block7c_se_excite = block7c_activation * block7c_se_expand
-        block7c_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7c_project_conv"
-        )(block7c_se_excite)
-        block7c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7c_project_bn")(
-            block7c_project_conv, use_running_average=not train
-        )
-        block7c_drop = nn.Dropout(
-            0.18734177215189873, broadcast_dims=(1, 2, 3), name="block7c_drop"
-        )(block7c_project_bn, deterministic=not train)
-        block7c_add = block7c_drop + block7b_add
-        block7d_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7d_expand_conv"
-        )(block7c_add)
-        block7d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7d_expand_bn")(
-            block7d_expand_conv, use_running_average=not train
-        )
-        block7d_expand_activation = jax.nn.silu(block7d_expand_bn)
-        block7d_dwconv2 = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7d_dwconv2"
-        )(block7d_expand_activation)
-        block7d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7d_bn")(
-            block7d_dwconv2, use_running_average=not train
-        )
-        block7d_activation = jax.nn.silu(block7d_bn)
-        block7d_se_squeeze = jnp.mean(block7d_activation, axis=(1, 2))
-        block7d_se_reshape = jnp.reshape(block7d_se_squeeze, (-1, 1, 1, 3840))
-        block7d_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7d_se_reduce")(block7d_se_reshape)
-        )
-        block7d_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7d_se_expand")(block7d_se_reduce)
-        )
-        block7d_se_excite = block7d_activation * block7d_se_expand
-        block7d_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7d_project_conv"
-        )(block7d_se_excite)
-        block7d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7d_project_bn")(
-            block7d_project_conv, use_running_average=not train
-        )
-        block7d_drop = nn.Dropout(0.189873417721519, broadcast_dims=(1, 2, 3), name="block7d_drop")(
-            block7d_project_bn, deterministic=not train
-        )
-        block7d_add = block7d_drop + block7c_add
-        block7e_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7e_expand_conv"
-        )(block7d_add)
-        block7e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7e_expand_bn")(
-            block7e_expand_conv, use_running_average=not train
-        )
-        block7e_expand_activation = jax.nn.silu(block7e_expand_bn)
-        block7e_dwconv2 = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7e_dwconv2"
-        )(block7e_expand_activation)
-        block7e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7e_bn")(
-            block7e_dwconv2, use_running_average=not train
-        )
-        block7e_activation = jax.nn.silu(block7e_bn)
-        block7e_se_squeeze = jnp.mean(block7e_activation, axis=(1, 2))
-        block7e_se_reshape = jnp.reshape(block7e_se_squeeze, (-1, 1, 1, 3840))
-        block7e_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7e_se_reduce")(block7e_se_reshape)
-        )
-        block7e_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7e_se_expand")(block7e_se_reduce)
-        )
-        block7e_se_excite = block7e_activation * block7e_se_expand
-        block7e_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7e_project_conv"
-        )(block7e_se_excite)
-        block7e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7e_project_bn")(
-            block7e_project_conv, use_running_average=not train
-        )
-        block7e_drop = nn.Dropout(
-            0.19240506329113927, broadcast_dims=(1, 2, 3), name="block7e_drop"
-        )(block7e_project_bn, deterministic=not train)
-        block7e_add = block7e_drop + block7d_add
-        block7f_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7f_expand_conv"
-        )(block7e_add)
-        block7f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7f_expand_bn")(
-            block7f_expand_conv, use_running_average=not train
-        )
-        block7f_expand_activation = jax.nn.silu(block7f_expand_bn)
-        block7f_dwconv2 = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7f_dwconv2"
-        )(block7f_expand_activation)
-        block7f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7f_bn")(
-            block7f_dwconv2, use_running_average=not train
-        )
-        block7f_activation = jax.nn.silu(block7f_bn)
-        block7f_se_squeeze = jnp.mean(block7f_activation, axis=(1, 2))
-        block7f_se_reshape = jnp.reshape(block7f_se_squeeze, (-1, 1, 1, 3840))
-        block7f_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7f_se_reduce")(block7f_se_reshape)
-        )
-        block7f_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7f_se_expand")(block7f_se_reduce)
-        )
-        block7f_se_excite = block7f_activation * block7f_se_expand
-        block7f_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7f_project_conv"
-        )(block7f_se_excite)
-        block7f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7f_project_bn")(
-            block7f_project_conv, use_running_average=not train
-        )
-        block7f_drop = nn.Dropout(
-            0.1949367088607595, broadcast_dims=(1, 2, 3), name="block7f_drop"
-        )(block7f_project_bn, deterministic=not train)
-        block7f_add = block7f_drop + block7e_add
-        block7g_expand_conv = nn.Conv(
-            3840, (1, 1), padding="SAME", use_bias=False, name="block7g_expand_conv"
-        )(block7f_add)
-        block7g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7g_expand_bn")(
-            block7g_expand_conv, use_running_average=not train
-        )
-        block7g_expand_activation = jax.nn.silu(block7g_expand_bn)
-        block7g_dwconv2 = rt.DepthwiseConv(
-            3840, (3, 3), padding="SAME", use_bias=False, name="block7g_dwconv2"
-        )(block7g_expand_activation)
-        block7g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7g_bn")(
-            block7g_dwconv2, use_running_average=not train
-        )
-        block7g_activation = jax.nn.silu(block7g_bn)
-        block7g_se_squeeze = jnp.mean(block7g_activation, axis=(1, 2))
-        block7g_se_reshape = jnp.reshape(block7g_se_squeeze, (-1, 1, 1, 3840))
-        block7g_se_reduce = jax.nn.silu(
-            nn.Conv(160, (1, 1), padding="SAME", name="block7g_se_reduce")(block7g_se_reshape)
-        )
-        block7g_se_expand = jax.nn.sigmoid(
-            nn.Conv(3840, (1, 1), padding="SAME", name="block7g_se_expand")(block7g_se_reduce)
-        )
-        block7g_se_excite = block7g_activation * block7g_se_expand
-        block7g_project_conv = nn.Conv(
-            640, (1, 1), padding="SAME", use_bias=False, name="block7g_project_conv"
-        )(block7g_se_excite)
-        block7g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block7g_project_bn")(
-            block7g_project_conv, use_running_average=not train
-        )
-        block7g_drop = nn.Dropout(
-            0.19746835443037977, broadcast_dims=(1, 2, 3), name="block7g_drop"
-        )(block7g_project_bn, deterministic=not train)
-        block7g_add = block7g_drop + block7f_add
-        top_conv = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(
-            block7g_add
-        )
-        top_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
-            top_conv, use_running_average=not train
-        )
-        top_activation = jax.nn.silu(top_bn)
-        avg_pool = jnp.mean(top_activation, axis=(1, 2))
-        top_dropout = nn.Dropout(0.2, name="top_dropout")(avg_pool, deterministic=not train)
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(top_dropout))
-        return predictions
+        x = jax.nn.silu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(0.2, name="top_dropout")(x, deterministic=not train)
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

@@ -10,6 +10,162 @@ from kgen import runtime as rt
 __all__ = ["EfficientNetV2S"]
 
 
+class Blocka(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_s, folded by kgen.
+
+    block2a and block3a.
+    """
+
+    expand_conv_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="expand_conv",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Blockb(nn.Module):
+    """6 alike blocks of the Keras model efficientnetv2_s, folded by kgen.
+
+    block2b to block3d.
+    """
+
+    expand_conv_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
+class Block4a(nn.Module):
+    """2 alike blocks of the Keras model efficientnetv2_s, folded by kgen.
+
+    block4a and block6a.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(
+            self.expand_conv_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="dwconv2",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(x, use_running_average=not train)
+        x = jax.nn.silu(x)
+        se_squeeze = jnp.mean(x, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        x = x * se_expand
+        x = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Block4b(nn.Module):
+    """27 alike blocks of the Keras model efficientnetv2_s, folded by kgen.
+
+    block4b to block6o.
+    """
+
+    expand_conv_features: int
+    shape: tuple
+    se_reduce_features: int
+    project_conv_features: int
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(
+            self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
+        )(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.silu(y)
+        y = rt.DepthwiseConv(
+            self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="dwconv2"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="bn")(y, use_running_average=not train)
+        y = jax.nn.silu(y)
+        se_squeeze = jnp.mean(y, axis=(1, 2))
+        se_reshape = jnp.reshape(se_squeeze, self.shape)
+        se_reduce = jax.nn.silu(
+            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+        )
+        se_expand = jax.nn.sigmoid(
+            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+        )
+        y = y * se_expand
+        y = nn.Conv(
+            self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
+            y, use_running_average=not train
+        )
+        y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
+        x = y + x
+        return x
+
+
 class EfficientNetV2S(nn.Module):
     """Keras Functional model efficientnetv2_s, converted by kgen."""
 
@@ -24,25 +180,23 @@ class EfficientNetV2S(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        rescaling = (input_layer * 0.0078125) + (-1.0)
-        stem_conv = nn.Conv(
-            24, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv"
-        )(rescaling)
-        stem_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
-            stem_conv, use_running_average=not train
+        x = (input_layer * 0.0078125) + (-1.0)
+        x = nn.Conv(24, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
+            x, use_running_average=not train
         )
-        stem_activation = jax.nn.silu(stem_bn)
+        x = jax.nn.silu(x)
         block1a_project_conv = nn.Conv(
             24, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv"
-        )(stem_activation)
+        )(x)
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
             block1a_project_conv, use_running_average=not train
         )
         block1a_project_activation = jax.nn.silu(block1a_project_bn)
-        block1a_add = block1a_project_activation + stem_activation
+        x = block1a_project_activation + x
         block1b_project_conv = nn.Conv(
             24, (3, 3), padding="SAME", use_bias=False, name="block1b_project_conv"
-        )(block1a_add)
+        )(x)
         block1b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1b_project_bn")(
             block1b_project_conv, use_running_average=not train
         )
@@ -50,344 +204,36 @@ class EfficientNetV2S(nn.Module):
         block1b_drop = nn.Dropout(0.005, broadcast_dims=(1, 2, 3), name="block1b_drop")(
             block1b_project_activation, deterministic=not train
         )
-        block1b_add = block1b_drop + block1a_add
-        block2a_expand_conv = nn.Conv(
-            96, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block2a_expand_conv"
-        )(block1b_add)
-        block2a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2a_expand_bn")(
-            block2a_expand_conv, use_running_average=not train
+        x = block1b_drop + x
+        x = Blocka(96, 48, name="block2a")(x, train=train)
+        x = Blockb(192, 48, 0.015000000000000003, name="block2b")(x, train=train)
+        x = Blockb(192, 48, 0.02, name="block2c")(x, train=train)
+        x = Blockb(192, 48, 0.025, name="block2d")(x, train=train)
+        x = Blocka(192, 64, name="block3a")(x, train=train)
+        x = Blockb(256, 64, 0.035, name="block3b")(x, train=train)
+        x = Blockb(256, 64, 0.04, name="block3c")(x, train=train)
+        x = Blockb(256, 64, 0.045, name="block3d")(x, train=train)
+        x = Block4a(256, (-1, 1, 1, 256), 16, 128, name="block4a")(x, train=train)
+        x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.05500000000000001, name="block4b")(
+            x, train=train
         )
-        block2a_expand_activation = jax.nn.silu(block2a_expand_bn)
-        block2a_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2a_project_conv"
-        )(block2a_expand_activation)
-        block2a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2a_project_bn")(
-            block2a_project_conv, use_running_average=not train
+        x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.06000000000000001, name="block4c")(
+            x, train=train
         )
-        block2b_expand_conv = nn.Conv(
-            192, (3, 3), padding="SAME", use_bias=False, name="block2b_expand_conv"
-        )(block2a_project_bn)
-        block2b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2b_expand_bn")(
-            block2b_expand_conv, use_running_average=not train
+        x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.065, name="block4d")(x, train=train)
+        x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.07, name="block4e")(x, train=train)
+        x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.075, name="block4f")(x, train=train)
+        x = nn.Conv(768, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
+            x, use_running_average=not train
         )
-        block2b_expand_activation = jax.nn.silu(block2b_expand_bn)
-        block2b_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2b_project_conv"
-        )(block2b_expand_activation)
-        block2b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2b_project_bn")(
-            block2b_project_conv, use_running_average=not train
+        x = jax.nn.silu(x)
+        x = rt.DepthwiseConv(768, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
+            x, use_running_average=not train
         )
-        block2b_drop = nn.Dropout(
-            0.015000000000000003, broadcast_dims=(1, 2, 3), name="block2b_drop"
-        )(block2b_project_bn, deterministic=not train)
-        block2b_add = block2b_drop + block2a_project_bn
-        block2c_expand_conv = nn.Conv(
-            192, (3, 3), padding="SAME", use_bias=False, name="block2c_expand_conv"
-        )(block2b_add)
-        block2c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2c_expand_bn")(
-            block2c_expand_conv, use_running_average=not train
-        )
-        block2c_expand_activation = jax.nn.silu(block2c_expand_bn)
-        block2c_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2c_project_conv"
-        )(block2c_expand_activation)
-        block2c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2c_project_bn")(
-            block2c_project_conv, use_running_average=not train
-        )
-        block2c_drop = nn.Dropout(0.02, broadcast_dims=(1, 2, 3), name="block2c_drop")(
-            block2c_project_bn, deterministic=not train
-        )
-        block2c_add = block2c_drop + block2b_add
-        block2d_expand_conv = nn.Conv(
-            192, (3, 3), padding="SAME", use_bias=False, name="block2d_expand_conv"
-        )(block2c_add)
-        block2d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2d_expand_bn")(
-            block2d_expand_conv, use_running_average=not train
-        )
-        block2d_expand_activation = jax.nn.silu(block2d_expand_bn)
-        block2d_project_conv = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="block2d_project_conv"
-        )(block2d_expand_activation)
-        block2d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block2d_project_bn")(
-            block2d_project_conv, use_running_average=not train
-        )
-        block2d_drop = nn.Dropout(0.025, broadcast_dims=(1, 2, 3), name="block2d_drop")(
-            block2d_project_bn, deterministic=not train
-        )
-        block2d_add = block2d_drop + block2c_add
-        block3a_expand_conv = nn.Conv(
-            192, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block3a_expand_conv"
-        )(block2d_add)
-        block3a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3a_expand_bn")(
-            block3a_expand_conv, use_running_average=not train
-        )
-        block3a_expand_activation = jax.nn.silu(block3a_expand_bn)
-        block3a_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block3a_project_conv"
-        )(block3a_expand_activation)
-        block3a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3a_project_bn")(
-            block3a_project_conv, use_running_average=not train
-        )
-        block3b_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block3b_expand_conv"
-        )(block3a_project_bn)
-        block3b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3b_expand_bn")(
-            block3b_expand_conv, use_running_average=not train
-        )
-        block3b_expand_activation = jax.nn.silu(block3b_expand_bn)
-        block3b_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block3b_project_conv"
-        )(block3b_expand_activation)
-        block3b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3b_project_bn")(
-            block3b_project_conv, use_running_average=not train
-        )
-        block3b_drop = nn.Dropout(0.035, broadcast_dims=(1, 2, 3), name="block3b_drop")(
-            block3b_project_bn, deterministic=not train
-        )
-        block3b_add = block3b_drop + block3a_project_bn
-        block3c_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block3c_expand_conv"
-        )(block3b_add)
-        block3c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3c_expand_bn")(
-            block3c_expand_conv, use_running_average=not train
-        )
-        block3c_expand_activation = jax.nn.silu(block3c_expand_bn)
-        block3c_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block3c_project_conv"
-        )(block3c_expand_activation)
-        block3c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3c_project_bn")(
-            block3c_project_conv, use_running_average=not train
-        )
-        block3c_drop = nn.Dropout(0.04, broadcast_dims=(1, 2, 3), name="block3c_drop")(
-            block3c_project_bn, deterministic=not train
-        )
-        block3c_add = block3c_drop + block3b_add
-        block3d_expand_conv = nn.Conv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block3d_expand_conv"
-        )(block3c_add)
-        block3d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3d_expand_bn")(
-            block3d_expand_conv, use_running_average=not train
-        )
-        block3d_expand_activation = jax.nn.silu(block3d_expand_bn)
-        block3d_project_conv = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block3d_project_conv"
-        )(block3d_expand_activation)
-        block3d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block3d_project_bn")(
-            block3d_project_conv, use_running_average=not train
-        )
-        block3d_drop = nn.Dropout(0.045, broadcast_dims=(1, 2, 3), name="block3d_drop")(
-            block3d_project_bn, deterministic=not train
-        )
-        block3d_add = block3d_drop + block3c_add
-        block4a_expand_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block4a_expand_conv"
-        )(block3d_add)
-        block4a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_expand_bn")(
-            block4a_expand_conv, use_running_average=not train
-        )
-        block4a_expand_activation = jax.nn.silu(block4a_expand_bn)
-        block4a_dwconv2 = rt.DepthwiseConv(
-            256, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block4a_dwconv2"
-        )(block4a_expand_activation)
-        block4a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_bn")(
-            block4a_dwconv2, use_running_average=not train
-        )
-        block4a_activation = jax.nn.silu(block4a_bn)
-        block4a_se_squeeze = jnp.mean(block4a_activation, axis=(1, 2))
-        block4a_se_reshape = jnp.reshape(block4a_se_squeeze, (-1, 1, 1, 256))
-        block4a_se_reduce = jax.nn.silu(
-            nn.Conv(16, (1, 1), padding="SAME", name="block4a_se_reduce")(block4a_se_reshape)
-        )
-        block4a_se_expand = jax.nn.sigmoid(
-            nn.Conv(256, (1, 1), padding="SAME", name="block4a_se_expand")(block4a_se_reduce)
-        )
-        block4a_se_excite = block4a_activation * block4a_se_expand
-        block4a_project_conv = nn.Conv(
-            128, (1, 1), padding="SAME", use_bias=False, name="block4a_project_conv"
-        )(block4a_se_excite)
-        block4a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4a_project_bn")(
-            block4a_project_conv, use_running_average=not train
-        )
-        block4b_expand_conv = nn.Conv(
-            512, (1, 1), padding="SAME", use_bias=False, name="block4b_expand_conv"
-        )(block4a_project_bn)
-        block4b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_expand_bn")(
-            block4b_expand_conv, use_running_average=not train
-        )
-        block4b_expand_activation = jax.nn.silu(block4b_expand_bn)
-        block4b_dwconv2 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="block4b_dwconv2"
-        )(block4b_expand_activation)
-        block4b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_bn")(
-            block4b_dwconv2, use_running_average=not train
-        )
-        block4b_activation = jax.nn.silu(block4b_bn)
-        block4b_se_squeeze = jnp.mean(block4b_activation, axis=(1, 2))
-        block4b_se_reshape = jnp.reshape(block4b_se_squeeze, (-1, 1, 1, 512))
-        block4b_se_reduce = jax.nn.silu(
-            nn.Conv(32, (1, 1), padding="SAME", name="block4b_se_reduce")(block4b_se_reshape)
-        )
-        block4b_se_expand = jax.nn.sigmoid(
-            nn.Conv(512, (1, 1), padding="SAME", name="block4b_se_expand")(block4b_se_reduce)
-        )
-        block4b_se_excite = block4b_activation * block4b_se_expand
-        block4b_project_conv = nn.Conv(
-            128, (1, 1), padding="SAME", use_bias=False, name="block4b_project_conv"
-        )(block4b_se_excite)
-        block4b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4b_project_bn")(
-            block4b_project_conv, use_running_average=not train
-        )
-        block4b_drop = nn.Dropout(
-            0.05500000000000001, broadcast_dims=(1, 2, 3), name="block4b_drop"
-        )(block4b_project_bn, deterministic=not train)
-        block4b_add = block4b_drop + block4a_project_bn
-        block4c_expand_conv = nn.Conv(
-            512, (1, 1), padding="SAME", use_bias=False, name="block4c_expand_conv"
-        )(block4b_add)
-        block4c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_expand_bn")(
-            block4c_expand_conv, use_running_average=not train
-        )
-        block4c_expand_activation = jax.nn.silu(block4c_expand_bn)
-        block4c_dwconv2 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="block4c_dwconv2"
-        )(block4c_expand_activation)
-        block4c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_bn")(
-            block4c_dwconv2, use_running_average=not train
-        )
-        block4c_activation = jax.nn.silu(block4c_bn)
-        block4c_se_squeeze = jnp.mean(block4c_activation, axis=(1, 2))
-        block4c_se_reshape = jnp.reshape(block4c_se_squeeze, (-1, 1, 1, 512))
-        block4c_se_reduce = jax.nn.silu(
-            nn.Conv(32, (1, 1), padding="SAME", name="block4c_se_reduce")(block4c_se_reshape)
-        )
-        block4c_se_expand = jax.nn.sigmoid(
-            nn.Conv(512, (1, 1), padding="SAME", name="block4c_se_expand")(block4c_se_reduce)
-        )
-        block4c_se_excite = block4c_activation * block4c_se_expand
-        block4c_project_conv = nn.Conv(
-            128, (1, 1), padding="SAME", use_bias=False, name="block4c_project_conv"
-        )(block4c_se_excite)
-        block4c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4c_project_bn")(
-            block4c_project_conv, use_running_average=not train
-        )
-        block4c_drop = nn.Dropout(
-            0.06000000000000001, broadcast_dims=(1, 2, 3), name="block4c_drop"
-        )(block4c_project_bn, deterministic=not train)
-        block4c_add = block4c_drop + block4b_add
-        block4d_expand_conv = nn.Conv(
-            512, (1, 1), padding="SAME", use_bias=False, name="block4d_expand_conv"
-        )(block4c_add)
-        block4d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_expand_bn")(
-            block4d_expand_conv, use_running_average=not train
-        )
-        block4d_expand_activation = jax.nn.silu(block4d_expand_bn)
-        block4d_dwconv2 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="block4d_dwconv2"
-        )(block4d_expand_activation)
-        block4d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_bn")(
-            block4d_dwconv2, use_running_average=not train
-        )
-        block4d_activation = jax.nn.silu(block4d_bn)
-        block4d_se_squeeze = jnp.mean(block4d_activation, axis=(1, 2))
-        block4d_se_reshape = jnp.reshape(block4d_se_squeeze, (-1, 1, 1, 512))
-        block4d_se_reduce = jax.nn.silu(
-            nn.Conv(32, (1, 1), padding="SAME", name="block4d_se_reduce")(block4d_se_reshape)
-        )
-        block4d_se_expand = jax.nn.sigmoid(
-            nn.Conv(512, (1, 1), padding="SAME", name="block4d_se_expand")(block4d_se_reduce)
-        )
-        block4d_se_excite = block4d_activation * block4d_se_expand
-        block4d_project_conv = nn.Conv(
-            128, (1, 1), padding="SAME", use_bias=False, name="block4d_project_conv"
-        )(block4d_se_excite)
-        block4d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4d_project_bn")(
-            block4d_project_conv, use_running_average=not train
-        )
-        block4d_drop = nn.Dropout(0.065, broadcast_dims=(1, 2, 3), name="block4d_drop")(
-            block4d_project_bn, deterministic=not train
-        )
-        block4d_add = block4d_drop + block4c_add
-        block4e_expand_conv = nn.Conv(
-            512, (1, 1), padding="SAME", use_bias=False, name="block4e_expand_conv"
-        )(block4d_add)
-        block4e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_expand_bn")(
-            block4e_expand_conv, use_running_average=not train
-        )
-        block4e_expand_activation = jax.nn.silu(block4e_expand_bn)
-        block4e_dwconv2 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="block4e_dwconv2"
-        )(block4e_expand_activation)
-        block4e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_bn")(
-            block4e_dwconv2, use_running_average=not train
-        )
-        block4e_activation = jax.nn.silu(block4e_bn)
-        block4e_se_squeeze = jnp.mean(block4e_activation, axis=(1, 2))
-        block4e_se_reshape = jnp.reshape(block4e_se_squeeze, (-1, 1, 1, 512))
-        block4e_se_reduce = jax.nn.silu(
-            nn.Conv(32, (1, 1), padding="SAME", name="block4e_se_reduce")(block4e_se_reshape)
-        )
-        block4e_se_expand = jax.nn.sigmoid(
-            nn.Conv(512, (1, 1), padding="SAME", name="block4e_se_expand")(block4e_se_reduce)
-        )
-        block4e_se_excite = block4e_activation * block4e_se_expand
-        block4e_project_conv = nn.Conv(
-            128, (1, 1), padding="SAME", use_bias=False, name="block4e_project_conv"
-        )(block4e_se_excite)
-        block4e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4e_project_bn")(
-            block4e_project_conv, use_running_average=not train
-        )
-        block4e_drop = nn.Dropout(0.07, broadcast_dims=(1, 2, 3), name="block4e_drop")(
-            block4e_project_bn, deterministic=not train
-        )
-        block4e_add = block4e_drop + block4d_add
-        block4f_expand_conv = nn.Conv(
-            512, (1, 1), padding="SAME", use_bias=False, name="block4f_expand_conv"
-        )(block4e_add)
-        block4f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_expand_bn")(
-            block4f_expand_conv, use_running_average=not train
-        )
-        block4f_expand_activation = jax.nn.silu(block4f_expand_bn)
-        block4f_dwconv2 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="block4f_dwconv2"
-        )(block4f_expand_activation)
-        block4f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_bn")(
-            block4f_dwconv2, use_running_average=not train
-        )
-        block4f_activation = jax.nn.silu(block4f_bn)
-        block4f_se_squeeze = jnp.mean(block4f_activation, axis=(1, 2))
-        block4f_se_reshape = jnp.reshape(block4f_se_squeeze, (-1, 1, 1, 512))
-        block4f_se_reduce = jax.nn.silu(
-            nn.Conv(32, (1, 1), padding="SAME", name="block4f_se_reduce")(block4f_se_reshape)
-        )
-        block4f_se_expand = jax.nn.sigmoid(
-            nn.Conv(512, (1, 1), padding="SAME", name="block4f_se_expand")(block4f_se_reduce)
-        )
-        block4f_se_excite = block4f_activation * block4f_se_expand
-        block4f_project_conv = nn.Conv(
-            128, (1, 1), padding="SAME", use_bias=False, name="block4f_project_conv"
-        )(block4f_se_excite)
-        block4f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block4f_project_bn")(
-            block4f_project_conv, use_running_average=not train
-        )
-        block4f_drop = nn.Dropout(0.075, broadcast_dims=(1, 2, 3), name="block4f_drop")(
-            block4f_project_bn, deterministic=not train
-        )
-        block4f_add = block4f_drop + block4e_add
-        block5a_expand_conv = nn.Conv(
-            768, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv"
-        )(block4f_add)
-        block5a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
-            block5a_expand_conv, use_running_average=not train
-        )
-        block5a_expand_activation = jax.nn.silu(block5a_expand_bn)
-        block5a_dwconv2 = rt.DepthwiseConv(
-            768, (3, 3), padding="SAME", use_bias=False, name="block5a_dwconv2"
-        )(block5a_expand_activation)
-        block5a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_bn")(
-            block5a_dwconv2, use_running_average=not train
-        )
-        block5a_activation = jax.nn.silu(block5a_bn)
-        block5a_se_squeeze = jnp.mean(block5a_activation, axis=(1, 2))
+        x = jax.nn.silu(x)
+        block5a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 768))
         block5a_se_reduce = jax.nn.silu(
             nn.Conv(32, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
@@ -395,776 +241,50 @@ class EfficientNetV2S(nn.Module):
         block5a_se_expand = jax.nn.sigmoid(
             nn.Conv(768, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
         )
-        block5a_se_excite = block5a_activation * block5a_se_expand
-        block5a_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv"
-        )(block5a_se_excite)
-        block5a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
-            block5a_project_conv, use_running_average=not train
-        )
-        block5b_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5b_expand_conv"
-        )(block5a_project_bn)
-        block5b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_expand_bn")(
-            block5b_expand_conv, use_running_average=not train
-        )
-        block5b_expand_activation = jax.nn.silu(block5b_expand_bn)
-        block5b_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5b_dwconv2"
-        )(block5b_expand_activation)
-        block5b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_bn")(
-            block5b_dwconv2, use_running_average=not train
-        )
-        block5b_activation = jax.nn.silu(block5b_bn)
-        block5b_se_squeeze = jnp.mean(block5b_activation, axis=(1, 2))
-        block5b_se_reshape = jnp.reshape(block5b_se_squeeze, (-1, 1, 1, 960))
-        block5b_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5b_se_reduce")(block5b_se_reshape)
-        )
-        block5b_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5b_se_expand")(block5b_se_reduce)
-        )
-        block5b_se_excite = block5b_activation * block5b_se_expand
-        block5b_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5b_project_conv"
-        )(block5b_se_excite)
-        block5b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5b_project_bn")(
-            block5b_project_conv, use_running_average=not train
-        )
-        block5b_drop = nn.Dropout(0.085, broadcast_dims=(1, 2, 3), name="block5b_drop")(
-            block5b_project_bn, deterministic=not train
-        )
-        block5b_add = block5b_drop + block5a_project_bn
-        block5c_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5c_expand_conv"
-        )(block5b_add)
-        block5c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_expand_bn")(
-            block5c_expand_conv, use_running_average=not train
-        )
-        block5c_expand_activation = jax.nn.silu(block5c_expand_bn)
-        block5c_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5c_dwconv2"
-        )(block5c_expand_activation)
-        block5c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_bn")(
-            block5c_dwconv2, use_running_average=not train
-        )
-        block5c_activation = jax.nn.silu(block5c_bn)
-        block5c_se_squeeze = jnp.mean(block5c_activation, axis=(1, 2))
-        block5c_se_reshape = jnp.reshape(block5c_se_squeeze, (-1, 1, 1, 960))
-        block5c_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5c_se_reduce")(block5c_se_reshape)
-        )
-        block5c_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5c_se_expand")(block5c_se_reduce)
-        )
-        block5c_se_excite = block5c_activation * block5c_se_expand
-        block5c_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5c_project_conv"
-        )(block5c_se_excite)
-        block5c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5c_project_bn")(
-            block5c_project_conv, use_running_average=not train
-        )
-        block5c_drop = nn.Dropout(0.09, broadcast_dims=(1, 2, 3), name="block5c_drop")(
-            block5c_project_bn, deterministic=not train
-        )
-        block5c_add = block5c_drop + block5b_add
-        block5d_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5d_expand_conv"
-        )(block5c_add)
-        block5d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_expand_bn")(
-            block5d_expand_conv, use_running_average=not train
-        )
-        block5d_expand_activation = jax.nn.silu(block5d_expand_bn)
-        block5d_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5d_dwconv2"
-        )(block5d_expand_activation)
-        block5d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_bn")(
-            block5d_dwconv2, use_running_average=not train
-        )
-        block5d_activation = jax.nn.silu(block5d_bn)
-        block5d_se_squeeze = jnp.mean(block5d_activation, axis=(1, 2))
-        block5d_se_reshape = jnp.reshape(block5d_se_squeeze, (-1, 1, 1, 960))
-        block5d_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5d_se_reduce")(block5d_se_reshape)
-        )
-        block5d_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5d_se_expand")(block5d_se_reduce)
-        )
-        block5d_se_excite = block5d_activation * block5d_se_expand
-        block5d_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5d_project_conv"
-        )(block5d_se_excite)
-        block5d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5d_project_bn")(
-            block5d_project_conv, use_running_average=not train
-        )
-        block5d_drop = nn.Dropout(0.095, broadcast_dims=(1, 2, 3), name="block5d_drop")(
-            block5d_project_bn, deterministic=not train
-        )
-        block5d_add = block5d_drop + block5c_add
-        block5e_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5e_expand_conv"
-        )(block5d_add)
-        block5e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_expand_bn")(
-            block5e_expand_conv, use_running_average=not train
-        )
-        block5e_expand_activation = jax.nn.silu(block5e_expand_bn)
-        block5e_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5e_dwconv2"
-        )(block5e_expand_activation)
-        block5e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_bn")(
-            block5e_dwconv2, use_running_average=not train
-        )
-        block5e_activation = jax.nn.silu(block5e_bn)
-        block5e_se_squeeze = jnp.mean(block5e_activation, axis=(1, 2))
-        block5e_se_reshape = jnp.reshape(block5e_se_squeeze, (-1, 1, 1, 960))
-        block5e_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5e_se_reduce")(block5e_se_reshape)
-        )
-        block5e_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5e_se_expand")(block5e_se_reduce)
-        )
-        block5e_se_excite = block5e_activation * block5e_se_expand
-        block5e_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5e_project_conv"
-        )(block5e_se_excite)
-        block5e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5e_project_bn")(
-            block5e_project_conv, use_running_average=not train
-        )
-        block5e_drop = nn.Dropout(0.1, broadcast_dims=(1, 2, 3), name="block5e_drop")(
-            block5e_project_bn, deterministic=not train
-        )
-        block5e_add = block5e_drop + block5d_add
-        block5f_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5f_expand_conv"
-        )(block5e_add)
-        block5f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_expand_bn")(
-            block5f_expand_conv, use_running_average=not train
-        )
-        block5f_expand_activation = jax.nn.silu(block5f_expand_bn)
-        block5f_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5f_dwconv2"
-        )(block5f_expand_activation)
-        block5f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_bn")(
-            block5f_dwconv2, use_running_average=not train
-        )
-        block5f_activation = jax.nn.silu(block5f_bn)
-        block5f_se_squeeze = jnp.mean(block5f_activation, axis=(1, 2))
-        block5f_se_reshape = jnp.reshape(block5f_se_squeeze, (-1, 1, 1, 960))
-        block5f_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5f_se_reduce")(block5f_se_reshape)
-        )
-        block5f_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5f_se_expand")(block5f_se_reduce)
-        )
-        block5f_se_excite = block5f_activation * block5f_se_expand
-        block5f_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5f_project_conv"
-        )(block5f_se_excite)
-        block5f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5f_project_bn")(
-            block5f_project_conv, use_running_average=not train
-        )
-        block5f_drop = nn.Dropout(
-            0.10500000000000001, broadcast_dims=(1, 2, 3), name="block5f_drop"
-        )(block5f_project_bn, deterministic=not train)
-        block5f_add = block5f_drop + block5e_add
-        block5g_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5g_expand_conv"
-        )(block5f_add)
-        block5g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_expand_bn")(
-            block5g_expand_conv, use_running_average=not train
-        )
-        block5g_expand_activation = jax.nn.silu(block5g_expand_bn)
-        block5g_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5g_dwconv2"
-        )(block5g_expand_activation)
-        block5g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_bn")(
-            block5g_dwconv2, use_running_average=not train
-        )
-        block5g_activation = jax.nn.silu(block5g_bn)
-        block5g_se_squeeze = jnp.mean(block5g_activation, axis=(1, 2))
-        block5g_se_reshape = jnp.reshape(block5g_se_squeeze, (-1, 1, 1, 960))
-        block5g_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5g_se_reduce")(block5g_se_reshape)
-        )
-        block5g_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5g_se_expand")(block5g_se_reduce)
-        )
-        block5g_se_excite = block5g_activation * block5g_se_expand
-        block5g_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5g_project_conv"
-        )(block5g_se_excite)
-        block5g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5g_project_bn")(
-            block5g_project_conv, use_running_average=not train
-        )
-        block5g_drop = nn.Dropout(
-            0.11000000000000001, broadcast_dims=(1, 2, 3), name="block5g_drop"
-        )(block5g_project_bn, deterministic=not train)
-        block5g_add = block5g_drop + block5f_add
-        block5h_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5h_expand_conv"
-        )(block5g_add)
-        block5h_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_expand_bn")(
-            block5h_expand_conv, use_running_average=not train
-        )
-        block5h_expand_activation = jax.nn.silu(block5h_expand_bn)
-        block5h_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5h_dwconv2"
-        )(block5h_expand_activation)
-        block5h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_bn")(
-            block5h_dwconv2, use_running_average=not train
-        )
-        block5h_activation = jax.nn.silu(block5h_bn)
-        block5h_se_squeeze = jnp.mean(block5h_activation, axis=(1, 2))
-        block5h_se_reshape = jnp.reshape(block5h_se_squeeze, (-1, 1, 1, 960))
-        block5h_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5h_se_reduce")(block5h_se_reshape)
-        )
-        block5h_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5h_se_expand")(block5h_se_reduce)
-        )
-        block5h_se_excite = block5h_activation * block5h_se_expand
-        block5h_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5h_project_conv"
-        )(block5h_se_excite)
-        block5h_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5h_project_bn")(
-            block5h_project_conv, use_running_average=not train
-        )
-        block5h_drop = nn.Dropout(
-            0.11500000000000002, broadcast_dims=(1, 2, 3), name="block5h_drop"
-        )(block5h_project_bn, deterministic=not train)
-        block5h_add = block5h_drop + block5g_add
-        block5i_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block5i_expand_conv"
-        )(block5h_add)
-        block5i_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_expand_bn")(
-            block5i_expand_conv, use_running_average=not train
-        )
-        block5i_expand_activation = jax.nn.silu(block5i_expand_bn)
-        block5i_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block5i_dwconv2"
-        )(block5i_expand_activation)
-        block5i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_bn")(
-            block5i_dwconv2, use_running_average=not train
-        )
-        block5i_activation = jax.nn.silu(block5i_bn)
-        block5i_se_squeeze = jnp.mean(block5i_activation, axis=(1, 2))
-        block5i_se_reshape = jnp.reshape(block5i_se_squeeze, (-1, 1, 1, 960))
-        block5i_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block5i_se_reduce")(block5i_se_reshape)
-        )
-        block5i_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block5i_se_expand")(block5i_se_reduce)
-        )
-        block5i_se_excite = block5i_activation * block5i_se_expand
-        block5i_project_conv = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block5i_project_conv"
-        )(block5i_se_excite)
-        block5i_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5i_project_bn")(
-            block5i_project_conv, use_running_average=not train
-        )
-        block5i_drop = nn.Dropout(
-            0.12000000000000002, broadcast_dims=(1, 2, 3), name="block5i_drop"
-        )(block5i_project_bn, deterministic=not train)
-        block5i_add = block5i_drop + block5h_add
-        block6a_expand_conv = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block6a_expand_conv"
-        )(block5i_add)
-        block6a_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_expand_bn")(
-            block6a_expand_conv, use_running_average=not train
-        )
-        block6a_expand_activation = jax.nn.silu(block6a_expand_bn)
-        block6a_dwconv2 = rt.DepthwiseConv(
-            960, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="block6a_dwconv2"
-        )(block6a_expand_activation)
-        block6a_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_bn")(
-            block6a_dwconv2, use_running_average=not train
-        )
-        block6a_activation = jax.nn.silu(block6a_bn)
-        block6a_se_squeeze = jnp.mean(block6a_activation, axis=(1, 2))
-        block6a_se_reshape = jnp.reshape(block6a_se_squeeze, (-1, 1, 1, 960))
-        block6a_se_reduce = jax.nn.silu(
-            nn.Conv(40, (1, 1), padding="SAME", name="block6a_se_reduce")(block6a_se_reshape)
-        )
-        block6a_se_expand = jax.nn.sigmoid(
-            nn.Conv(960, (1, 1), padding="SAME", name="block6a_se_expand")(block6a_se_reduce)
-        )
-        block6a_se_excite = block6a_activation * block6a_se_expand
-        block6a_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6a_project_conv"
-        )(block6a_se_excite)
-        block6a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6a_project_bn")(
-            block6a_project_conv, use_running_average=not train
-        )
-        block6b_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6b_expand_conv"
-        )(block6a_project_bn)
-        block6b_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_expand_bn")(
-            block6b_expand_conv, use_running_average=not train
-        )
-        block6b_expand_activation = jax.nn.silu(block6b_expand_bn)
-        block6b_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6b_dwconv2"
-        )(block6b_expand_activation)
-        block6b_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_bn")(
-            block6b_dwconv2, use_running_average=not train
-        )
-        block6b_activation = jax.nn.silu(block6b_bn)
-        block6b_se_squeeze = jnp.mean(block6b_activation, axis=(1, 2))
-        block6b_se_reshape = jnp.reshape(block6b_se_squeeze, (-1, 1, 1, 1536))
-        block6b_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6b_se_reduce")(block6b_se_reshape)
-        )
-        block6b_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6b_se_expand")(block6b_se_reduce)
-        )
-        block6b_se_excite = block6b_activation * block6b_se_expand
-        block6b_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6b_project_conv"
-        )(block6b_se_excite)
-        block6b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6b_project_bn")(
-            block6b_project_conv, use_running_average=not train
-        )
-        block6b_drop = nn.Dropout(0.13, broadcast_dims=(1, 2, 3), name="block6b_drop")(
-            block6b_project_bn, deterministic=not train
-        )
-        block6b_add = block6b_drop + block6a_project_bn
-        block6c_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6c_expand_conv"
-        )(block6b_add)
-        block6c_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_expand_bn")(
-            block6c_expand_conv, use_running_average=not train
-        )
-        block6c_expand_activation = jax.nn.silu(block6c_expand_bn)
-        block6c_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6c_dwconv2"
-        )(block6c_expand_activation)
-        block6c_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_bn")(
-            block6c_dwconv2, use_running_average=not train
-        )
-        block6c_activation = jax.nn.silu(block6c_bn)
-        block6c_se_squeeze = jnp.mean(block6c_activation, axis=(1, 2))
-        block6c_se_reshape = jnp.reshape(block6c_se_squeeze, (-1, 1, 1, 1536))
-        block6c_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6c_se_reduce")(block6c_se_reshape)
-        )
-        block6c_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6c_se_expand")(block6c_se_reduce)
-        )
-        block6c_se_excite = block6c_activation * block6c_se_expand
-        block6c_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6c_project_conv"
-        )(block6c_se_excite)
-        block6c_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6c_project_bn")(
-            block6c_project_conv, use_running_average=not train
-        )
-        block6c_drop = nn.Dropout(0.135, broadcast_dims=(1, 2, 3), name="block6c_drop")(
-            block6c_project_bn, deterministic=not train
-        )
-        block6c_add = block6c_drop + block6b_add
-        block6d_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6d_expand_conv"
-        )(block6c_add)
-        block6d_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_expand_bn")(
-            block6d_expand_conv, use_running_average=not train
-        )
-        block6d_expand_activation = jax.nn.silu(block6d_expand_bn)
-        block6d_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6d_dwconv2"
-        )(block6d_expand_activation)
-        block6d_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_bn")(
-            block6d_dwconv2, use_running_average=not train
-        )
-        block6d_activation = jax.nn.silu(block6d_bn)
-        block6d_se_squeeze = jnp.mean(block6d_activation, axis=(1, 2))
-        block6d_se_reshape = jnp.reshape(block6d_se_squeeze, (-1, 1, 1, 1536))
-        block6d_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6d_se_reduce")(block6d_se_reshape)
-        )
-        block6d_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6d_se_expand")(block6d_se_reduce)
-        )
-        block6d_se_excite = block6d_activation * block6d_se_expand
-        block6d_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6d_project_conv"
-        )(block6d_se_excite)
-        block6d_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6d_project_bn")(
-            block6d_project_conv, use_running_average=not train
-        )
-        block6d_drop = nn.Dropout(0.14, broadcast_dims=(1, 2, 3), name="block6d_drop")(
-            block6d_project_bn, deterministic=not train
-        )
-        block6d_add = block6d_drop + block6c_add
-        block6e_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6e_expand_conv"
-        )(block6d_add)
-        block6e_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_expand_bn")(
-            block6e_expand_conv, use_running_average=not train
-        )
-        block6e_expand_activation = jax.nn.silu(block6e_expand_bn)
-        block6e_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6e_dwconv2"
-        )(block6e_expand_activation)
-        block6e_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_bn")(
-            block6e_dwconv2, use_running_average=not train
-        )
-        block6e_activation = jax.nn.silu(block6e_bn)
-        block6e_se_squeeze = jnp.mean(block6e_activation, axis=(1, 2))
-        block6e_se_reshape = jnp.reshape(block6e_se_squeeze, (-1, 1, 1, 1536))
-        block6e_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6e_se_reduce")(block6e_se_reshape)
-        )
-        block6e_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6e_se_expand")(block6e_se_reduce)
-        )
-        block6e_se_excite = block6e_activation * block6e_se_expand
-        block6e_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6e_project_conv"
-        )(block6e_se_excite)
-        block6e_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6e_project_bn")(
-            block6e_project_conv, use_running_average=not train
-        )
-        block6e_drop = nn.Dropout(
-            0.14500000000000002, broadcast_dims=(1, 2, 3), name="block6e_drop"
-        )(block6e_project_bn, deterministic=not train)
-        block6e_add = block6e_drop + block6d_add
-        block6f_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6f_expand_conv"
-        )(block6e_add)
-        block6f_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_expand_bn")(
-            block6f_expand_conv, use_running_average=not train
-        )
-        block6f_expand_activation = jax.nn.silu(block6f_expand_bn)
-        block6f_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6f_dwconv2"
-        )(block6f_expand_activation)
-        block6f_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_bn")(
-            block6f_dwconv2, use_running_average=not train
-        )
-        block6f_activation = jax.nn.silu(block6f_bn)
-        block6f_se_squeeze = jnp.mean(block6f_activation, axis=(1, 2))
-        block6f_se_reshape = jnp.reshape(block6f_se_squeeze, (-1, 1, 1, 1536))
-        block6f_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6f_se_reduce")(block6f_se_reshape)
-        )
-        block6f_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6f_se_expand")(block6f_se_reduce)
-        )
-        block6f_se_excite = block6f_activation * block6f_se_expand
-        block6f_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6f_project_conv"
-        )(block6f_se_excite)
-        block6f_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6f_project_bn")(
-            block6f_project_conv, use_running_average=not train
-        )
-        block6f_drop = nn.Dropout(0.15, broadcast_dims=(1, 2, 3), name="block6f_drop")(
-            block6f_project_bn, deterministic=not train
-        )
-        block6f_add = block6f_drop + block6e_add
-        block6g_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6g_expand_conv"
-        )(block6f_add)
-        block6g_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_expand_bn")(
-            block6g_expand_conv, use_running_average=not train
-        )
-        block6g_expand_activation = jax.nn.silu(block6g_expand_bn)
-        block6g_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6g_dwconv2"
-        )(block6g_expand_activation)
-        block6g_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_bn")(
-            block6g_dwconv2, use_running_average=not train
-        )
-        block6g_activation = jax.nn.silu(block6g_bn)
-        block6g_se_squeeze = jnp.mean(block6g_activation, axis=(1, 2))
-        block6g_se_reshape = jnp.reshape(block6g_se_squeeze, (-1, 1, 1, 1536))
-        block6g_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6g_se_reduce")(block6g_se_reshape)
-        )
-        block6g_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6g_se_expand")(block6g_se_reduce)
-        )
-        block6g_se_excite = block6g_activation * block6g_se_expand
-        block6g_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6g_project_conv"
-        )(block6g_se_excite)
-        block6g_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6g_project_bn")(
-            block6g_project_conv, use_running_average=not train
-        )
-        block6g_drop = nn.Dropout(0.155, broadcast_dims=(1, 2, 3), name="block6g_drop")(
-            block6g_project_bn, deterministic=not train
-        )
-        block6g_add = block6g_drop + block6f_add
-        block6h_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6h_expand_conv"
-        )(block6g_add)
-        block6h_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_expand_bn")(
-            block6h_expand_conv, use_running_average=not train
-        )
-        block6h_expand_activation = jax.nn.silu(block6h_expand_bn)
-        block6h_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6h_dwconv2"
-        )(block6h_expand_activation)
-        block6h_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_bn")(
-            block6h_dwconv2, use_running_average=not train
-        )
-        block6h_activation = jax.nn.silu(block6h_bn)
-        block6h_se_squeeze = jnp.mean(block6h_activation, axis=(1, 2))
-        block6h_se_reshape = jnp.reshape(block6h_se_squeeze, (-1, 1, 1, 1536))
-        block6h_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6h_se_reduce")(block6h_se_reshape)
-        )
-        block6h_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6h_se_expand")(block6h_se_reduce)
-        )
-        block6h_se_excite = block6h_activation * block6h_se_expand
-        block6h_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6h_project_conv"
-        )(block6h_se_excite)
-        block6h_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6h_project_bn")(
-            block6h_project_conv, use_running_average=not train
-        )
-        block6h_drop = nn.Dropout(0.16, broadcast_dims=(1, 2, 3), name="block6h_drop")(
-            block6h_project_bn, deterministic=not train
-        )
-        block6h_add = block6h_drop + block6g_add
-        block6i_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6i_expand_conv"
-        )(block6h_add)
-        block6i_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_expand_bn")(
-            block6i_expand_conv, use_running_average=not train
-        )
-        block6i_expand_activation = jax.nn.silu(block6i_expand_bn)
-        block6i_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6i_dwconv2"
-        )(block6i_expand_activation)
-        block6i_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_bn")(
-            block6i_dwconv2, use_running_average=not train
-        )
-        block6i_activation = jax.nn.silu(block6i_bn)
-        block6i_se_squeeze = jnp.mean(block6i_activation, axis=(1, 2))
-        block6i_se_reshape = jnp.reshape(block6i_se_squeeze, (-1, 1, 1, 1536))
-        block6i_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6i_se_reduce")(block6i_se_reshape)
-        )
-        block6i_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6i_se_expand")(block6i_se_reduce)
-        )
-        block6i_se_excite = block6i_activation * block6i_se_expand
-        block6i_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6i_project_conv"
-        )(block6i_se_excite)
-        block6i_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6i_project_bn")(
-            block6i_project_conv, use_running_average=not train
-        )
-        block6i_drop = nn.Dropout(0.165, broadcast_dims=(1, 2, 3), name="block6i_drop")(
-            block6i_project_bn, deterministic=not train
-        )
-        block6i_add = block6i_drop + block6h_add
-        block6j_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6j_expand_conv"
-        )(block6i_add)
-        block6j_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_expand_bn")(
-            block6j_expand_conv, use_running_average=not train
-        )
-        block6j_expand_activation = jax.nn.silu(block6j_expand_bn)
-        block6j_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6j_dwconv2"
-        )(block6j_expand_activation)
-        block6j_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_bn")(
-            block6j_dwconv2, use_running_average=not train
-        )
-        block6j_activation = jax.nn.silu(block6j_bn)
-        block6j_se_squeeze = jnp.mean(block6j_activation, axis=(1, 2))
-        block6j_se_reshape = jnp.reshape(block6j_se_squeeze, (-1, 1, 1, 1536))
-        block6j_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6j_se_reduce")(block6j_se_reshape)
-        )
-        block6j_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6j_se_expand")(block6j_se_reduce)
-        )
-        block6j_se_excite = block6j_activation * block6j_se_expand
-        block6j_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6j_project_conv"
-        )(block6j_se_excite)
-        block6j_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6j_project_bn")(
-            block6j_project_conv, use_running_average=not train
-        )
-        block6j_drop = nn.Dropout(0.17, broadcast_dims=(1, 2, 3), name="block6j_drop")(
-            block6j_project_bn, deterministic=not train
-        )
-        block6j_add = block6j_drop + block6i_add
-        block6k_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6k_expand_conv"
-        )(block6j_add)
-        block6k_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_expand_bn")(
-            block6k_expand_conv, use_running_average=not train
-        )
-        block6k_expand_activation = jax.nn.silu(block6k_expand_bn)
-        block6k_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6k_dwconv2"
-        )(block6k_expand_activation)
-        block6k_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_bn")(
-            block6k_dwconv2, use_running_average=not train
-        )
-        block6k_activation = jax.nn.silu(block6k_bn)
-        block6k_se_squeeze = jnp.mean(block6k_activation, axis=(1, 2))
-        block6k_se_reshape = jnp.reshape(block6k_se_squeeze, (-1, 1, 1, 1536))
-        block6k_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6k_se_reduce")(block6k_se_reshape)
-        )
-        block6k_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6k_se_expand")(block6k_se_reduce)
-        )
-        block6k_se_excite = block6k_activation * block6k_se_expand
-        block6k_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6k_project_conv"
-        )(block6k_se_excite)
-        block6k_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6k_project_bn")(
-            block6k_project_conv, use_running_average=not train
-        )
-        block6k_drop = nn.Dropout(0.175, broadcast_dims=(1, 2, 3), name="block6k_drop")(
-            block6k_project_bn, deterministic=not train
-        )
-        block6k_add = block6k_drop + block6j_add
-        block6l_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6l_expand_conv"
-        )(block6k_add)
-        block6l_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_expand_bn")(
-            block6l_expand_conv, use_running_average=not train
-        )
-        block6l_expand_activation = jax.nn.silu(block6l_expand_bn)
-        block6l_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6l_dwconv2"
-        )(block6l_expand_activation)
-        block6l_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_bn")(
-            block6l_dwconv2, use_running_average=not train
-        )
-        block6l_activation = jax.nn.silu(block6l_bn)
-        block6l_se_squeeze = jnp.mean(block6l_activation, axis=(1, 2))
-        block6l_se_reshape = jnp.reshape(block6l_se_squeeze, (-1, 1, 1, 1536))
-        block6l_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6l_se_reduce")(block6l_se_reshape)
-        )
-        block6l_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6l_se_expand")(block6l_se_reduce)
-        )
-        block6l_se_excite = block6l_activation * block6l_se_expand
-        block6l_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6l_project_conv"
-        )(block6l_se_excite)
-        block6l_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6l_project_bn")(
-            block6l_project_conv, use_running_average=not train
-        )
-        block6l_drop = nn.Dropout(0.18, broadcast_dims=(1, 2, 3), name="block6l_drop")(
-            block6l_project_bn, deterministic=not train
-        )
-        block6l_add = block6l_drop + block6k_add
-        block6m_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6m_expand_conv"
-        )(block6l_add)
-        block6m_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_expand_bn")(
-            block6m_expand_conv, use_running_average=not train
-        )
-        block6m_expand_activation = jax.nn.silu(block6m_expand_bn)
-        block6m_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6m_dwconv2"
-        )(block6m_expand_activation)
-        block6m_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_bn")(
-            block6m_dwconv2, use_running_average=not train
-        )
-        block6m_activation = jax.nn.silu(block6m_bn)
-        block6m_se_squeeze = jnp.mean(block6m_activation, axis=(1, 2))
-        block6m_se_reshape = jnp.reshape(block6m_se_squeeze, (-1, 1, 1, 1536))
-        block6m_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6m_se_reduce")(block6m_se_reshape)
-        )
-        block6m_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6m_se_expand")(block6m_se_reduce)
-        )
-        block6m_se_excite = block6m_activation * block6m_se_expand
-        block6m_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6m_project_conv"
-        )(block6m_se_excite)
-        block6m_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6m_project_bn")(
-            block6m_project_conv, use_running_average=not train
-        )
-        block6m_drop = nn.Dropout(0.185, broadcast_dims=(1, 2, 3), name="block6m_drop")(
-            block6m_project_bn, deterministic=not train
-        )
-        block6m_add = block6m_drop + block6l_add
-        block6n_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6n_expand_conv"
-        )(block6m_add)
-        block6n_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_expand_bn")(
-            block6n_expand_conv, use_running_average=not train
-        )
-        block6n_expand_activation = jax.nn.silu(block6n_expand_bn)
-        block6n_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6n_dwconv2"
-        )(block6n_expand_activation)
-        block6n_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_bn")(
-            block6n_dwconv2, use_running_average=not train
-        )
-        block6n_activation = jax.nn.silu(block6n_bn)
-        block6n_se_squeeze = jnp.mean(block6n_activation, axis=(1, 2))
-        block6n_se_reshape = jnp.reshape(block6n_se_squeeze, (-1, 1, 1, 1536))
-        block6n_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6n_se_reduce")(block6n_se_reshape)
-        )
-        block6n_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6n_se_expand")(block6n_se_reduce)
-        )
-        block6n_se_excite = block6n_activation * block6n_se_expand
-        block6n_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6n_project_conv"
-        )(block6n_se_excite)
-        block6n_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6n_project_bn")(
-            block6n_project_conv, use_running_average=not train
-        )
-        block6n_drop = nn.Dropout(0.19, broadcast_dims=(1, 2, 3), name="block6n_drop")(
-            block6n_project_bn, deterministic=not train
-        )
-        block6n_add = block6n_drop + block6m_add
-        block6o_expand_conv = nn.Conv(
-            1536, (1, 1), padding="SAME", use_bias=False, name="block6o_expand_conv"
-        )(block6n_add)
-        block6o_expand_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_expand_bn")(
-            block6o_expand_conv, use_running_average=not train
-        )
-        block6o_expand_activation = jax.nn.silu(block6o_expand_bn)
-        block6o_dwconv2 = rt.DepthwiseConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block6o_dwconv2"
-        )(block6o_expand_activation)
-        block6o_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_bn")(
-            block6o_dwconv2, use_running_average=not train
-        )
-        block6o_activation = jax.nn.silu(block6o_bn)
-        block6o_se_squeeze = jnp.mean(block6o_activation, axis=(1, 2))
-        block6o_se_reshape = jnp.reshape(block6o_se_squeeze, (-1, 1, 1, 1536))
-        block6o_se_reduce = jax.nn.silu(
-            nn.Conv(64, (1, 1), padding="SAME", name="block6o_se_reduce")(block6o_se_reshape)
-        )
-        block6o_se_expand = jax.nn.sigmoid(
-            nn.Conv(1536, (1, 1), padding="SAME", name="block6o_se_expand")(block6o_se_reduce)
-        )
-        block6o_se_excite = block6o_activation * block6o_se_expand
-        block6o_project_conv = nn.Conv(
-            256, (1, 1), padding="SAME", use_bias=False, name="block6o_project_conv"
-        )(block6o_se_excite)
-        block6o_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block6o_project_bn")(
-            block6o_project_conv, use_running_average=not train
-        )
-        block6o_drop = nn.Dropout(0.195, broadcast_dims=(1, 2, 3), name="block6o_drop")(
-            block6o_project_bn, deterministic=not train
-        )
-        block6o_add = block6o_drop + block6n_add
-        top_conv = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(
-            block6o_add
-        )
-        top_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
-            top_conv, use_running_average=not train
-        )
-        top_activation = jax.nn.silu(top_bn)
-        avg_pool = jnp.mean(top_activation, axis=(1, 2))
-        top_dropout = nn.Dropout(0.2, name="top_dropout")(avg_pool, deterministic=not train)
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(top_dropout))
-        return predictions
+        x = x * block5a_se_expand
+        x = nn.Conv(160, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
+            x, use_running_average=not train
+        )
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.085, name="block5b")(x, train=train)
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.09, name="block5c")(x, train=train)
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.095, name="block5d")(x, train=train)
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.1, name="block5e")(x, train=train)
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.10500000000000001, name="block5f")(
+            x, train=train
+        )
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.11000000000000001, name="block5g")(
+            x, train=train
+        )
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.11500000000000002, name="block5h")(
+            x, train=train
+        )
+        x = Block4b(960, (-1, 1, 1, 960), 40, 160, 0.12000000000000002, name="block5i")(
+            x, train=train
+        )
+        x = Block4a(960, (-1, 1, 1, 960), 40, 256, name="block6a")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.13, name="block6b")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.135, name="block6c")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.14, name="block6d")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.14500000000000002, name="block6e")(
+            x, train=train
+        )
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.15, name="block6f")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.155, name="block6g")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.16, name="block6h")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.165, name="block6i")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.17, name="block6j")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.175, name="block6k")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.18, name="block6l")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.185, name="block6m")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.19, name="block6n")(x, train=train)
+        x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.195, name="block6o")(x, train=train)
+        x = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.silu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(0.2, name="top_dropout")(x, deterministic=not train)
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

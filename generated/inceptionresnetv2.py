@@ -10,6 +10,110 @@ from kgen import runtime as rt
 __all__ = ["InceptionResNetV2"]
 
 
+class Block(nn.Module):
+    """10 alike blocks of the Keras model inception_resnet_v2, folded by kgen.
+
+    block35_1 to block35_10.
+    """
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_1")(y)
+        conv2d_2 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_2")(x)
+        batch_normalization_1 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_1"
+        )(y, use_running_average=not train)
+        batch_normalization_2 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_2"
+        )(conv2d_2, use_running_average=not train)
+        activation_1 = jax.nn.relu(batch_normalization_1)
+        activation_2 = jax.nn.relu(batch_normalization_2)
+        conv2d_3 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_3")(
+            activation_1
+        )
+        conv2d_4 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_4")(
+            activation_2
+        )
+        conv2d_5 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_5")(x)
+        batch_normalization_3 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_3"
+        )(conv2d_3, use_running_average=not train)
+        batch_normalization_4 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_4"
+        )(conv2d_4, use_running_average=not train)
+        batch_normalization_5 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_5"
+        )(conv2d_5, use_running_average=not train)
+        activation_3 = jax.nn.relu(batch_normalization_5)
+        activation_4 = jax.nn.relu(batch_normalization_4)
+        activation_5 = jax.nn.relu(batch_normalization_3)
+        y = jnp.concatenate([activation_3, activation_4, activation_5], axis=3)
+        y = nn.Conv(320, (1, 1), padding="SAME", name="conv")(y)
+        x = x + (y * 0.17)
+        x = jax.nn.relu(x)
+        return x
+
+
+class Block171(nn.Module):
+    """29 alike blocks of the Keras model inception_resnet_v2, folded by kgen.
+
+    block17_1 to block8_9.
+    """
+
+    conv2d_features: int
+    conv2d_1_features: int
+    conv2d_1_kernel_size: tuple
+    conv2d_2_features: int
+    conv2d_2_kernel_size: tuple
+    conv_features: int
+    value: float
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(self.conv2d_features, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(
+            self.conv2d_1_features,
+            self.conv2d_1_kernel_size,
+            padding="SAME",
+            use_bias=False,
+            name="conv2d_1",
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(
+            self.conv2d_2_features,
+            self.conv2d_2_kernel_size,
+            padding="SAME",
+            use_bias=False,
+            name="conv2d_2",
+        )(y)
+        conv2d_3 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_3")(x)
+        batch_normalization_2 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_2"
+        )(y, use_running_average=not train)
+        batch_normalization_3 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_3"
+        )(conv2d_3, use_running_average=not train)
+        activation_2 = jax.nn.relu(batch_normalization_3)
+        activation_3 = jax.nn.relu(batch_normalization_2)
+        y = jnp.concatenate([activation_2, activation_3], axis=3)
+        y = nn.Conv(self.conv_features, (1, 1), padding="SAME", name="conv")(y)
+        x = x + (y * self.value)
+        x = jax.nn.relu(x)
+        return x
+
+
 class InceptionResNetV2(nn.Module):
     """Keras Functional model inception_resnet_v2, converted by kgen."""
 
@@ -24,44 +128,36 @@ class InceptionResNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        conv2d = nn.Conv(
-            32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d"
-        )(input_layer)
-        batch_normalization = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            conv2d, use_running_average=not train
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d")(
+            input_layer
         )
-        activation = jax.nn.relu(batch_normalization)
-        conv2d_1 = nn.Conv(32, (3, 3), padding="VALID", use_bias=False, name="conv2d_1")(activation)
-        batch_normalization_1 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_1"
-        )(conv2d_1, use_running_average=not train)
-        activation_1 = jax.nn.relu(batch_normalization_1)
-        conv2d_2 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_2")(
-            activation_1
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            x, use_running_average=not train
         )
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(conv2d_2, use_running_average=not train)
-        activation_2 = jax.nn.relu(batch_normalization_2)
-        max_pooling2d = nn.max_pool(activation_2, (3, 3), strides=(2, 2), padding="VALID")
-        conv2d_3 = nn.Conv(80, (1, 1), padding="VALID", use_bias=False, name="conv2d_3")(
-            max_pooling2d
+        x = jax.nn.relu(x)
+        x = nn.Conv(32, (3, 3), padding="VALID", use_bias=False, name="conv2d_1")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
+            x, use_running_average=not train
         )
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        activation_3 = jax.nn.relu(batch_normalization_3)
-        conv2d_4 = nn.Conv(192, (3, 3), padding="VALID", use_bias=False, name="conv2d_4")(
-            activation_3
+        x = jax.nn.relu(x)
+        x = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_2")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_2")(
+            x, use_running_average=not train
         )
-        batch_normalization_4 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_4"
-        )(conv2d_4, use_running_average=not train)
-        activation_4 = jax.nn.relu(batch_normalization_4)
-        max_pooling2d_1 = nn.max_pool(activation_4, (3, 3), strides=(2, 2), padding="VALID")
-        conv2d_8 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_8")(
-            max_pooling2d_1
+        x = jax.nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = nn.Conv(80, (1, 1), padding="VALID", use_bias=False, name="conv2d_3")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_3")(
+            x, use_running_average=not train
         )
+        x = jax.nn.relu(x)
+        x = nn.Conv(192, (3, 3), padding="VALID", use_bias=False, name="conv2d_4")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_4")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        conv2d_8 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_8")(x)
         batch_normalization_8 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_8"
         )(conv2d_8, use_running_average=not train)
@@ -69,9 +165,7 @@ class InceptionResNetV2(nn.Module):
         conv2d_9 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_9")(
             activation_8
         )
-        conv2d_6 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(
-            max_pooling2d_1
-        )
+        conv2d_6 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(x)
         batch_normalization_9 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_9"
         )(conv2d_9, use_running_average=not train)
@@ -79,7 +173,7 @@ class InceptionResNetV2(nn.Module):
             epsilon=0.001, scale=False, name="batch_normalization_6"
         )(conv2d_6, use_running_average=not train)
         average_pooling2d = nn.avg_pool(
-            max_pooling2d_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
         )
         activation_9 = jax.nn.relu(batch_normalization_9)
         activation_6 = jax.nn.relu(batch_normalization_6)
@@ -92,9 +186,7 @@ class InceptionResNetV2(nn.Module):
         conv2d_7 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_7")(
             activation_6
         )
-        conv2d_5 = nn.Conv(96, (1, 1), padding="SAME", use_bias=False, name="conv2d_5")(
-            max_pooling2d_1
-        )
+        conv2d_5 = nn.Conv(96, (1, 1), padding="SAME", use_bias=False, name="conv2d_5")(x)
         batch_normalization_11 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_11"
         )(conv2d_11, use_running_average=not train)
@@ -111,486 +203,10 @@ class InceptionResNetV2(nn.Module):
         activation_7 = jax.nn.relu(batch_normalization_7)
         activation_10 = jax.nn.relu(batch_normalization_10)
         activation_11 = jax.nn.relu(batch_normalization_11)
-        mixed_5b = jnp.concatenate(
-            [activation_5, activation_7, activation_10, activation_11], axis=3
-        )
-        conv2d_15 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_15")(mixed_5b)
-        batch_normalization_15 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_15"
-        )(conv2d_15, use_running_average=not train)
-        activation_15 = jax.nn.relu(batch_normalization_15)
-        conv2d_16 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_16")(
-            activation_15
-        )
-        conv2d_13 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_13")(mixed_5b)
-        batch_normalization_16 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_16"
-        )(conv2d_16, use_running_average=not train)
-        batch_normalization_13 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_13"
-        )(conv2d_13, use_running_average=not train)
-        activation_16 = jax.nn.relu(batch_normalization_16)
-        activation_13 = jax.nn.relu(batch_normalization_13)
-        conv2d_17 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_17")(
-            activation_16
-        )
-        conv2d_14 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_14")(
-            activation_13
-        )
-        conv2d_12 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_12")(mixed_5b)
-        batch_normalization_17 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_17"
-        )(conv2d_17, use_running_average=not train)
-        batch_normalization_14 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_14"
-        )(conv2d_14, use_running_average=not train)
-        batch_normalization_12 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_12"
-        )(conv2d_12, use_running_average=not train)
-        activation_12 = jax.nn.relu(batch_normalization_12)
-        activation_14 = jax.nn.relu(batch_normalization_14)
-        activation_17 = jax.nn.relu(batch_normalization_17)
-        block35_1_mixed = jnp.concatenate([activation_12, activation_14, activation_17], axis=3)
-        block35_1_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_1_conv")(
-            block35_1_mixed
-        )
-        custom_scale_layer = mixed_5b + (block35_1_conv * 0.17)
-        block35_1_ac = jax.nn.relu(custom_scale_layer)
-        conv2d_21 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_21")(
-            block35_1_ac
-        )
-        batch_normalization_21 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_21"
-        )(conv2d_21, use_running_average=not train)
-        activation_21 = jax.nn.relu(batch_normalization_21)
-        conv2d_22 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_22")(
-            activation_21
-        )
-        conv2d_19 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_19")(
-            block35_1_ac
-        )
-        batch_normalization_22 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_22"
-        )(conv2d_22, use_running_average=not train)
-        batch_normalization_19 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_19"
-        )(conv2d_19, use_running_average=not train)
-        activation_22 = jax.nn.relu(batch_normalization_22)
-        activation_19 = jax.nn.relu(batch_normalization_19)
-        conv2d_23 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_23")(
-            activation_22
-        )
-        conv2d_20 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_20")(
-            activation_19
-        )
-        conv2d_18 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_18")(
-            block35_1_ac
-        )
-        batch_normalization_23 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_23"
-        )(conv2d_23, use_running_average=not train)
-        batch_normalization_20 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_20"
-        )(conv2d_20, use_running_average=not train)
-        batch_normalization_18 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_18"
-        )(conv2d_18, use_running_average=not train)
-        activation_18 = jax.nn.relu(batch_normalization_18)
-        activation_20 = jax.nn.relu(batch_normalization_20)
-        activation_23 = jax.nn.relu(batch_normalization_23)
-        block35_2_mixed = jnp.concatenate([activation_18, activation_20, activation_23], axis=3)
-        block35_2_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_2_conv")(
-            block35_2_mixed
-        )
-        custom_scale_layer_1 = block35_1_ac + (block35_2_conv * 0.17)
-        block35_2_ac = jax.nn.relu(custom_scale_layer_1)
-        conv2d_27 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_27")(
-            block35_2_ac
-        )
-        batch_normalization_27 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_27"
-        )(conv2d_27, use_running_average=not train)
-        activation_27 = jax.nn.relu(batch_normalization_27)
-        conv2d_28 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_28")(
-            activation_27
-        )
-        conv2d_25 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_25")(
-            block35_2_ac
-        )
-        batch_normalization_28 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_28"
-        )(conv2d_28, use_running_average=not train)
-        batch_normalization_25 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_25"
-        )(conv2d_25, use_running_average=not train)
-        activation_28 = jax.nn.relu(batch_normalization_28)
-        activation_25 = jax.nn.relu(batch_normalization_25)
-        conv2d_29 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_29")(
-            activation_28
-        )
-        conv2d_26 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_26")(
-            activation_25
-        )
-        conv2d_24 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_24")(
-            block35_2_ac
-        )
-        batch_normalization_29 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_29"
-        )(conv2d_29, use_running_average=not train)
-        batch_normalization_26 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_26"
-        )(conv2d_26, use_running_average=not train)
-        batch_normalization_24 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_24"
-        )(conv2d_24, use_running_average=not train)
-        activation_24 = jax.nn.relu(batch_normalization_24)
-        activation_26 = jax.nn.relu(batch_normalization_26)
-        activation_29 = jax.nn.relu(batch_normalization_29)
-        block35_3_mixed = jnp.concatenate([activation_24, activation_26, activation_29], axis=3)
-        block35_3_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_3_conv")(
-            block35_3_mixed
-        )
-        custom_scale_layer_2 = block35_2_ac + (block35_3_conv * 0.17)
-        block35_3_ac = jax.nn.relu(custom_scale_layer_2)
-        conv2d_33 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_33")(
-            block35_3_ac
-        )
-        batch_normalization_33 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_33"
-        )(conv2d_33, use_running_average=not train)
-        activation_33 = jax.nn.relu(batch_normalization_33)
-        conv2d_34 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_34")(
-            activation_33
-        )
-        conv2d_31 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_31")(
-            block35_3_ac
-        )
-        batch_normalization_34 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_34"
-        )(conv2d_34, use_running_average=not train)
-        batch_normalization_31 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_31"
-        )(conv2d_31, use_running_average=not train)
-        activation_34 = jax.nn.relu(batch_normalization_34)
-        activation_31 = jax.nn.relu(batch_normalization_31)
-        conv2d_35 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_35")(
-            activation_34
-        )
-        conv2d_32 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_32")(
-            activation_31
-        )
-        conv2d_30 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_30")(
-            block35_3_ac
-        )
-        batch_normalization_35 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_35"
-        )(conv2d_35, use_running_average=not train)
-        batch_normalization_32 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_32"
-        )(conv2d_32, use_running_average=not train)
-        batch_normalization_30 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_30"
-        )(conv2d_30, use_running_average=not train)
-        activation_30 = jax.nn.relu(batch_normalization_30)
-        activation_32 = jax.nn.relu(batch_normalization_32)
-        activation_35 = jax.nn.relu(batch_normalization_35)
-        block35_4_mixed = jnp.concatenate([activation_30, activation_32, activation_35], axis=3)
-        block35_4_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_4_conv")(
-            block35_4_mixed
-        )
-        custom_scale_layer_3 = block35_3_ac + (block35_4_conv * 0.17)
-        block35_4_ac = jax.nn.relu(custom_scale_layer_3)
-        conv2d_39 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_39")(
-            block35_4_ac
-        )
-        batch_normalization_39 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_39"
-        )(conv2d_39, use_running_average=not train)
-        activation_39 = jax.nn.relu(batch_normalization_39)
-        conv2d_40 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_40")(
-            activation_39
-        )
-        conv2d_37 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_37")(
-            block35_4_ac
-        )
-        batch_normalization_40 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_40"
-        )(conv2d_40, use_running_average=not train)
-        batch_normalization_37 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_37"
-        )(conv2d_37, use_running_average=not train)
-        activation_40 = jax.nn.relu(batch_normalization_40)
-        activation_37 = jax.nn.relu(batch_normalization_37)
-        conv2d_41 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_41")(
-            activation_40
-        )
-        conv2d_38 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_38")(
-            activation_37
-        )
-        conv2d_36 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_36")(
-            block35_4_ac
-        )
-        batch_normalization_41 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_41"
-        )(conv2d_41, use_running_average=not train)
-        batch_normalization_38 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_38"
-        )(conv2d_38, use_running_average=not train)
-        batch_normalization_36 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_36"
-        )(conv2d_36, use_running_average=not train)
-        activation_36 = jax.nn.relu(batch_normalization_36)
-        activation_38 = jax.nn.relu(batch_normalization_38)
-        activation_41 = jax.nn.relu(batch_normalization_41)
-        block35_5_mixed = jnp.concatenate([activation_36, activation_38, activation_41], axis=3)
-        block35_5_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_5_conv")(
-            block35_5_mixed
-        )
-        custom_scale_layer_4 = block35_4_ac + (block35_5_conv * 0.17)
-        block35_5_ac = jax.nn.relu(custom_scale_layer_4)
-        conv2d_45 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_45")(
-            block35_5_ac
-        )
-        batch_normalization_45 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_45"
-        )(conv2d_45, use_running_average=not train)
-        activation_45 = jax.nn.relu(batch_normalization_45)
-        conv2d_46 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_46")(
-            activation_45
-        )
-        conv2d_43 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_43")(
-            block35_5_ac
-        )
-        batch_normalization_46 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_46"
-        )(conv2d_46, use_running_average=not train)
-        batch_normalization_43 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_43"
-        )(conv2d_43, use_running_average=not train)
-        activation_46 = jax.nn.relu(batch_normalization_46)
-        activation_43 = jax.nn.relu(batch_normalization_43)
-        conv2d_47 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_47")(
-            activation_46
-        )
-        conv2d_44 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_44")(
-            activation_43
-        )
-        conv2d_42 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_42")(
-            block35_5_ac
-        )
-        batch_normalization_47 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_47"
-        )(conv2d_47, use_running_average=not train)
-        batch_normalization_44 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_44"
-        )(conv2d_44, use_running_average=not train)
-        batch_normalization_42 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_42"
-        )(conv2d_42, use_running_average=not train)
-        activation_42 = jax.nn.relu(batch_normalization_42)
-        activation_44 = jax.nn.relu(batch_normalization_44)
-        activation_47 = jax.nn.relu(batch_normalization_47)
-        block35_6_mixed = jnp.concatenate([activation_42, activation_44, activation_47], axis=3)
-        block35_6_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_6_conv")(
-            block35_6_mixed
-        )
-        custom_scale_layer_5 = block35_5_ac + (block35_6_conv * 0.17)
-        block35_6_ac = jax.nn.relu(custom_scale_layer_5)
-        conv2d_51 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_51")(
-            block35_6_ac
-        )
-        batch_normalization_51 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_51"
-        )(conv2d_51, use_running_average=not train)
-        activation_51 = jax.nn.relu(batch_normalization_51)
-        conv2d_52 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_52")(
-            activation_51
-        )
-        conv2d_49 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_49")(
-            block35_6_ac
-        )
-        batch_normalization_52 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_52"
-        )(conv2d_52, use_running_average=not train)
-        batch_normalization_49 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_49"
-        )(conv2d_49, use_running_average=not train)
-        activation_52 = jax.nn.relu(batch_normalization_52)
-        activation_49 = jax.nn.relu(batch_normalization_49)
-        conv2d_53 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_53")(
-            activation_52
-        )
-        conv2d_50 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_50")(
-            activation_49
-        )
-        conv2d_48 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_48")(
-            block35_6_ac
-        )
-        batch_normalization_53 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_53"
-        )(conv2d_53, use_running_average=not train)
-        batch_normalization_50 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_50"
-        )(conv2d_50, use_running_average=not train)
-        batch_normalization_48 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_48"
-        )(conv2d_48, use_running_average=not train)
-        activation_48 = jax.nn.relu(batch_normalization_48)
-        activation_50 = jax.nn.relu(batch_normalization_50)
-        activation_53 = jax.nn.relu(batch_normalization_53)
-        block35_7_mixed = jnp.concatenate([activation_48, activation_50, activation_53], axis=3)
-        block35_7_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_7_conv")(
-            block35_7_mixed
-        )
-        custom_scale_layer_6 = block35_6_ac + (block35_7_conv * 0.17)
-        block35_7_ac = jax.nn.relu(custom_scale_layer_6)
-        conv2d_57 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_57")(
-            block35_7_ac
-        )
-        batch_normalization_57 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_57"
-        )(conv2d_57, use_running_average=not train)
-        activation_57 = jax.nn.relu(batch_normalization_57)
-        conv2d_58 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_58")(
-            activation_57
-        )
-        conv2d_55 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_55")(
-            block35_7_ac
-        )
-        batch_normalization_58 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_58"
-        )(conv2d_58, use_running_average=not train)
-        batch_normalization_55 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_55"
-        )(conv2d_55, use_running_average=not train)
-        activation_58 = jax.nn.relu(batch_normalization_58)
-        activation_55 = jax.nn.relu(batch_normalization_55)
-        conv2d_59 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_59")(
-            activation_58
-        )
-        conv2d_56 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_56")(
-            activation_55
-        )
-        conv2d_54 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_54")(
-            block35_7_ac
-        )
-        batch_normalization_59 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_59"
-        )(conv2d_59, use_running_average=not train)
-        batch_normalization_56 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_56"
-        )(conv2d_56, use_running_average=not train)
-        batch_normalization_54 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_54"
-        )(conv2d_54, use_running_average=not train)
-        activation_54 = jax.nn.relu(batch_normalization_54)
-        activation_56 = jax.nn.relu(batch_normalization_56)
-        activation_59 = jax.nn.relu(batch_normalization_59)
-        block35_8_mixed = jnp.concatenate([activation_54, activation_56, activation_59], axis=3)
-        block35_8_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_8_conv")(
-            block35_8_mixed
-        )
-        custom_scale_layer_7 = block35_7_ac + (block35_8_conv * 0.17)
-        block35_8_ac = jax.nn.relu(custom_scale_layer_7)
-        conv2d_63 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_63")(
-            block35_8_ac
-        )
-        batch_normalization_63 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_63"
-        )(conv2d_63, use_running_average=not train)
-        activation_63 = jax.nn.relu(batch_normalization_63)
-        conv2d_64 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_64")(
-            activation_63
-        )
-        conv2d_61 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_61")(
-            block35_8_ac
-        )
-        batch_normalization_64 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_64"
-        )(conv2d_64, use_running_average=not train)
-        batch_normalization_61 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_61"
-        )(conv2d_61, use_running_average=not train)
-        activation_64 = jax.nn.relu(batch_normalization_64)
-        activation_61 = jax.nn.relu(batch_normalization_61)
-        conv2d_65 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_65")(
-            activation_64
-        )
-        conv2d_62 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_62")(
-            activation_61
-        )
-        conv2d_60 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_60")(
-            block35_8_ac
-        )
-        batch_normalization_65 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_65"
-        )(conv2d_65, use_running_average=not train)
-        batch_normalization_62 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_62"
-        )(conv2d_62, use_running_average=not train)
-        batch_normalization_60 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_60"
-        )(conv2d_60, use_running_average=not train)
-        activation_60 = jax.nn.relu(batch_normalization_60)
-        activation_62 = jax.nn.relu(batch_normalization_62)
-        activation_65 = jax.nn.relu(batch_normalization_65)
-        block35_9_mixed = jnp.concatenate([activation_60, activation_62, activation_65], axis=3)
-        block35_9_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_9_conv")(
-            block35_9_mixed
-        )
-        custom_scale_layer_8 = block35_8_ac + (block35_9_conv * 0.17)
-        block35_9_ac = jax.nn.relu(custom_scale_layer_8)
-        conv2d_69 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_69")(
-            block35_9_ac
-        )
-        batch_normalization_69 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_69"
-        )(conv2d_69, use_running_average=not train)
-        activation_69 = jax.nn.relu(batch_normalization_69)
-        conv2d_70 = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_70")(
-            activation_69
-        )
-        conv2d_67 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_67")(
-            block35_9_ac
-        )
-        batch_normalization_70 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_70"
-        )(conv2d_70, use_running_average=not train)
-        batch_normalization_67 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_67"
-        )(conv2d_67, use_running_average=not train)
-        activation_70 = jax.nn.relu(batch_normalization_70)
-        activation_67 = jax.nn.relu(batch_normalization_67)
-        conv2d_71 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_71")(
-            activation_70
-        )
-        conv2d_68 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_68")(
-            activation_67
-        )
-        conv2d_66 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_66")(
-            block35_9_ac
-        )
-        batch_normalization_71 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_71"
-        )(conv2d_71, use_running_average=not train)
-        batch_normalization_68 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_68"
-        )(conv2d_68, use_running_average=not train)
-        batch_normalization_66 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_66"
-        )(conv2d_66, use_running_average=not train)
-        activation_66 = jax.nn.relu(batch_normalization_66)
-        activation_68 = jax.nn.relu(batch_normalization_68)
-        activation_71 = jax.nn.relu(batch_normalization_71)
-        block35_10_mixed = jnp.concatenate([activation_66, activation_68, activation_71], axis=3)
-        block35_10_conv = nn.Conv(320, (1, 1), padding="SAME", name="block35_10_conv")(
-            block35_10_mixed
-        )
-        custom_scale_layer_9 = block35_9_ac + (block35_10_conv * 0.17)
-        block35_10_ac = jax.nn.relu(custom_scale_layer_9)
-        conv2d_73 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_73")(
-            block35_10_ac
-        )
+        x = jnp.concatenate([activation_5, activation_7, activation_10, activation_11], axis=3)
+        for i in range(1, 11):
+            x = Block(name=f"block35_{i}")(x, train=train)
+        conv2d_73 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_73")(x)
         batch_normalization_73 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_73"
         )(conv2d_73, use_running_average=not train)
@@ -607,7 +223,7 @@ class InceptionResNetV2(nn.Module):
         )(activation_74)
         conv2d_72 = nn.Conv(
             384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_72"
-        )(block35_10_ac)
+        )(x)
         batch_normalization_75 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_75"
         )(conv2d_75, use_running_average=not train)
@@ -616,687 +232,13 @@ class InceptionResNetV2(nn.Module):
         )(conv2d_72, use_running_average=not train)
         activation_72 = jax.nn.relu(batch_normalization_72)
         activation_75 = jax.nn.relu(batch_normalization_75)
-        max_pooling2d_2 = nn.max_pool(block35_10_ac, (3, 3), strides=(2, 2), padding="VALID")
-        mixed_6a = jnp.concatenate([activation_72, activation_75, max_pooling2d_2], axis=3)
-        conv2d_77 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_77")(mixed_6a)
-        batch_normalization_77 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_77"
-        )(conv2d_77, use_running_average=not train)
-        activation_77 = jax.nn.relu(batch_normalization_77)
-        conv2d_78 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_78")(
-            activation_77
-        )
-        batch_normalization_78 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_78"
-        )(conv2d_78, use_running_average=not train)
-        activation_78 = jax.nn.relu(batch_normalization_78)
-        conv2d_79 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_79")(
-            activation_78
-        )
-        conv2d_76 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_76")(mixed_6a)
-        batch_normalization_79 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_79"
-        )(conv2d_79, use_running_average=not train)
-        batch_normalization_76 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_76"
-        )(conv2d_76, use_running_average=not train)
-        activation_76 = jax.nn.relu(batch_normalization_76)
-        activation_79 = jax.nn.relu(batch_normalization_79)
-        block17_1_mixed = jnp.concatenate([activation_76, activation_79], axis=3)
-        block17_1_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_1_conv")(
-            block17_1_mixed
-        )
-        custom_scale_layer_10 = mixed_6a + (block17_1_conv * 0.1)
-        block17_1_ac = jax.nn.relu(custom_scale_layer_10)
-        conv2d_81 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_81")(
-            block17_1_ac
-        )
-        batch_normalization_81 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_81"
-        )(conv2d_81, use_running_average=not train)
-        activation_81 = jax.nn.relu(batch_normalization_81)
-        conv2d_82 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_82")(
-            activation_81
-        )
-        batch_normalization_82 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_82"
-        )(conv2d_82, use_running_average=not train)
-        activation_82 = jax.nn.relu(batch_normalization_82)
-        conv2d_83 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_83")(
-            activation_82
-        )
-        conv2d_80 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_80")(
-            block17_1_ac
-        )
-        batch_normalization_83 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_83"
-        )(conv2d_83, use_running_average=not train)
-        batch_normalization_80 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_80"
-        )(conv2d_80, use_running_average=not train)
-        activation_80 = jax.nn.relu(batch_normalization_80)
-        activation_83 = jax.nn.relu(batch_normalization_83)
-        block17_2_mixed = jnp.concatenate([activation_80, activation_83], axis=3)
-        block17_2_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_2_conv")(
-            block17_2_mixed
-        )
-        custom_scale_layer_11 = block17_1_ac + (block17_2_conv * 0.1)
-        block17_2_ac = jax.nn.relu(custom_scale_layer_11)
-        conv2d_85 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_85")(
-            block17_2_ac
-        )
-        batch_normalization_85 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_85"
-        )(conv2d_85, use_running_average=not train)
-        activation_85 = jax.nn.relu(batch_normalization_85)
-        conv2d_86 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_86")(
-            activation_85
-        )
-        batch_normalization_86 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_86"
-        )(conv2d_86, use_running_average=not train)
-        activation_86 = jax.nn.relu(batch_normalization_86)
-        conv2d_87 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_87")(
-            activation_86
-        )
-        conv2d_84 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_84")(
-            block17_2_ac
-        )
-        batch_normalization_87 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_87"
-        )(conv2d_87, use_running_average=not train)
-        batch_normalization_84 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_84"
-        )(conv2d_84, use_running_average=not train)
-        activation_84 = jax.nn.relu(batch_normalization_84)
-        activation_87 = jax.nn.relu(batch_normalization_87)
-        block17_3_mixed = jnp.concatenate([activation_84, activation_87], axis=3)
-        block17_3_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_3_conv")(
-            block17_3_mixed
-        )
-        custom_scale_layer_12 = block17_2_ac + (block17_3_conv * 0.1)
-        block17_3_ac = jax.nn.relu(custom_scale_layer_12)
-        conv2d_89 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_89")(
-            block17_3_ac
-        )
-        batch_normalization_89 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_89"
-        )(conv2d_89, use_running_average=not train)
-        activation_89 = jax.nn.relu(batch_normalization_89)
-        conv2d_90 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_90")(
-            activation_89
-        )
-        batch_normalization_90 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_90"
-        )(conv2d_90, use_running_average=not train)
-        activation_90 = jax.nn.relu(batch_normalization_90)
-        conv2d_91 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_91")(
-            activation_90
-        )
-        conv2d_88 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_88")(
-            block17_3_ac
-        )
-        batch_normalization_91 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_91"
-        )(conv2d_91, use_running_average=not train)
-        batch_normalization_88 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_88"
-        )(conv2d_88, use_running_average=not train)
-        activation_88 = jax.nn.relu(batch_normalization_88)
-        activation_91 = jax.nn.relu(batch_normalization_91)
-        block17_4_mixed = jnp.concatenate([activation_88, activation_91], axis=3)
-        block17_4_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_4_conv")(
-            block17_4_mixed
-        )
-        custom_scale_layer_13 = block17_3_ac + (block17_4_conv * 0.1)
-        block17_4_ac = jax.nn.relu(custom_scale_layer_13)
-        conv2d_93 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_93")(
-            block17_4_ac
-        )
-        batch_normalization_93 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_93"
-        )(conv2d_93, use_running_average=not train)
-        activation_93 = jax.nn.relu(batch_normalization_93)
-        conv2d_94 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_94")(
-            activation_93
-        )
-        batch_normalization_94 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_94"
-        )(conv2d_94, use_running_average=not train)
-        activation_94 = jax.nn.relu(batch_normalization_94)
-        conv2d_95 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_95")(
-            activation_94
-        )
-        conv2d_92 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_92")(
-            block17_4_ac
-        )
-        batch_normalization_95 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_95"
-        )(conv2d_95, use_running_average=not train)
-        batch_normalization_92 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_92"
-        )(conv2d_92, use_running_average=not train)
-        activation_92 = jax.nn.relu(batch_normalization_92)
-        activation_95 = jax.nn.relu(batch_normalization_95)
-        block17_5_mixed = jnp.concatenate([activation_92, activation_95], axis=3)
-        block17_5_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_5_conv")(
-            block17_5_mixed
-        )
-        custom_scale_layer_14 = block17_4_ac + (block17_5_conv * 0.1)
-        block17_5_ac = jax.nn.relu(custom_scale_layer_14)
-        conv2d_97 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_97")(
-            block17_5_ac
-        )
-        batch_normalization_97 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_97"
-        )(conv2d_97, use_running_average=not train)
-        activation_97 = jax.nn.relu(batch_normalization_97)
-        conv2d_98 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_98")(
-            activation_97
-        )
-        batch_normalization_98 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_98"
-        )(conv2d_98, use_running_average=not train)
-        activation_98 = jax.nn.relu(batch_normalization_98)
-        conv2d_99 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_99")(
-            activation_98
-        )
-        conv2d_96 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_96")(
-            block17_5_ac
-        )
-        batch_normalization_99 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_99"
-        )(conv2d_99, use_running_average=not train)
-        batch_normalization_96 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_96"
-        )(conv2d_96, use_running_average=not train)
-        activation_96 = jax.nn.relu(batch_normalization_96)
-        activation_99 = jax.nn.relu(batch_normalization_99)
-        block17_6_mixed = jnp.concatenate([activation_96, activation_99], axis=3)
-        block17_6_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_6_conv")(
-            block17_6_mixed
-        )
-        custom_scale_layer_15 = block17_5_ac + (block17_6_conv * 0.1)
-        block17_6_ac = jax.nn.relu(custom_scale_layer_15)
-        conv2d_101 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_101")(
-            block17_6_ac
-        )
-        batch_normalization_101 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_101"
-        )(conv2d_101, use_running_average=not train)
-        activation_101 = jax.nn.relu(batch_normalization_101)
-        conv2d_102 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_102")(
-            activation_101
-        )
-        batch_normalization_102 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_102"
-        )(conv2d_102, use_running_average=not train)
-        activation_102 = jax.nn.relu(batch_normalization_102)
-        conv2d_103 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_103")(
-            activation_102
-        )
-        conv2d_100 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_100")(
-            block17_6_ac
-        )
-        batch_normalization_103 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_103"
-        )(conv2d_103, use_running_average=not train)
-        batch_normalization_100 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_100"
-        )(conv2d_100, use_running_average=not train)
-        activation_100 = jax.nn.relu(batch_normalization_100)
-        activation_103 = jax.nn.relu(batch_normalization_103)
-        block17_7_mixed = jnp.concatenate([activation_100, activation_103], axis=3)
-        block17_7_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_7_conv")(
-            block17_7_mixed
-        )
-        custom_scale_layer_16 = block17_6_ac + (block17_7_conv * 0.1)
-        block17_7_ac = jax.nn.relu(custom_scale_layer_16)
-        conv2d_105 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_105")(
-            block17_7_ac
-        )
-        batch_normalization_105 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_105"
-        )(conv2d_105, use_running_average=not train)
-        activation_105 = jax.nn.relu(batch_normalization_105)
-        conv2d_106 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_106")(
-            activation_105
-        )
-        batch_normalization_106 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_106"
-        )(conv2d_106, use_running_average=not train)
-        activation_106 = jax.nn.relu(batch_normalization_106)
-        conv2d_107 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_107")(
-            activation_106
-        )
-        conv2d_104 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_104")(
-            block17_7_ac
-        )
-        batch_normalization_107 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_107"
-        )(conv2d_107, use_running_average=not train)
-        batch_normalization_104 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_104"
-        )(conv2d_104, use_running_average=not train)
-        activation_104 = jax.nn.relu(batch_normalization_104)
-        activation_107 = jax.nn.relu(batch_normalization_107)
-        block17_8_mixed = jnp.concatenate([activation_104, activation_107], axis=3)
-        block17_8_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_8_conv")(
-            block17_8_mixed
-        )
-        custom_scale_layer_17 = block17_7_ac + (block17_8_conv * 0.1)
-        block17_8_ac = jax.nn.relu(custom_scale_layer_17)
-        conv2d_109 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_109")(
-            block17_8_ac
-        )
-        batch_normalization_109 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_109"
-        )(conv2d_109, use_running_average=not train)
-        activation_109 = jax.nn.relu(batch_normalization_109)
-        conv2d_110 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_110")(
-            activation_109
-        )
-        batch_normalization_110 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_110"
-        )(conv2d_110, use_running_average=not train)
-        activation_110 = jax.nn.relu(batch_normalization_110)
-        conv2d_111 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_111")(
-            activation_110
-        )
-        conv2d_108 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_108")(
-            block17_8_ac
-        )
-        batch_normalization_111 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_111"
-        )(conv2d_111, use_running_average=not train)
-        batch_normalization_108 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_108"
-        )(conv2d_108, use_running_average=not train)
-        activation_108 = jax.nn.relu(batch_normalization_108)
-        activation_111 = jax.nn.relu(batch_normalization_111)
-        block17_9_mixed = jnp.concatenate([activation_108, activation_111], axis=3)
-        block17_9_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_9_conv")(
-            block17_9_mixed
-        )
-        custom_scale_layer_18 = block17_8_ac + (block17_9_conv * 0.1)
-        block17_9_ac = jax.nn.relu(custom_scale_layer_18)
-        conv2d_113 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_113")(
-            block17_9_ac
-        )
-        batch_normalization_113 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_113"
-        )(conv2d_113, use_running_average=not train)
-        activation_113 = jax.nn.relu(batch_normalization_113)
-        conv2d_114 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_114")(
-            activation_113
-        )
-        batch_normalization_114 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_114"
-        )(conv2d_114, use_running_average=not train)
-        activation_114 = jax.nn.relu(batch_normalization_114)
-        conv2d_115 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_115")(
-            activation_114
-        )
-        conv2d_112 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_112")(
-            block17_9_ac
-        )
-        batch_normalization_115 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_115"
-        )(conv2d_115, use_running_average=not train)
-        batch_normalization_112 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_112"
-        )(conv2d_112, use_running_average=not train)
-        activation_112 = jax.nn.relu(batch_normalization_112)
-        activation_115 = jax.nn.relu(batch_normalization_115)
-        block17_10_mixed = jnp.concatenate([activation_112, activation_115], axis=3)
-        block17_10_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_10_conv")(
-            block17_10_mixed
-        )
-        custom_scale_layer_19 = block17_9_ac + (block17_10_conv * 0.1)
-        block17_10_ac = jax.nn.relu(custom_scale_layer_19)
-        conv2d_117 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_117")(
-            block17_10_ac
-        )
-        batch_normalization_117 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_117"
-        )(conv2d_117, use_running_average=not train)
-        activation_117 = jax.nn.relu(batch_normalization_117)
-        conv2d_118 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_118")(
-            activation_117
-        )
-        batch_normalization_118 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_118"
-        )(conv2d_118, use_running_average=not train)
-        activation_118 = jax.nn.relu(batch_normalization_118)
-        conv2d_119 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_119")(
-            activation_118
-        )
-        conv2d_116 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_116")(
-            block17_10_ac
-        )
-        batch_normalization_119 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_119"
-        )(conv2d_119, use_running_average=not train)
-        batch_normalization_116 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_116"
-        )(conv2d_116, use_running_average=not train)
-        activation_116 = jax.nn.relu(batch_normalization_116)
-        activation_119 = jax.nn.relu(batch_normalization_119)
-        block17_11_mixed = jnp.concatenate([activation_116, activation_119], axis=3)
-        block17_11_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_11_conv")(
-            block17_11_mixed
-        )
-        custom_scale_layer_20 = block17_10_ac + (block17_11_conv * 0.1)
-        block17_11_ac = jax.nn.relu(custom_scale_layer_20)
-        conv2d_121 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_121")(
-            block17_11_ac
-        )
-        batch_normalization_121 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_121"
-        )(conv2d_121, use_running_average=not train)
-        activation_121 = jax.nn.relu(batch_normalization_121)
-        conv2d_122 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_122")(
-            activation_121
-        )
-        batch_normalization_122 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_122"
-        )(conv2d_122, use_running_average=not train)
-        activation_122 = jax.nn.relu(batch_normalization_122)
-        conv2d_123 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_123")(
-            activation_122
-        )
-        conv2d_120 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_120")(
-            block17_11_ac
-        )
-        batch_normalization_123 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_123"
-        )(conv2d_123, use_running_average=not train)
-        batch_normalization_120 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_120"
-        )(conv2d_120, use_running_average=not train)
-        activation_120 = jax.nn.relu(batch_normalization_120)
-        activation_123 = jax.nn.relu(batch_normalization_123)
-        block17_12_mixed = jnp.concatenate([activation_120, activation_123], axis=3)
-        block17_12_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_12_conv")(
-            block17_12_mixed
-        )
-        custom_scale_layer_21 = block17_11_ac + (block17_12_conv * 0.1)
-        block17_12_ac = jax.nn.relu(custom_scale_layer_21)
-        conv2d_125 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_125")(
-            block17_12_ac
-        )
-        batch_normalization_125 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_125"
-        )(conv2d_125, use_running_average=not train)
-        activation_125 = jax.nn.relu(batch_normalization_125)
-        conv2d_126 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_126")(
-            activation_125
-        )
-        batch_normalization_126 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_126"
-        )(conv2d_126, use_running_average=not train)
-        activation_126 = jax.nn.relu(batch_normalization_126)
-        conv2d_127 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_127")(
-            activation_126
-        )
-        conv2d_124 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_124")(
-            block17_12_ac
-        )
-        batch_normalization_127 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_127"
-        )(conv2d_127, use_running_average=not train)
-        batch_normalization_124 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_124"
-        )(conv2d_124, use_running_average=not train)
-        activation_124 = jax.nn.relu(batch_normalization_124)
-        activation_127 = jax.nn.relu(batch_normalization_127)
-        block17_13_mixed = jnp.concatenate([activation_124, activation_127], axis=3)
-        block17_13_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_13_conv")(
-            block17_13_mixed
-        )
-        custom_scale_layer_22 = block17_12_ac + (block17_13_conv * 0.1)
-        block17_13_ac = jax.nn.relu(custom_scale_layer_22)
-        conv2d_129 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_129")(
-            block17_13_ac
-        )
-        batch_normalization_129 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_129"
-        )(conv2d_129, use_running_average=not train)
-        activation_129 = jax.nn.relu(batch_normalization_129)
-        conv2d_130 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_130")(
-            activation_129
-        )
-        batch_normalization_130 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_130"
-        )(conv2d_130, use_running_average=not train)
-        activation_130 = jax.nn.relu(batch_normalization_130)
-        conv2d_131 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_131")(
-            activation_130
-        )
-        conv2d_128 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_128")(
-            block17_13_ac
-        )
-        batch_normalization_131 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_131"
-        )(conv2d_131, use_running_average=not train)
-        batch_normalization_128 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_128"
-        )(conv2d_128, use_running_average=not train)
-        activation_128 = jax.nn.relu(batch_normalization_128)
-        activation_131 = jax.nn.relu(batch_normalization_131)
-        block17_14_mixed = jnp.concatenate([activation_128, activation_131], axis=3)
-        block17_14_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_14_conv")(
-            block17_14_mixed
-        )
-        custom_scale_layer_23 = block17_13_ac + (block17_14_conv * 0.1)
-        block17_14_ac = jax.nn.relu(custom_scale_layer_23)
-        conv2d_133 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_133")(
-            block17_14_ac
-        )
-        batch_normalization_133 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_133"
-        )(conv2d_133, use_running_average=not train)
-        activation_133 = jax.nn.relu(batch_normalization_133)
-        conv2d_134 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_134")(
-            activation_133
-        )
-        batch_normalization_134 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_134"
-        )(conv2d_134, use_running_average=not train)
-        activation_134 = jax.nn.relu(batch_normalization_134)
-        conv2d_135 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_135")(
-            activation_134
-        )
-        conv2d_132 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_132")(
-            block17_14_ac
-        )
-        batch_normalization_135 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_135"
-        )(conv2d_135, use_running_average=not train)
-        batch_normalization_132 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_132"
-        )(conv2d_132, use_running_average=not train)
-        activation_132 = jax.nn.relu(batch_normalization_132)
-        activation_135 = jax.nn.relu(batch_normalization_135)
-        block17_15_mixed = jnp.concatenate([activation_132, activation_135], axis=3)
-        block17_15_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_15_conv")(
-            block17_15_mixed
-        )
-        custom_scale_layer_24 = block17_14_ac + (block17_15_conv * 0.1)
-        block17_15_ac = jax.nn.relu(custom_scale_layer_24)
-        conv2d_137 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_137")(
-            block17_15_ac
-        )
-        batch_normalization_137 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_137"
-        )(conv2d_137, use_running_average=not train)
-        activation_137 = jax.nn.relu(batch_normalization_137)
-        conv2d_138 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_138")(
-            activation_137
-        )
-        batch_normalization_138 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_138"
-        )(conv2d_138, use_running_average=not train)
-        activation_138 = jax.nn.relu(batch_normalization_138)
-        conv2d_139 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_139")(
-            activation_138
-        )
-        conv2d_136 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_136")(
-            block17_15_ac
-        )
-        batch_normalization_139 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_139"
-        )(conv2d_139, use_running_average=not train)
-        batch_normalization_136 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_136"
-        )(conv2d_136, use_running_average=not train)
-        activation_136 = jax.nn.relu(batch_normalization_136)
-        activation_139 = jax.nn.relu(batch_normalization_139)
-        block17_16_mixed = jnp.concatenate([activation_136, activation_139], axis=3)
-        block17_16_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_16_conv")(
-            block17_16_mixed
-        )
-        custom_scale_layer_25 = block17_15_ac + (block17_16_conv * 0.1)
-        block17_16_ac = jax.nn.relu(custom_scale_layer_25)
-        conv2d_141 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_141")(
-            block17_16_ac
-        )
-        batch_normalization_141 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_141"
-        )(conv2d_141, use_running_average=not train)
-        activation_141 = jax.nn.relu(batch_normalization_141)
-        conv2d_142 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_142")(
-            activation_141
-        )
-        batch_normalization_142 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_142"
-        )(conv2d_142, use_running_average=not train)
-        activation_142 = jax.nn.relu(batch_normalization_142)
-        conv2d_143 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_143")(
-            activation_142
-        )
-        conv2d_140 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_140")(
-            block17_16_ac
-        )
-        batch_normalization_143 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_143"
-        )(conv2d_143, use_running_average=not train)
-        batch_normalization_140 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_140"
-        )(conv2d_140, use_running_average=not train)
-        activation_140 = jax.nn.relu(batch_normalization_140)
-        activation_143 = jax.nn.relu(batch_normalization_143)
-        block17_17_mixed = jnp.concatenate([activation_140, activation_143], axis=3)
-        block17_17_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_17_conv")(
-            block17_17_mixed
-        )
-        custom_scale_layer_26 = block17_16_ac + (block17_17_conv * 0.1)
-        block17_17_ac = jax.nn.relu(custom_scale_layer_26)
-        conv2d_145 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_145")(
-            block17_17_ac
-        )
-        batch_normalization_145 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_145"
-        )(conv2d_145, use_running_average=not train)
-        activation_145 = jax.nn.relu(batch_normalization_145)
-        conv2d_146 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_146")(
-            activation_145
-        )
-        batch_normalization_146 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_146"
-        )(conv2d_146, use_running_average=not train)
-        activation_146 = jax.nn.relu(batch_normalization_146)
-        conv2d_147 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_147")(
-            activation_146
-        )
-        conv2d_144 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_144")(
-            block17_17_ac
-        )
-        batch_normalization_147 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_147"
-        )(conv2d_147, use_running_average=not train)
-        batch_normalization_144 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_144"
-        )(conv2d_144, use_running_average=not train)
-        activation_144 = jax.nn.relu(batch_normalization_144)
-        activation_147 = jax.nn.relu(batch_normalization_147)
-        block17_18_mixed = jnp.concatenate([activation_144, activation_147], axis=3)
-        block17_18_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_18_conv")(
-            block17_18_mixed
-        )
-        custom_scale_layer_27 = block17_17_ac + (block17_18_conv * 0.1)
-        block17_18_ac = jax.nn.relu(custom_scale_layer_27)
-        conv2d_149 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_149")(
-            block17_18_ac
-        )
-        batch_normalization_149 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_149"
-        )(conv2d_149, use_running_average=not train)
-        activation_149 = jax.nn.relu(batch_normalization_149)
-        conv2d_150 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_150")(
-            activation_149
-        )
-        batch_normalization_150 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_150"
-        )(conv2d_150, use_running_average=not train)
-        activation_150 = jax.nn.relu(batch_normalization_150)
-        conv2d_151 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_151")(
-            activation_150
-        )
-        conv2d_148 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_148")(
-            block17_18_ac
-        )
-        batch_normalization_151 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_151"
-        )(conv2d_151, use_running_average=not train)
-        batch_normalization_148 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_148"
-        )(conv2d_148, use_running_average=not train)
-        activation_148 = jax.nn.relu(batch_normalization_148)
-        activation_151 = jax.nn.relu(batch_normalization_151)
-        block17_19_mixed = jnp.concatenate([activation_148, activation_151], axis=3)
-        block17_19_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_19_conv")(
-            block17_19_mixed
-        )
-        custom_scale_layer_28 = block17_18_ac + (block17_19_conv * 0.1)
-        block17_19_ac = jax.nn.relu(custom_scale_layer_28)
-        conv2d_153 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_153")(
-            block17_19_ac
-        )
-        batch_normalization_153 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_153"
-        )(conv2d_153, use_running_average=not train)
-        activation_153 = jax.nn.relu(batch_normalization_153)
-        conv2d_154 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_154")(
-            activation_153
-        )
-        batch_normalization_154 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_154"
-        )(conv2d_154, use_running_average=not train)
-        activation_154 = jax.nn.relu(batch_normalization_154)
-        conv2d_155 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_155")(
-            activation_154
-        )
-        conv2d_152 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_152")(
-            block17_19_ac
-        )
-        batch_normalization_155 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_155"
-        )(conv2d_155, use_running_average=not train)
-        batch_normalization_152 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_152"
-        )(conv2d_152, use_running_average=not train)
-        activation_152 = jax.nn.relu(batch_normalization_152)
-        activation_155 = jax.nn.relu(batch_normalization_155)
-        block17_20_mixed = jnp.concatenate([activation_152, activation_155], axis=3)
-        block17_20_conv = nn.Conv(1088, (1, 1), padding="SAME", name="block17_20_conv")(
-            block17_20_mixed
-        )
-        custom_scale_layer_29 = block17_19_ac + (block17_20_conv * 0.1)
-        block17_20_ac = jax.nn.relu(custom_scale_layer_29)
-        conv2d_160 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_160")(
-            block17_20_ac
-        )
+        max_pooling2d_2 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = jnp.concatenate([activation_72, activation_75, max_pooling2d_2], axis=3)
+        for i in range(1, 21):
+            x = Block171(128, 160, (1, 7), 192, (7, 1), 1088, 0.1, name=f"block17_{i}")(
+                x, train=train
+            )
+        conv2d_160 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_160")(x)
         batch_normalization_160 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_160"
         )(conv2d_160, use_running_average=not train)
@@ -1304,12 +246,8 @@ class InceptionResNetV2(nn.Module):
         conv2d_161 = nn.Conv(288, (3, 3), padding="SAME", use_bias=False, name="conv2d_161")(
             activation_160
         )
-        conv2d_158 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_158")(
-            block17_20_ac
-        )
-        conv2d_156 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_156")(
-            block17_20_ac
-        )
+        conv2d_158 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_158")(x)
+        conv2d_156 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_156")(x)
         batch_normalization_161 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_161"
         )(conv2d_161, use_running_average=not train)
@@ -1343,301 +281,15 @@ class InceptionResNetV2(nn.Module):
         activation_157 = jax.nn.relu(batch_normalization_157)
         activation_159 = jax.nn.relu(batch_normalization_159)
         activation_162 = jax.nn.relu(batch_normalization_162)
-        max_pooling2d_3 = nn.max_pool(block17_20_ac, (3, 3), strides=(2, 2), padding="VALID")
-        mixed_7a = jnp.concatenate(
+        max_pooling2d_3 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = jnp.concatenate(
             [activation_157, activation_159, activation_162, max_pooling2d_3], axis=3
         )
-        conv2d_164 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_164")(
-            mixed_7a
-        )
-        batch_normalization_164 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_164"
-        )(conv2d_164, use_running_average=not train)
-        activation_164 = jax.nn.relu(batch_normalization_164)
-        conv2d_165 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_165")(
-            activation_164
-        )
-        batch_normalization_165 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_165"
-        )(conv2d_165, use_running_average=not train)
-        activation_165 = jax.nn.relu(batch_normalization_165)
-        conv2d_166 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_166")(
-            activation_165
-        )
-        conv2d_163 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_163")(
-            mixed_7a
-        )
-        batch_normalization_166 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_166"
-        )(conv2d_166, use_running_average=not train)
-        batch_normalization_163 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_163"
-        )(conv2d_163, use_running_average=not train)
-        activation_163 = jax.nn.relu(batch_normalization_163)
-        activation_166 = jax.nn.relu(batch_normalization_166)
-        block8_1_mixed = jnp.concatenate([activation_163, activation_166], axis=3)
-        block8_1_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_1_conv")(block8_1_mixed)
-        custom_scale_layer_30 = mixed_7a + (block8_1_conv * 0.2)
-        block8_1_ac = jax.nn.relu(custom_scale_layer_30)
-        conv2d_168 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_168")(
-            block8_1_ac
-        )
-        batch_normalization_168 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_168"
-        )(conv2d_168, use_running_average=not train)
-        activation_168 = jax.nn.relu(batch_normalization_168)
-        conv2d_169 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_169")(
-            activation_168
-        )
-        batch_normalization_169 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_169"
-        )(conv2d_169, use_running_average=not train)
-        activation_169 = jax.nn.relu(batch_normalization_169)
-        conv2d_170 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_170")(
-            activation_169
-        )
-        conv2d_167 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_167")(
-            block8_1_ac
-        )
-        batch_normalization_170 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_170"
-        )(conv2d_170, use_running_average=not train)
-        batch_normalization_167 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_167"
-        )(conv2d_167, use_running_average=not train)
-        activation_167 = jax.nn.relu(batch_normalization_167)
-        activation_170 = jax.nn.relu(batch_normalization_170)
-        block8_2_mixed = jnp.concatenate([activation_167, activation_170], axis=3)
-        block8_2_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_2_conv")(block8_2_mixed)
-        custom_scale_layer_31 = block8_1_ac + (block8_2_conv * 0.2)
-        block8_2_ac = jax.nn.relu(custom_scale_layer_31)
-        conv2d_172 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_172")(
-            block8_2_ac
-        )
-        batch_normalization_172 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_172"
-        )(conv2d_172, use_running_average=not train)
-        activation_172 = jax.nn.relu(batch_normalization_172)
-        conv2d_173 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_173")(
-            activation_172
-        )
-        batch_normalization_173 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_173"
-        )(conv2d_173, use_running_average=not train)
-        activation_173 = jax.nn.relu(batch_normalization_173)
-        conv2d_174 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_174")(
-            activation_173
-        )
-        conv2d_171 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_171")(
-            block8_2_ac
-        )
-        batch_normalization_174 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_174"
-        )(conv2d_174, use_running_average=not train)
-        batch_normalization_171 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_171"
-        )(conv2d_171, use_running_average=not train)
-        activation_171 = jax.nn.relu(batch_normalization_171)
-        activation_174 = jax.nn.relu(batch_normalization_174)
-        block8_3_mixed = jnp.concatenate([activation_171, activation_174], axis=3)
-        block8_3_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_3_conv")(block8_3_mixed)
-        custom_scale_layer_32 = block8_2_ac + (block8_3_conv * 0.2)
-        block8_3_ac = jax.nn.relu(custom_scale_layer_32)
-        conv2d_176 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_176")(
-            block8_3_ac
-        )
-        batch_normalization_176 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_176"
-        )(conv2d_176, use_running_average=not train)
-        activation_176 = jax.nn.relu(batch_normalization_176)
-        conv2d_177 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_177")(
-            activation_176
-        )
-        batch_normalization_177 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_177"
-        )(conv2d_177, use_running_average=not train)
-        activation_177 = jax.nn.relu(batch_normalization_177)
-        conv2d_178 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_178")(
-            activation_177
-        )
-        conv2d_175 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_175")(
-            block8_3_ac
-        )
-        batch_normalization_178 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_178"
-        )(conv2d_178, use_running_average=not train)
-        batch_normalization_175 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_175"
-        )(conv2d_175, use_running_average=not train)
-        activation_175 = jax.nn.relu(batch_normalization_175)
-        activation_178 = jax.nn.relu(batch_normalization_178)
-        block8_4_mixed = jnp.concatenate([activation_175, activation_178], axis=3)
-        block8_4_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_4_conv")(block8_4_mixed)
-        custom_scale_layer_33 = block8_3_ac + (block8_4_conv * 0.2)
-        block8_4_ac = jax.nn.relu(custom_scale_layer_33)
-        conv2d_180 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_180")(
-            block8_4_ac
-        )
-        batch_normalization_180 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_180"
-        )(conv2d_180, use_running_average=not train)
-        activation_180 = jax.nn.relu(batch_normalization_180)
-        conv2d_181 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_181")(
-            activation_180
-        )
-        batch_normalization_181 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_181"
-        )(conv2d_181, use_running_average=not train)
-        activation_181 = jax.nn.relu(batch_normalization_181)
-        conv2d_182 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_182")(
-            activation_181
-        )
-        conv2d_179 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_179")(
-            block8_4_ac
-        )
-        batch_normalization_182 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_182"
-        )(conv2d_182, use_running_average=not train)
-        batch_normalization_179 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_179"
-        )(conv2d_179, use_running_average=not train)
-        activation_179 = jax.nn.relu(batch_normalization_179)
-        activation_182 = jax.nn.relu(batch_normalization_182)
-        block8_5_mixed = jnp.concatenate([activation_179, activation_182], axis=3)
-        block8_5_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_5_conv")(block8_5_mixed)
-        custom_scale_layer_34 = block8_4_ac + (block8_5_conv * 0.2)
-        block8_5_ac = jax.nn.relu(custom_scale_layer_34)
-        conv2d_184 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_184")(
-            block8_5_ac
-        )
-        batch_normalization_184 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_184"
-        )(conv2d_184, use_running_average=not train)
-        activation_184 = jax.nn.relu(batch_normalization_184)
-        conv2d_185 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_185")(
-            activation_184
-        )
-        batch_normalization_185 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_185"
-        )(conv2d_185, use_running_average=not train)
-        activation_185 = jax.nn.relu(batch_normalization_185)
-        conv2d_186 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_186")(
-            activation_185
-        )
-        conv2d_183 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_183")(
-            block8_5_ac
-        )
-        batch_normalization_186 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_186"
-        )(conv2d_186, use_running_average=not train)
-        batch_normalization_183 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_183"
-        )(conv2d_183, use_running_average=not train)
-        activation_183 = jax.nn.relu(batch_normalization_183)
-        activation_186 = jax.nn.relu(batch_normalization_186)
-        block8_6_mixed = jnp.concatenate([activation_183, activation_186], axis=3)
-        block8_6_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_6_conv")(block8_6_mixed)
-        custom_scale_layer_35 = block8_5_ac + (block8_6_conv * 0.2)
-        block8_6_ac = jax.nn.relu(custom_scale_layer_35)
-        conv2d_188 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_188")(
-            block8_6_ac
-        )
-        batch_normalization_188 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_188"
-        )(conv2d_188, use_running_average=not train)
-        activation_188 = jax.nn.relu(batch_normalization_188)
-        conv2d_189 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_189")(
-            activation_188
-        )
-        batch_normalization_189 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_189"
-        )(conv2d_189, use_running_average=not train)
-        activation_189 = jax.nn.relu(batch_normalization_189)
-        conv2d_190 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_190")(
-            activation_189
-        )
-        conv2d_187 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_187")(
-            block8_6_ac
-        )
-        batch_normalization_190 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_190"
-        )(conv2d_190, use_running_average=not train)
-        batch_normalization_187 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_187"
-        )(conv2d_187, use_running_average=not train)
-        activation_187 = jax.nn.relu(batch_normalization_187)
-        activation_190 = jax.nn.relu(batch_normalization_190)
-        block8_7_mixed = jnp.concatenate([activation_187, activation_190], axis=3)
-        block8_7_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_7_conv")(block8_7_mixed)
-        custom_scale_layer_36 = block8_6_ac + (block8_7_conv * 0.2)
-        block8_7_ac = jax.nn.relu(custom_scale_layer_36)
-        conv2d_192 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_192")(
-            block8_7_ac
-        )
-        batch_normalization_192 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_192"
-        )(conv2d_192, use_running_average=not train)
-        activation_192 = jax.nn.relu(batch_normalization_192)
-        conv2d_193 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_193")(
-            activation_192
-        )
-        batch_normalization_193 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_193"
-        )(conv2d_193, use_running_average=not train)
-        activation_193 = jax.nn.relu(batch_normalization_193)
-        conv2d_194 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_194")(
-            activation_193
-        )
-        conv2d_191 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_191")(
-            block8_7_ac
-        )
-        batch_normalization_194 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_194"
-        )(conv2d_194, use_running_average=not train)
-        batch_normalization_191 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_191"
-        )(conv2d_191, use_running_average=not train)
-        activation_191 = jax.nn.relu(batch_normalization_191)
-        activation_194 = jax.nn.relu(batch_normalization_194)
-        block8_8_mixed = jnp.concatenate([activation_191, activation_194], axis=3)
-        block8_8_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_8_conv")(block8_8_mixed)
-        custom_scale_layer_37 = block8_7_ac + (block8_8_conv * 0.2)
-        block8_8_ac = jax.nn.relu(custom_scale_layer_37)
-        conv2d_196 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_196")(
-            block8_8_ac
-        )
-        batch_normalization_196 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_196"
-        )(conv2d_196, use_running_average=not train)
-        activation_196 = jax.nn.relu(batch_normalization_196)
-        conv2d_197 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_197")(
-            activation_196
-        )
-        batch_normalization_197 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_197"
-        )(conv2d_197, use_running_average=not train)
-        activation_197 = jax.nn.relu(batch_normalization_197)
-        conv2d_198 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_198")(
-            activation_197
-        )
-        conv2d_195 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_195")(
-            block8_8_ac
-        )
-        batch_normalization_198 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_198"
-        )(conv2d_198, use_running_average=not train)
-        batch_normalization_195 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_195"
-        )(conv2d_195, use_running_average=not train)
-        activation_195 = jax.nn.relu(batch_normalization_195)
-        activation_198 = jax.nn.relu(batch_normalization_198)
-        block8_9_mixed = jnp.concatenate([activation_195, activation_198], axis=3)
-        block8_9_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_9_conv")(block8_9_mixed)
-        custom_scale_layer_38 = block8_8_ac + (block8_9_conv * 0.2)
-        block8_9_ac = jax.nn.relu(custom_scale_layer_38)
-        conv2d_200 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_200")(
-            block8_9_ac
-        )
+        for i in range(1, 10):
+            x = Block171(192, 224, (1, 3), 256, (3, 1), 2080, 0.2, name=f"block8_{i}")(
+                x, train=train
+            )
+        conv2d_200 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_200")(x)
         batch_normalization_200 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_200"
         )(conv2d_200, use_running_average=not train)
@@ -1652,9 +304,7 @@ class InceptionResNetV2(nn.Module):
         conv2d_202 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_202")(
             activation_201
         )
-        conv2d_199 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_199")(
-            block8_9_ac
-        )
+        conv2d_199 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_199")(x)
         batch_normalization_202 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_202"
         )(conv2d_202, use_running_average=not train)
@@ -1667,14 +317,12 @@ class InceptionResNetV2(nn.Module):
         block8_10_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_10_conv")(
             block8_10_mixed
         )
-        custom_scale_layer_39 = block8_9_ac + (block8_10_conv * 1.0)
-        conv_7b = nn.Conv(1536, (1, 1), padding="SAME", use_bias=False, name="conv_7b")(
-            custom_scale_layer_39
+        x = x + (block8_10_conv * 1.0)
+        x = nn.Conv(1536, (1, 1), padding="SAME", use_bias=False, name="conv_7b")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="conv_7b_bn")(
+            x, use_running_average=not train
         )
-        conv_7b_bn = rt.BatchNorm(epsilon=0.001, scale=False, name="conv_7b_bn")(
-            conv_7b, use_running_average=not train
-        )
-        conv_7b_ac = jax.nn.relu(conv_7b_bn)
-        avg_pool = jnp.mean(conv_7b_ac, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(avg_pool))
-        return predictions
+        x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

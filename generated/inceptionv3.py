@@ -10,6 +10,215 @@ from kgen import runtime as rt
 __all__ = ["InceptionV3"]
 
 
+class Mixed(nn.Module):
+    """3 alike blocks of the Keras model inception_v3, folded by kgen.
+
+    mixed0 to mixed2.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_1")(y)
+        conv2d_2 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_2")(x)
+        batch_normalization_1 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_1"
+        )(y, use_running_average=not train)
+        batch_normalization_2 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_2"
+        )(conv2d_2, use_running_average=not train)
+        average_pooling2d = nn.avg_pool(
+            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        )
+        activation_1 = jax.nn.relu(batch_normalization_1)
+        activation_2 = jax.nn.relu(batch_normalization_2)
+        conv2d_3 = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="conv2d_3")(
+            average_pooling2d
+        )
+        conv2d_4 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_4")(
+            activation_1
+        )
+        conv2d_5 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_5")(
+            activation_2
+        )
+        conv2d_6 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(x)
+        batch_normalization_3 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_3"
+        )(conv2d_3, use_running_average=not train)
+        batch_normalization_4 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_4"
+        )(conv2d_4, use_running_average=not train)
+        batch_normalization_5 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_5"
+        )(conv2d_5, use_running_average=not train)
+        batch_normalization_6 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_6"
+        )(conv2d_6, use_running_average=not train)
+        activation_3 = jax.nn.relu(batch_normalization_6)
+        activation_4 = jax.nn.relu(batch_normalization_5)
+        activation_5 = jax.nn.relu(batch_normalization_4)
+        activation_6 = jax.nn.relu(batch_normalization_3)
+        x = jnp.concatenate([activation_3, activation_4, activation_5, activation_6], axis=3)
+        return x
+
+
+class Mixed4(nn.Module):
+    """4 alike blocks of the Keras model inception_v3, folded by kgen.
+
+    mixed4 to mixed7.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features, (7, 1), padding="SAME", use_bias=False, name="conv2d_1")(y)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features, (1, 7), padding="SAME", use_bias=False, name="conv2d_2")(y)
+        conv2d_3 = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="conv2d_3")(
+            x
+        )
+        batch_normalization_2 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_2"
+        )(y, use_running_average=not train)
+        batch_normalization_3 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_3"
+        )(conv2d_3, use_running_average=not train)
+        activation_2 = jax.nn.relu(batch_normalization_2)
+        activation_3 = jax.nn.relu(batch_normalization_3)
+        conv2d_4 = nn.Conv(self.features, (7, 1), padding="SAME", use_bias=False, name="conv2d_4")(
+            activation_2
+        )
+        conv2d_5 = nn.Conv(self.features, (1, 7), padding="SAME", use_bias=False, name="conv2d_5")(
+            activation_3
+        )
+        batch_normalization_4 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_4"
+        )(conv2d_4, use_running_average=not train)
+        batch_normalization_5 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_5"
+        )(conv2d_5, use_running_average=not train)
+        average_pooling2d = nn.avg_pool(
+            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        )
+        activation_4 = jax.nn.relu(batch_normalization_4)
+        activation_5 = jax.nn.relu(batch_normalization_5)
+        conv2d_6 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(
+            average_pooling2d
+        )
+        conv2d_7 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_7")(
+            activation_4
+        )
+        conv2d_8 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_8")(
+            activation_5
+        )
+        conv2d_9 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_9")(x)
+        batch_normalization_6 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_6"
+        )(conv2d_6, use_running_average=not train)
+        batch_normalization_7 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_7"
+        )(conv2d_7, use_running_average=not train)
+        batch_normalization_8 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_8"
+        )(conv2d_8, use_running_average=not train)
+        batch_normalization_9 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_9"
+        )(conv2d_9, use_running_average=not train)
+        activation_6 = jax.nn.relu(batch_normalization_9)
+        activation_7 = jax.nn.relu(batch_normalization_8)
+        activation_8 = jax.nn.relu(batch_normalization_7)
+        activation_9 = jax.nn.relu(batch_normalization_6)
+        x = jnp.concatenate([activation_6, activation_7, activation_8, activation_9], axis=3)
+        return x
+
+
+class Mixed9(nn.Module):
+    """2 alike blocks of the Keras model inception_v3, folded by kgen.
+
+    mixed9 and mixed10.
+    """
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(448, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
+        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu(y)
+        y = nn.Conv(384, (3, 3), padding="SAME", use_bias=False, name="conv2d_1")(y)
+        conv2d_2 = nn.Conv(384, (1, 1), padding="SAME", use_bias=False, name="conv2d_2")(x)
+        batch_normalization_1 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_1"
+        )(y, use_running_average=not train)
+        batch_normalization_2 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_2"
+        )(conv2d_2, use_running_average=not train)
+        activation_1 = jax.nn.relu(batch_normalization_1)
+        activation_2 = jax.nn.relu(batch_normalization_2)
+        average_pooling2d = nn.avg_pool(
+            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        )
+        conv2d_3 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_3")(
+            activation_1
+        )
+        conv2d_4 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_4")(
+            activation_1
+        )
+        conv2d_5 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_5")(
+            activation_2
+        )
+        conv2d_6 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_6")(
+            activation_2
+        )
+        conv2d_7 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_7")(
+            average_pooling2d
+        )
+        batch_normalization_3 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_3"
+        )(conv2d_3, use_running_average=not train)
+        batch_normalization_4 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_4"
+        )(conv2d_4, use_running_average=not train)
+        batch_normalization_5 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_5"
+        )(conv2d_5, use_running_average=not train)
+        batch_normalization_6 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_6"
+        )(conv2d_6, use_running_average=not train)
+        conv2d_8 = nn.Conv(320, (1, 1), padding="SAME", use_bias=False, name="conv2d_8")(x)
+        batch_normalization_7 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_7"
+        )(conv2d_7, use_running_average=not train)
+        activation_3 = jax.nn.relu(batch_normalization_4)
+        activation_4 = jax.nn.relu(batch_normalization_3)
+        activation_5 = jax.nn.relu(batch_normalization_6)
+        activation_6 = jax.nn.relu(batch_normalization_5)
+        batch_normalization_8 = rt.BatchNorm(
+            epsilon=0.001, scale=False, name="batch_normalization_8"
+        )(conv2d_8, use_running_average=not train)
+        activation_7 = jax.nn.relu(batch_normalization_8)
+        mixed9 = jnp.concatenate([activation_5, activation_6], axis=3)
+        concatenate = jnp.concatenate([activation_3, activation_4], axis=3)
+        activation_8 = jax.nn.relu(batch_normalization_7)
+        x = jnp.concatenate([activation_7, mixed9, concatenate, activation_8], axis=3)
+        return x
+
+
 class InceptionV3(nn.Module):
     """Keras Functional model inception_v3, converted by kgen."""
 
@@ -24,193 +233,39 @@ class InceptionV3(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        conv2d = nn.Conv(
-            32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d"
-        )(input_layer)
-        batch_normalization = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            conv2d, use_running_average=not train
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d")(
+            input_layer
         )
-        activation = jax.nn.relu(batch_normalization)
-        conv2d_1 = nn.Conv(32, (3, 3), padding="VALID", use_bias=False, name="conv2d_1")(activation)
-        batch_normalization_1 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_1"
-        )(conv2d_1, use_running_average=not train)
-        activation_1 = jax.nn.relu(batch_normalization_1)
-        conv2d_2 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_2")(
-            activation_1
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            x, use_running_average=not train
         )
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(conv2d_2, use_running_average=not train)
-        activation_2 = jax.nn.relu(batch_normalization_2)
-        max_pooling2d = nn.max_pool(activation_2, (3, 3), strides=(2, 2), padding="VALID")
-        conv2d_3 = nn.Conv(80, (1, 1), padding="VALID", use_bias=False, name="conv2d_3")(
-            max_pooling2d
+        x = jax.nn.relu(x)
+        x = nn.Conv(32, (3, 3), padding="VALID", use_bias=False, name="conv2d_1")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
+            x, use_running_average=not train
         )
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        activation_3 = jax.nn.relu(batch_normalization_3)
-        conv2d_4 = nn.Conv(192, (3, 3), padding="VALID", use_bias=False, name="conv2d_4")(
-            activation_3
+        x = jax.nn.relu(x)
+        x = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_2")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_2")(
+            x, use_running_average=not train
         )
-        batch_normalization_4 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_4"
-        )(conv2d_4, use_running_average=not train)
-        activation_4 = jax.nn.relu(batch_normalization_4)
-        max_pooling2d_1 = nn.max_pool(activation_4, (3, 3), strides=(2, 2), padding="VALID")
-        conv2d_8 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_8")(
-            max_pooling2d_1
+        x = jax.nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = nn.Conv(80, (1, 1), padding="VALID", use_bias=False, name="conv2d_3")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_3")(
+            x, use_running_average=not train
         )
-        batch_normalization_8 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_8"
-        )(conv2d_8, use_running_average=not train)
-        activation_8 = jax.nn.relu(batch_normalization_8)
-        conv2d_9 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_9")(
-            activation_8
+        x = jax.nn.relu(x)
+        x = nn.Conv(192, (3, 3), padding="VALID", use_bias=False, name="conv2d_4")(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_4")(
+            x, use_running_average=not train
         )
-        conv2d_6 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(
-            max_pooling2d_1
-        )
-        batch_normalization_9 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_9"
-        )(conv2d_9, use_running_average=not train)
-        batch_normalization_6 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_6"
-        )(conv2d_6, use_running_average=not train)
-        average_pooling2d = nn.avg_pool(
-            max_pooling2d_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_9 = jax.nn.relu(batch_normalization_9)
-        activation_6 = jax.nn.relu(batch_normalization_6)
-        conv2d_11 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_11")(
-            average_pooling2d
-        )
-        conv2d_10 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_10")(
-            activation_9
-        )
-        conv2d_7 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_7")(
-            activation_6
-        )
-        conv2d_5 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_5")(
-            max_pooling2d_1
-        )
-        batch_normalization_11 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_11"
-        )(conv2d_11, use_running_average=not train)
-        batch_normalization_10 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_10"
-        )(conv2d_10, use_running_average=not train)
-        batch_normalization_7 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_7"
-        )(conv2d_7, use_running_average=not train)
-        batch_normalization_5 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_5"
-        )(conv2d_5, use_running_average=not train)
-        activation_5 = jax.nn.relu(batch_normalization_5)
-        activation_7 = jax.nn.relu(batch_normalization_7)
-        activation_10 = jax.nn.relu(batch_normalization_10)
-        activation_11 = jax.nn.relu(batch_normalization_11)
-        mixed0 = jnp.concatenate([activation_5, activation_7, activation_10, activation_11], axis=3)
-        conv2d_15 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_15")(mixed0)
-        batch_normalization_15 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_15"
-        )(conv2d_15, use_running_average=not train)
-        activation_15 = jax.nn.relu(batch_normalization_15)
-        conv2d_16 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_16")(
-            activation_15
-        )
-        conv2d_13 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_13")(mixed0)
-        batch_normalization_16 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_16"
-        )(conv2d_16, use_running_average=not train)
-        batch_normalization_13 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_13"
-        )(conv2d_13, use_running_average=not train)
-        average_pooling2d_1 = nn.avg_pool(
-            mixed0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_16 = jax.nn.relu(batch_normalization_16)
-        activation_13 = jax.nn.relu(batch_normalization_13)
-        conv2d_18 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_18")(
-            average_pooling2d_1
-        )
-        conv2d_17 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_17")(
-            activation_16
-        )
-        conv2d_14 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_14")(
-            activation_13
-        )
-        conv2d_12 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_12")(mixed0)
-        batch_normalization_18 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_18"
-        )(conv2d_18, use_running_average=not train)
-        batch_normalization_17 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_17"
-        )(conv2d_17, use_running_average=not train)
-        batch_normalization_14 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_14"
-        )(conv2d_14, use_running_average=not train)
-        batch_normalization_12 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_12"
-        )(conv2d_12, use_running_average=not train)
-        activation_12 = jax.nn.relu(batch_normalization_12)
-        activation_14 = jax.nn.relu(batch_normalization_14)
-        activation_17 = jax.nn.relu(batch_normalization_17)
-        activation_18 = jax.nn.relu(batch_normalization_18)
-        mixed1 = jnp.concatenate(
-            [activation_12, activation_14, activation_17, activation_18], axis=3
-        )
-        conv2d_22 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_22")(mixed1)
-        batch_normalization_22 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_22"
-        )(conv2d_22, use_running_average=not train)
-        activation_22 = jax.nn.relu(batch_normalization_22)
-        conv2d_23 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_23")(
-            activation_22
-        )
-        conv2d_20 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_20")(mixed1)
-        batch_normalization_23 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_23"
-        )(conv2d_23, use_running_average=not train)
-        batch_normalization_20 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_20"
-        )(conv2d_20, use_running_average=not train)
-        average_pooling2d_2 = nn.avg_pool(
-            mixed1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_23 = jax.nn.relu(batch_normalization_23)
-        activation_20 = jax.nn.relu(batch_normalization_20)
-        conv2d_25 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_25")(
-            average_pooling2d_2
-        )
-        conv2d_24 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_24")(
-            activation_23
-        )
-        conv2d_21 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_21")(
-            activation_20
-        )
-        conv2d_19 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_19")(mixed1)
-        batch_normalization_25 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_25"
-        )(conv2d_25, use_running_average=not train)
-        batch_normalization_24 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_24"
-        )(conv2d_24, use_running_average=not train)
-        batch_normalization_21 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_21"
-        )(conv2d_21, use_running_average=not train)
-        batch_normalization_19 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_19"
-        )(conv2d_19, use_running_average=not train)
-        activation_19 = jax.nn.relu(batch_normalization_19)
-        activation_21 = jax.nn.relu(batch_normalization_21)
-        activation_24 = jax.nn.relu(batch_normalization_24)
-        activation_25 = jax.nn.relu(batch_normalization_25)
-        mixed2 = jnp.concatenate(
-            [activation_19, activation_21, activation_24, activation_25], axis=3
-        )
-        conv2d_27 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_27")(mixed2)
+        x = jax.nn.relu(x)
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = Mixed(features=32, name="mixed0")(x, train=train)
+        x = Mixed(features=64, name="mixed1")(x, train=train)
+        x = Mixed(features=64, name="mixed2")(x, train=train)
+        conv2d_27 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_27")(x)
         batch_normalization_27 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_27"
         )(conv2d_27, use_running_average=not train)
@@ -227,7 +282,7 @@ class InceptionV3(nn.Module):
         )(activation_28)
         conv2d_26 = nn.Conv(
             384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_26"
-        )(mixed2)
+        )(x)
         batch_normalization_29 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_29"
         )(conv2d_29, use_running_average=not train)
@@ -236,289 +291,13 @@ class InceptionV3(nn.Module):
         )(conv2d_26, use_running_average=not train)
         activation_26 = jax.nn.relu(batch_normalization_26)
         activation_29 = jax.nn.relu(batch_normalization_29)
-        max_pooling2d_2 = nn.max_pool(mixed2, (3, 3), strides=(2, 2), padding="VALID")
-        mixed3 = jnp.concatenate([activation_26, activation_29, max_pooling2d_2], axis=3)
-        conv2d_34 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_34")(mixed3)
-        batch_normalization_34 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_34"
-        )(conv2d_34, use_running_average=not train)
-        activation_34 = jax.nn.relu(batch_normalization_34)
-        conv2d_35 = nn.Conv(128, (7, 1), padding="SAME", use_bias=False, name="conv2d_35")(
-            activation_34
-        )
-        batch_normalization_35 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_35"
-        )(conv2d_35, use_running_average=not train)
-        activation_35 = jax.nn.relu(batch_normalization_35)
-        conv2d_36 = nn.Conv(128, (1, 7), padding="SAME", use_bias=False, name="conv2d_36")(
-            activation_35
-        )
-        conv2d_31 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv2d_31")(mixed3)
-        batch_normalization_36 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_36"
-        )(conv2d_36, use_running_average=not train)
-        batch_normalization_31 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_31"
-        )(conv2d_31, use_running_average=not train)
-        activation_36 = jax.nn.relu(batch_normalization_36)
-        activation_31 = jax.nn.relu(batch_normalization_31)
-        conv2d_37 = nn.Conv(128, (7, 1), padding="SAME", use_bias=False, name="conv2d_37")(
-            activation_36
-        )
-        conv2d_32 = nn.Conv(128, (1, 7), padding="SAME", use_bias=False, name="conv2d_32")(
-            activation_31
-        )
-        batch_normalization_37 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_37"
-        )(conv2d_37, use_running_average=not train)
-        batch_normalization_32 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_32"
-        )(conv2d_32, use_running_average=not train)
-        average_pooling2d_3 = nn.avg_pool(
-            mixed3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_37 = jax.nn.relu(batch_normalization_37)
-        activation_32 = jax.nn.relu(batch_normalization_32)
-        conv2d_39 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_39")(
-            average_pooling2d_3
-        )
-        conv2d_38 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_38")(
-            activation_37
-        )
-        conv2d_33 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_33")(
-            activation_32
-        )
-        conv2d_30 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_30")(mixed3)
-        batch_normalization_39 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_39"
-        )(conv2d_39, use_running_average=not train)
-        batch_normalization_38 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_38"
-        )(conv2d_38, use_running_average=not train)
-        batch_normalization_33 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_33"
-        )(conv2d_33, use_running_average=not train)
-        batch_normalization_30 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_30"
-        )(conv2d_30, use_running_average=not train)
-        activation_30 = jax.nn.relu(batch_normalization_30)
-        activation_33 = jax.nn.relu(batch_normalization_33)
-        activation_38 = jax.nn.relu(batch_normalization_38)
-        activation_39 = jax.nn.relu(batch_normalization_39)
-        mixed4 = jnp.concatenate(
-            [activation_30, activation_33, activation_38, activation_39], axis=3
-        )
-        conv2d_44 = nn.Conv(160, (1, 1), padding="SAME", use_bias=False, name="conv2d_44")(mixed4)
-        batch_normalization_44 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_44"
-        )(conv2d_44, use_running_average=not train)
-        activation_44 = jax.nn.relu(batch_normalization_44)
-        conv2d_45 = nn.Conv(160, (7, 1), padding="SAME", use_bias=False, name="conv2d_45")(
-            activation_44
-        )
-        batch_normalization_45 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_45"
-        )(conv2d_45, use_running_average=not train)
-        activation_45 = jax.nn.relu(batch_normalization_45)
-        conv2d_46 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_46")(
-            activation_45
-        )
-        conv2d_41 = nn.Conv(160, (1, 1), padding="SAME", use_bias=False, name="conv2d_41")(mixed4)
-        batch_normalization_46 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_46"
-        )(conv2d_46, use_running_average=not train)
-        batch_normalization_41 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_41"
-        )(conv2d_41, use_running_average=not train)
-        activation_46 = jax.nn.relu(batch_normalization_46)
-        activation_41 = jax.nn.relu(batch_normalization_41)
-        conv2d_47 = nn.Conv(160, (7, 1), padding="SAME", use_bias=False, name="conv2d_47")(
-            activation_46
-        )
-        conv2d_42 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_42")(
-            activation_41
-        )
-        batch_normalization_47 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_47"
-        )(conv2d_47, use_running_average=not train)
-        batch_normalization_42 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_42"
-        )(conv2d_42, use_running_average=not train)
-        average_pooling2d_4 = nn.avg_pool(
-            mixed4, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_47 = jax.nn.relu(batch_normalization_47)
-        activation_42 = jax.nn.relu(batch_normalization_42)
-        conv2d_49 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_49")(
-            average_pooling2d_4
-        )
-        conv2d_48 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_48")(
-            activation_47
-        )
-        conv2d_43 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_43")(
-            activation_42
-        )
-        conv2d_40 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_40")(mixed4)
-        batch_normalization_49 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_49"
-        )(conv2d_49, use_running_average=not train)
-        batch_normalization_48 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_48"
-        )(conv2d_48, use_running_average=not train)
-        batch_normalization_43 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_43"
-        )(conv2d_43, use_running_average=not train)
-        batch_normalization_40 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_40"
-        )(conv2d_40, use_running_average=not train)
-        activation_40 = jax.nn.relu(batch_normalization_40)
-        activation_43 = jax.nn.relu(batch_normalization_43)
-        activation_48 = jax.nn.relu(batch_normalization_48)
-        activation_49 = jax.nn.relu(batch_normalization_49)
-        mixed5 = jnp.concatenate(
-            [activation_40, activation_43, activation_48, activation_49], axis=3
-        )
-        conv2d_54 = nn.Conv(160, (1, 1), padding="SAME", use_bias=False, name="conv2d_54")(mixed5)
-        batch_normalization_54 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_54"
-        )(conv2d_54, use_running_average=not train)
-        activation_54 = jax.nn.relu(batch_normalization_54)
-        conv2d_55 = nn.Conv(160, (7, 1), padding="SAME", use_bias=False, name="conv2d_55")(
-            activation_54
-        )
-        batch_normalization_55 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_55"
-        )(conv2d_55, use_running_average=not train)
-        activation_55 = jax.nn.relu(batch_normalization_55)
-        conv2d_56 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_56")(
-            activation_55
-        )
-        conv2d_51 = nn.Conv(160, (1, 1), padding="SAME", use_bias=False, name="conv2d_51")(mixed5)
-        batch_normalization_56 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_56"
-        )(conv2d_56, use_running_average=not train)
-        batch_normalization_51 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_51"
-        )(conv2d_51, use_running_average=not train)
-        activation_56 = jax.nn.relu(batch_normalization_56)
-        activation_51 = jax.nn.relu(batch_normalization_51)
-        conv2d_57 = nn.Conv(160, (7, 1), padding="SAME", use_bias=False, name="conv2d_57")(
-            activation_56
-        )
-        conv2d_52 = nn.Conv(160, (1, 7), padding="SAME", use_bias=False, name="conv2d_52")(
-            activation_51
-        )
-        batch_normalization_57 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_57"
-        )(conv2d_57, use_running_average=not train)
-        batch_normalization_52 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_52"
-        )(conv2d_52, use_running_average=not train)
-        average_pooling2d_5 = nn.avg_pool(
-            mixed5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_57 = jax.nn.relu(batch_normalization_57)
-        activation_52 = jax.nn.relu(batch_normalization_52)
-        conv2d_59 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_59")(
-            average_pooling2d_5
-        )
-        conv2d_58 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_58")(
-            activation_57
-        )
-        conv2d_53 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_53")(
-            activation_52
-        )
-        conv2d_50 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_50")(mixed5)
-        batch_normalization_59 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_59"
-        )(conv2d_59, use_running_average=not train)
-        batch_normalization_58 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_58"
-        )(conv2d_58, use_running_average=not train)
-        batch_normalization_53 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_53"
-        )(conv2d_53, use_running_average=not train)
-        batch_normalization_50 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_50"
-        )(conv2d_50, use_running_average=not train)
-        activation_50 = jax.nn.relu(batch_normalization_50)
-        activation_53 = jax.nn.relu(batch_normalization_53)
-        activation_58 = jax.nn.relu(batch_normalization_58)
-        activation_59 = jax.nn.relu(batch_normalization_59)
-        mixed6 = jnp.concatenate(
-            [activation_50, activation_53, activation_58, activation_59], axis=3
-        )
-        conv2d_64 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_64")(mixed6)
-        batch_normalization_64 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_64"
-        )(conv2d_64, use_running_average=not train)
-        activation_64 = jax.nn.relu(batch_normalization_64)
-        conv2d_65 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_65")(
-            activation_64
-        )
-        batch_normalization_65 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_65"
-        )(conv2d_65, use_running_average=not train)
-        activation_65 = jax.nn.relu(batch_normalization_65)
-        conv2d_66 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_66")(
-            activation_65
-        )
-        conv2d_61 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_61")(mixed6)
-        batch_normalization_66 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_66"
-        )(conv2d_66, use_running_average=not train)
-        batch_normalization_61 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_61"
-        )(conv2d_61, use_running_average=not train)
-        activation_66 = jax.nn.relu(batch_normalization_66)
-        activation_61 = jax.nn.relu(batch_normalization_61)
-        conv2d_67 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_67")(
-            activation_66
-        )
-        conv2d_62 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_62")(
-            activation_61
-        )
-        batch_normalization_67 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_67"
-        )(conv2d_67, use_running_average=not train)
-        batch_normalization_62 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_62"
-        )(conv2d_62, use_running_average=not train)
-        average_pooling2d_6 = nn.avg_pool(
-            mixed6, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        activation_67 = jax.nn.relu(batch_normalization_67)
-        activation_62 = jax.nn.relu(batch_normalization_62)
-        conv2d_69 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_69")(
-            average_pooling2d_6
-        )
-        conv2d_68 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_68")(
-            activation_67
-        )
-        conv2d_63 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_63")(
-            activation_62
-        )
-        conv2d_60 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_60")(mixed6)
-        batch_normalization_69 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_69"
-        )(conv2d_69, use_running_average=not train)
-        batch_normalization_68 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_68"
-        )(conv2d_68, use_running_average=not train)
-        batch_normalization_63 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_63"
-        )(conv2d_63, use_running_average=not train)
-        batch_normalization_60 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_60"
-        )(conv2d_60, use_running_average=not train)
-        activation_60 = jax.nn.relu(batch_normalization_60)
-        activation_63 = jax.nn.relu(batch_normalization_63)
-        activation_68 = jax.nn.relu(batch_normalization_68)
-        activation_69 = jax.nn.relu(batch_normalization_69)
-        mixed7 = jnp.concatenate(
-            [activation_60, activation_63, activation_68, activation_69], axis=3
-        )
-        conv2d_72 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_72")(mixed7)
+        max_pooling2d_2 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = jnp.concatenate([activation_26, activation_29, max_pooling2d_2], axis=3)
+        x = Mixed4(features=128, name="mixed4")(x, train=train)
+        x = Mixed4(features=160, name="mixed5")(x, train=train)
+        x = Mixed4(features=160, name="mixed6")(x, train=train)
+        x = Mixed4(features=192, name="mixed7")(x, train=train)
+        conv2d_72 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_72")(x)
         batch_normalization_72 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_72"
         )(conv2d_72, use_running_average=not train)
@@ -533,7 +312,7 @@ class InceptionV3(nn.Module):
         conv2d_74 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_74")(
             activation_73
         )
-        conv2d_70 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_70")(mixed7)
+        conv2d_70 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_70")(x)
         batch_normalization_74 = rt.BatchNorm(
             epsilon=0.001, scale=False, name="batch_normalization_74"
         )(conv2d_74, use_running_average=not train)
@@ -556,134 +335,10 @@ class InceptionV3(nn.Module):
         )(conv2d_71, use_running_average=not train)
         activation_71 = jax.nn.relu(batch_normalization_71)
         activation_75 = jax.nn.relu(batch_normalization_75)
-        max_pooling2d_3 = nn.max_pool(mixed7, (3, 3), strides=(2, 2), padding="VALID")
-        mixed8 = jnp.concatenate([activation_71, activation_75, max_pooling2d_3], axis=3)
-        conv2d_80 = nn.Conv(448, (1, 1), padding="SAME", use_bias=False, name="conv2d_80")(mixed8)
-        batch_normalization_80 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_80"
-        )(conv2d_80, use_running_average=not train)
-        activation_80 = jax.nn.relu(batch_normalization_80)
-        conv2d_81 = nn.Conv(384, (3, 3), padding="SAME", use_bias=False, name="conv2d_81")(
-            activation_80
-        )
-        conv2d_77 = nn.Conv(384, (1, 1), padding="SAME", use_bias=False, name="conv2d_77")(mixed8)
-        batch_normalization_81 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_81"
-        )(conv2d_81, use_running_average=not train)
-        batch_normalization_77 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_77"
-        )(conv2d_77, use_running_average=not train)
-        activation_81 = jax.nn.relu(batch_normalization_81)
-        activation_77 = jax.nn.relu(batch_normalization_77)
-        average_pooling2d_7 = nn.avg_pool(
-            mixed8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        conv2d_83 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_83")(
-            activation_81
-        )
-        conv2d_82 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_82")(
-            activation_81
-        )
-        conv2d_79 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_79")(
-            activation_77
-        )
-        conv2d_78 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_78")(
-            activation_77
-        )
-        conv2d_84 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_84")(
-            average_pooling2d_7
-        )
-        batch_normalization_83 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_83"
-        )(conv2d_83, use_running_average=not train)
-        batch_normalization_82 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_82"
-        )(conv2d_82, use_running_average=not train)
-        batch_normalization_79 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_79"
-        )(conv2d_79, use_running_average=not train)
-        batch_normalization_78 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_78"
-        )(conv2d_78, use_running_average=not train)
-        conv2d_76 = nn.Conv(320, (1, 1), padding="SAME", use_bias=False, name="conv2d_76")(mixed8)
-        batch_normalization_84 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_84"
-        )(conv2d_84, use_running_average=not train)
-        activation_82 = jax.nn.relu(batch_normalization_82)
-        activation_83 = jax.nn.relu(batch_normalization_83)
-        activation_78 = jax.nn.relu(batch_normalization_78)
-        activation_79 = jax.nn.relu(batch_normalization_79)
-        batch_normalization_76 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_76"
-        )(conv2d_76, use_running_average=not train)
-        activation_76 = jax.nn.relu(batch_normalization_76)
-        mixed9_0 = jnp.concatenate([activation_78, activation_79], axis=3)
-        concatenate = jnp.concatenate([activation_82, activation_83], axis=3)
-        activation_84 = jax.nn.relu(batch_normalization_84)
-        mixed9 = jnp.concatenate([activation_76, mixed9_0, concatenate, activation_84], axis=3)
-        conv2d_89 = nn.Conv(448, (1, 1), padding="SAME", use_bias=False, name="conv2d_89")(mixed9)
-        batch_normalization_89 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_89"
-        )(conv2d_89, use_running_average=not train)
-        activation_89 = jax.nn.relu(batch_normalization_89)
-        conv2d_90 = nn.Conv(384, (3, 3), padding="SAME", use_bias=False, name="conv2d_90")(
-            activation_89
-        )
-        conv2d_86 = nn.Conv(384, (1, 1), padding="SAME", use_bias=False, name="conv2d_86")(mixed9)
-        batch_normalization_90 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_90"
-        )(conv2d_90, use_running_average=not train)
-        batch_normalization_86 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_86"
-        )(conv2d_86, use_running_average=not train)
-        activation_90 = jax.nn.relu(batch_normalization_90)
-        activation_86 = jax.nn.relu(batch_normalization_86)
-        average_pooling2d_8 = nn.avg_pool(
-            mixed9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        conv2d_92 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_92")(
-            activation_90
-        )
-        conv2d_91 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_91")(
-            activation_90
-        )
-        conv2d_88 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_88")(
-            activation_86
-        )
-        conv2d_87 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_87")(
-            activation_86
-        )
-        conv2d_93 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_93")(
-            average_pooling2d_8
-        )
-        batch_normalization_92 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_92"
-        )(conv2d_92, use_running_average=not train)
-        batch_normalization_91 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_91"
-        )(conv2d_91, use_running_average=not train)
-        batch_normalization_88 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_88"
-        )(conv2d_88, use_running_average=not train)
-        batch_normalization_87 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_87"
-        )(conv2d_87, use_running_average=not train)
-        conv2d_85 = nn.Conv(320, (1, 1), padding="SAME", use_bias=False, name="conv2d_85")(mixed9)
-        batch_normalization_93 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_93"
-        )(conv2d_93, use_running_average=not train)
-        activation_91 = jax.nn.relu(batch_normalization_91)
-        activation_92 = jax.nn.relu(batch_normalization_92)
-        activation_87 = jax.nn.relu(batch_normalization_87)
-        activation_88 = jax.nn.relu(batch_normalization_88)
-        batch_normalization_85 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_85"
-        )(conv2d_85, use_running_average=not train)
-        activation_85 = jax.nn.relu(batch_normalization_85)
-        mixed9_1 = jnp.concatenate([activation_87, activation_88], axis=3)
-        concatenate_1 = jnp.concatenate([activation_91, activation_92], axis=3)
-        activation_93 = jax.nn.relu(batch_normalization_93)
-        mixed10 = jnp.concatenate([activation_85, mixed9_1, concatenate_1, activation_93], axis=3)
-        avg_pool = jnp.mean(mixed10, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(avg_pool))
-        return predictions
+        max_pooling2d_3 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = jnp.concatenate([activation_71, activation_75, max_pooling2d_3], axis=3)
+        x = Mixed9(name="mixed9")(x, train=train)
+        x = Mixed9(name="mixed10")(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

@@ -10,6 +10,19 @@ from kgen import runtime as rt
 __all__ = ["MobileNet"]
 
 
+class Conv(nn.Module):
+    """27 alike blocks of the Keras model mobilenet_1_00_224, folded by kgen.
+
+    conv1 to conv_pw_13.
+    """
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = rt.BatchNorm(epsilon=0.001, name="bn")(x, use_running_average=not train)
+        x = jax.nn.relu6(x)
+        return x
+
+
 class MobileNet(nn.Module):
     """Keras Functional model mobilenet_1_00_224, converted by kgen."""
 
@@ -24,204 +37,77 @@ class MobileNet(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        conv1 = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv1")(
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv1")(
             input_layer
         )
-        conv1_bn = rt.BatchNorm(epsilon=0.001, name="conv1_bn")(
-            conv1, use_running_average=not train
-        )
-        conv1_relu = jax.nn.relu6(conv1_bn)
-        conv_dw_1 = rt.DepthwiseConv(32, (3, 3), padding="SAME", use_bias=False, name="conv_dw_1")(
-            conv1_relu
-        )
-        conv_dw_1_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_1_bn")(
-            conv_dw_1, use_running_average=not train
-        )
-        conv_dw_1_relu = jax.nn.relu6(conv_dw_1_bn)
-        conv_pw_1 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv_pw_1")(
-            conv_dw_1_relu
-        )
-        conv_pw_1_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_1_bn")(
-            conv_pw_1, use_running_average=not train
-        )
-        conv_pw_1_relu = jax.nn.relu6(conv_pw_1_bn)
-        conv_pad_2 = jnp.pad(conv_pw_1_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_2 = rt.DepthwiseConv(
+        x = Conv(name="conv1_1")(x, train=train)
+        x = rt.DepthwiseConv(32, (3, 3), padding="SAME", use_bias=False, name="conv_dw_1")(x)
+        x = Conv(name="conv_dw_1_1")(x, train=train)
+        x = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv_pw_1")(x)
+        x = Conv(name="conv_pw_1_1")(x, train=train)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = rt.DepthwiseConv(
             64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_2"
-        )(conv_pad_2)
-        conv_dw_2_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_2_bn")(
-            conv_dw_2, use_running_average=not train
-        )
-        conv_dw_2_relu = jax.nn.relu6(conv_dw_2_bn)
-        conv_pw_2 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv_pw_2")(
-            conv_dw_2_relu
-        )
-        conv_pw_2_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_2_bn")(
-            conv_pw_2, use_running_average=not train
-        )
-        conv_pw_2_relu = jax.nn.relu6(conv_pw_2_bn)
-        conv_dw_3 = rt.DepthwiseConv(128, (3, 3), padding="SAME", use_bias=False, name="conv_dw_3")(
-            conv_pw_2_relu
-        )
-        conv_dw_3_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_3_bn")(
-            conv_dw_3, use_running_average=not train
-        )
-        conv_dw_3_relu = jax.nn.relu6(conv_dw_3_bn)
-        conv_pw_3 = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv_pw_3")(
-            conv_dw_3_relu
-        )
-        conv_pw_3_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_3_bn")(
-            conv_pw_3, use_running_average=not train
-        )
-        conv_pw_3_relu = jax.nn.relu6(conv_pw_3_bn)
-        conv_pad_4 = jnp.pad(conv_pw_3_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_4 = rt.DepthwiseConv(
+        )(x)
+        x = Conv(name="conv_dw_2_1")(x, train=train)
+        x = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv_pw_2")(x)
+        x = Conv(name="conv_pw_2_1")(x, train=train)
+        x = rt.DepthwiseConv(128, (3, 3), padding="SAME", use_bias=False, name="conv_dw_3")(x)
+        x = Conv(name="conv_dw_3_1")(x, train=train)
+        x = nn.Conv(128, (1, 1), padding="SAME", use_bias=False, name="conv_pw_3")(x)
+        x = Conv(name="conv_pw_3_1")(x, train=train)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = rt.DepthwiseConv(
             128, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_4"
-        )(conv_pad_4)
-        conv_dw_4_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_4_bn")(
-            conv_dw_4, use_running_average=not train
-        )
-        conv_dw_4_relu = jax.nn.relu6(conv_dw_4_bn)
-        conv_pw_4 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv_pw_4")(
-            conv_dw_4_relu
-        )
-        conv_pw_4_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_4_bn")(
-            conv_pw_4, use_running_average=not train
-        )
-        conv_pw_4_relu = jax.nn.relu6(conv_pw_4_bn)
-        conv_dw_5 = rt.DepthwiseConv(256, (3, 3), padding="SAME", use_bias=False, name="conv_dw_5")(
-            conv_pw_4_relu
-        )
-        conv_dw_5_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_5_bn")(
-            conv_dw_5, use_running_average=not train
-        )
-        conv_dw_5_relu = jax.nn.relu6(conv_dw_5_bn)
-        conv_pw_5 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv_pw_5")(
-            conv_dw_5_relu
-        )
-        conv_pw_5_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_5_bn")(
-            conv_pw_5, use_running_average=not train
-        )
-        conv_pw_5_relu = jax.nn.relu6(conv_pw_5_bn)
-        conv_pad_6 = jnp.pad(conv_pw_5_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_6 = rt.DepthwiseConv(
+        )(x)
+        x = Conv(name="conv_dw_4_1")(x, train=train)
+        x = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv_pw_4")(x)
+        x = Conv(name="conv_pw_4_1")(x, train=train)
+        x = rt.DepthwiseConv(256, (3, 3), padding="SAME", use_bias=False, name="conv_dw_5")(x)
+        x = Conv(name="conv_dw_5_1")(x, train=train)
+        x = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv_pw_5")(x)
+        x = Conv(name="conv_pw_5_1")(x, train=train)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = rt.DepthwiseConv(
             256, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_6"
-        )(conv_pad_6)
-        conv_dw_6_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_6_bn")(
-            conv_dw_6, use_running_average=not train
-        )
-        conv_dw_6_relu = jax.nn.relu6(conv_dw_6_bn)
-        conv_pw_6 = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_6")(
-            conv_dw_6_relu
-        )
-        conv_pw_6_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_6_bn")(
-            conv_pw_6, use_running_average=not train
-        )
-        conv_pw_6_relu = jax.nn.relu6(conv_pw_6_bn)
-        conv_dw_7 = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_7")(
-            conv_pw_6_relu
-        )
-        conv_dw_7_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_7_bn")(
-            conv_dw_7, use_running_average=not train
-        )
-        conv_dw_7_relu = jax.nn.relu6(conv_dw_7_bn)
-        conv_pw_7 = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_7")(
-            conv_dw_7_relu
-        )
-        conv_pw_7_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_7_bn")(
-            conv_pw_7, use_running_average=not train
-        )
-        conv_pw_7_relu = jax.nn.relu6(conv_pw_7_bn)
-        conv_dw_8 = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_8")(
-            conv_pw_7_relu
-        )
-        conv_dw_8_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_8_bn")(
-            conv_dw_8, use_running_average=not train
-        )
-        conv_dw_8_relu = jax.nn.relu6(conv_dw_8_bn)
-        conv_pw_8 = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_8")(
-            conv_dw_8_relu
-        )
-        conv_pw_8_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_8_bn")(
-            conv_pw_8, use_running_average=not train
-        )
-        conv_pw_8_relu = jax.nn.relu6(conv_pw_8_bn)
-        conv_dw_9 = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_9")(
-            conv_pw_8_relu
-        )
-        conv_dw_9_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_9_bn")(
-            conv_dw_9, use_running_average=not train
-        )
-        conv_dw_9_relu = jax.nn.relu6(conv_dw_9_bn)
-        conv_pw_9 = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_9")(
-            conv_dw_9_relu
-        )
-        conv_pw_9_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_9_bn")(
-            conv_pw_9, use_running_average=not train
-        )
-        conv_pw_9_relu = jax.nn.relu6(conv_pw_9_bn)
-        conv_dw_10 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_10"
-        )(conv_pw_9_relu)
-        conv_dw_10_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_10_bn")(
-            conv_dw_10, use_running_average=not train
-        )
-        conv_dw_10_relu = jax.nn.relu6(conv_dw_10_bn)
-        conv_pw_10 = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_10")(
-            conv_dw_10_relu
-        )
-        conv_pw_10_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_10_bn")(
-            conv_pw_10, use_running_average=not train
-        )
-        conv_pw_10_relu = jax.nn.relu6(conv_pw_10_bn)
-        conv_dw_11 = rt.DepthwiseConv(
-            512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_11"
-        )(conv_pw_10_relu)
-        conv_dw_11_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_11_bn")(
-            conv_dw_11, use_running_average=not train
-        )
-        conv_dw_11_relu = jax.nn.relu6(conv_dw_11_bn)
-        conv_pw_11 = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_11")(
-            conv_dw_11_relu
-        )
-        conv_pw_11_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_11_bn")(
-            conv_pw_11, use_running_average=not train
-        )
-        conv_pw_11_relu = jax.nn.relu6(conv_pw_11_bn)
-        conv_pad_12 = jnp.pad(conv_pw_11_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        conv_dw_12 = rt.DepthwiseConv(
+        )(x)
+        x = Conv(name="conv_dw_6_1")(x, train=train)
+        x = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_6")(x)
+        x = Conv(name="conv_pw_6_1")(x, train=train)
+        x = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_7")(x)
+        x = Conv(name="conv_dw_7_1")(x, train=train)
+        x = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_7")(x)
+        x = Conv(name="conv_pw_7_1")(x, train=train)
+        x = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_8")(x)
+        x = Conv(name="conv_dw_8_1")(x, train=train)
+        x = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_8")(x)
+        x = Conv(name="conv_pw_8_1")(x, train=train)
+        x = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_9")(x)
+        x = Conv(name="conv_dw_9_1")(x, train=train)
+        x = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_9")(x)
+        x = Conv(name="conv_pw_9_1")(x, train=train)
+        x = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_10")(x)
+        x = Conv(name="conv_dw_10_1")(x, train=train)
+        x = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_10")(x)
+        x = Conv(name="conv_pw_10_1")(x, train=train)
+        x = rt.DepthwiseConv(512, (3, 3), padding="SAME", use_bias=False, name="conv_dw_11")(x)
+        x = Conv(name="conv_dw_11_1")(x, train=train)
+        x = nn.Conv(512, (1, 1), padding="SAME", use_bias=False, name="conv_pw_11")(x)
+        x = Conv(name="conv_pw_11_1")(x, train=train)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = rt.DepthwiseConv(
             512, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv_dw_12"
-        )(conv_pad_12)
-        conv_dw_12_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_12_bn")(
-            conv_dw_12, use_running_average=not train
-        )
-        conv_dw_12_relu = jax.nn.relu6(conv_dw_12_bn)
-        conv_pw_12 = nn.Conv(1024, (1, 1), padding="SAME", use_bias=False, name="conv_pw_12")(
-            conv_dw_12_relu
-        )
-        conv_pw_12_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_12_bn")(
-            conv_pw_12, use_running_average=not train
-        )
-        conv_pw_12_relu = jax.nn.relu6(conv_pw_12_bn)
-        conv_dw_13 = rt.DepthwiseConv(
-            1024, (3, 3), padding="SAME", use_bias=False, name="conv_dw_13"
-        )(conv_pw_12_relu)
-        conv_dw_13_bn = rt.BatchNorm(epsilon=0.001, name="conv_dw_13_bn")(
-            conv_dw_13, use_running_average=not train
-        )
-        conv_dw_13_relu = jax.nn.relu6(conv_dw_13_bn)
-        conv_pw_13 = nn.Conv(1024, (1, 1), padding="SAME", use_bias=False, name="conv_pw_13")(
-            conv_dw_13_relu
-        )
-        conv_pw_13_bn = rt.BatchNorm(epsilon=0.001, name="conv_pw_13_bn")(
-            conv_pw_13, use_running_average=not train
-        )
-        conv_pw_13_relu = jax.nn.relu6(conv_pw_13_bn)
-        global_average_pooling2d = jnp.mean(conv_pw_13_relu, axis=(1, 2), keepdims=True)
-        dropout = nn.Dropout(0.001, name="dropout")(
-            global_average_pooling2d, deterministic=not train
-        )
-        conv_preds = nn.Conv(1000, (1, 1), padding="SAME", name="conv_preds")(dropout)
-        reshape_2 = jnp.reshape(conv_preds, (-1, 1000))
-        predictions = jax.nn.softmax(reshape_2)
-        return predictions
+        )(x)
+        x = Conv(name="conv_dw_12_1")(x, train=train)
+        x = nn.Conv(1024, (1, 1), padding="SAME", use_bias=False, name="conv_pw_12")(x)
+        x = Conv(name="conv_pw_12_1")(x, train=train)
+        x = rt.DepthwiseConv(1024, (3, 3), padding="SAME", use_bias=False, name="conv_dw_13")(x)
+        x = Conv(name="conv_dw_13_1")(x, train=train)
+        x = nn.Conv(1024, (1, 1), padding="SAME", use_bias=False, name="conv_pw_13")(x)
+        x = Conv(name="conv_pw_13_1")(x, train=train)
+        x = jnp.mean(x, axis=(1, 2), keepdims=True)
+        x = nn.Dropout(0.001, name="dropout")(x, deterministic=not train)
+        x = nn.Conv(1000, (1, 1), padding="SAME", name="conv_preds")(x)
+        x = jnp.reshape(x, (-1, 1000))
+        x = jax.nn.softmax(x)
+        return x

@@ -10,6 +10,79 @@ from kgen import runtime as rt
 __all__ = ["MobileNetV2"]
 
 
+class Block(nn.Module):
+    """4 alike blocks of the Keras model mobilenetv2_1_00_224, folded by kgen.
+
+    block_1 to block_13.
+    """
+
+    expand_features: int
+    project_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_BN")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu6(x)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = rt.DepthwiseConv(
+            self.expand_features,
+            (3, 3),
+            strides=(2, 2),
+            padding="VALID",
+            use_bias=False,
+            name="depthwise",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="depthwise_BN")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu6(x)
+        x = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+            x
+        )
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_BN")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class Block2(nn.Module):
+    """12 alike blocks of the Keras model mobilenetv2_1_00_224, folded by kgen.
+
+    block_2 to block_16.
+    """
+
+    expand_features: int
+    project_features: int
+    residual: bool
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_BN")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu6(y)
+        y = rt.DepthwiseConv(
+            self.expand_features, (3, 3), padding="SAME", use_bias=False, name="depthwise"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="depthwise_BN")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.relu6(y)
+        y = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+            y
+        )
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_BN")(
+            y, use_running_average=not train
+        )
+        if self.residual:
+            y = x + y
+        return y
+
+
 class MobileNetV2(nn.Module):
     """Keras Functional model mobilenetv2_1_00_224, converted by kgen."""
 
@@ -24,367 +97,44 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        Conv1 = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="Conv1")(
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="Conv1")(
             input_layer
         )
-        bn_Conv1 = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="bn_Conv1")(
-            Conv1, use_running_average=not train
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="bn_Conv1")(
+            x, use_running_average=not train
         )
-        Conv1_relu = jax.nn.relu6(bn_Conv1)
-        expanded_conv_depthwise = rt.DepthwiseConv(
+        x = jax.nn.relu6(x)
+        x = rt.DepthwiseConv(
             32, (3, 3), padding="SAME", use_bias=False, name="expanded_conv_depthwise"
-        )(Conv1_relu)
-        expanded_conv_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_BN"
-        )(expanded_conv_depthwise, use_running_average=not train)
-        expanded_conv_depthwise_relu = jax.nn.relu6(expanded_conv_depthwise_BN)
-        expanded_conv_project = nn.Conv(
-            16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project"
-        )(expanded_conv_depthwise_relu)
-        expanded_conv_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_project_BN"
-        )(expanded_conv_project, use_running_average=not train)
-        block_1_expand = nn.Conv(96, (1, 1), padding="SAME", use_bias=False, name="block_1_expand")(
-            expanded_conv_project_BN
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_BN")(
+            x, use_running_average=not train
         )
-        block_1_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_1_expand_BN")(
-            block_1_expand, use_running_average=not train
+        x = jax.nn.relu6(x)
+        x = nn.Conv(16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_project_BN")(
+            x, use_running_average=not train
         )
-        block_1_expand_relu = jax.nn.relu6(block_1_expand_BN)
-        block_1_pad = jnp.pad(block_1_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_1_depthwise = rt.DepthwiseConv(
-            96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_1_depthwise"
-        )(block_1_pad)
-        block_1_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_1_depthwise_BN"
-        )(block_1_depthwise, use_running_average=not train)
-        block_1_depthwise_relu = jax.nn.relu6(block_1_depthwise_BN)
-        block_1_project = nn.Conv(
-            24, (1, 1), padding="SAME", use_bias=False, name="block_1_project"
-        )(block_1_depthwise_relu)
-        block_1_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_1_project_BN")(
-            block_1_project, use_running_average=not train
+        x = Block(expand_features=96, project_features=24, name="block_1")(x, train=train)
+        x = Block2(144, 24, True, name="block_2")(x, train=train)
+        x = Block(expand_features=144, project_features=32, name="block_3")(x, train=train)
+        x = Block2(192, 32, True, name="block_4")(x, train=train)
+        x = Block2(192, 32, True, name="block_5")(x, train=train)
+        x = Block(expand_features=192, project_features=64, name="block_6")(x, train=train)
+        for i in range(7, 10):
+            x = Block2(384, 64, True, name=f"block_{i}")(x, train=train)
+        x = Block2(384, 96, False, name="block_10")(x, train=train)
+        x = Block2(576, 96, True, name="block_11")(x, train=train)
+        x = Block2(576, 96, True, name="block_12")(x, train=train)
+        x = Block(expand_features=576, project_features=160, name="block_13")(x, train=train)
+        x = Block2(960, 160, True, name="block_14")(x, train=train)
+        x = Block2(960, 160, True, name="block_15")(x, train=train)
+        x = Block2(960, 320, False, name="block_16")(x, train=train)
+        x = nn.Conv(1280, (1, 1), padding="VALID", use_bias=False, name="Conv_1")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="Conv_1_bn")(
+            x, use_running_average=not train
         )
-        block_2_expand = nn.Conv(
-            144, (1, 1), padding="SAME", use_bias=False, name="block_2_expand"
-        )(block_1_project_BN)
-        block_2_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_2_expand_BN")(
-            block_2_expand, use_running_average=not train
-        )
-        block_2_expand_relu = jax.nn.relu6(block_2_expand_BN)
-        block_2_depthwise = rt.DepthwiseConv(
-            144, (3, 3), padding="SAME", use_bias=False, name="block_2_depthwise"
-        )(block_2_expand_relu)
-        block_2_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_2_depthwise_BN"
-        )(block_2_depthwise, use_running_average=not train)
-        block_2_depthwise_relu = jax.nn.relu6(block_2_depthwise_BN)
-        block_2_project = nn.Conv(
-            24, (1, 1), padding="SAME", use_bias=False, name="block_2_project"
-        )(block_2_depthwise_relu)
-        block_2_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_2_project_BN")(
-            block_2_project, use_running_average=not train
-        )
-        block_2_add = block_1_project_BN + block_2_project_BN
-        block_3_expand = nn.Conv(
-            144, (1, 1), padding="SAME", use_bias=False, name="block_3_expand"
-        )(block_2_add)
-        block_3_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_3_expand_BN")(
-            block_3_expand, use_running_average=not train
-        )
-        block_3_expand_relu = jax.nn.relu6(block_3_expand_BN)
-        block_3_pad = jnp.pad(block_3_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_3_depthwise = rt.DepthwiseConv(
-            144, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_3_depthwise"
-        )(block_3_pad)
-        block_3_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_3_depthwise_BN"
-        )(block_3_depthwise, use_running_average=not train)
-        block_3_depthwise_relu = jax.nn.relu6(block_3_depthwise_BN)
-        block_3_project = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block_3_project"
-        )(block_3_depthwise_relu)
-        block_3_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_3_project_BN")(
-            block_3_project, use_running_average=not train
-        )
-        block_4_expand = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block_4_expand"
-        )(block_3_project_BN)
-        block_4_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_4_expand_BN")(
-            block_4_expand, use_running_average=not train
-        )
-        block_4_expand_relu = jax.nn.relu6(block_4_expand_BN)
-        block_4_depthwise = rt.DepthwiseConv(
-            192, (3, 3), padding="SAME", use_bias=False, name="block_4_depthwise"
-        )(block_4_expand_relu)
-        block_4_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_4_depthwise_BN"
-        )(block_4_depthwise, use_running_average=not train)
-        block_4_depthwise_relu = jax.nn.relu6(block_4_depthwise_BN)
-        block_4_project = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block_4_project"
-        )(block_4_depthwise_relu)
-        block_4_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_4_project_BN")(
-            block_4_project, use_running_average=not train
-        )
-        block_4_add = block_3_project_BN + block_4_project_BN
-        block_5_expand = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block_5_expand"
-        )(block_4_add)
-        block_5_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_5_expand_BN")(
-            block_5_expand, use_running_average=not train
-        )
-        block_5_expand_relu = jax.nn.relu6(block_5_expand_BN)
-        block_5_depthwise = rt.DepthwiseConv(
-            192, (3, 3), padding="SAME", use_bias=False, name="block_5_depthwise"
-        )(block_5_expand_relu)
-        block_5_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_5_depthwise_BN"
-        )(block_5_depthwise, use_running_average=not train)
-        block_5_depthwise_relu = jax.nn.relu6(block_5_depthwise_BN)
-        block_5_project = nn.Conv(
-            32, (1, 1), padding="SAME", use_bias=False, name="block_5_project"
-        )(block_5_depthwise_relu)
-        block_5_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_5_project_BN")(
-            block_5_project, use_running_average=not train
-        )
-        block_5_add = block_4_add + block_5_project_BN
-        block_6_expand = nn.Conv(
-            192, (1, 1), padding="SAME", use_bias=False, name="block_6_expand"
-        )(block_5_add)
-        block_6_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_6_expand_BN")(
-            block_6_expand, use_running_average=not train
-        )
-        block_6_expand_relu = jax.nn.relu6(block_6_expand_BN)
-        block_6_pad = jnp.pad(block_6_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_6_depthwise = rt.DepthwiseConv(
-            192, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_6_depthwise"
-        )(block_6_pad)
-        block_6_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_6_depthwise_BN"
-        )(block_6_depthwise, use_running_average=not train)
-        block_6_depthwise_relu = jax.nn.relu6(block_6_depthwise_BN)
-        block_6_project = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block_6_project"
-        )(block_6_depthwise_relu)
-        block_6_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_6_project_BN")(
-            block_6_project, use_running_average=not train
-        )
-        block_7_expand = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block_7_expand"
-        )(block_6_project_BN)
-        block_7_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_7_expand_BN")(
-            block_7_expand, use_running_average=not train
-        )
-        block_7_expand_relu = jax.nn.relu6(block_7_expand_BN)
-        block_7_depthwise = rt.DepthwiseConv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block_7_depthwise"
-        )(block_7_expand_relu)
-        block_7_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_7_depthwise_BN"
-        )(block_7_depthwise, use_running_average=not train)
-        block_7_depthwise_relu = jax.nn.relu6(block_7_depthwise_BN)
-        block_7_project = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block_7_project"
-        )(block_7_depthwise_relu)
-        block_7_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_7_project_BN")(
-            block_7_project, use_running_average=not train
-        )
-        block_7_add = block_6_project_BN + block_7_project_BN
-        block_8_expand = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block_8_expand"
-        )(block_7_add)
-        block_8_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_8_expand_BN")(
-            block_8_expand, use_running_average=not train
-        )
-        block_8_expand_relu = jax.nn.relu6(block_8_expand_BN)
-        block_8_depthwise = rt.DepthwiseConv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block_8_depthwise"
-        )(block_8_expand_relu)
-        block_8_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_8_depthwise_BN"
-        )(block_8_depthwise, use_running_average=not train)
-        block_8_depthwise_relu = jax.nn.relu6(block_8_depthwise_BN)
-        block_8_project = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block_8_project"
-        )(block_8_depthwise_relu)
-        block_8_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_8_project_BN")(
-            block_8_project, use_running_average=not train
-        )
-        block_8_add = block_7_add + block_8_project_BN
-        block_9_expand = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block_9_expand"
-        )(block_8_add)
-        block_9_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_9_expand_BN")(
-            block_9_expand, use_running_average=not train
-        )
-        block_9_expand_relu = jax.nn.relu6(block_9_expand_BN)
-        block_9_depthwise = rt.DepthwiseConv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block_9_depthwise"
-        )(block_9_expand_relu)
-        block_9_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_9_depthwise_BN"
-        )(block_9_depthwise, use_running_average=not train)
-        block_9_depthwise_relu = jax.nn.relu6(block_9_depthwise_BN)
-        block_9_project = nn.Conv(
-            64, (1, 1), padding="SAME", use_bias=False, name="block_9_project"
-        )(block_9_depthwise_relu)
-        block_9_project_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_9_project_BN")(
-            block_9_project, use_running_average=not train
-        )
-        block_9_add = block_8_add + block_9_project_BN
-        block_10_expand = nn.Conv(
-            384, (1, 1), padding="SAME", use_bias=False, name="block_10_expand"
-        )(block_9_add)
-        block_10_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_10_expand_BN")(
-            block_10_expand, use_running_average=not train
-        )
-        block_10_expand_relu = jax.nn.relu6(block_10_expand_BN)
-        block_10_depthwise = rt.DepthwiseConv(
-            384, (3, 3), padding="SAME", use_bias=False, name="block_10_depthwise"
-        )(block_10_expand_relu)
-        block_10_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_10_depthwise_BN"
-        )(block_10_depthwise, use_running_average=not train)
-        block_10_depthwise_relu = jax.nn.relu6(block_10_depthwise_BN)
-        block_10_project = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block_10_project"
-        )(block_10_depthwise_relu)
-        block_10_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_10_project_BN"
-        )(block_10_project, use_running_average=not train)
-        block_11_expand = nn.Conv(
-            576, (1, 1), padding="SAME", use_bias=False, name="block_11_expand"
-        )(block_10_project_BN)
-        block_11_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_11_expand_BN")(
-            block_11_expand, use_running_average=not train
-        )
-        block_11_expand_relu = jax.nn.relu6(block_11_expand_BN)
-        block_11_depthwise = rt.DepthwiseConv(
-            576, (3, 3), padding="SAME", use_bias=False, name="block_11_depthwise"
-        )(block_11_expand_relu)
-        block_11_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_11_depthwise_BN"
-        )(block_11_depthwise, use_running_average=not train)
-        block_11_depthwise_relu = jax.nn.relu6(block_11_depthwise_BN)
-        block_11_project = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block_11_project"
-        )(block_11_depthwise_relu)
-        block_11_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_11_project_BN"
-        )(block_11_project, use_running_average=not train)
-        block_11_add = block_10_project_BN + block_11_project_BN
-        block_12_expand = nn.Conv(
-            576, (1, 1), padding="SAME", use_bias=False, name="block_12_expand"
-        )(block_11_add)
-        block_12_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_12_expand_BN")(
-            block_12_expand, use_running_average=not train
-        )
-        block_12_expand_relu = jax.nn.relu6(block_12_expand_BN)
-        block_12_depthwise = rt.DepthwiseConv(
-            576, (3, 3), padding="SAME", use_bias=False, name="block_12_depthwise"
-        )(block_12_expand_relu)
-        block_12_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_12_depthwise_BN"
-        )(block_12_depthwise, use_running_average=not train)
-        block_12_depthwise_relu = jax.nn.relu6(block_12_depthwise_BN)
-        block_12_project = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="block_12_project"
-        )(block_12_depthwise_relu)
-        block_12_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_12_project_BN"
-        )(block_12_project, use_running_average=not train)
-        block_12_add = block_11_add + block_12_project_BN
-        block_13_expand = nn.Conv(
-            576, (1, 1), padding="SAME", use_bias=False, name="block_13_expand"
-        )(block_12_add)
-        block_13_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_13_expand_BN")(
-            block_13_expand, use_running_average=not train
-        )
-        block_13_expand_relu = jax.nn.relu6(block_13_expand_BN)
-        block_13_pad = jnp.pad(block_13_expand_relu, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        block_13_depthwise = rt.DepthwiseConv(
-            576, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block_13_depthwise"
-        )(block_13_pad)
-        block_13_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_13_depthwise_BN"
-        )(block_13_depthwise, use_running_average=not train)
-        block_13_depthwise_relu = jax.nn.relu6(block_13_depthwise_BN)
-        block_13_project = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block_13_project"
-        )(block_13_depthwise_relu)
-        block_13_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_13_project_BN"
-        )(block_13_project, use_running_average=not train)
-        block_14_expand = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block_14_expand"
-        )(block_13_project_BN)
-        block_14_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_14_expand_BN")(
-            block_14_expand, use_running_average=not train
-        )
-        block_14_expand_relu = jax.nn.relu6(block_14_expand_BN)
-        block_14_depthwise = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block_14_depthwise"
-        )(block_14_expand_relu)
-        block_14_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_14_depthwise_BN"
-        )(block_14_depthwise, use_running_average=not train)
-        block_14_depthwise_relu = jax.nn.relu6(block_14_depthwise_BN)
-        block_14_project = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block_14_project"
-        )(block_14_depthwise_relu)
-        block_14_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_14_project_BN"
-        )(block_14_project, use_running_average=not train)
-        block_14_add = block_13_project_BN + block_14_project_BN
-        block_15_expand = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block_15_expand"
-        )(block_14_add)
-        block_15_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_15_expand_BN")(
-            block_15_expand, use_running_average=not train
-        )
-        block_15_expand_relu = jax.nn.relu6(block_15_expand_BN)
-        block_15_depthwise = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block_15_depthwise"
-        )(block_15_expand_relu)
-        block_15_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_15_depthwise_BN"
-        )(block_15_depthwise, use_running_average=not train)
-        block_15_depthwise_relu = jax.nn.relu6(block_15_depthwise_BN)
-        block_15_project = nn.Conv(
-            160, (1, 1), padding="SAME", use_bias=False, name="block_15_project"
-        )(block_15_depthwise_relu)
-        block_15_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_15_project_BN"
-        )(block_15_project, use_running_average=not train)
-        block_15_add = block_14_add + block_15_project_BN
-        block_16_expand = nn.Conv(
-            960, (1, 1), padding="SAME", use_bias=False, name="block_16_expand"
-        )(block_15_add)
-        block_16_expand_BN = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="block_16_expand_BN")(
-            block_16_expand, use_running_average=not train
-        )
-        block_16_expand_relu = jax.nn.relu6(block_16_expand_BN)
-        block_16_depthwise = rt.DepthwiseConv(
-            960, (3, 3), padding="SAME", use_bias=False, name="block_16_depthwise"
-        )(block_16_expand_relu)
-        block_16_depthwise_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_16_depthwise_BN"
-        )(block_16_depthwise, use_running_average=not train)
-        block_16_depthwise_relu = jax.nn.relu6(block_16_depthwise_BN)
-        block_16_project = nn.Conv(
-            320, (1, 1), padding="SAME", use_bias=False, name="block_16_project"
-        )(block_16_depthwise_relu)
-        block_16_project_BN = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="block_16_project_BN"
-        )(block_16_project, use_running_average=not train)
-        Conv_1 = nn.Conv(1280, (1, 1), padding="VALID", use_bias=False, name="Conv_1")(
-            block_16_project_BN
-        )
-        Conv_1_bn = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="Conv_1_bn")(
-            Conv_1, use_running_average=not train
-        )
-        out_relu = jax.nn.relu6(Conv_1_bn)
-        global_average_pooling2d = jnp.mean(out_relu, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(global_average_pooling2d))
-        return predictions
+        x = jax.nn.relu6(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

@@ -11,6 +11,132 @@ from kgen import runtime as rt
 __all__ = ["MobileNetV3Small"]
 
 
+class ExpandedConv(nn.Module):
+    """4 alike blocks of the Keras model MobileNetV3Small, folded by kgen.
+
+    expanded_conv_1 to expanded_conv_8.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class ExpandedConv11(nn.Module):
+    """3 alike blocks of the Keras model MobileNetV3Small, folded by kgen.
+
+    expanded_conv_1_1 to expanded_conv_8_1.
+    """
+
+    pad_width: tuple
+    features: int
+    kernel_size: tuple
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = jnp.pad(x, self.pad_width)
+        x = rt.DepthwiseConv(
+            self.features,
+            self.kernel_size,
+            strides=(2, 2),
+            padding="VALID",
+            use_bias=False,
+            name="depthwise",
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="depthwise_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class ExpandedConv32(nn.Module):
+    """3 alike blocks of the Keras model MobileNetV3Small, folded by kgen.
+
+    expanded_conv_3_2 to expanded_conv_8_2.
+    """
+
+    squeeze_excite_conv_features: int
+    squeeze_excite_conv_1_features: int
+    project_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = jnp.mean(x, axis=(1, 2), keepdims=True)
+        y = nn.Conv(
+            self.squeeze_excite_conv_features, (1, 1), padding="SAME", name="squeeze_excite_conv"
+        )(y)
+        y = jax.nn.relu(y)
+        y = nn.Conv(
+            self.squeeze_excite_conv_1_features,
+            (1, 1),
+            padding="SAME",
+            name="squeeze_excite_conv_1",
+        )(y)
+        y = y + 3.0
+        y = jax.nn.relu6(y)
+        y = y * 0.16666666666666666
+        x = x * y
+        x = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+            x
+        )
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
+            x, use_running_average=not train
+        )
+        return x
+
+
+class ExpandedConv4(nn.Module):
+    """5 alike blocks of the Keras model MobileNetV3Small, folded by kgen.
+
+    expanded_conv_4 to expanded_conv_10.
+    """
+
+    expand_features: int
+    squeeze_excite_conv_features: int
+    project_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.hard_silu(y)
+        y = rt.DepthwiseConv(
+            self.expand_features, (5, 5), padding="SAME", use_bias=False, name="depthwise"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="depthwise_bn")(
+            y, use_running_average=not train
+        )
+        y = jax.nn.hard_silu(y)
+        squeeze_excite_avg_pool = jnp.mean(y, axis=(1, 2), keepdims=True)
+        squeeze_excite_conv = nn.Conv(
+            self.squeeze_excite_conv_features, (1, 1), padding="SAME", name="squeeze_excite_conv"
+        )(squeeze_excite_avg_pool)
+        squeeze_excite_relu = jax.nn.relu(squeeze_excite_conv)
+        squeeze_excite_conv_1 = nn.Conv(
+            self.expand_features, (1, 1), padding="SAME", name="squeeze_excite_conv_1"
+        )(squeeze_excite_relu)
+        add = squeeze_excite_conv_1 + 3.0
+        re_lu = jax.nn.relu6(add)
+        multiply = re_lu * 0.16666666666666666
+        y = y * multiply
+        y = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+            y
+        )
+        y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
+            y, use_running_average=not train
+        )
+        x = x + y
+        return x
+
+
 class MobileNetV3Small(nn.Module):
     """Keras Functional model MobileNetV3Small, converted by kgen."""
 
@@ -25,28 +151,26 @@ class MobileNetV3Small(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        rescaling = (input_layer * 0.00784313725490196) + (-1.0)
-        conv = nn.Conv(16, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv")(
-            rescaling
+        x = (input_layer * 0.00784313725490196) + (-1.0)
+        x = nn.Conv(16, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_bn")(
+            x, use_running_average=not train
         )
-        conv_bn = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_bn")(
-            conv, use_running_average=not train
-        )
-        activation = jax.nn.hard_silu(conv_bn)
-        expanded_conv_depthwise_pad = jnp.pad(activation, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        expanded_conv_depthwise = rt.DepthwiseConv(
+        x = jax.nn.hard_silu(x)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        x = rt.DepthwiseConv(
             16,
             (3, 3),
             strides=(2, 2),
             padding="VALID",
             use_bias=False,
             name="expanded_conv_depthwise",
-        )(expanded_conv_depthwise_pad)
-        expanded_conv_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_bn"
-        )(expanded_conv_depthwise, use_running_average=not train)
-        re_lu = jax.nn.relu(expanded_conv_depthwise_bn)
-        expanded_conv_squeeze_excite_avg_pool = jnp.mean(re_lu, axis=(1, 2), keepdims=True)
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_bn")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu(x)
+        expanded_conv_squeeze_excite_avg_pool = jnp.mean(x, axis=(1, 2), keepdims=True)
         expanded_conv_squeeze_excite_conv = nn.Conv(
             8, (1, 1), padding="SAME", name="expanded_conv_squeeze_excite_conv"
         )(expanded_conv_squeeze_excite_avg_pool)
@@ -57,42 +181,24 @@ class MobileNetV3Small(nn.Module):
         add = expanded_conv_squeeze_excite_conv_1 + 3.0
         re_lu_1 = jax.nn.relu6(add)
         multiply = re_lu_1 * 0.16666666666666666
-        expanded_conv_squeeze_excite_mul = re_lu * multiply
-        expanded_conv_project = nn.Conv(
-            16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project"
-        )(expanded_conv_squeeze_excite_mul)
-        expanded_conv_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_project_bn"
-        )(expanded_conv_project, use_running_average=not train)
-        expanded_conv_1_expand = nn.Conv(
-            72, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_expand"
-        )(expanded_conv_project_bn)
-        expanded_conv_1_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_1_expand_bn"
-        )(expanded_conv_1_expand, use_running_average=not train)
-        re_lu_2 = jax.nn.relu(expanded_conv_1_expand_bn)
-        expanded_conv_1_depthwise_pad = jnp.pad(re_lu_2, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        expanded_conv_1_depthwise = rt.DepthwiseConv(
-            72,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            use_bias=False,
-            name="expanded_conv_1_depthwise",
-        )(expanded_conv_1_depthwise_pad)
-        expanded_conv_1_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_1_depthwise_bn"
-        )(expanded_conv_1_depthwise, use_running_average=not train)
-        re_lu_3 = jax.nn.relu(expanded_conv_1_depthwise_bn)
-        expanded_conv_1_project = nn.Conv(
-            24, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_project"
-        )(re_lu_3)
-        expanded_conv_1_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_1_project_bn"
-        )(expanded_conv_1_project, use_running_average=not train)
+        x = x * multiply
+        x = nn.Conv(16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_project_bn")(
+            x, use_running_average=not train
+        )
+        x = ExpandedConv(features=72, name="expanded_conv_1")(x, train=train)
+        x = jax.nn.relu(x)
+        x = ExpandedConv11(((0, 0), (0, 1), (0, 1), (0, 0)), 72, (3, 3), name="expanded_conv_1_1")(
+            x, train=train
+        )
+        x = jax.nn.relu(x)
+        x = nn.Conv(24, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_project")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_1_project_bn")(
+            x, use_running_average=not train
+        )
         expanded_conv_2_expand = nn.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_2_expand"
-        )(expanded_conv_1_project_bn)
+        )(x)
         expanded_conv_2_expand_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_expand_bn"
         )(expanded_conv_2_expand, use_running_average=not train)
@@ -110,300 +216,46 @@ class MobileNetV3Small(nn.Module):
         expanded_conv_2_project_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_project_bn"
         )(expanded_conv_2_project, use_running_average=not train)
-        expanded_conv_2_add = expanded_conv_1_project_bn + expanded_conv_2_project_bn
-        expanded_conv_3_expand = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_3_expand"
-        )(expanded_conv_2_add)
-        expanded_conv_3_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_3_expand_bn"
-        )(expanded_conv_3_expand, use_running_average=not train)
-        activation_1 = jax.nn.hard_silu(expanded_conv_3_expand_bn)
-        expanded_conv_3_depthwise_pad = jnp.pad(activation_1, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        expanded_conv_3_depthwise = rt.DepthwiseConv(
-            96,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            use_bias=False,
-            name="expanded_conv_3_depthwise",
-        )(expanded_conv_3_depthwise_pad)
-        expanded_conv_3_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_3_depthwise_bn"
-        )(expanded_conv_3_depthwise, use_running_average=not train)
-        activation_2 = jax.nn.hard_silu(expanded_conv_3_depthwise_bn)
-        expanded_conv_3_squeeze_excite_avg_pool = jnp.mean(activation_2, axis=(1, 2), keepdims=True)
-        expanded_conv_3_squeeze_excite_conv = nn.Conv(
-            24, (1, 1), padding="SAME", name="expanded_conv_3_squeeze_excite_conv"
-        )(expanded_conv_3_squeeze_excite_avg_pool)
-        expanded_conv_3_squeeze_excite_relu = jax.nn.relu(expanded_conv_3_squeeze_excite_conv)
-        expanded_conv_3_squeeze_excite_conv_1 = nn.Conv(
-            96, (1, 1), padding="SAME", name="expanded_conv_3_squeeze_excite_conv_1"
-        )(expanded_conv_3_squeeze_excite_relu)
-        add_1 = expanded_conv_3_squeeze_excite_conv_1 + 3.0
-        re_lu_6 = jax.nn.relu6(add_1)
-        multiply_1 = re_lu_6 * 0.16666666666666666
-        expanded_conv_3_squeeze_excite_mul = activation_2 * multiply_1
-        expanded_conv_3_project = nn.Conv(
-            40, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_3_project"
-        )(expanded_conv_3_squeeze_excite_mul)
-        expanded_conv_3_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_3_project_bn"
-        )(expanded_conv_3_project, use_running_average=not train)
-        expanded_conv_4_expand = nn.Conv(
-            240, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_4_expand"
-        )(expanded_conv_3_project_bn)
-        expanded_conv_4_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_4_expand_bn"
-        )(expanded_conv_4_expand, use_running_average=not train)
-        activation_3 = jax.nn.hard_silu(expanded_conv_4_expand_bn)
-        expanded_conv_4_depthwise = rt.DepthwiseConv(
-            240, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_4_depthwise"
-        )(activation_3)
-        expanded_conv_4_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_4_depthwise_bn"
-        )(expanded_conv_4_depthwise, use_running_average=not train)
-        activation_4 = jax.nn.hard_silu(expanded_conv_4_depthwise_bn)
-        expanded_conv_4_squeeze_excite_avg_pool = jnp.mean(activation_4, axis=(1, 2), keepdims=True)
-        expanded_conv_4_squeeze_excite_conv = nn.Conv(
-            64, (1, 1), padding="SAME", name="expanded_conv_4_squeeze_excite_conv"
-        )(expanded_conv_4_squeeze_excite_avg_pool)
-        expanded_conv_4_squeeze_excite_relu = jax.nn.relu(expanded_conv_4_squeeze_excite_conv)
-        expanded_conv_4_squeeze_excite_conv_1 = nn.Conv(
-            240, (1, 1), padding="SAME", name="expanded_conv_4_squeeze_excite_conv_1"
-        )(expanded_conv_4_squeeze_excite_relu)
-        add_2 = expanded_conv_4_squeeze_excite_conv_1 + 3.0
-        re_lu_7 = jax.nn.relu6(add_2)
-        multiply_2 = re_lu_7 * 0.16666666666666666
-        expanded_conv_4_squeeze_excite_mul = activation_4 * multiply_2
-        expanded_conv_4_project = nn.Conv(
-            40, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_4_project"
-        )(expanded_conv_4_squeeze_excite_mul)
-        expanded_conv_4_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_4_project_bn"
-        )(expanded_conv_4_project, use_running_average=not train)
-        expanded_conv_4_add = expanded_conv_3_project_bn + expanded_conv_4_project_bn
-        expanded_conv_5_expand = nn.Conv(
-            240, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_5_expand"
-        )(expanded_conv_4_add)
-        expanded_conv_5_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_5_expand_bn"
-        )(expanded_conv_5_expand, use_running_average=not train)
-        activation_5 = jax.nn.hard_silu(expanded_conv_5_expand_bn)
-        expanded_conv_5_depthwise = rt.DepthwiseConv(
-            240, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_5_depthwise"
-        )(activation_5)
-        expanded_conv_5_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_5_depthwise_bn"
-        )(expanded_conv_5_depthwise, use_running_average=not train)
-        activation_6 = jax.nn.hard_silu(expanded_conv_5_depthwise_bn)
-        expanded_conv_5_squeeze_excite_avg_pool = jnp.mean(activation_6, axis=(1, 2), keepdims=True)
-        expanded_conv_5_squeeze_excite_conv = nn.Conv(
-            64, (1, 1), padding="SAME", name="expanded_conv_5_squeeze_excite_conv"
-        )(expanded_conv_5_squeeze_excite_avg_pool)
-        expanded_conv_5_squeeze_excite_relu = jax.nn.relu(expanded_conv_5_squeeze_excite_conv)
-        expanded_conv_5_squeeze_excite_conv_1 = nn.Conv(
-            240, (1, 1), padding="SAME", name="expanded_conv_5_squeeze_excite_conv_1"
-        )(expanded_conv_5_squeeze_excite_relu)
-        add_3 = expanded_conv_5_squeeze_excite_conv_1 + 3.0
-        re_lu_8 = jax.nn.relu6(add_3)
-        multiply_3 = re_lu_8 * 0.16666666666666666
-        expanded_conv_5_squeeze_excite_mul = activation_6 * multiply_3
-        expanded_conv_5_project = nn.Conv(
-            40, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_5_project"
-        )(expanded_conv_5_squeeze_excite_mul)
-        expanded_conv_5_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_5_project_bn"
-        )(expanded_conv_5_project, use_running_average=not train)
-        expanded_conv_5_add = expanded_conv_4_add + expanded_conv_5_project_bn
-        expanded_conv_6_expand = nn.Conv(
-            120, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_6_expand"
-        )(expanded_conv_5_add)
-        expanded_conv_6_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_6_expand_bn"
-        )(expanded_conv_6_expand, use_running_average=not train)
-        activation_7 = jax.nn.hard_silu(expanded_conv_6_expand_bn)
-        expanded_conv_6_depthwise = rt.DepthwiseConv(
+        x = x + expanded_conv_2_project_bn
+        x = ExpandedConv(features=96, name="expanded_conv_3")(x, train=train)
+        x = jax.nn.hard_silu(x)
+        x = ExpandedConv11(((0, 0), (1, 2), (1, 2), (0, 0)), 96, (5, 5), name="expanded_conv_3_1")(
+            x, train=train
+        )
+        x = jax.nn.hard_silu(x)
+        x = ExpandedConv32(24, 96, 40, name="expanded_conv_3_2")(x, train=train)
+        x = ExpandedConv4(240, 64, 40, name="expanded_conv_4")(x, train=train)
+        x = ExpandedConv4(240, 64, 40, name="expanded_conv_5")(x, train=train)
+        x = ExpandedConv(features=120, name="expanded_conv_6")(x, train=train)
+        x = jax.nn.hard_silu(x)
+        x = rt.DepthwiseConv(
             120, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_6_depthwise"
-        )(activation_7)
-        expanded_conv_6_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_6_depthwise_bn"
-        )(expanded_conv_6_depthwise, use_running_average=not train)
-        activation_8 = jax.nn.hard_silu(expanded_conv_6_depthwise_bn)
-        expanded_conv_6_squeeze_excite_avg_pool = jnp.mean(activation_8, axis=(1, 2), keepdims=True)
-        expanded_conv_6_squeeze_excite_conv = nn.Conv(
-            32, (1, 1), padding="SAME", name="expanded_conv_6_squeeze_excite_conv"
-        )(expanded_conv_6_squeeze_excite_avg_pool)
-        expanded_conv_6_squeeze_excite_relu = jax.nn.relu(expanded_conv_6_squeeze_excite_conv)
-        expanded_conv_6_squeeze_excite_conv_1 = nn.Conv(
-            120, (1, 1), padding="SAME", name="expanded_conv_6_squeeze_excite_conv_1"
-        )(expanded_conv_6_squeeze_excite_relu)
-        add_4 = expanded_conv_6_squeeze_excite_conv_1 + 3.0
-        re_lu_9 = jax.nn.relu6(add_4)
-        multiply_4 = re_lu_9 * 0.16666666666666666
-        expanded_conv_6_squeeze_excite_mul = activation_8 * multiply_4
-        expanded_conv_6_project = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_6_project"
-        )(expanded_conv_6_squeeze_excite_mul)
-        expanded_conv_6_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_6_project_bn"
-        )(expanded_conv_6_project, use_running_average=not train)
-        expanded_conv_7_expand = nn.Conv(
-            144, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_7_expand"
-        )(expanded_conv_6_project_bn)
-        expanded_conv_7_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_7_expand_bn"
-        )(expanded_conv_7_expand, use_running_average=not train)
-        activation_9 = jax.nn.hard_silu(expanded_conv_7_expand_bn)
-        expanded_conv_7_depthwise = rt.DepthwiseConv(
-            144, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_7_depthwise"
-        )(activation_9)
-        expanded_conv_7_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_7_depthwise_bn"
-        )(expanded_conv_7_depthwise, use_running_average=not train)
-        activation_10 = jax.nn.hard_silu(expanded_conv_7_depthwise_bn)
-        expanded_conv_7_squeeze_excite_avg_pool = jnp.mean(
-            activation_10, axis=(1, 2), keepdims=True
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_6_depthwise_bn")(
+            x, use_running_average=not train
         )
-        expanded_conv_7_squeeze_excite_conv = nn.Conv(
-            40, (1, 1), padding="SAME", name="expanded_conv_7_squeeze_excite_conv"
-        )(expanded_conv_7_squeeze_excite_avg_pool)
-        expanded_conv_7_squeeze_excite_relu = jax.nn.relu(expanded_conv_7_squeeze_excite_conv)
-        expanded_conv_7_squeeze_excite_conv_1 = nn.Conv(
-            144, (1, 1), padding="SAME", name="expanded_conv_7_squeeze_excite_conv_1"
-        )(expanded_conv_7_squeeze_excite_relu)
-        add_5 = expanded_conv_7_squeeze_excite_conv_1 + 3.0
-        re_lu_10 = jax.nn.relu6(add_5)
-        multiply_5 = re_lu_10 * 0.16666666666666666
-        expanded_conv_7_squeeze_excite_mul = activation_10 * multiply_5
-        expanded_conv_7_project = nn.Conv(
-            48, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_7_project"
-        )(expanded_conv_7_squeeze_excite_mul)
-        expanded_conv_7_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_7_project_bn"
-        )(expanded_conv_7_project, use_running_average=not train)
-        expanded_conv_7_add = expanded_conv_6_project_bn + expanded_conv_7_project_bn
-        expanded_conv_8_expand = nn.Conv(
-            288, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_8_expand"
-        )(expanded_conv_7_add)
-        expanded_conv_8_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_8_expand_bn"
-        )(expanded_conv_8_expand, use_running_average=not train)
-        activation_11 = jax.nn.hard_silu(expanded_conv_8_expand_bn)
-        expanded_conv_8_depthwise_pad = jnp.pad(activation_11, ((0, 0), (1, 2), (1, 2), (0, 0)))
-        expanded_conv_8_depthwise = rt.DepthwiseConv(
-            288,
-            (5, 5),
-            strides=(2, 2),
-            padding="VALID",
-            use_bias=False,
-            name="expanded_conv_8_depthwise",
-        )(expanded_conv_8_depthwise_pad)
-        expanded_conv_8_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_8_depthwise_bn"
-        )(expanded_conv_8_depthwise, use_running_average=not train)
-        activation_12 = jax.nn.hard_silu(expanded_conv_8_depthwise_bn)
-        expanded_conv_8_squeeze_excite_avg_pool = jnp.mean(
-            activation_12, axis=(1, 2), keepdims=True
+        x = jax.nn.hard_silu(x)
+        x = ExpandedConv32(32, 120, 48, name="expanded_conv_6_2")(x, train=train)
+        x = ExpandedConv4(144, 40, 48, name="expanded_conv_7")(x, train=train)
+        x = ExpandedConv(features=288, name="expanded_conv_8")(x, train=train)
+        x = jax.nn.hard_silu(x)
+        x = ExpandedConv11(((0, 0), (1, 2), (1, 2), (0, 0)), 288, (5, 5), name="expanded_conv_8_1")(
+            x, train=train
         )
-        expanded_conv_8_squeeze_excite_conv = nn.Conv(
-            72, (1, 1), padding="SAME", name="expanded_conv_8_squeeze_excite_conv"
-        )(expanded_conv_8_squeeze_excite_avg_pool)
-        expanded_conv_8_squeeze_excite_relu = jax.nn.relu(expanded_conv_8_squeeze_excite_conv)
-        expanded_conv_8_squeeze_excite_conv_1 = nn.Conv(
-            288, (1, 1), padding="SAME", name="expanded_conv_8_squeeze_excite_conv_1"
-        )(expanded_conv_8_squeeze_excite_relu)
-        add_6 = expanded_conv_8_squeeze_excite_conv_1 + 3.0
-        re_lu_11 = jax.nn.relu6(add_6)
-        multiply_6 = re_lu_11 * 0.16666666666666666
-        expanded_conv_8_squeeze_excite_mul = activation_12 * multiply_6
-        expanded_conv_8_project = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_8_project"
-        )(expanded_conv_8_squeeze_excite_mul)
-        expanded_conv_8_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_8_project_bn"
-        )(expanded_conv_8_project, use_running_average=not train)
-        expanded_conv_9_expand = nn.Conv(
-            576, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_9_expand"
-        )(expanded_conv_8_project_bn)
-        expanded_conv_9_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_9_expand_bn"
-        )(expanded_conv_9_expand, use_running_average=not train)
-        activation_13 = jax.nn.hard_silu(expanded_conv_9_expand_bn)
-        expanded_conv_9_depthwise = rt.DepthwiseConv(
-            576, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_9_depthwise"
-        )(activation_13)
-        expanded_conv_9_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_9_depthwise_bn"
-        )(expanded_conv_9_depthwise, use_running_average=not train)
-        activation_14 = jax.nn.hard_silu(expanded_conv_9_depthwise_bn)
-        expanded_conv_9_squeeze_excite_avg_pool = jnp.mean(
-            activation_14, axis=(1, 2), keepdims=True
+        x = jax.nn.hard_silu(x)
+        x = ExpandedConv32(72, 288, 96, name="expanded_conv_8_2")(x, train=train)
+        x = ExpandedConv4(576, 144, 96, name="expanded_conv_9")(x, train=train)
+        x = ExpandedConv4(576, 144, 96, name="expanded_conv_10")(x, train=train)
+        x = nn.Conv(576, (1, 1), padding="SAME", use_bias=False, name="conv_1")(x)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_1_bn")(
+            x, use_running_average=not train
         )
-        expanded_conv_9_squeeze_excite_conv = nn.Conv(
-            144, (1, 1), padding="SAME", name="expanded_conv_9_squeeze_excite_conv"
-        )(expanded_conv_9_squeeze_excite_avg_pool)
-        expanded_conv_9_squeeze_excite_relu = jax.nn.relu(expanded_conv_9_squeeze_excite_conv)
-        expanded_conv_9_squeeze_excite_conv_1 = nn.Conv(
-            576, (1, 1), padding="SAME", name="expanded_conv_9_squeeze_excite_conv_1"
-        )(expanded_conv_9_squeeze_excite_relu)
-        add_7 = expanded_conv_9_squeeze_excite_conv_1 + 3.0
-        re_lu_12 = jax.nn.relu6(add_7)
-        multiply_7 = re_lu_12 * 0.16666666666666666
-        expanded_conv_9_squeeze_excite_mul = activation_14 * multiply_7
-        expanded_conv_9_project = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_9_project"
-        )(expanded_conv_9_squeeze_excite_mul)
-        expanded_conv_9_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_9_project_bn"
-        )(expanded_conv_9_project, use_running_average=not train)
-        expanded_conv_9_add = expanded_conv_8_project_bn + expanded_conv_9_project_bn
-        expanded_conv_10_expand = nn.Conv(
-            576, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_10_expand"
-        )(expanded_conv_9_add)
-        expanded_conv_10_expand_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_10_expand_bn"
-        )(expanded_conv_10_expand, use_running_average=not train)
-        activation_15 = jax.nn.hard_silu(expanded_conv_10_expand_bn)
-        expanded_conv_10_depthwise = rt.DepthwiseConv(
-            576, (5, 5), padding="SAME", use_bias=False, name="expanded_conv_10_depthwise"
-        )(activation_15)
-        expanded_conv_10_depthwise_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_10_depthwise_bn"
-        )(expanded_conv_10_depthwise, use_running_average=not train)
-        activation_16 = jax.nn.hard_silu(expanded_conv_10_depthwise_bn)
-        expanded_conv_10_squeeze_excite_avg_pool = jnp.mean(
-            activation_16, axis=(1, 2), keepdims=True
-        )
-        expanded_conv_10_squeeze_excite_conv = nn.Conv(
-            144, (1, 1), padding="SAME", name="expanded_conv_10_squeeze_excite_conv"
-        )(expanded_conv_10_squeeze_excite_avg_pool)
-        expanded_conv_10_squeeze_excite_relu = jax.nn.relu(expanded_conv_10_squeeze_excite_conv)
-        expanded_conv_10_squeeze_excite_conv_1 = nn.Conv(
-            576, (1, 1), padding="SAME", name="expanded_conv_10_squeeze_excite_conv_1"
-        )(expanded_conv_10_squeeze_excite_relu)
-        add_8 = expanded_conv_10_squeeze_excite_conv_1 + 3.0
-        re_lu_13 = jax.nn.relu6(add_8)
-        multiply_8 = re_lu_13 * 0.16666666666666666
-        expanded_conv_10_squeeze_excite_mul = activation_16 * multiply_8
-        expanded_conv_10_project = nn.Conv(
-            96, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_10_project"
-        )(expanded_conv_10_squeeze_excite_mul)
-        expanded_conv_10_project_bn = rt.BatchNorm(
-            epsilon=0.001, momentum=0.999, name="expanded_conv_10_project_bn"
-        )(expanded_conv_10_project, use_running_average=not train)
-        expanded_conv_10_add = expanded_conv_9_add + expanded_conv_10_project_bn
-        conv_1 = nn.Conv(576, (1, 1), padding="SAME", use_bias=False, name="conv_1")(
-            expanded_conv_10_add
-        )
-        conv_1_bn = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_1_bn")(
-            conv_1, use_running_average=not train
-        )
-        activation_17 = jax.nn.hard_silu(conv_1_bn)
-        global_average_pooling2d = jnp.mean(activation_17, axis=(1, 2), keepdims=True)
-        conv_2 = nn.Conv(1024, (1, 1), padding="SAME", name="conv_2")(global_average_pooling2d)
-        activation_18 = jax.nn.hard_silu(conv_2)
-        dropout = nn.Dropout(0.2, name="dropout")(activation_18, deterministic=not train)
-        logits = nn.Conv(1000, (1, 1), padding="SAME", name="logits")(dropout)
-        flatten = einops.rearrange(logits, "b h w d -> b (h w d)")
-        predictions = jax.nn.softmax(flatten)
-        return predictions
+        x = jax.nn.hard_silu(x)
+        x = jnp.mean(x, axis=(1, 2), keepdims=True)
+        x = nn.Conv(1024, (1, 1), padding="SAME", name="conv_2")(x)
+        x = jax.nn.hard_silu(x)
+        x = nn.Dropout(0.2, name="dropout")(x, deterministic=not train)
+        x = nn.Conv(1000, (1, 1), padding="SAME", name="logits")(x)
+        x = einops.rearrange(x, "b h w d -> b (h w d)")
+        x = jax.nn.softmax(x)
+        return x

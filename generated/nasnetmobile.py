@@ -24,20 +24,20 @@ class NASNetMobile(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        stem_conv1 = nn.Conv(
-            32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv1"
-        )(input_layer)
-        stem_bn1 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="stem_bn1")(
-            stem_conv1, use_running_average=not train
+        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv1")(
+            input_layer
         )
-        activation = jax.nn.relu(stem_bn1)
+        x = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="stem_bn1")(
+            x, use_running_average=not train
+        )
+        activation = jax.nn.relu(x)
         reduction_conv_1_stem_1 = nn.Conv(
             11, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_stem_1"
         )(activation)
         reduction_bn_1_stem_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="reduction_bn_1_stem_1"
         )(reduction_conv_1_stem_1, use_running_average=not train)
-        activation_3 = jax.nn.relu(stem_bn1)
+        activation_3 = jax.nn.relu(x)
         activation_1 = jax.nn.relu(reduction_bn_1_stem_1)
         separable_conv_1_pad_reduction_right1_stem_1 = jnp.pad(
             activation_3, ((0, 0), (3, 3), (3, 3), (0, 0))
@@ -89,11 +89,11 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_reduction_right1_stem_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_right1_stem_1"
         )(separable_conv_2_reduction_right1_stem_1, use_running_average=not train)
-        activation_5 = jax.nn.relu(stem_bn1)
+        activation_5 = jax.nn.relu(x)
         reduction_add_1_stem_1 = (
             separable_conv_2_bn_reduction_left1_stem_1 + separable_conv_2_bn_reduction_right1_stem_1
         )
-        activation_7 = jax.nn.relu(stem_bn1)
+        activation_7 = jax.nn.relu(x)
         separable_conv_1_pad_reduction_right2_stem_1 = jnp.pad(
             activation_5, ((0, 0), (3, 3), (3, 3), (0, 0))
         )
@@ -144,7 +144,7 @@ class NASNetMobile(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right2_stem_1",
         )(activation_6)
-        adjust_relu_1_stem_2 = jax.nn.relu(stem_bn1)
+        adjust_relu_1_stem_2 = jax.nn.relu(x)
         separable_conv_2_reduction_left4_stem_1 = rt.SeparableConv(
             11,
             (3, 3),
@@ -2038,7 +2038,7 @@ class NASNetMobile(nn.Module):
         normal_add_3_12 = normal_left3_12 + adjust_bn_12
         normal_add_4_12 = normal_left4_12 + normal_right4_12
         normal_add_5_12 = separable_conv_2_bn_normal_left5_12 + normal_bn_1_12
-        normal_concat_12 = jnp.concatenate(
+        x = jnp.concatenate(
             [
                 adjust_bn_12,
                 normal_add_1_12,
@@ -2049,7 +2049,7 @@ class NASNetMobile(nn.Module):
             ],
             axis=-1,
         )
-        activation_187 = jax.nn.relu(normal_concat_12)
-        global_average_pooling2d = jnp.mean(activation_187, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(global_average_pooling2d))
-        return predictions
+        x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

@@ -10,6 +10,98 @@ from kgen import runtime as rt
 __all__ = ["ResNet101V2"]
 
 
+class ConvBlock(nn.Module):
+    """4 alike blocks of the Keras model resnet101v2, folded by kgen.
+
+    conv2_block1 to conv5_block1.
+    """
+
+    features_1_conv: int
+    features_0_conv: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = rt.BatchNorm(epsilon=1.001e-05, name="preact_bn")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        x_1_conv = nn.Conv(
+            self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv"
+        )(x)
+        x_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(
+            x_1_conv, use_running_average=not train
+        )
+        x_1_relu = jax.nn.relu(x_1_bn)
+        x_2_pad = jnp.pad(x_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x_2_conv = nn.Conv(
+            self.features_1_conv, (3, 3), padding="VALID", use_bias=False, name="2_conv"
+        )(x_2_pad)
+        x_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(
+            x_2_conv, use_running_average=not train
+        )
+        x_2_relu = jax.nn.relu(x_2_bn)
+        x_0_conv = nn.Conv(self.features_0_conv, (1, 1), padding="VALID", name="0_conv")(x)
+        x_3_conv = nn.Conv(self.features_0_conv, (1, 1), padding="VALID", name="3_conv")(x_2_relu)
+        x = x_0_conv + x_3_conv
+        return x
+
+
+class Conv2Block2(nn.Module):
+    """26 alike blocks of the Keras model resnet101v2, folded by kgen.
+
+    conv2_block2 to conv5_block3.
+    """
+
+    features_1_conv: int
+    features_3_conv: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = rt.BatchNorm(epsilon=1.001e-05, name="preact_bn")(x, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = nn.Conv(self.features_1_conv, (3, 3), padding="VALID", use_bias=False, name="2_conv")(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        x = x + y
+        return x
+
+
+class Conv2Block3(nn.Module):
+    """3 alike blocks of the Keras model resnet101v2, folded by kgen.
+
+    conv2_block3 to conv4_block23.
+    """
+
+    features_1_conv: int
+    features_3_conv: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = rt.BatchNorm(epsilon=1.001e-05, name="preact_bn")(x, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        y = nn.Conv(
+            self.features_1_conv,
+            (3, 3),
+            strides=(2, 2),
+            padding="VALID",
+            use_bias=False,
+            name="2_conv",
+        )(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        max_pooling2d = nn.max_pool(x, (1, 1), strides=(2, 2), padding="VALID")
+        x_3_conv = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        x = max_pooling2d + x_3_conv
+        return x
+
+
 class ResNet101V2(nn.Module):
     """Keras Functional model resnet101v2, converted by kgen."""
 
@@ -24,795 +116,26 @@ class ResNet101V2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        conv1_pad = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        conv1_conv = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(
-            conv1_pad
-        )
-        pool1_pad = jnp.pad(conv1_conv, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        pool1_pool = nn.max_pool(pool1_pad, (3, 3), strides=(2, 2), padding="VALID")
-        conv2_block1_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_preact_bn")(
-            pool1_pool, use_running_average=not train
-        )
-        conv2_block1_preact_relu = jax.nn.relu(conv2_block1_preact_bn)
-        conv2_block1_1_conv = nn.Conv(
-            64, (1, 1), padding="VALID", use_bias=False, name="conv2_block1_1_conv"
-        )(conv2_block1_preact_relu)
-        conv2_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_1_bn")(
-            conv2_block1_1_conv, use_running_average=not train
-        )
-        conv2_block1_1_relu = jax.nn.relu(conv2_block1_1_bn)
-        conv2_block1_2_pad = jnp.pad(conv2_block1_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv2_block1_2_conv = nn.Conv(
-            64, (3, 3), padding="VALID", use_bias=False, name="conv2_block1_2_conv"
-        )(conv2_block1_2_pad)
-        conv2_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_2_bn")(
-            conv2_block1_2_conv, use_running_average=not train
-        )
-        conv2_block1_2_relu = jax.nn.relu(conv2_block1_2_bn)
-        conv2_block1_0_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_0_conv")(
-            conv2_block1_preact_relu
-        )
-        conv2_block1_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_3_conv")(
-            conv2_block1_2_relu
-        )
-        conv2_block1_out = conv2_block1_0_conv + conv2_block1_3_conv
-        conv2_block2_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block2_preact_bn")(
-            conv2_block1_out, use_running_average=not train
-        )
-        conv2_block2_preact_relu = jax.nn.relu(conv2_block2_preact_bn)
-        conv2_block2_1_conv = nn.Conv(
-            64, (1, 1), padding="VALID", use_bias=False, name="conv2_block2_1_conv"
-        )(conv2_block2_preact_relu)
-        conv2_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block2_1_bn")(
-            conv2_block2_1_conv, use_running_average=not train
-        )
-        conv2_block2_1_relu = jax.nn.relu(conv2_block2_1_bn)
-        conv2_block2_2_pad = jnp.pad(conv2_block2_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv2_block2_2_conv = nn.Conv(
-            64, (3, 3), padding="VALID", use_bias=False, name="conv2_block2_2_conv"
-        )(conv2_block2_2_pad)
-        conv2_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block2_2_bn")(
-            conv2_block2_2_conv, use_running_average=not train
-        )
-        conv2_block2_2_relu = jax.nn.relu(conv2_block2_2_bn)
-        conv2_block2_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block2_3_conv")(
-            conv2_block2_2_relu
-        )
-        conv2_block2_out = conv2_block1_out + conv2_block2_3_conv
-        conv2_block3_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block3_preact_bn")(
-            conv2_block2_out, use_running_average=not train
-        )
-        conv2_block3_preact_relu = jax.nn.relu(conv2_block3_preact_bn)
-        conv2_block3_1_conv = nn.Conv(
-            64, (1, 1), padding="VALID", use_bias=False, name="conv2_block3_1_conv"
-        )(conv2_block3_preact_relu)
-        conv2_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block3_1_bn")(
-            conv2_block3_1_conv, use_running_average=not train
-        )
-        conv2_block3_1_relu = jax.nn.relu(conv2_block3_1_bn)
-        conv2_block3_2_pad = jnp.pad(conv2_block3_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv2_block3_2_conv = nn.Conv(
-            64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2_block3_2_conv"
-        )(conv2_block3_2_pad)
-        conv2_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block3_2_bn")(
-            conv2_block3_2_conv, use_running_average=not train
-        )
-        conv2_block3_2_relu = jax.nn.relu(conv2_block3_2_bn)
-        max_pooling2d = nn.max_pool(conv2_block2_out, (1, 1), strides=(2, 2), padding="VALID")
-        conv2_block3_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block3_3_conv")(
-            conv2_block3_2_relu
-        )
-        conv2_block3_out = max_pooling2d + conv2_block3_3_conv
-        conv3_block1_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_preact_bn")(
-            conv2_block3_out, use_running_average=not train
-        )
-        conv3_block1_preact_relu = jax.nn.relu(conv3_block1_preact_bn)
-        conv3_block1_1_conv = nn.Conv(
-            128, (1, 1), padding="VALID", use_bias=False, name="conv3_block1_1_conv"
-        )(conv3_block1_preact_relu)
-        conv3_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_1_bn")(
-            conv3_block1_1_conv, use_running_average=not train
-        )
-        conv3_block1_1_relu = jax.nn.relu(conv3_block1_1_bn)
-        conv3_block1_2_pad = jnp.pad(conv3_block1_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv3_block1_2_conv = nn.Conv(
-            128, (3, 3), padding="VALID", use_bias=False, name="conv3_block1_2_conv"
-        )(conv3_block1_2_pad)
-        conv3_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_2_bn")(
-            conv3_block1_2_conv, use_running_average=not train
-        )
-        conv3_block1_2_relu = jax.nn.relu(conv3_block1_2_bn)
-        conv3_block1_0_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block1_0_conv")(
-            conv3_block1_preact_relu
-        )
-        conv3_block1_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block1_3_conv")(
-            conv3_block1_2_relu
-        )
-        conv3_block1_out = conv3_block1_0_conv + conv3_block1_3_conv
-        conv3_block2_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block2_preact_bn")(
-            conv3_block1_out, use_running_average=not train
-        )
-        conv3_block2_preact_relu = jax.nn.relu(conv3_block2_preact_bn)
-        conv3_block2_1_conv = nn.Conv(
-            128, (1, 1), padding="VALID", use_bias=False, name="conv3_block2_1_conv"
-        )(conv3_block2_preact_relu)
-        conv3_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block2_1_bn")(
-            conv3_block2_1_conv, use_running_average=not train
-        )
-        conv3_block2_1_relu = jax.nn.relu(conv3_block2_1_bn)
-        conv3_block2_2_pad = jnp.pad(conv3_block2_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv3_block2_2_conv = nn.Conv(
-            128, (3, 3), padding="VALID", use_bias=False, name="conv3_block2_2_conv"
-        )(conv3_block2_2_pad)
-        conv3_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block2_2_bn")(
-            conv3_block2_2_conv, use_running_average=not train
-        )
-        conv3_block2_2_relu = jax.nn.relu(conv3_block2_2_bn)
-        conv3_block2_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block2_3_conv")(
-            conv3_block2_2_relu
-        )
-        conv3_block2_out = conv3_block1_out + conv3_block2_3_conv
-        conv3_block3_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block3_preact_bn")(
-            conv3_block2_out, use_running_average=not train
-        )
-        conv3_block3_preact_relu = jax.nn.relu(conv3_block3_preact_bn)
-        conv3_block3_1_conv = nn.Conv(
-            128, (1, 1), padding="VALID", use_bias=False, name="conv3_block3_1_conv"
-        )(conv3_block3_preact_relu)
-        conv3_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block3_1_bn")(
-            conv3_block3_1_conv, use_running_average=not train
-        )
-        conv3_block3_1_relu = jax.nn.relu(conv3_block3_1_bn)
-        conv3_block3_2_pad = jnp.pad(conv3_block3_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv3_block3_2_conv = nn.Conv(
-            128, (3, 3), padding="VALID", use_bias=False, name="conv3_block3_2_conv"
-        )(conv3_block3_2_pad)
-        conv3_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block3_2_bn")(
-            conv3_block3_2_conv, use_running_average=not train
-        )
-        conv3_block3_2_relu = jax.nn.relu(conv3_block3_2_bn)
-        conv3_block3_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block3_3_conv")(
-            conv3_block3_2_relu
-        )
-        conv3_block3_out = conv3_block2_out + conv3_block3_3_conv
-        conv3_block4_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block4_preact_bn")(
-            conv3_block3_out, use_running_average=not train
-        )
-        conv3_block4_preact_relu = jax.nn.relu(conv3_block4_preact_bn)
-        conv3_block4_1_conv = nn.Conv(
-            128, (1, 1), padding="VALID", use_bias=False, name="conv3_block4_1_conv"
-        )(conv3_block4_preact_relu)
-        conv3_block4_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block4_1_bn")(
-            conv3_block4_1_conv, use_running_average=not train
-        )
-        conv3_block4_1_relu = jax.nn.relu(conv3_block4_1_bn)
-        conv3_block4_2_pad = jnp.pad(conv3_block4_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv3_block4_2_conv = nn.Conv(
-            128, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv3_block4_2_conv"
-        )(conv3_block4_2_pad)
-        conv3_block4_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block4_2_bn")(
-            conv3_block4_2_conv, use_running_average=not train
-        )
-        conv3_block4_2_relu = jax.nn.relu(conv3_block4_2_bn)
-        max_pooling2d_1 = nn.max_pool(conv3_block3_out, (1, 1), strides=(2, 2), padding="VALID")
-        conv3_block4_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block4_3_conv")(
-            conv3_block4_2_relu
-        )
-        conv3_block4_out = max_pooling2d_1 + conv3_block4_3_conv
-        conv4_block1_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_preact_bn")(
-            conv3_block4_out, use_running_average=not train
-        )
-        conv4_block1_preact_relu = jax.nn.relu(conv4_block1_preact_bn)
-        conv4_block1_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block1_1_conv"
-        )(conv4_block1_preact_relu)
-        conv4_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_1_bn")(
-            conv4_block1_1_conv, use_running_average=not train
-        )
-        conv4_block1_1_relu = jax.nn.relu(conv4_block1_1_bn)
-        conv4_block1_2_pad = jnp.pad(conv4_block1_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block1_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block1_2_conv"
-        )(conv4_block1_2_pad)
-        conv4_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_2_bn")(
-            conv4_block1_2_conv, use_running_average=not train
-        )
-        conv4_block1_2_relu = jax.nn.relu(conv4_block1_2_bn)
-        conv4_block1_0_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block1_0_conv")(
-            conv4_block1_preact_relu
-        )
-        conv4_block1_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block1_3_conv")(
-            conv4_block1_2_relu
-        )
-        conv4_block1_out = conv4_block1_0_conv + conv4_block1_3_conv
-        conv4_block2_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block2_preact_bn")(
-            conv4_block1_out, use_running_average=not train
-        )
-        conv4_block2_preact_relu = jax.nn.relu(conv4_block2_preact_bn)
-        conv4_block2_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block2_1_conv"
-        )(conv4_block2_preact_relu)
-        conv4_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block2_1_bn")(
-            conv4_block2_1_conv, use_running_average=not train
-        )
-        conv4_block2_1_relu = jax.nn.relu(conv4_block2_1_bn)
-        conv4_block2_2_pad = jnp.pad(conv4_block2_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block2_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block2_2_conv"
-        )(conv4_block2_2_pad)
-        conv4_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block2_2_bn")(
-            conv4_block2_2_conv, use_running_average=not train
-        )
-        conv4_block2_2_relu = jax.nn.relu(conv4_block2_2_bn)
-        conv4_block2_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block2_3_conv")(
-            conv4_block2_2_relu
-        )
-        conv4_block2_out = conv4_block1_out + conv4_block2_3_conv
-        conv4_block3_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block3_preact_bn")(
-            conv4_block2_out, use_running_average=not train
-        )
-        conv4_block3_preact_relu = jax.nn.relu(conv4_block3_preact_bn)
-        conv4_block3_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block3_1_conv"
-        )(conv4_block3_preact_relu)
-        conv4_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block3_1_bn")(
-            conv4_block3_1_conv, use_running_average=not train
-        )
-        conv4_block3_1_relu = jax.nn.relu(conv4_block3_1_bn)
-        conv4_block3_2_pad = jnp.pad(conv4_block3_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block3_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block3_2_conv"
-        )(conv4_block3_2_pad)
-        conv4_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block3_2_bn")(
-            conv4_block3_2_conv, use_running_average=not train
-        )
-        conv4_block3_2_relu = jax.nn.relu(conv4_block3_2_bn)
-        conv4_block3_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block3_3_conv")(
-            conv4_block3_2_relu
-        )
-        conv4_block3_out = conv4_block2_out + conv4_block3_3_conv
-        conv4_block4_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block4_preact_bn")(
-            conv4_block3_out, use_running_average=not train
-        )
-        conv4_block4_preact_relu = jax.nn.relu(conv4_block4_preact_bn)
-        conv4_block4_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block4_1_conv"
-        )(conv4_block4_preact_relu)
-        conv4_block4_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block4_1_bn")(
-            conv4_block4_1_conv, use_running_average=not train
-        )
-        conv4_block4_1_relu = jax.nn.relu(conv4_block4_1_bn)
-        conv4_block4_2_pad = jnp.pad(conv4_block4_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block4_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block4_2_conv"
-        )(conv4_block4_2_pad)
-        conv4_block4_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block4_2_bn")(
-            conv4_block4_2_conv, use_running_average=not train
-        )
-        conv4_block4_2_relu = jax.nn.relu(conv4_block4_2_bn)
-        conv4_block4_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block4_3_conv")(
-            conv4_block4_2_relu
-        )
-        conv4_block4_out = conv4_block3_out + conv4_block4_3_conv
-        conv4_block5_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block5_preact_bn")(
-            conv4_block4_out, use_running_average=not train
-        )
-        conv4_block5_preact_relu = jax.nn.relu(conv4_block5_preact_bn)
-        conv4_block5_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block5_1_conv"
-        )(conv4_block5_preact_relu)
-        conv4_block5_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block5_1_bn")(
-            conv4_block5_1_conv, use_running_average=not train
-        )
-        conv4_block5_1_relu = jax.nn.relu(conv4_block5_1_bn)
-        conv4_block5_2_pad = jnp.pad(conv4_block5_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block5_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block5_2_conv"
-        )(conv4_block5_2_pad)
-        conv4_block5_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block5_2_bn")(
-            conv4_block5_2_conv, use_running_average=not train
-        )
-        conv4_block5_2_relu = jax.nn.relu(conv4_block5_2_bn)
-        conv4_block5_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block5_3_conv")(
-            conv4_block5_2_relu
-        )
-        conv4_block5_out = conv4_block4_out + conv4_block5_3_conv
-        conv4_block6_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block6_preact_bn")(
-            conv4_block5_out, use_running_average=not train
-        )
-        conv4_block6_preact_relu = jax.nn.relu(conv4_block6_preact_bn)
-        conv4_block6_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block6_1_conv"
-        )(conv4_block6_preact_relu)
-        conv4_block6_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block6_1_bn")(
-            conv4_block6_1_conv, use_running_average=not train
-        )
-        conv4_block6_1_relu = jax.nn.relu(conv4_block6_1_bn)
-        conv4_block6_2_pad = jnp.pad(conv4_block6_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block6_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block6_2_conv"
-        )(conv4_block6_2_pad)
-        conv4_block6_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block6_2_bn")(
-            conv4_block6_2_conv, use_running_average=not train
-        )
-        conv4_block6_2_relu = jax.nn.relu(conv4_block6_2_bn)
-        conv4_block6_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block6_3_conv")(
-            conv4_block6_2_relu
-        )
-        conv4_block6_out = conv4_block5_out + conv4_block6_3_conv
-        conv4_block7_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block7_preact_bn")(
-            conv4_block6_out, use_running_average=not train
-        )
-        conv4_block7_preact_relu = jax.nn.relu(conv4_block7_preact_bn)
-        conv4_block7_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block7_1_conv"
-        )(conv4_block7_preact_relu)
-        conv4_block7_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block7_1_bn")(
-            conv4_block7_1_conv, use_running_average=not train
-        )
-        conv4_block7_1_relu = jax.nn.relu(conv4_block7_1_bn)
-        conv4_block7_2_pad = jnp.pad(conv4_block7_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block7_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block7_2_conv"
-        )(conv4_block7_2_pad)
-        conv4_block7_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block7_2_bn")(
-            conv4_block7_2_conv, use_running_average=not train
-        )
-        conv4_block7_2_relu = jax.nn.relu(conv4_block7_2_bn)
-        conv4_block7_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block7_3_conv")(
-            conv4_block7_2_relu
-        )
-        conv4_block7_out = conv4_block6_out + conv4_block7_3_conv
-        conv4_block8_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block8_preact_bn")(
-            conv4_block7_out, use_running_average=not train
-        )
-        conv4_block8_preact_relu = jax.nn.relu(conv4_block8_preact_bn)
-        conv4_block8_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block8_1_conv"
-        )(conv4_block8_preact_relu)
-        conv4_block8_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block8_1_bn")(
-            conv4_block8_1_conv, use_running_average=not train
-        )
-        conv4_block8_1_relu = jax.nn.relu(conv4_block8_1_bn)
-        conv4_block8_2_pad = jnp.pad(conv4_block8_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block8_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block8_2_conv"
-        )(conv4_block8_2_pad)
-        conv4_block8_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block8_2_bn")(
-            conv4_block8_2_conv, use_running_average=not train
-        )
-        conv4_block8_2_relu = jax.nn.relu(conv4_block8_2_bn)
-        conv4_block8_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block8_3_conv")(
-            conv4_block8_2_relu
-        )
-        conv4_block8_out = conv4_block7_out + conv4_block8_3_conv
-        conv4_block9_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block9_preact_bn")(
-            conv4_block8_out, use_running_average=not train
-        )
-        conv4_block9_preact_relu = jax.nn.relu(conv4_block9_preact_bn)
-        conv4_block9_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block9_1_conv"
-        )(conv4_block9_preact_relu)
-        conv4_block9_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block9_1_bn")(
-            conv4_block9_1_conv, use_running_average=not train
-        )
-        conv4_block9_1_relu = jax.nn.relu(conv4_block9_1_bn)
-        conv4_block9_2_pad = jnp.pad(conv4_block9_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block9_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block9_2_conv"
-        )(conv4_block9_2_pad)
-        conv4_block9_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block9_2_bn")(
-            conv4_block9_2_conv, use_running_average=not train
-        )
-        conv4_block9_2_relu = jax.nn.relu(conv4_block9_2_bn)
-        conv4_block9_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block9_3_conv")(
-            conv4_block9_2_relu
-        )
-        conv4_block9_out = conv4_block8_out + conv4_block9_3_conv
-        conv4_block10_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block10_preact_bn")(
-            conv4_block9_out, use_running_average=not train
-        )
-        conv4_block10_preact_relu = jax.nn.relu(conv4_block10_preact_bn)
-        conv4_block10_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block10_1_conv"
-        )(conv4_block10_preact_relu)
-        conv4_block10_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block10_1_bn")(
-            conv4_block10_1_conv, use_running_average=not train
-        )
-        conv4_block10_1_relu = jax.nn.relu(conv4_block10_1_bn)
-        conv4_block10_2_pad = jnp.pad(conv4_block10_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block10_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block10_2_conv"
-        )(conv4_block10_2_pad)
-        conv4_block10_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block10_2_bn")(
-            conv4_block10_2_conv, use_running_average=not train
-        )
-        conv4_block10_2_relu = jax.nn.relu(conv4_block10_2_bn)
-        conv4_block10_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block10_3_conv")(
-            conv4_block10_2_relu
-        )
-        conv4_block10_out = conv4_block9_out + conv4_block10_3_conv
-        conv4_block11_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block11_preact_bn")(
-            conv4_block10_out, use_running_average=not train
-        )
-        conv4_block11_preact_relu = jax.nn.relu(conv4_block11_preact_bn)
-        conv4_block11_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block11_1_conv"
-        )(conv4_block11_preact_relu)
-        conv4_block11_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block11_1_bn")(
-            conv4_block11_1_conv, use_running_average=not train
-        )
-        conv4_block11_1_relu = jax.nn.relu(conv4_block11_1_bn)
-        conv4_block11_2_pad = jnp.pad(conv4_block11_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block11_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block11_2_conv"
-        )(conv4_block11_2_pad)
-        conv4_block11_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block11_2_bn")(
-            conv4_block11_2_conv, use_running_average=not train
-        )
-        conv4_block11_2_relu = jax.nn.relu(conv4_block11_2_bn)
-        conv4_block11_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block11_3_conv")(
-            conv4_block11_2_relu
-        )
-        conv4_block11_out = conv4_block10_out + conv4_block11_3_conv
-        conv4_block12_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block12_preact_bn")(
-            conv4_block11_out, use_running_average=not train
-        )
-        conv4_block12_preact_relu = jax.nn.relu(conv4_block12_preact_bn)
-        conv4_block12_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block12_1_conv"
-        )(conv4_block12_preact_relu)
-        conv4_block12_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block12_1_bn")(
-            conv4_block12_1_conv, use_running_average=not train
-        )
-        conv4_block12_1_relu = jax.nn.relu(conv4_block12_1_bn)
-        conv4_block12_2_pad = jnp.pad(conv4_block12_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block12_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block12_2_conv"
-        )(conv4_block12_2_pad)
-        conv4_block12_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block12_2_bn")(
-            conv4_block12_2_conv, use_running_average=not train
-        )
-        conv4_block12_2_relu = jax.nn.relu(conv4_block12_2_bn)
-        conv4_block12_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block12_3_conv")(
-            conv4_block12_2_relu
-        )
-        conv4_block12_out = conv4_block11_out + conv4_block12_3_conv
-        conv4_block13_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block13_preact_bn")(
-            conv4_block12_out, use_running_average=not train
-        )
-        conv4_block13_preact_relu = jax.nn.relu(conv4_block13_preact_bn)
-        conv4_block13_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block13_1_conv"
-        )(conv4_block13_preact_relu)
-        conv4_block13_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block13_1_bn")(
-            conv4_block13_1_conv, use_running_average=not train
-        )
-        conv4_block13_1_relu = jax.nn.relu(conv4_block13_1_bn)
-        conv4_block13_2_pad = jnp.pad(conv4_block13_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block13_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block13_2_conv"
-        )(conv4_block13_2_pad)
-        conv4_block13_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block13_2_bn")(
-            conv4_block13_2_conv, use_running_average=not train
-        )
-        conv4_block13_2_relu = jax.nn.relu(conv4_block13_2_bn)
-        conv4_block13_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block13_3_conv")(
-            conv4_block13_2_relu
-        )
-        conv4_block13_out = conv4_block12_out + conv4_block13_3_conv
-        conv4_block14_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block14_preact_bn")(
-            conv4_block13_out, use_running_average=not train
-        )
-        conv4_block14_preact_relu = jax.nn.relu(conv4_block14_preact_bn)
-        conv4_block14_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block14_1_conv"
-        )(conv4_block14_preact_relu)
-        conv4_block14_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block14_1_bn")(
-            conv4_block14_1_conv, use_running_average=not train
-        )
-        conv4_block14_1_relu = jax.nn.relu(conv4_block14_1_bn)
-        conv4_block14_2_pad = jnp.pad(conv4_block14_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block14_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block14_2_conv"
-        )(conv4_block14_2_pad)
-        conv4_block14_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block14_2_bn")(
-            conv4_block14_2_conv, use_running_average=not train
-        )
-        conv4_block14_2_relu = jax.nn.relu(conv4_block14_2_bn)
-        conv4_block14_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block14_3_conv")(
-            conv4_block14_2_relu
-        )
-        conv4_block14_out = conv4_block13_out + conv4_block14_3_conv
-        conv4_block15_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block15_preact_bn")(
-            conv4_block14_out, use_running_average=not train
-        )
-        conv4_block15_preact_relu = jax.nn.relu(conv4_block15_preact_bn)
-        conv4_block15_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block15_1_conv"
-        )(conv4_block15_preact_relu)
-        conv4_block15_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block15_1_bn")(
-            conv4_block15_1_conv, use_running_average=not train
-        )
-        conv4_block15_1_relu = jax.nn.relu(conv4_block15_1_bn)
-        conv4_block15_2_pad = jnp.pad(conv4_block15_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block15_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block15_2_conv"
-        )(conv4_block15_2_pad)
-        conv4_block15_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block15_2_bn")(
-            conv4_block15_2_conv, use_running_average=not train
-        )
-        conv4_block15_2_relu = jax.nn.relu(conv4_block15_2_bn)
-        conv4_block15_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block15_3_conv")(
-            conv4_block15_2_relu
-        )
-        conv4_block15_out = conv4_block14_out + conv4_block15_3_conv
-        conv4_block16_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block16_preact_bn")(
-            conv4_block15_out, use_running_average=not train
-        )
-        conv4_block16_preact_relu = jax.nn.relu(conv4_block16_preact_bn)
-        conv4_block16_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block16_1_conv"
-        )(conv4_block16_preact_relu)
-        conv4_block16_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block16_1_bn")(
-            conv4_block16_1_conv, use_running_average=not train
-        )
-        conv4_block16_1_relu = jax.nn.relu(conv4_block16_1_bn)
-        conv4_block16_2_pad = jnp.pad(conv4_block16_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block16_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block16_2_conv"
-        )(conv4_block16_2_pad)
-        conv4_block16_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block16_2_bn")(
-            conv4_block16_2_conv, use_running_average=not train
-        )
-        conv4_block16_2_relu = jax.nn.relu(conv4_block16_2_bn)
-        conv4_block16_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block16_3_conv")(
-            conv4_block16_2_relu
-        )
-        conv4_block16_out = conv4_block15_out + conv4_block16_3_conv
-        conv4_block17_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block17_preact_bn")(
-            conv4_block16_out, use_running_average=not train
-        )
-        conv4_block17_preact_relu = jax.nn.relu(conv4_block17_preact_bn)
-        conv4_block17_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block17_1_conv"
-        )(conv4_block17_preact_relu)
-        conv4_block17_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block17_1_bn")(
-            conv4_block17_1_conv, use_running_average=not train
-        )
-        conv4_block17_1_relu = jax.nn.relu(conv4_block17_1_bn)
-        conv4_block17_2_pad = jnp.pad(conv4_block17_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block17_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block17_2_conv"
-        )(conv4_block17_2_pad)
-        conv4_block17_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block17_2_bn")(
-            conv4_block17_2_conv, use_running_average=not train
-        )
-        conv4_block17_2_relu = jax.nn.relu(conv4_block17_2_bn)
-        conv4_block17_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block17_3_conv")(
-            conv4_block17_2_relu
-        )
-        conv4_block17_out = conv4_block16_out + conv4_block17_3_conv
-        conv4_block18_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block18_preact_bn")(
-            conv4_block17_out, use_running_average=not train
-        )
-        conv4_block18_preact_relu = jax.nn.relu(conv4_block18_preact_bn)
-        conv4_block18_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block18_1_conv"
-        )(conv4_block18_preact_relu)
-        conv4_block18_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block18_1_bn")(
-            conv4_block18_1_conv, use_running_average=not train
-        )
-        conv4_block18_1_relu = jax.nn.relu(conv4_block18_1_bn)
-        conv4_block18_2_pad = jnp.pad(conv4_block18_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block18_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block18_2_conv"
-        )(conv4_block18_2_pad)
-        conv4_block18_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block18_2_bn")(
-            conv4_block18_2_conv, use_running_average=not train
-        )
-        conv4_block18_2_relu = jax.nn.relu(conv4_block18_2_bn)
-        conv4_block18_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block18_3_conv")(
-            conv4_block18_2_relu
-        )
-        conv4_block18_out = conv4_block17_out + conv4_block18_3_conv
-        conv4_block19_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block19_preact_bn")(
-            conv4_block18_out, use_running_average=not train
-        )
-        conv4_block19_preact_relu = jax.nn.relu(conv4_block19_preact_bn)
-        conv4_block19_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block19_1_conv"
-        )(conv4_block19_preact_relu)
-        conv4_block19_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block19_1_bn")(
-            conv4_block19_1_conv, use_running_average=not train
-        )
-        conv4_block19_1_relu = jax.nn.relu(conv4_block19_1_bn)
-        conv4_block19_2_pad = jnp.pad(conv4_block19_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block19_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block19_2_conv"
-        )(conv4_block19_2_pad)
-        conv4_block19_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block19_2_bn")(
-            conv4_block19_2_conv, use_running_average=not train
-        )
-        conv4_block19_2_relu = jax.nn.relu(conv4_block19_2_bn)
-        conv4_block19_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block19_3_conv")(
-            conv4_block19_2_relu
-        )
-        conv4_block19_out = conv4_block18_out + conv4_block19_3_conv
-        conv4_block20_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block20_preact_bn")(
-            conv4_block19_out, use_running_average=not train
-        )
-        conv4_block20_preact_relu = jax.nn.relu(conv4_block20_preact_bn)
-        conv4_block20_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block20_1_conv"
-        )(conv4_block20_preact_relu)
-        conv4_block20_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block20_1_bn")(
-            conv4_block20_1_conv, use_running_average=not train
-        )
-        conv4_block20_1_relu = jax.nn.relu(conv4_block20_1_bn)
-        conv4_block20_2_pad = jnp.pad(conv4_block20_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block20_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block20_2_conv"
-        )(conv4_block20_2_pad)
-        conv4_block20_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block20_2_bn")(
-            conv4_block20_2_conv, use_running_average=not train
-        )
-        conv4_block20_2_relu = jax.nn.relu(conv4_block20_2_bn)
-        conv4_block20_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block20_3_conv")(
-            conv4_block20_2_relu
-        )
-        conv4_block20_out = conv4_block19_out + conv4_block20_3_conv
-        conv4_block21_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block21_preact_bn")(
-            conv4_block20_out, use_running_average=not train
-        )
-        conv4_block21_preact_relu = jax.nn.relu(conv4_block21_preact_bn)
-        conv4_block21_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block21_1_conv"
-        )(conv4_block21_preact_relu)
-        conv4_block21_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block21_1_bn")(
-            conv4_block21_1_conv, use_running_average=not train
-        )
-        conv4_block21_1_relu = jax.nn.relu(conv4_block21_1_bn)
-        conv4_block21_2_pad = jnp.pad(conv4_block21_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block21_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block21_2_conv"
-        )(conv4_block21_2_pad)
-        conv4_block21_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block21_2_bn")(
-            conv4_block21_2_conv, use_running_average=not train
-        )
-        conv4_block21_2_relu = jax.nn.relu(conv4_block21_2_bn)
-        conv4_block21_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block21_3_conv")(
-            conv4_block21_2_relu
-        )
-        conv4_block21_out = conv4_block20_out + conv4_block21_3_conv
-        conv4_block22_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block22_preact_bn")(
-            conv4_block21_out, use_running_average=not train
-        )
-        conv4_block22_preact_relu = jax.nn.relu(conv4_block22_preact_bn)
-        conv4_block22_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block22_1_conv"
-        )(conv4_block22_preact_relu)
-        conv4_block22_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block22_1_bn")(
-            conv4_block22_1_conv, use_running_average=not train
-        )
-        conv4_block22_1_relu = jax.nn.relu(conv4_block22_1_bn)
-        conv4_block22_2_pad = jnp.pad(conv4_block22_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block22_2_conv = nn.Conv(
-            256, (3, 3), padding="VALID", use_bias=False, name="conv4_block22_2_conv"
-        )(conv4_block22_2_pad)
-        conv4_block22_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block22_2_bn")(
-            conv4_block22_2_conv, use_running_average=not train
-        )
-        conv4_block22_2_relu = jax.nn.relu(conv4_block22_2_bn)
-        conv4_block22_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block22_3_conv")(
-            conv4_block22_2_relu
-        )
-        conv4_block22_out = conv4_block21_out + conv4_block22_3_conv
-        conv4_block23_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block23_preact_bn")(
-            conv4_block22_out, use_running_average=not train
-        )
-        conv4_block23_preact_relu = jax.nn.relu(conv4_block23_preact_bn)
-        conv4_block23_1_conv = nn.Conv(
-            256, (1, 1), padding="VALID", use_bias=False, name="conv4_block23_1_conv"
-        )(conv4_block23_preact_relu)
-        conv4_block23_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block23_1_bn")(
-            conv4_block23_1_conv, use_running_average=not train
-        )
-        conv4_block23_1_relu = jax.nn.relu(conv4_block23_1_bn)
-        conv4_block23_2_pad = jnp.pad(conv4_block23_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv4_block23_2_conv = nn.Conv(
-            256,
-            (3, 3),
-            strides=(2, 2),
-            padding="VALID",
-            use_bias=False,
-            name="conv4_block23_2_conv",
-        )(conv4_block23_2_pad)
-        conv4_block23_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block23_2_bn")(
-            conv4_block23_2_conv, use_running_average=not train
-        )
-        conv4_block23_2_relu = jax.nn.relu(conv4_block23_2_bn)
-        max_pooling2d_2 = nn.max_pool(conv4_block22_out, (1, 1), strides=(2, 2), padding="VALID")
-        conv4_block23_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block23_3_conv")(
-            conv4_block23_2_relu
-        )
-        conv4_block23_out = max_pooling2d_2 + conv4_block23_3_conv
-        conv5_block1_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_preact_bn")(
-            conv4_block23_out, use_running_average=not train
-        )
-        conv5_block1_preact_relu = jax.nn.relu(conv5_block1_preact_bn)
-        conv5_block1_1_conv = nn.Conv(
-            512, (1, 1), padding="VALID", use_bias=False, name="conv5_block1_1_conv"
-        )(conv5_block1_preact_relu)
-        conv5_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_1_bn")(
-            conv5_block1_1_conv, use_running_average=not train
-        )
-        conv5_block1_1_relu = jax.nn.relu(conv5_block1_1_bn)
-        conv5_block1_2_pad = jnp.pad(conv5_block1_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv5_block1_2_conv = nn.Conv(
-            512, (3, 3), padding="VALID", use_bias=False, name="conv5_block1_2_conv"
-        )(conv5_block1_2_pad)
-        conv5_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_2_bn")(
-            conv5_block1_2_conv, use_running_average=not train
-        )
-        conv5_block1_2_relu = jax.nn.relu(conv5_block1_2_bn)
-        conv5_block1_0_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block1_0_conv")(
-            conv5_block1_preact_relu
-        )
-        conv5_block1_3_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block1_3_conv")(
-            conv5_block1_2_relu
-        )
-        conv5_block1_out = conv5_block1_0_conv + conv5_block1_3_conv
-        conv5_block2_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block2_preact_bn")(
-            conv5_block1_out, use_running_average=not train
-        )
-        conv5_block2_preact_relu = jax.nn.relu(conv5_block2_preact_bn)
-        conv5_block2_1_conv = nn.Conv(
-            512, (1, 1), padding="VALID", use_bias=False, name="conv5_block2_1_conv"
-        )(conv5_block2_preact_relu)
-        conv5_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block2_1_bn")(
-            conv5_block2_1_conv, use_running_average=not train
-        )
-        conv5_block2_1_relu = jax.nn.relu(conv5_block2_1_bn)
-        conv5_block2_2_pad = jnp.pad(conv5_block2_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv5_block2_2_conv = nn.Conv(
-            512, (3, 3), padding="VALID", use_bias=False, name="conv5_block2_2_conv"
-        )(conv5_block2_2_pad)
-        conv5_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block2_2_bn")(
-            conv5_block2_2_conv, use_running_average=not train
-        )
-        conv5_block2_2_relu = jax.nn.relu(conv5_block2_2_bn)
-        conv5_block2_3_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block2_3_conv")(
-            conv5_block2_2_relu
-        )
-        conv5_block2_out = conv5_block1_out + conv5_block2_3_conv
-        conv5_block3_preact_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block3_preact_bn")(
-            conv5_block2_out, use_running_average=not train
-        )
-        conv5_block3_preact_relu = jax.nn.relu(conv5_block3_preact_bn)
-        conv5_block3_1_conv = nn.Conv(
-            512, (1, 1), padding="VALID", use_bias=False, name="conv5_block3_1_conv"
-        )(conv5_block3_preact_relu)
-        conv5_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block3_1_bn")(
-            conv5_block3_1_conv, use_running_average=not train
-        )
-        conv5_block3_1_relu = jax.nn.relu(conv5_block3_1_bn)
-        conv5_block3_2_pad = jnp.pad(conv5_block3_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        conv5_block3_2_conv = nn.Conv(
-            512, (3, 3), padding="VALID", use_bias=False, name="conv5_block3_2_conv"
-        )(conv5_block3_2_pad)
-        conv5_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block3_2_bn")(
-            conv5_block3_2_conv, use_running_average=not train
-        )
-        conv5_block3_2_relu = jax.nn.relu(conv5_block3_2_bn)
-        conv5_block3_3_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block3_3_conv")(
-            conv5_block3_2_relu
-        )
-        conv5_block3_out = conv5_block2_out + conv5_block3_3_conv
-        post_bn = rt.BatchNorm(epsilon=1.001e-05, name="post_bn")(
-            conv5_block3_out, use_running_average=not train
-        )
-        post_relu = jax.nn.relu(post_bn)
-        avg_pool = jnp.mean(post_relu, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(avg_pool))
-        return predictions
+        x = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
+        x = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = ConvBlock(64, 256, name="conv2_block1")(x, train=train)
+        x = Conv2Block2(64, 256, name="conv2_block2")(x, train=train)
+        x = Conv2Block3(64, 256, name="conv2_block3")(x, train=train)
+        x = ConvBlock(128, 512, name="conv3_block1")(x, train=train)
+        x = Conv2Block2(128, 512, name="conv3_block2")(x, train=train)
+        x = Conv2Block2(128, 512, name="conv3_block3")(x, train=train)
+        x = Conv2Block3(128, 512, name="conv3_block4")(x, train=train)
+        x = ConvBlock(256, 1024, name="conv4_block1")(x, train=train)
+        for i in range(2, 23):
+            x = Conv2Block2(256, 1024, name=f"conv4_block{i}")(x, train=train)
+        x = Conv2Block3(256, 1024, name="conv4_block23")(x, train=train)
+        x = ConvBlock(512, 2048, name="conv5_block1")(x, train=train)
+        x = Conv2Block2(512, 2048, name="conv5_block2")(x, train=train)
+        x = Conv2Block2(512, 2048, name="conv5_block3")(x, train=train)
+        x = rt.BatchNorm(epsilon=1.001e-05, name="post_bn")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

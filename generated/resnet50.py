@@ -10,6 +10,60 @@ from kgen import runtime as rt
 __all__ = ["ResNet50"]
 
 
+class ConvBlock(nn.Module):
+    """12 alike blocks of the Keras model resnet50, folded by kgen.
+
+    conv2_block2 to conv5_block3.
+    """
+
+    features_1_conv: int
+    features_3_conv: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(self.features_1_conv, (1, 1), padding="VALID", name="1_conv")(x)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_1_conv, (3, 3), padding="SAME", name="2_conv")(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="3_bn")(y, use_running_average=not train)
+        x = x + y
+        x = jax.nn.relu(x)
+        return x
+
+
+class Conv3Block1(nn.Module):
+    """3 alike blocks of the Keras model resnet50, folded by kgen.
+
+    conv3_block1 to conv5_block1.
+    """
+
+    features_1_conv: int
+    features_3_conv: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = nn.Conv(self.features_1_conv, (1, 1), strides=(2, 2), padding="VALID", name="1_conv")(x)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_1_conv, (3, 3), padding="SAME", name="2_conv")(y)
+        y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        x_0_conv = nn.Conv(
+            self.features_3_conv, (1, 1), strides=(2, 2), padding="VALID", name="0_conv"
+        )(x)
+        x_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="0_bn")(
+            x_0_conv, use_running_average=not train
+        )
+        x_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="3_bn")(y, use_running_average=not train)
+        x = x_0_bn + x_3_bn
+        x = jax.nn.relu(x)
+        return x
+
+
 class ResNet50(nn.Module):
     """Keras Functional model resnet50, converted by kgen."""
 
@@ -24,19 +78,13 @@ class ResNet50(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        conv1_pad = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        conv1_conv = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(
-            conv1_pad
-        )
-        conv1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv1_bn")(
-            conv1_conv, use_running_average=not train
-        )
-        conv1_relu = jax.nn.relu(conv1_bn)
-        pool1_pad = jnp.pad(conv1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        pool1_pool = nn.max_pool(pool1_pad, (3, 3), strides=(2, 2), padding="VALID")
-        conv2_block1_1_conv = nn.Conv(64, (1, 1), padding="VALID", name="conv2_block1_1_conv")(
-            pool1_pool
-        )
+        x = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
+        x = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
+        x = rt.BatchNorm(epsilon=1.001e-05, name="conv1_bn")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        conv2_block1_1_conv = nn.Conv(64, (1, 1), padding="VALID", name="conv2_block1_1_conv")(x)
         conv2_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_1_bn")(
             conv2_block1_1_conv, use_running_average=not train
         )
@@ -51,365 +99,26 @@ class ResNet50(nn.Module):
         conv2_block1_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_3_conv")(
             conv2_block1_2_relu
         )
-        conv2_block1_0_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_0_conv")(
-            pool1_pool
-        )
+        conv2_block1_0_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_0_conv")(x)
         conv2_block1_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_0_bn")(
             conv2_block1_0_conv, use_running_average=not train
         )
         conv2_block1_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_3_bn")(
             conv2_block1_3_conv, use_running_average=not train
         )
-        conv2_block1_add = conv2_block1_0_bn + conv2_block1_3_bn
-        conv2_block1_out = jax.nn.relu(conv2_block1_add)
-        conv2_block2_1_conv = nn.Conv(64, (1, 1), padding="VALID", name="conv2_block2_1_conv")(
-            conv2_block1_out
-        )
-        conv2_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block2_1_bn")(
-            conv2_block2_1_conv, use_running_average=not train
-        )
-        conv2_block2_1_relu = jax.nn.relu(conv2_block2_1_bn)
-        conv2_block2_2_conv = nn.Conv(64, (3, 3), padding="SAME", name="conv2_block2_2_conv")(
-            conv2_block2_1_relu
-        )
-        conv2_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block2_2_bn")(
-            conv2_block2_2_conv, use_running_average=not train
-        )
-        conv2_block2_2_relu = jax.nn.relu(conv2_block2_2_bn)
-        conv2_block2_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block2_3_conv")(
-            conv2_block2_2_relu
-        )
-        conv2_block2_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block2_3_bn")(
-            conv2_block2_3_conv, use_running_average=not train
-        )
-        conv2_block2_add = conv2_block1_out + conv2_block2_3_bn
-        conv2_block2_out = jax.nn.relu(conv2_block2_add)
-        conv2_block3_1_conv = nn.Conv(64, (1, 1), padding="VALID", name="conv2_block3_1_conv")(
-            conv2_block2_out
-        )
-        conv2_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block3_1_bn")(
-            conv2_block3_1_conv, use_running_average=not train
-        )
-        conv2_block3_1_relu = jax.nn.relu(conv2_block3_1_bn)
-        conv2_block3_2_conv = nn.Conv(64, (3, 3), padding="SAME", name="conv2_block3_2_conv")(
-            conv2_block3_1_relu
-        )
-        conv2_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block3_2_bn")(
-            conv2_block3_2_conv, use_running_average=not train
-        )
-        conv2_block3_2_relu = jax.nn.relu(conv2_block3_2_bn)
-        conv2_block3_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block3_3_conv")(
-            conv2_block3_2_relu
-        )
-        conv2_block3_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block3_3_bn")(
-            conv2_block3_3_conv, use_running_average=not train
-        )
-        conv2_block3_add = conv2_block2_out + conv2_block3_3_bn
-        conv2_block3_out = jax.nn.relu(conv2_block3_add)
-        conv3_block1_1_conv = nn.Conv(
-            128, (1, 1), strides=(2, 2), padding="VALID", name="conv3_block1_1_conv"
-        )(conv2_block3_out)
-        conv3_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_1_bn")(
-            conv3_block1_1_conv, use_running_average=not train
-        )
-        conv3_block1_1_relu = jax.nn.relu(conv3_block1_1_bn)
-        conv3_block1_2_conv = nn.Conv(128, (3, 3), padding="SAME", name="conv3_block1_2_conv")(
-            conv3_block1_1_relu
-        )
-        conv3_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_2_bn")(
-            conv3_block1_2_conv, use_running_average=not train
-        )
-        conv3_block1_2_relu = jax.nn.relu(conv3_block1_2_bn)
-        conv3_block1_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block1_3_conv")(
-            conv3_block1_2_relu
-        )
-        conv3_block1_0_conv = nn.Conv(
-            512, (1, 1), strides=(2, 2), padding="VALID", name="conv3_block1_0_conv"
-        )(conv2_block3_out)
-        conv3_block1_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_0_bn")(
-            conv3_block1_0_conv, use_running_average=not train
-        )
-        conv3_block1_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block1_3_bn")(
-            conv3_block1_3_conv, use_running_average=not train
-        )
-        conv3_block1_add = conv3_block1_0_bn + conv3_block1_3_bn
-        conv3_block1_out = jax.nn.relu(conv3_block1_add)
-        conv3_block2_1_conv = nn.Conv(128, (1, 1), padding="VALID", name="conv3_block2_1_conv")(
-            conv3_block1_out
-        )
-        conv3_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block2_1_bn")(
-            conv3_block2_1_conv, use_running_average=not train
-        )
-        conv3_block2_1_relu = jax.nn.relu(conv3_block2_1_bn)
-        conv3_block2_2_conv = nn.Conv(128, (3, 3), padding="SAME", name="conv3_block2_2_conv")(
-            conv3_block2_1_relu
-        )
-        conv3_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block2_2_bn")(
-            conv3_block2_2_conv, use_running_average=not train
-        )
-        conv3_block2_2_relu = jax.nn.relu(conv3_block2_2_bn)
-        conv3_block2_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block2_3_conv")(
-            conv3_block2_2_relu
-        )
-        conv3_block2_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block2_3_bn")(
-            conv3_block2_3_conv, use_running_average=not train
-        )
-        conv3_block2_add = conv3_block1_out + conv3_block2_3_bn
-        conv3_block2_out = jax.nn.relu(conv3_block2_add)
-        conv3_block3_1_conv = nn.Conv(128, (1, 1), padding="VALID", name="conv3_block3_1_conv")(
-            conv3_block2_out
-        )
-        conv3_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block3_1_bn")(
-            conv3_block3_1_conv, use_running_average=not train
-        )
-        conv3_block3_1_relu = jax.nn.relu(conv3_block3_1_bn)
-        conv3_block3_2_conv = nn.Conv(128, (3, 3), padding="SAME", name="conv3_block3_2_conv")(
-            conv3_block3_1_relu
-        )
-        conv3_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block3_2_bn")(
-            conv3_block3_2_conv, use_running_average=not train
-        )
-        conv3_block3_2_relu = jax.nn.relu(conv3_block3_2_bn)
-        conv3_block3_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block3_3_conv")(
-            conv3_block3_2_relu
-        )
-        conv3_block3_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block3_3_bn")(
-            conv3_block3_3_conv, use_running_average=not train
-        )
-        conv3_block3_add = conv3_block2_out + conv3_block3_3_bn
-        conv3_block3_out = jax.nn.relu(conv3_block3_add)
-        conv3_block4_1_conv = nn.Conv(128, (1, 1), padding="VALID", name="conv3_block4_1_conv")(
-            conv3_block3_out
-        )
-        conv3_block4_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block4_1_bn")(
-            conv3_block4_1_conv, use_running_average=not train
-        )
-        conv3_block4_1_relu = jax.nn.relu(conv3_block4_1_bn)
-        conv3_block4_2_conv = nn.Conv(128, (3, 3), padding="SAME", name="conv3_block4_2_conv")(
-            conv3_block4_1_relu
-        )
-        conv3_block4_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block4_2_bn")(
-            conv3_block4_2_conv, use_running_average=not train
-        )
-        conv3_block4_2_relu = jax.nn.relu(conv3_block4_2_bn)
-        conv3_block4_3_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv3_block4_3_conv")(
-            conv3_block4_2_relu
-        )
-        conv3_block4_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv3_block4_3_bn")(
-            conv3_block4_3_conv, use_running_average=not train
-        )
-        conv3_block4_add = conv3_block3_out + conv3_block4_3_bn
-        conv3_block4_out = jax.nn.relu(conv3_block4_add)
-        conv4_block1_1_conv = nn.Conv(
-            256, (1, 1), strides=(2, 2), padding="VALID", name="conv4_block1_1_conv"
-        )(conv3_block4_out)
-        conv4_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_1_bn")(
-            conv4_block1_1_conv, use_running_average=not train
-        )
-        conv4_block1_1_relu = jax.nn.relu(conv4_block1_1_bn)
-        conv4_block1_2_conv = nn.Conv(256, (3, 3), padding="SAME", name="conv4_block1_2_conv")(
-            conv4_block1_1_relu
-        )
-        conv4_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_2_bn")(
-            conv4_block1_2_conv, use_running_average=not train
-        )
-        conv4_block1_2_relu = jax.nn.relu(conv4_block1_2_bn)
-        conv4_block1_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block1_3_conv")(
-            conv4_block1_2_relu
-        )
-        conv4_block1_0_conv = nn.Conv(
-            1024, (1, 1), strides=(2, 2), padding="VALID", name="conv4_block1_0_conv"
-        )(conv3_block4_out)
-        conv4_block1_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_0_bn")(
-            conv4_block1_0_conv, use_running_average=not train
-        )
-        conv4_block1_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block1_3_bn")(
-            conv4_block1_3_conv, use_running_average=not train
-        )
-        conv4_block1_add = conv4_block1_0_bn + conv4_block1_3_bn
-        conv4_block1_out = jax.nn.relu(conv4_block1_add)
-        conv4_block2_1_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv4_block2_1_conv")(
-            conv4_block1_out
-        )
-        conv4_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block2_1_bn")(
-            conv4_block2_1_conv, use_running_average=not train
-        )
-        conv4_block2_1_relu = jax.nn.relu(conv4_block2_1_bn)
-        conv4_block2_2_conv = nn.Conv(256, (3, 3), padding="SAME", name="conv4_block2_2_conv")(
-            conv4_block2_1_relu
-        )
-        conv4_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block2_2_bn")(
-            conv4_block2_2_conv, use_running_average=not train
-        )
-        conv4_block2_2_relu = jax.nn.relu(conv4_block2_2_bn)
-        conv4_block2_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block2_3_conv")(
-            conv4_block2_2_relu
-        )
-        conv4_block2_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block2_3_bn")(
-            conv4_block2_3_conv, use_running_average=not train
-        )
-        conv4_block2_add = conv4_block1_out + conv4_block2_3_bn
-        conv4_block2_out = jax.nn.relu(conv4_block2_add)
-        conv4_block3_1_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv4_block3_1_conv")(
-            conv4_block2_out
-        )
-        conv4_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block3_1_bn")(
-            conv4_block3_1_conv, use_running_average=not train
-        )
-        conv4_block3_1_relu = jax.nn.relu(conv4_block3_1_bn)
-        conv4_block3_2_conv = nn.Conv(256, (3, 3), padding="SAME", name="conv4_block3_2_conv")(
-            conv4_block3_1_relu
-        )
-        conv4_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block3_2_bn")(
-            conv4_block3_2_conv, use_running_average=not train
-        )
-        conv4_block3_2_relu = jax.nn.relu(conv4_block3_2_bn)
-        conv4_block3_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block3_3_conv")(
-            conv4_block3_2_relu
-        )
-        conv4_block3_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block3_3_bn")(
-            conv4_block3_3_conv, use_running_average=not train
-        )
-        conv4_block3_add = conv4_block2_out + conv4_block3_3_bn
-        conv4_block3_out = jax.nn.relu(conv4_block3_add)
-        conv4_block4_1_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv4_block4_1_conv")(
-            conv4_block3_out
-        )
-        conv4_block4_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block4_1_bn")(
-            conv4_block4_1_conv, use_running_average=not train
-        )
-        conv4_block4_1_relu = jax.nn.relu(conv4_block4_1_bn)
-        conv4_block4_2_conv = nn.Conv(256, (3, 3), padding="SAME", name="conv4_block4_2_conv")(
-            conv4_block4_1_relu
-        )
-        conv4_block4_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block4_2_bn")(
-            conv4_block4_2_conv, use_running_average=not train
-        )
-        conv4_block4_2_relu = jax.nn.relu(conv4_block4_2_bn)
-        conv4_block4_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block4_3_conv")(
-            conv4_block4_2_relu
-        )
-        conv4_block4_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block4_3_bn")(
-            conv4_block4_3_conv, use_running_average=not train
-        )
-        conv4_block4_add = conv4_block3_out + conv4_block4_3_bn
-        conv4_block4_out = jax.nn.relu(conv4_block4_add)
-        conv4_block5_1_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv4_block5_1_conv")(
-            conv4_block4_out
-        )
-        conv4_block5_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block5_1_bn")(
-            conv4_block5_1_conv, use_running_average=not train
-        )
-        conv4_block5_1_relu = jax.nn.relu(conv4_block5_1_bn)
-        conv4_block5_2_conv = nn.Conv(256, (3, 3), padding="SAME", name="conv4_block5_2_conv")(
-            conv4_block5_1_relu
-        )
-        conv4_block5_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block5_2_bn")(
-            conv4_block5_2_conv, use_running_average=not train
-        )
-        conv4_block5_2_relu = jax.nn.relu(conv4_block5_2_bn)
-        conv4_block5_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block5_3_conv")(
-            conv4_block5_2_relu
-        )
-        conv4_block5_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block5_3_bn")(
-            conv4_block5_3_conv, use_running_average=not train
-        )
-        conv4_block5_add = conv4_block4_out + conv4_block5_3_bn
-        conv4_block5_out = jax.nn.relu(conv4_block5_add)
-        conv4_block6_1_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv4_block6_1_conv")(
-            conv4_block5_out
-        )
-        conv4_block6_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block6_1_bn")(
-            conv4_block6_1_conv, use_running_average=not train
-        )
-        conv4_block6_1_relu = jax.nn.relu(conv4_block6_1_bn)
-        conv4_block6_2_conv = nn.Conv(256, (3, 3), padding="SAME", name="conv4_block6_2_conv")(
-            conv4_block6_1_relu
-        )
-        conv4_block6_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block6_2_bn")(
-            conv4_block6_2_conv, use_running_average=not train
-        )
-        conv4_block6_2_relu = jax.nn.relu(conv4_block6_2_bn)
-        conv4_block6_3_conv = nn.Conv(1024, (1, 1), padding="VALID", name="conv4_block6_3_conv")(
-            conv4_block6_2_relu
-        )
-        conv4_block6_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv4_block6_3_bn")(
-            conv4_block6_3_conv, use_running_average=not train
-        )
-        conv4_block6_add = conv4_block5_out + conv4_block6_3_bn
-        conv4_block6_out = jax.nn.relu(conv4_block6_add)
-        conv5_block1_1_conv = nn.Conv(
-            512, (1, 1), strides=(2, 2), padding="VALID", name="conv5_block1_1_conv"
-        )(conv4_block6_out)
-        conv5_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_1_bn")(
-            conv5_block1_1_conv, use_running_average=not train
-        )
-        conv5_block1_1_relu = jax.nn.relu(conv5_block1_1_bn)
-        conv5_block1_2_conv = nn.Conv(512, (3, 3), padding="SAME", name="conv5_block1_2_conv")(
-            conv5_block1_1_relu
-        )
-        conv5_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_2_bn")(
-            conv5_block1_2_conv, use_running_average=not train
-        )
-        conv5_block1_2_relu = jax.nn.relu(conv5_block1_2_bn)
-        conv5_block1_3_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block1_3_conv")(
-            conv5_block1_2_relu
-        )
-        conv5_block1_0_conv = nn.Conv(
-            2048, (1, 1), strides=(2, 2), padding="VALID", name="conv5_block1_0_conv"
-        )(conv4_block6_out)
-        conv5_block1_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_0_bn")(
-            conv5_block1_0_conv, use_running_average=not train
-        )
-        conv5_block1_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block1_3_bn")(
-            conv5_block1_3_conv, use_running_average=not train
-        )
-        conv5_block1_add = conv5_block1_0_bn + conv5_block1_3_bn
-        conv5_block1_out = jax.nn.relu(conv5_block1_add)
-        conv5_block2_1_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv5_block2_1_conv")(
-            conv5_block1_out
-        )
-        conv5_block2_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block2_1_bn")(
-            conv5_block2_1_conv, use_running_average=not train
-        )
-        conv5_block2_1_relu = jax.nn.relu(conv5_block2_1_bn)
-        conv5_block2_2_conv = nn.Conv(512, (3, 3), padding="SAME", name="conv5_block2_2_conv")(
-            conv5_block2_1_relu
-        )
-        conv5_block2_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block2_2_bn")(
-            conv5_block2_2_conv, use_running_average=not train
-        )
-        conv5_block2_2_relu = jax.nn.relu(conv5_block2_2_bn)
-        conv5_block2_3_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block2_3_conv")(
-            conv5_block2_2_relu
-        )
-        conv5_block2_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block2_3_bn")(
-            conv5_block2_3_conv, use_running_average=not train
-        )
-        conv5_block2_add = conv5_block1_out + conv5_block2_3_bn
-        conv5_block2_out = jax.nn.relu(conv5_block2_add)
-        conv5_block3_1_conv = nn.Conv(512, (1, 1), padding="VALID", name="conv5_block3_1_conv")(
-            conv5_block2_out
-        )
-        conv5_block3_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block3_1_bn")(
-            conv5_block3_1_conv, use_running_average=not train
-        )
-        conv5_block3_1_relu = jax.nn.relu(conv5_block3_1_bn)
-        conv5_block3_2_conv = nn.Conv(512, (3, 3), padding="SAME", name="conv5_block3_2_conv")(
-            conv5_block3_1_relu
-        )
-        conv5_block3_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block3_2_bn")(
-            conv5_block3_2_conv, use_running_average=not train
-        )
-        conv5_block3_2_relu = jax.nn.relu(conv5_block3_2_bn)
-        conv5_block3_3_conv = nn.Conv(2048, (1, 1), padding="VALID", name="conv5_block3_3_conv")(
-            conv5_block3_2_relu
-        )
-        conv5_block3_3_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv5_block3_3_bn")(
-            conv5_block3_3_conv, use_running_average=not train
-        )
-        conv5_block3_add = conv5_block2_out + conv5_block3_3_bn
-        conv5_block3_out = jax.nn.relu(conv5_block3_add)
-        avg_pool = jnp.mean(conv5_block3_out, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(avg_pool))
-        return predictions
+        x = conv2_block1_0_bn + conv2_block1_3_bn
+        x = jax.nn.relu(x)
+        x = ConvBlock(64, 256, name="conv2_block2")(x, train=train)
+        x = ConvBlock(64, 256, name="conv2_block3")(x, train=train)
+        x = Conv3Block1(128, 512, name="conv3_block1")(x, train=train)
+        for i in range(2, 5):
+            x = ConvBlock(128, 512, name=f"conv3_block{i}")(x, train=train)
+        x = Conv3Block1(256, 1024, name="conv4_block1")(x, train=train)
+        for i in range(2, 7):
+            x = ConvBlock(256, 1024, name=f"conv4_block{i}")(x, train=train)
+        x = Conv3Block1(512, 2048, name="conv5_block1")(x, train=train)
+        x = ConvBlock(512, 2048, name="conv5_block2")(x, train=train)
+        x = ConvBlock(512, 2048, name="conv5_block3")(x, train=train)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

@@ -10,6 +10,40 @@ from kgen import runtime as rt
 __all__ = ["VGG19"]
 
 
+class Block(nn.Module):
+    """2 alike blocks of the Keras model vgg19, folded by kgen.
+
+    block1 and block2.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
+        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return x
+
+
+class Block3(nn.Module):
+    """3 alike blocks of the Keras model vgg19, folded by kgen.
+
+    block3 to block5.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
+        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
+        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv3")(x))
+        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv4")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        return x
+
+
 class VGG19(nn.Module):
     """Keras Functional model vgg19, converted by kgen."""
 
@@ -24,61 +58,13 @@ class VGG19(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        block1_conv1 = jax.nn.relu(
-            nn.Conv(64, (3, 3), padding="SAME", name="block1_conv1")(input_layer)
-        )
-        block1_conv2 = jax.nn.relu(
-            nn.Conv(64, (3, 3), padding="SAME", name="block1_conv2")(block1_conv1)
-        )
-        block1_pool = nn.max_pool(block1_conv2, (2, 2), strides=(2, 2), padding="VALID")
-        block2_conv1 = jax.nn.relu(
-            nn.Conv(128, (3, 3), padding="SAME", name="block2_conv1")(block1_pool)
-        )
-        block2_conv2 = jax.nn.relu(
-            nn.Conv(128, (3, 3), padding="SAME", name="block2_conv2")(block2_conv1)
-        )
-        block2_pool = nn.max_pool(block2_conv2, (2, 2), strides=(2, 2), padding="VALID")
-        block3_conv1 = jax.nn.relu(
-            nn.Conv(256, (3, 3), padding="SAME", name="block3_conv1")(block2_pool)
-        )
-        block3_conv2 = jax.nn.relu(
-            nn.Conv(256, (3, 3), padding="SAME", name="block3_conv2")(block3_conv1)
-        )
-        block3_conv3 = jax.nn.relu(
-            nn.Conv(256, (3, 3), padding="SAME", name="block3_conv3")(block3_conv2)
-        )
-        block3_conv4 = jax.nn.relu(
-            nn.Conv(256, (3, 3), padding="SAME", name="block3_conv4")(block3_conv3)
-        )
-        block3_pool = nn.max_pool(block3_conv4, (2, 2), strides=(2, 2), padding="VALID")
-        block4_conv1 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block4_conv1")(block3_pool)
-        )
-        block4_conv2 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block4_conv2")(block4_conv1)
-        )
-        block4_conv3 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block4_conv3")(block4_conv2)
-        )
-        block4_conv4 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block4_conv4")(block4_conv3)
-        )
-        block4_pool = nn.max_pool(block4_conv4, (2, 2), strides=(2, 2), padding="VALID")
-        block5_conv1 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block5_conv1")(block4_pool)
-        )
-        block5_conv2 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block5_conv2")(block5_conv1)
-        )
-        block5_conv3 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block5_conv3")(block5_conv2)
-        )
-        block5_conv4 = jax.nn.relu(
-            nn.Conv(512, (3, 3), padding="SAME", name="block5_conv4")(block5_conv3)
-        )
-        block5_pool = nn.max_pool(block5_conv4, (2, 2), strides=(2, 2), padding="VALID")
-        flatten = einops.rearrange(block5_pool, "b h w d -> b (h w d)")
-        fc1 = jax.nn.relu(nn.Dense(4096, name="fc1")(flatten))
-        fc2 = jax.nn.relu(nn.Dense(4096, name="fc2")(fc1))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(fc2))
-        return predictions
+        x = Block(features=64, name="block1")(input_layer, train=train)
+        x = Block(features=128, name="block2")(x, train=train)
+        x = Block3(features=256, name="block3")(x, train=train)
+        x = Block3(features=512, name="block4")(x, train=train)
+        x = Block3(features=512, name="block5")(x, train=train)
+        x = einops.rearrange(x, "b h w d -> b (h w d)")
+        x = jax.nn.relu(nn.Dense(4096, name="fc1")(x))
+        x = jax.nn.relu(nn.Dense(4096, name="fc2")(x))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x

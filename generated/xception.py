@@ -10,6 +10,66 @@ from kgen import runtime as rt
 __all__ = ["Xception"]
 
 
+class Block(nn.Module):
+    """3 alike blocks of the Keras model xception, folded by kgen.
+
+    block3 to block13.
+    """
+
+    sepconv1_features: int
+    sepconv2_features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = jax.nn.relu(x)
+        y = rt.SeparableConv(
+            self.sepconv1_features, (3, 3), padding="SAME", use_bias=False, name="sepconv1"
+        )(y)
+        y = rt.BatchNorm(epsilon=0.001, name="sepconv1_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = rt.SeparableConv(
+            self.sepconv2_features, (3, 3), padding="SAME", use_bias=False, name="sepconv2"
+        )(y)
+        conv2d = nn.Conv(
+            self.sepconv2_features,
+            (1, 1),
+            strides=(2, 2),
+            padding="SAME",
+            use_bias=False,
+            name="conv2d",
+        )(x)
+        sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="sepconv2_bn")(
+            y, use_running_average=not train
+        )
+        pool = nn.max_pool(sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
+        batch_normalization = rt.BatchNorm(epsilon=0.001, name="batch_normalization")(
+            conv2d, use_running_average=not train
+        )
+        x = pool + batch_normalization
+        return x
+
+
+class Block5(nn.Module):
+    """8 alike blocks of the Keras model xception, folded by kgen.
+
+    block5 to block12.
+    """
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        y = jax.nn.relu(x)
+        y = rt.SeparableConv(728, (3, 3), padding="SAME", use_bias=False, name="sepconv1")(y)
+        y = rt.BatchNorm(epsilon=0.001, name="sepconv1_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = rt.SeparableConv(728, (3, 3), padding="SAME", use_bias=False, name="sepconv2")(y)
+        y = rt.BatchNorm(epsilon=0.001, name="sepconv2_bn")(y, use_running_average=not train)
+        y = jax.nn.relu(y)
+        y = rt.SeparableConv(728, (3, 3), padding="SAME", use_bias=False, name="sepconv3")(y)
+        y = rt.BatchNorm(epsilon=0.001, name="sepconv3_bn")(y, use_running_average=not train)
+        x = y + x
+        return x
+
+
 class Xception(nn.Module):
     """Keras Functional model xception, converted by kgen."""
 
@@ -24,23 +84,17 @@ class Xception(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        block1_conv1 = nn.Conv(
+        x = nn.Conv(
             32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block1_conv1"
         )(input_layer)
-        block1_conv1_bn = rt.BatchNorm(epsilon=0.001, name="block1_conv1_bn")(
-            block1_conv1, use_running_average=not train
-        )
-        block1_conv1_act = jax.nn.relu(block1_conv1_bn)
-        block1_conv2 = nn.Conv(64, (3, 3), padding="VALID", use_bias=False, name="block1_conv2")(
-            block1_conv1_act
-        )
-        block1_conv2_bn = rt.BatchNorm(epsilon=0.001, name="block1_conv2_bn")(
-            block1_conv2, use_running_average=not train
-        )
-        block1_conv2_act = jax.nn.relu(block1_conv2_bn)
+        x = rt.BatchNorm(epsilon=0.001, name="block1_conv1_bn")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
+        x = nn.Conv(64, (3, 3), padding="VALID", use_bias=False, name="block1_conv2")(x)
+        x = rt.BatchNorm(epsilon=0.001, name="block1_conv2_bn")(x, use_running_average=not train)
+        x = jax.nn.relu(x)
         block2_sepconv1 = rt.SeparableConv(
             128, (3, 3), padding="SAME", use_bias=False, name="block2_sepconv1"
-        )(block1_conv2_act)
+        )(x)
         block2_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block2_sepconv1_bn")(
             block2_sepconv1, use_running_average=not train
         )
@@ -50,7 +104,7 @@ class Xception(nn.Module):
         )(block2_sepconv2_act)
         conv2d = nn.Conv(
             128, (1, 1), strides=(2, 2), padding="SAME", use_bias=False, name="conv2d"
-        )(block1_conv2_act)
+        )(x)
         block2_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block2_sepconv2_bn")(
             block2_sepconv2, use_running_average=not train
         )
@@ -58,263 +112,26 @@ class Xception(nn.Module):
         batch_normalization = rt.BatchNorm(epsilon=0.001, name="batch_normalization")(
             conv2d, use_running_average=not train
         )
-        add = block2_pool + batch_normalization
-        block3_sepconv1_act = jax.nn.relu(add)
-        block3_sepconv1 = rt.SeparableConv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block3_sepconv1"
-        )(block3_sepconv1_act)
-        block3_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block3_sepconv1_bn")(
-            block3_sepconv1, use_running_average=not train
+        x = block2_pool + batch_normalization
+        x = Block(sepconv1_features=256, sepconv2_features=256, name="block3")(x, train=train)
+        x = Block(sepconv1_features=728, sepconv2_features=728, name="block4")(x, train=train)
+        for i in range(5, 13):
+            x = Block5(name=f"block{i}")(x, train=train)
+        x = Block(sepconv1_features=728, sepconv2_features=1024, name="block13")(x, train=train)
+        x = rt.SeparableConv(1536, (3, 3), padding="SAME", use_bias=False, name="block14_sepconv1")(
+            x
         )
-        block3_sepconv2_act = jax.nn.relu(block3_sepconv1_bn)
-        block3_sepconv2 = rt.SeparableConv(
-            256, (3, 3), padding="SAME", use_bias=False, name="block3_sepconv2"
-        )(block3_sepconv2_act)
-        conv2d_1 = nn.Conv(
-            256, (1, 1), strides=(2, 2), padding="SAME", use_bias=False, name="conv2d_1"
-        )(add)
-        block3_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block3_sepconv2_bn")(
-            block3_sepconv2, use_running_average=not train
+        x = rt.BatchNorm(epsilon=0.001, name="block14_sepconv1_bn")(
+            x, use_running_average=not train
         )
-        block3_pool = nn.max_pool(block3_sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
-        batch_normalization_1 = rt.BatchNorm(epsilon=0.001, name="batch_normalization_1")(
-            conv2d_1, use_running_average=not train
+        x = jax.nn.relu(x)
+        x = rt.SeparableConv(2048, (3, 3), padding="SAME", use_bias=False, name="block14_sepconv2")(
+            x
         )
-        add_1 = block3_pool + batch_normalization_1
-        block4_sepconv1_act = jax.nn.relu(add_1)
-        block4_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block4_sepconv1"
-        )(block4_sepconv1_act)
-        block4_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block4_sepconv1_bn")(
-            block4_sepconv1, use_running_average=not train
+        x = rt.BatchNorm(epsilon=0.001, name="block14_sepconv2_bn")(
+            x, use_running_average=not train
         )
-        block4_sepconv2_act = jax.nn.relu(block4_sepconv1_bn)
-        block4_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block4_sepconv2"
-        )(block4_sepconv2_act)
-        conv2d_2 = nn.Conv(
-            728, (1, 1), strides=(2, 2), padding="SAME", use_bias=False, name="conv2d_2"
-        )(add_1)
-        block4_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block4_sepconv2_bn")(
-            block4_sepconv2, use_running_average=not train
-        )
-        block4_pool = nn.max_pool(block4_sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
-        batch_normalization_2 = rt.BatchNorm(epsilon=0.001, name="batch_normalization_2")(
-            conv2d_2, use_running_average=not train
-        )
-        add_2 = block4_pool + batch_normalization_2
-        block5_sepconv1_act = jax.nn.relu(add_2)
-        block5_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block5_sepconv1"
-        )(block5_sepconv1_act)
-        block5_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block5_sepconv1_bn")(
-            block5_sepconv1, use_running_average=not train
-        )
-        block5_sepconv2_act = jax.nn.relu(block5_sepconv1_bn)
-        block5_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block5_sepconv2"
-        )(block5_sepconv2_act)
-        block5_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block5_sepconv2_bn")(
-            block5_sepconv2, use_running_average=not train
-        )
-        block5_sepconv3_act = jax.nn.relu(block5_sepconv2_bn)
-        block5_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block5_sepconv3"
-        )(block5_sepconv3_act)
-        block5_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block5_sepconv3_bn")(
-            block5_sepconv3, use_running_average=not train
-        )
-        add_3 = block5_sepconv3_bn + add_2
-        block6_sepconv1_act = jax.nn.relu(add_3)
-        block6_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block6_sepconv1"
-        )(block6_sepconv1_act)
-        block6_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block6_sepconv1_bn")(
-            block6_sepconv1, use_running_average=not train
-        )
-        block6_sepconv2_act = jax.nn.relu(block6_sepconv1_bn)
-        block6_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block6_sepconv2"
-        )(block6_sepconv2_act)
-        block6_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block6_sepconv2_bn")(
-            block6_sepconv2, use_running_average=not train
-        )
-        block6_sepconv3_act = jax.nn.relu(block6_sepconv2_bn)
-        block6_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block6_sepconv3"
-        )(block6_sepconv3_act)
-        block6_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block6_sepconv3_bn")(
-            block6_sepconv3, use_running_average=not train
-        )
-        add_4 = block6_sepconv3_bn + add_3
-        block7_sepconv1_act = jax.nn.relu(add_4)
-        block7_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block7_sepconv1"
-        )(block7_sepconv1_act)
-        block7_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block7_sepconv1_bn")(
-            block7_sepconv1, use_running_average=not train
-        )
-        block7_sepconv2_act = jax.nn.relu(block7_sepconv1_bn)
-        block7_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block7_sepconv2"
-        )(block7_sepconv2_act)
-        block7_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block7_sepconv2_bn")(
-            block7_sepconv2, use_running_average=not train
-        )
-        block7_sepconv3_act = jax.nn.relu(block7_sepconv2_bn)
-        block7_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block7_sepconv3"
-        )(block7_sepconv3_act)
-        block7_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block7_sepconv3_bn")(
-            block7_sepconv3, use_running_average=not train
-        )
-        add_5 = block7_sepconv3_bn + add_4
-        block8_sepconv1_act = jax.nn.relu(add_5)
-        block8_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block8_sepconv1"
-        )(block8_sepconv1_act)
-        block8_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block8_sepconv1_bn")(
-            block8_sepconv1, use_running_average=not train
-        )
-        block8_sepconv2_act = jax.nn.relu(block8_sepconv1_bn)
-        block8_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block8_sepconv2"
-        )(block8_sepconv2_act)
-        block8_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block8_sepconv2_bn")(
-            block8_sepconv2, use_running_average=not train
-        )
-        block8_sepconv3_act = jax.nn.relu(block8_sepconv2_bn)
-        block8_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block8_sepconv3"
-        )(block8_sepconv3_act)
-        block8_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block8_sepconv3_bn")(
-            block8_sepconv3, use_running_average=not train
-        )
-        add_6 = block8_sepconv3_bn + add_5
-        block9_sepconv1_act = jax.nn.relu(add_6)
-        block9_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block9_sepconv1"
-        )(block9_sepconv1_act)
-        block9_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block9_sepconv1_bn")(
-            block9_sepconv1, use_running_average=not train
-        )
-        block9_sepconv2_act = jax.nn.relu(block9_sepconv1_bn)
-        block9_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block9_sepconv2"
-        )(block9_sepconv2_act)
-        block9_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block9_sepconv2_bn")(
-            block9_sepconv2, use_running_average=not train
-        )
-        block9_sepconv3_act = jax.nn.relu(block9_sepconv2_bn)
-        block9_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block9_sepconv3"
-        )(block9_sepconv3_act)
-        block9_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block9_sepconv3_bn")(
-            block9_sepconv3, use_running_average=not train
-        )
-        add_7 = block9_sepconv3_bn + add_6
-        block10_sepconv1_act = jax.nn.relu(add_7)
-        block10_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block10_sepconv1"
-        )(block10_sepconv1_act)
-        block10_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block10_sepconv1_bn")(
-            block10_sepconv1, use_running_average=not train
-        )
-        block10_sepconv2_act = jax.nn.relu(block10_sepconv1_bn)
-        block10_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block10_sepconv2"
-        )(block10_sepconv2_act)
-        block10_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block10_sepconv2_bn")(
-            block10_sepconv2, use_running_average=not train
-        )
-        block10_sepconv3_act = jax.nn.relu(block10_sepconv2_bn)
-        block10_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block10_sepconv3"
-        )(block10_sepconv3_act)
-        block10_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block10_sepconv3_bn")(
-            block10_sepconv3, use_running_average=not train
-        )
-        add_8 = block10_sepconv3_bn + add_7
-        block11_sepconv1_act = jax.nn.relu(add_8)
-        block11_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block11_sepconv1"
-        )(block11_sepconv1_act)
-        block11_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block11_sepconv1_bn")(
-            block11_sepconv1, use_running_average=not train
-        )
-        block11_sepconv2_act = jax.nn.relu(block11_sepconv1_bn)
-        block11_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block11_sepconv2"
-        )(block11_sepconv2_act)
-        block11_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block11_sepconv2_bn")(
-            block11_sepconv2, use_running_average=not train
-        )
-        block11_sepconv3_act = jax.nn.relu(block11_sepconv2_bn)
-        block11_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block11_sepconv3"
-        )(block11_sepconv3_act)
-        block11_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block11_sepconv3_bn")(
-            block11_sepconv3, use_running_average=not train
-        )
-        add_9 = block11_sepconv3_bn + add_8
-        block12_sepconv1_act = jax.nn.relu(add_9)
-        block12_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block12_sepconv1"
-        )(block12_sepconv1_act)
-        block12_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block12_sepconv1_bn")(
-            block12_sepconv1, use_running_average=not train
-        )
-        block12_sepconv2_act = jax.nn.relu(block12_sepconv1_bn)
-        block12_sepconv2 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block12_sepconv2"
-        )(block12_sepconv2_act)
-        block12_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block12_sepconv2_bn")(
-            block12_sepconv2, use_running_average=not train
-        )
-        block12_sepconv3_act = jax.nn.relu(block12_sepconv2_bn)
-        block12_sepconv3 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block12_sepconv3"
-        )(block12_sepconv3_act)
-        block12_sepconv3_bn = rt.BatchNorm(epsilon=0.001, name="block12_sepconv3_bn")(
-            block12_sepconv3, use_running_average=not train
-        )
-        add_10 = block12_sepconv3_bn + add_9
-        block13_sepconv1_act = jax.nn.relu(add_10)
-        block13_sepconv1 = rt.SeparableConv(
-            728, (3, 3), padding="SAME", use_bias=False, name="block13_sepconv1"
-        )(block13_sepconv1_act)
-        block13_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block13_sepconv1_bn")(
-            block13_sepconv1, use_running_average=not train
-        )
-        block13_sepconv2_act = jax.nn.relu(block13_sepconv1_bn)
-        block13_sepconv2 = rt.SeparableConv(
-            1024, (3, 3), padding="SAME", use_bias=False, name="block13_sepconv2"
-        )(block13_sepconv2_act)
-        conv2d_3 = nn.Conv(
-            1024, (1, 1), strides=(2, 2), padding="SAME", use_bias=False, name="conv2d_3"
-        )(add_10)
-        block13_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block13_sepconv2_bn")(
-            block13_sepconv2, use_running_average=not train
-        )
-        block13_pool = nn.max_pool(block13_sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
-        batch_normalization_3 = rt.BatchNorm(epsilon=0.001, name="batch_normalization_3")(
-            conv2d_3, use_running_average=not train
-        )
-        add_11 = block13_pool + batch_normalization_3
-        block14_sepconv1 = rt.SeparableConv(
-            1536, (3, 3), padding="SAME", use_bias=False, name="block14_sepconv1"
-        )(add_11)
-        block14_sepconv1_bn = rt.BatchNorm(epsilon=0.001, name="block14_sepconv1_bn")(
-            block14_sepconv1, use_running_average=not train
-        )
-        block14_sepconv1_act = jax.nn.relu(block14_sepconv1_bn)
-        block14_sepconv2 = rt.SeparableConv(
-            2048, (3, 3), padding="SAME", use_bias=False, name="block14_sepconv2"
-        )(block14_sepconv1_act)
-        block14_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block14_sepconv2_bn")(
-            block14_sepconv2, use_running_average=not train
-        )
-        block14_sepconv2_act = jax.nn.relu(block14_sepconv2_bn)
-        avg_pool = jnp.mean(block14_sepconv2_act, axis=(1, 2))
-        predictions = jax.nn.softmax(nn.Dense(1000, name="predictions")(avg_pool))
-        return predictions
+        x = jax.nn.relu(x)
+        x = jnp.mean(x, axis=(1, 2))
+        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        return x
