@@ -33,6 +33,15 @@ class CatalogRow:
     wall: float = 0.0  # whole verify run, Keras build and XLA compile included
 
 
+def source_of(spec: str):
+    """What a worker verifies: an application with no weights to fetch (every variable
+    is randomised anyway: verify --all runs offline), a model file with its own."""
+    from kgen import pipeline
+    from kgen.tracer.catalog import APPLICATIONS
+
+    return pipeline.Source.of(spec, "none" if spec in APPLICATIONS else None)
+
+
 def _worker(spec: str, seed: int, connection) -> None:
     """In the spawned process: verify ``spec`` and send back a dict (or an error)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -42,7 +51,7 @@ def _worker(spec: str, seed: int, connection) -> None:
     try:
         from kgen import pipeline
 
-        result = pipeline.verify(pipeline.Source.of(spec), seed=seed)
+        result = pipeline.verify(source_of(spec), seed=seed)
         top1 = [o.top1 for o in result.report.outputs if getattr(o, "top1", None) is not None]
         connection.send(
             {

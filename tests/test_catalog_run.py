@@ -28,3 +28,9 @@ def test_a_failing_source_is_a_failed_row_not_a_crash(tmp_path):
 def test_a_worker_past_its_time_is_stopped(tmp_path):
     (row,) = catalog_run.run_catalog([str(MODEL_PATH)], timeout=0.5)
     assert not row.ok and row.error == "timeout" and row.wall < 30
+
+
+def test_applications_are_verified_without_fetching_weights():
+    """verify --all randomises every variable: nothing to download (it runs offline)."""
+    assert catalog_run.source_of("MobileNetV2").weights == "none"
+    assert catalog_run.source_of(str(MODEL_PATH)).weights is None
