@@ -23,6 +23,8 @@ class BenchResult:
     convert_s: float = 0.0  # kgen's own conversion time (trace, lower, render, format)
     init_s: float = 0.0  # rt.init of the generated module (jit-compiled init)
     spread: dict | None = None  # engine -> (min, max) ms per batch
+    flat_ms: float | None = None  # the flat form (fold=False) of the same module
+    flat_compile_s: float | None = None  # and its first jitted call
 
     @property
     def speedup(self) -> float:
@@ -35,8 +37,13 @@ class BenchResult:
             f"{self.name}: batch {self.batch}, keras graph {self.keras_ms:.1f} ms{xla}, "
             f"flax {self.flax_ms:.1f} ms (medians of {self.repeats}, engines alternated), "
             f"speedup x{self.speedup:.2f} vs keras graph, flax compile {self.compile_s:.1f} s, "
-            f"kgen convert {self.convert_s:.1f} s, rt.init {self.init_s:.1f} s"
+            f"kgen convert {self.convert_s:.1f} s, rt.init {self.init_s:.1f} s{self._flat()}"
         )
+
+    def _flat(self) -> str:
+        if self.flat_ms is None:
+            return ""
+        return f"; flat form (--no-fold) {self.flat_ms:.1f} ms, compile {self.flat_compile_s:.1f} s"
 
 
 def _timed(fn) -> float:
@@ -46,11 +53,12 @@ def _timed(fn) -> float:
 
 
 def bench_model(
-    model, name: str, *, batch: int = 8, repeats: int = 10, seed: int = 0
+    model, name: str, *, batch: int = 8, repeats: int = 10, seed: int = 0, flat: bool = True
 ) -> BenchResult:
     """Time the generated module against what Keras users run in production: the model
     as a ``tf.function`` graph (and with ``jit_compile=True``), on the same batch, one
-    call of each engine in turn so machine drift hits them equally."""
+    call of each engine in turn so machine drift hits them equally.  ``flat``: also the
+    flat form (``fold=False``): its compile and run time beside the folded module's."""
     import jax
     import tensorflow as tf
 
@@ -73,6 +81,16 @@ def bench_model(
     from kgen.runtime import init
 
     init_s = _timed(lambda: jax.block_until_ready(init(module, *xs))) / 1e3
+    flat_compile_s = flat_apply = None
+    if flat:
+        flat_conversion = convert(model, fold=False)
+        flat_module, flat_variables = flat_conversion.module, flat_conversion.variables
+        flat_variables = jax.device_put(flat_variables)
+        flat_jit = jax.jit(lambda v, *a: flat_module.apply(v, *a))
+        flat_compile_s = _timed(lambda: jax.block_until_ready(flat_jit(flat_variables, *xs))) / 1e3
+
+        def flat_apply():
+            return jax.block_until_ready(flat_jit(flat_variables, *xs))
 
     def first(out):
         if isinstance(out, dict):
@@ -85,6 +103,8 @@ def bench_model(
         "keras": lambda: graph(tf_feed).numpy(),
         "flax": lambda: jax.block_until_ready(apply(variables, *xs)),
     }
+    if flat_apply is not None:
+        engines["flax_flat"] = flat_apply
     keras_compile_s = _timed(engines["keras"]) / 1e3
     try:
         xla = tf.function(lambda x: first(model(x, training=False)), jit_compile=True)
@@ -111,4 +131,6 @@ def bench_model(
         convert_s=convert_s,
         init_s=init_s,
         spread={k: (min(v), max(v)) for k, v in times.items()},
+        flat_ms=med.get("flax_flat"),
+        flat_compile_s=flat_compile_s,
     )

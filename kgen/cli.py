@@ -869,9 +869,15 @@ def layers(markdown):
 @click.argument("source")
 @click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--flat/--no-flat",
+    default=True,
+    show_default=True,
+    help="Also time the flat form (--no-fold): its XLA compile and run time.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
 @_app_options
-def bench(source, batch, repeats, as_json, **app_options):
+def bench(source, batch, repeats, flat, as_json, **app_options):
     """Inference time of the generated module vs Keras, in the same process and batch.
 
     Reports medians and the speed ratio (Keras time / Flax time, on this machine's
@@ -883,7 +889,7 @@ def bench(source, batch, repeats, as_json, **app_options):
     with _framework_output(as_json):
         loaded = _load(src, as_json, verify=True)
         with _step(f"benchmarking {source}", as_json):
-            result = bench_model(loaded.model, source, batch=batch, repeats=repeats)
+            result = bench_model(loaded.model, source, batch=batch, repeats=repeats, flat=flat)
     if as_json:
         click.echo(json.dumps({**result.__dict__, "speedup": result.speedup}))
     else:

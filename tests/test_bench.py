@@ -14,8 +14,9 @@ def test_bench_reports_every_engine():
     model = keras.Model(x, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(h)))
     result = bench_model(model, "tiny", batch=2, repeats=2)
     assert result.keras_ms > 0 and result.flax_ms > 0 and math.isfinite(result.speedup)
-    assert set(result.spread) >= {"keras", "flax"}
-    assert "keras graph" in result.line()
+    assert set(result.spread) >= {"keras", "flax", "flax_flat"}
+    assert result.flat_ms > 0 and result.flat_compile_s > 0  # folded vs flat, side by side
+    assert "keras graph" in result.line() and "flat form" in result.line()
 
 
 def test_bench_cli_json(tmp_path):

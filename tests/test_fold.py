@@ -244,13 +244,11 @@ def test_a_tapped_output_inside_a_block_keeps_that_block_inline():
 def _default_suite():
     from test_generated import DEFAULT_SUITE
 
-    return [
-        pytest.param(n, marks=pytest.mark.catalog) if n in NOT_FOLDED else n for n in DEFAULT_SUITE
-    ]
+    return DEFAULT_SUITE
 
 
 # VGG has no repeated block with one input and one output; NASNet's cells take two
-# inputs (the two previous cells), which the cut-point rule does not fold (80 s here)
+# inputs (the two previous cells), which the cut-point rule does not fold
 NOT_FOLDED = {"VGG16", "VGG19", "NASNetMobile"}
 
 
