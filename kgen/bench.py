@@ -1,136 +1,681 @@
-"""``kgen bench``: inference speed of the generated module as a ratio against Keras,
-measured in the same process on the same batch (never asserted in tests)."""
+"""``kgen bench``: inference speed of the generated module beside the engines Keras users
+run in production, on the same batch, engines alternated (numbers are reported, never
+asserted in tests).
+
+Every engine runs in a process of its own (spawned, so none inherits another's
+framework): Keras on TensorFlow as a ``tf.function`` graph and with ``jit_compile=True``,
+Keras on JAX (``model.stateless_call`` under ``jax.jit``, ``KERAS_BACKEND=jax``), ONNX
+Runtime on a tf2onnx export (the ``bench`` extra), and the generated module under
+``jax.jit``, folded and flat.  The parent process loads the model once, converts it
+(kgen's own time), writes the generated modules and the ONNX file, and then drives the
+workers over pipes: each worker builds its engine from the same :class:`Source` (never a
+pickled model), warms it up, and times one call per request.  The parent asks each engine
+in turn, starting each round with the next one, so machine drift hits them equally; the
+idle workers wait on their pipes and do not compete for the CPU.
+
+Peak memory is each worker's own high-water mark of resident memory (``VmHWM`` in
+``/proc/self/status`` on Linux, ``ru_maxrss`` elsewhere): the framework, the model,
+compiled code and buffers, the most its process ever held at once; ``import_rss_mb`` is
+its resident memory just after the framework was imported, before the model.  The
+parent (which loads, converts and exports) is not counted.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import math
+import os
 import statistics
+import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["BenchResult", "bench_model"]
+__all__ = [
+    "BASELINE",
+    "ENGINES",
+    "ModelBench",
+    "bench_source",
+    "family_representatives",
+    "markdown_report",
+]
+
+#: engine -> what it is, in the order the table shows them.
+ENGINES = {
+    "keras_tf": "Keras on TF, tf.function graph",
+    "keras_tf_xla": "Keras on TF, tf.function(jit_compile=True)",
+    "keras_jax": "Keras on JAX, stateless_call under jax.jit",
+    "onnxruntime": "ONNX Runtime (CPU) on a tf2onnx export",
+    "kgen": "generated module under jax.jit",
+    "kgen_flat": "generated module, flat form (--no-fold), under jax.jit",
+}
+BASELINE = "keras_tf"
+ONNX_INSTALL = "pip install 'kgen-flax[bench]'"
+MEMORY_NOTE = (
+    "peak_rss_mb: the high-water mark of resident memory of the engine's own process "
+    "(VmHWM in /proc/self/status): framework, model, compiled code and buffers; "
+    "import_rss_mb: its resident memory just after importing the framework (VmRSS)"
+)
 
 
 @dataclass
-class BenchResult:
-    name: str
+class BatchTiming:
     batch: int
-    keras_ms: float  # median per batch, Keras on TF as a tf.function graph
-    flax_ms: float  # median per batch, jax.jit(module.apply), compiled beforehand
-    compile_s: float  # first call of the jitted module (trace + XLA compile)
-    repeats: int
-    keras_xla_ms: float | None = None  # tf.function(jit_compile=True), when it compiles
-    keras_compile_s: float = 0.0  # first call of the tf.function graph
-    convert_s: float = 0.0  # kgen's own conversion time (trace, lower, render, format)
-    init_s: float = 0.0  # rt.init of the generated module (jit-compiled init)
-    spread: dict | None = None  # engine -> (min, max) ms per batch
-    flat_ms: float | None = None  # the flat form (fold=False) of the same module
-    flat_compile_s: float | None = None  # and its first jitted call
+    warmup_s: float  # first call at this batch size: tracing and compiling included
+    times_ms: list[float]
 
     @property
-    def speedup(self) -> float:
-        """Keras-TF graph time / Flax time: above 1 means the Flax module is faster."""
-        return self.keras_ms / self.flax_ms if self.flax_ms else float("nan")
+    def median_ms(self) -> float:
+        return statistics.median(self.times_ms)
 
-    def line(self) -> str:
-        xla = "" if self.keras_xla_ms is None else f", keras xla {self.keras_xla_ms:.1f} ms"
-        return (
-            f"{self.name}: batch {self.batch}, keras graph {self.keras_ms:.1f} ms{xla}, "
-            f"flax {self.flax_ms:.1f} ms (medians of {self.repeats}, engines alternated), "
-            f"speedup x{self.speedup:.2f} vs keras graph, flax compile {self.compile_s:.1f} s, "
-            f"kgen convert {self.convert_s:.1f} s, rt.init {self.init_s:.1f} s{self._flat()}"
-        )
-
-    def _flat(self) -> str:
-        if self.flat_ms is None:
-            return ""
-        return f"; flat form (--no-fold) {self.flat_ms:.1f} ms, compile {self.flat_compile_s:.1f} s"
+    @property
+    def images_per_s(self) -> float:
+        return self.batch / self.median_ms * 1e3
 
 
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return (time.perf_counter() - start) * 1e3
+@dataclass
+class EngineResult:
+    engine: str
+    reason: str = ""  # why the engine is absent ("" when it ran)
+    import_s: float | None = None  # importing its framework in its own process
+    load_s: float | None = None  # building or loading the model there
+    init_s: float | None = None  # kgen engines: rt.init of the module (jit-compiled)
+    import_rss_mb: float | None = None
+    peak_rss_mb: float | None = None
+    batches: dict[int, BatchTiming] = field(default_factory=dict)
+
+    @property
+    def available(self) -> bool:
+        return not self.reason
 
 
-def bench_model(
-    model, name: str, *, batch: int = 8, repeats: int = 10, seed: int = 0, flat: bool = True
-) -> BenchResult:
-    """Time the generated module against what Keras users run in production: the model
-    as a ``tf.function`` graph (and with ``jit_compile=True``), on the same batch, one
-    call of each engine in turn so machine drift hits them equally.  ``flat``: also the
-    flat form (``fold=False``): its compile and run time beside the folded module's."""
-    import jax
+@dataclass
+class ModelBench:
+    name: str
+    source: object  # kgen.pipeline.Source
+    batches: list[int]
+    repeats: int
+    convert_s: float | None = None  # kgen's conversion (trace, lower, render, format)
+    convert_flat_s: float | None = None
+    onnx_export_s: float | None = None
+    engines: dict[str, EngineResult] = field(default_factory=dict)
+    error: str = ""  # the model itself could not be loaded or converted
+
+    def ratio(self, engine: str, batch: int) -> float | None:
+        """Throughput of ``engine`` divided by Keras-TF graph's: above 1 is faster."""
+        base, this = self.engines.get(BASELINE), self.engines.get(engine)
+        if base is None or this is None or batch not in base.batches or batch not in this.batches:
+            return None
+        return base.batches[batch].median_ms / this.batches[batch].median_ms
+
+    def to_dict(self) -> dict:
+        engines = {}
+        for key, e in self.engines.items():
+            per_batch = {}
+            for b, t in e.batches.items():
+                per_batch[str(b)] = {
+                    "warmup_s": t.warmup_s,
+                    "median_ms": t.median_ms,
+                    "min_ms": min(t.times_ms),
+                    "max_ms": max(t.times_ms),
+                    "images_per_s": t.images_per_s,
+                    "ratio_to_keras_tf": self.ratio(key, b),
+                    "times_ms": t.times_ms,
+                }
+            engines[key] = {
+                "description": ENGINES[key],
+                "available": e.available,
+                "reason": e.reason or None,
+                "import_s": e.import_s,
+                "load_s": e.load_s,
+                "init_s": e.init_s,
+                "import_rss_mb": e.import_rss_mb,
+                "peak_rss_mb": e.peak_rss_mb,
+                "batches": per_batch,
+            }
+        return {
+            "model": self.name,
+            "source": self.source.spec,
+            "options": dict(self.source.options),
+            "batches": self.batches,
+            "repeats": self.repeats,
+            "baseline": BASELINE,
+            "convert_s": self.convert_s,
+            "convert_flat_s": self.convert_flat_s,
+            "init_s": self.engines["kgen"].init_s if "kgen" in self.engines else None,
+            "onnx_export_s": self.onnx_export_s,
+            "memory": MEMORY_NOTE,
+            "error": self.error or None,
+            "engines": engines,
+        }
+
+    def lines(self) -> list[str]:
+        """The plain-text report: one line per engine and batch."""
+        if self.error:
+            return [f"{self.name}: {self.error}"]
+        head = f"{self.name}: kgen convert {_s(self.convert_s)}"
+        if self.convert_flat_s is not None:
+            head += f" (flat {_s(self.convert_flat_s)})"
+        kgen = self.engines.get("kgen")
+        if kgen is not None and kgen.init_s is not None:
+            head += f", rt.init {_s(kgen.init_s)}"
+        if self.onnx_export_s is not None:
+            head += f", ONNX export {_s(self.onnx_export_s)}"
+        out = [
+            head + f"; medians of {self.repeats}, engines alternated, one process each",
+        ]
+        for b in self.batches:
+            out.append(f"  batch {b}:")
+            for key, e in self.engines.items():
+                if not e.available:
+                    out.append(f"    {key:13} absent: {e.reason}")
+                    continue
+                t = e.batches[b]
+                ratio = self.ratio(key, b)
+                shown = "" if ratio is None else f" x{ratio:.2f}"
+                out.append(
+                    f"    {key:13} {t.median_ms:9.2f} ms [{min(t.times_ms):.2f}-"
+                    f"{max(t.times_ms):.2f}] {t.images_per_s:8.1f} img/s{shown:7} "
+                    f"warm-up {t.warmup_s:.2f} s, peak RSS {_mb(e.peak_rss_mb)}"
+                )
+        return out
+
+
+def _s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _mb(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} MB"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _rss_mb(key: str = "VmHWM") -> float:
+    """This process's peak resident memory in MB (``VmRSS``: the current one).
+
+    On Linux from ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` is no use in a
+    spawned worker, as Linux carries the parent's high-water mark over the fork and
+    exec that start it.  Elsewhere ``ru_maxrss`` (the peak, whatever ``key``)."""
+    import resource
+
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/self/status", encoding="ascii") as status,
+    ):
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 2**10  # kB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10  # bytes vs KiB
+
+
+# --- the worker side: one engine in its own process ----------------------------------
+
+
+def _first_output(out):
+    if isinstance(out, dict):
+        return next(iter(out.values()))
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def _keras_tf(job, xla: bool):
     import tensorflow as tf
 
-    from kgen.api import convert_model as convert
+    from kgen import pipeline
+
+    model = pipeline.load(job["source"], logits=True).model
+    fn = tf.function(lambda x: model(x, training=False), jit_compile=xla)
+
+    def call(xs):
+        feed = [tf.constant(x) for x in xs]
+        out = fn(feed[0] if len(feed) == 1 else feed)
+        return tf.nest.map_structure(lambda t: t.numpy(), out)
+
+    return call
+
+
+def _keras_jax(job):
+    import jax
+    import keras
+
+    from kgen import pipeline
+
+    if keras.backend.backend() != "jax":
+        raise RuntimeError(f"Keras came up on {keras.backend.backend()}, not jax")
+    model = pipeline.load(job["source"], logits=True).model
+    if not hasattr(model, "stateless_call"):
+        raise RuntimeError("a tf.keras (Keras 2) model: Keras on JAX runs Keras 3 models only")
+    trainable = [v.value for v in model.trainable_variables]
+    frozen = [v.value for v in model.non_trainable_variables]
+    fn = jax.jit(lambda t, n, x: model.stateless_call(t, n, x, training=False)[0])
+
+    def call(xs):
+        return jax.block_until_ready(fn(trainable, frozen, xs[0] if len(xs) == 1 else list(xs)))
+
+    return call
+
+
+def _onnxruntime(job):
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(job["onnx"], providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def call(xs):
+        return session.run(None, dict(zip(names, xs)))
+
+    return call
+
+
+def _kgen(job):
+    import importlib.util
+
+    import jax
+
+    from kgen.runtime import init, load_variables
+
+    spec = importlib.util.spec_from_file_location(f"kgen_bench_{os.getpid()}", job["module"])
+    generated = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generated)
+    module = getattr(generated, job["class_name"])()
+    variables = jax.device_put(load_variables(job["weights"]))
+    fn = jax.jit(lambda v, *xs: module.apply(v, *xs))
+    state = {"init": None}
+
+    def call(xs):
+        if state["init"] is None:  # the first call: time rt.init before compiling apply
+            start = time.perf_counter()
+            jax.block_until_ready(init(module, *xs))
+            state["init"] = time.perf_counter() - start
+        return jax.block_until_ready(fn(variables, *xs))
+
+    return call, state
+
+
+_FRAMEWORK = {
+    "keras_tf": "tensorflow",
+    "keras_tf_xla": "tensorflow",
+    "keras_jax": "keras",
+    "onnxruntime": "onnxruntime",
+    "kgen": "jax",
+    "kgen_flat": "jax",
+}
+
+
+def _worker(engine: str, job: dict, connection) -> None:
+    """In the spawned process: build ``engine``, then answer the parent's requests:
+    ``("batch", inputs)`` warms up at a new batch size, ``("run",)`` times one call,
+    ``("stop",)`` reports the peak memory and exits."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)  # Keras's and TensorFlow's own prints
+    os.dup2(null, 2)
+    try:
+        import importlib
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        start = time.perf_counter()
+        importlib.import_module(_FRAMEWORK[engine])
+        imported = time.perf_counter()
+        import_rss = _rss_mb("VmRSS")
+        state = {}
+        if engine in ("keras_tf", "keras_tf_xla"):
+            call = _keras_tf(job, xla=engine == "keras_tf_xla")
+        elif engine == "keras_jax":
+            call = _keras_jax(job)
+        elif engine == "onnxruntime":
+            call = _onnxruntime(job)
+        else:
+            call, state = _kgen(job)
+        ready = {
+            "import_s": imported - start,
+            "load_s": time.perf_counter() - imported,
+            "import_rss_mb": import_rss,
+        }
+        connection.send(("ready", ready))
+        inputs = None
+        while True:
+            request = connection.recv()
+            if request[0] == "batch":
+                inputs = request[1]
+                before = state.get("init")  # kgen: rt.init is timed once, at the first batch
+                begin = time.perf_counter()
+                call(inputs)
+                init = state.get("init") if before is None else None
+                warmup = time.perf_counter() - begin - (init or 0.0)
+                call(inputs)  # one more, untimed: caches and allocators settle
+                connection.send(("ok", {"warmup_s": warmup, "init_s": init}))
+            elif request[0] == "run":
+                begin = time.perf_counter()
+                call(inputs)
+                connection.send(("ok", (time.perf_counter() - begin) * 1e3))
+            else:
+                connection.send(("ok", {"peak_rss_mb": _rss_mb()}))
+                return
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            connection.send(("error", _one_line(exc)))
+    finally:
+        connection.close()
+
+
+# --- the parent side ------------------------------------------------------------------
+
+
+class _EngineGone(Exception):
+    pass
+
+
+class _Engine:
+    """A worker process for one engine and the pipe that drives it."""
+
+    def __init__(self, engine: str, job: dict, timeout: float):
+        import multiprocessing
+
+        self.engine = engine
+        self.timeout = timeout
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_worker, args=(engine, job, child), daemon=True)
+        env = {"KERAS_BACKEND": "jax" if engine == "keras_jax" else "tensorflow"}
+        with _environment(env):
+            self.process.start()
+        child.close()
+
+    def ask(self, *request):
+        if request:
+            self.connection.send(request)
+        if not self.connection.poll(self.timeout):
+            raise _EngineGone(f"no answer in {self.timeout:.0f} s")
+        try:
+            kind, value = self.connection.recv()
+        except EOFError:
+            self.process.join(5)
+            raise _EngineGone(f"its process exited with code {self.process.exitcode}") from None
+        if kind == "error":
+            raise _EngineGone(value)
+        return value
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.connection.close()
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+
+@contextlib.contextmanager
+def _environment(values: dict):
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _inputs(loaded, conversion, batch: int, seed: int):
+    from kgen.pipeline import _app_inputs
     from kgen.verify import random_inputs
 
-    start = time.perf_counter()
-    conversion = convert(model)
-    convert_s = time.perf_counter() - start
-    inputs = random_inputs(conversion.inputs, batch=batch, seed=seed)
-    feed = inputs[0] if len(inputs) == 1 else list(inputs)
-    module = conversion.module
-    variables = jax.device_put(conversion.variables)
-    xs = [jax.device_put(x) for x in inputs]
-    apply = jax.jit(lambda v, *a: module.apply(v, *a))
+    found = _app_inputs(loaded, batch, seed)
+    if found is None:
+        found = random_inputs(conversion.inputs, batch=batch, seed=seed)
+    return [x.copy() for x in found]
 
-    start = time.perf_counter()
-    jax.block_until_ready(apply(variables, *xs))
-    compile_s = time.perf_counter() - start
-    from kgen.runtime import init
 
-    init_s = _timed(lambda: jax.block_until_ready(init(module, *xs))) / 1e3
-    flat_compile_s = flat_apply = None
-    if flat:
-        flat_conversion = convert(model, fold=False)
-        flat_module, flat_variables = flat_conversion.module, flat_conversion.variables
-        flat_variables = jax.device_put(flat_variables)
-        flat_jit = jax.jit(lambda v, *a: flat_module.apply(v, *a))
-        flat_compile_s = _timed(lambda: jax.block_until_ready(flat_jit(flat_variables, *xs))) / 1e3
+def _onnx_export(model, inputs, path: str) -> str:
+    """Export ``model`` with tf2onnx to ``path``; "" on success, else why not."""
+    import importlib.util
 
-        def flat_apply():
-            return jax.block_until_ready(flat_jit(flat_variables, *xs))
-
-    def first(out):
-        if isinstance(out, dict):
-            return next(iter(out.values()))
-        return out[0] if isinstance(out, (list, tuple)) else out
-
-    tf_feed = tf.nest.map_structure(tf.constant, feed)
-    graph = tf.function(lambda x: first(model(x, training=False)))
-    engines = {
-        "keras": lambda: graph(tf_feed).numpy(),
-        "flax": lambda: jax.block_until_ready(apply(variables, *xs)),
-    }
-    if flat_apply is not None:
-        engines["flax_flat"] = flat_apply
-    keras_compile_s = _timed(engines["keras"]) / 1e3
+    missing = [m for m in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed ({ONNX_INSTALL})"
     try:
-        xla = tf.function(lambda x: first(model(x, training=False)), jit_compile=True)
-        xla(tf_feed).numpy()
-        engines["keras_xla"] = lambda: xla(tf_feed).numpy()
-    except Exception:  # not every model compiles with XLA on TF; report it as absent
-        pass
-    for fn in engines.values():  # one more warm-up call each
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in engines}
-    for _ in range(repeats):
-        for key, fn in engines.items():
-            times[key].append(_timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    return BenchResult(
-        name,
-        batch,
-        med["keras"],
-        med["flax"],
-        compile_s,
-        repeats,
-        keras_xla_ms=med.get("keras_xla"),
-        keras_compile_s=keras_compile_s,
-        convert_s=convert_s,
-        init_s=init_s,
-        spread={k: (min(v), max(v)) for k, v in times.items()},
-        flat_ms=med.get("flax_flat"),
-        flat_compile_s=flat_compile_s,
-    )
+        import tensorflow as tf
+        import tf2onnx
+
+        specs = [
+            tf.TensorSpec((None, *x.shape[1:]), x.dtype, name=f"input_{i}")
+            for i, x in enumerate(inputs)
+        ]
+        if len(specs) == 1:
+            fn = tf.function(lambda x: model(x, training=False))
+        else:
+            fn = tf.function(lambda *xs: model(list(xs), training=False))
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null):
+            tf2onnx.convert.from_function(fn, input_signature=specs, output_path=path)
+    except Exception as exc:
+        return f"tf2onnx export failed: {_one_line(exc)}"
+    return ""
+
+
+def bench_source(
+    source,
+    *,
+    name: str | None = None,
+    batches=(8,),
+    repeats: int = 10,
+    engines=None,
+    seed: int = 0,
+    timeout: float = 1800.0,
+    progress=None,
+) -> ModelBench:
+    """Benchmark ``source`` (a :class:`kgen.pipeline.Source`) on every engine in
+    ``engines`` (default: all of :data:`ENGINES`), at each batch size in ``batches``:
+    ``repeats`` timed calls per engine and batch, engines alternated.  An engine that
+    cannot run (a package missing, an export that fails, a worker that crashes) is
+    reported absent with its reason; the others go on."""
+    from kgen import pipeline
+
+    wanted = list(ENGINES) if engines is None else [e for e in ENGINES if e in engines]
+    batches = list(dict.fromkeys(int(b) for b in batches))
+    result = ModelBench(name or source.spec, source, batches, repeats)
+    say = progress or (lambda text: None)
+    with tempfile.TemporaryDirectory(prefix="kgen-bench-") as tmp:
+        say(f"{result.name}: loading and converting")
+        try:
+            loaded = pipeline.load(source, logits=True)
+            start = time.perf_counter()
+            conversion = pipeline.convert(source, loaded=loaded)
+            result.convert_s = time.perf_counter() - start
+            py, st = conversion.write(os.path.join(tmp, "folded"))
+            jobs = {"kgen": {"module": str(py), "weights": str(st)}}
+            if "kgen_flat" in wanted:
+                start = time.perf_counter()
+                flat = pipeline.convert(source, loaded=loaded, fold=False)
+                result.convert_flat_s = time.perf_counter() - start
+                py, st = flat.write(os.path.join(tmp, "flat"))
+                jobs["kgen_flat"] = {"module": str(py), "weights": str(st)}
+            inputs = {b: _inputs(loaded, conversion, b, seed) for b in batches}
+        except Exception as exc:
+            result.error = _one_line(exc)
+            return result
+        for key in ("kgen", "kgen_flat"):
+            if key in jobs:
+                jobs[key]["class_name"] = conversion.class_name
+        for key in ("keras_tf", "keras_tf_xla", "keras_jax"):
+            jobs[key] = {"source": source}
+        absent = {}
+        if "onnxruntime" in wanted:
+            say(f"{result.name}: exporting to ONNX")
+            path = os.path.join(tmp, "model.onnx")
+            start = time.perf_counter()
+            absent["onnxruntime"] = _onnx_export(loaded.model, inputs[batches[0]], path)
+            if not absent["onnxruntime"]:
+                result.onnx_export_s = time.perf_counter() - start
+            jobs["onnxruntime"] = {"onnx": path}
+        del loaded
+        _run_engines(result, wanted, jobs, absent, inputs, timeout, say)
+    return result
+
+
+def _run_engines(result, wanted, jobs, absent, inputs, timeout, say) -> None:
+    running: dict[str, _Engine] = {}
+
+    def drop(key, exc):
+        result.engines[key].reason = str(exc) or type(exc).__name__
+        running.pop(key).close()
+
+    try:
+        for key in wanted:  # started one at a time: compile times are not contended
+            result.engines[key] = EngineResult(key, reason=absent.get(key, ""))
+            if result.engines[key].reason:
+                continue
+            say(f"{result.name}: starting {key}")
+            running[key] = _Engine(key, jobs[key], timeout)
+            try:
+                ready = running[key].ask()
+            except _EngineGone as exc:
+                drop(key, exc)
+                continue
+            for attr, value in ready.items():
+                setattr(result.engines[key], attr, value)
+        for batch in result.batches:
+            say(f"{result.name}: batch {batch}, warming up")
+            for key in list(running):
+                try:
+                    warm = running[key].ask("batch", inputs[batch])
+                except _EngineGone as exc:
+                    drop(key, exc)
+                    continue
+                if warm["init_s"] is not None:
+                    result.engines[key].init_s = warm["init_s"]
+                result.engines[key].batches[batch] = BatchTiming(batch, warm["warmup_s"], [])
+            say(f"{result.name}: batch {batch}, {result.repeats} rounds")
+            for round_ in range(result.repeats):
+                order = list(running)
+                shift = round_ % len(order) if order else 0
+                for key in order[shift:] + order[:shift]:
+                    if key not in running:
+                        continue
+                    try:
+                        ms = running[key].ask("run")
+                    except _EngineGone as exc:
+                        drop(key, exc)
+                        continue
+                    result.engines[key].batches[batch].times_ms.append(ms)
+        for key in list(running):
+            with contextlib.suppress(_EngineGone):
+                result.engines[key].peak_rss_mb = running[key].ask("stop")["peak_rss_mb"]
+    finally:
+        for engine in running.values():
+            engine.close()
+    for e in result.engines.values():  # an engine that died part-way has no full row
+        if e.available and set(e.batches) != set(result.batches):
+            e.reason = e.reason or "did not finish"
+        if not e.available:
+            e.batches = {}
+
+
+def family_representatives() -> list[str]:
+    """The first (smallest) application of each family in the catalog."""
+    from kgen.tracer.catalog import APPLICATIONS
+
+    seen = {}
+    for name, app in APPLICATIONS.items():
+        seen.setdefault(app.family, name)
+    return list(seen.values())
+
+
+def _cell(value: float | None, fmt: str) -> str:
+    return "" if value is None or not math.isfinite(value) else format(value, fmt)
+
+
+def markdown_report(results: list[ModelBench], command: str) -> str:
+    """The ``--all`` tables: throughput and ratio per engine and batch, start-up costs
+    and memory, and the spread of the timed calls."""
+    keys = list(ENGINES)
+    batches = list(dict.fromkeys(b for r in results for b in r.batches))
+    lines = [
+        f"Produced by `{command}`. Images/s from the median time per batch; in",
+        f"brackets the ratio to `{BASELINE}` (Keras on TF, `tf.function` graph): above 1 is",
+        "faster. Empty: the engine is absent (reasons below the tables).",
+        "",
+        "| model | batch | " + " | ".join(keys) + " |",
+        "|---|---:|" + "---:|" * len(keys),
+    ]
+    reasons = []
+    for r in results:
+        if r.error:
+            reasons.append(f"- {r.name}: {r.error}")
+            continue
+        for b in batches:
+            if b not in r.batches:
+                continue
+            cells = []
+            for k in keys:
+                e = r.engines.get(k)
+                if e is None or not e.available:
+                    cells.append("")
+                    continue
+                ratio = r.ratio(k, b)
+                extra = "" if ratio is None else f" ({ratio:.2f})"
+                cells.append(f"{e.batches[b].images_per_s:.1f}{extra}")
+            lines.append(f"| {r.name} | {b} | " + " | ".join(cells) + " |")
+        for k in keys:
+            e = r.engines.get(k)
+            if e is not None and not e.available:
+                reasons.append(f"- {r.name}, {k}: {e.reason}")
+    lines += [
+        "",
+        "Start-up and memory: kgen's conversion (folded; flat), `rt.init` of the generated",
+        "module, the ONNX export, and per engine the first call at the first batch size",
+        "(tracing and compiling; warm-up s) and the peak RSS of its own process (MB).",
+        "",
+        "| model | convert s | init s | ONNX export s | "
+        + " | ".join(f"{k} warm-up s / MB" for k in keys)
+        + " |",
+        "|---|---:|---:|---:|" + "---:|" * len(keys),
+    ]
+    for r in results:
+        if r.error:
+            continue
+        kgen = r.engines.get("kgen")
+        flat = "" if r.convert_flat_s is None else f"; {r.convert_flat_s:.1f}"
+        cells = [
+            _cell(r.convert_s, ".1f") + flat,
+            _cell(kgen.init_s if kgen else None, ".1f"),
+            _cell(r.onnx_export_s, ".1f"),
+        ]
+        for k in keys:
+            e = r.engines.get(k)
+            if e is None or not e.available:
+                cells.append("")
+                continue
+            first = e.batches[r.batches[0]]
+            cells.append(f"{first.warmup_s:.1f} / {_cell(e.peak_rss_mb, '.0f')}")
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Spread: milliseconds per batch, median [min-max] of the timed calls.",
+        "",
+        "| model | batch | " + " | ".join(keys) + " |",
+        "|---|---:|" + "---|" * len(keys),
+    ]
+    for r in results:
+        if r.error:
+            continue
+        for b in r.batches:
+            cells = []
+            for k in keys:
+                e = r.engines.get(k)
+                if e is None or not e.available:
+                    cells.append("")
+                    continue
+                t = e.batches[b]
+                cells.append(f"{t.median_ms:.1f} [{min(t.times_ms):.1f}-{max(t.times_ms):.1f}]")
+            lines.append(f"| {r.name} | {b} | " + " | ".join(cells) + " |")
+    if reasons:
+        lines += ["", "Absent engines:", "", *reasons]
+    return "\n".join(lines) + "\n"

@@ -865,35 +865,150 @@ def layers(markdown):
     click.echo(f"wrote {path}")
 
 
+def _parse_batches(ctx, param, values):
+    """``--batch 8 --batch 1`` or ``--batch 8,1``: batch sizes, in the order given."""
+    sizes = []
+    for value in values or ("8",):
+        for word in value.split(","):
+            try:
+                size = int(word)
+            except ValueError:
+                raise click.BadParameter(f"{value!r}: expected batch sizes such as 8,1") from None
+            if size < 1:
+                raise click.BadParameter(f"{value!r}: a batch size is at least 1")
+            sizes.append(size)
+    return list(dict.fromkeys(sizes))
+
+
+def _parse_engines(ctx, param, value):
+    from kgen.bench import ENGINES
+
+    if value is None:
+        return None
+    names = [w.strip() for w in value.split(",") if w.strip()]
+    unknown = [n for n in names if n not in ENGINES]
+    if unknown or not names:
+        raise click.BadParameter(f"{value!r}: engines are {', '.join(ENGINES)} (comma-separated)")
+    return names
+
+
 @main.command()
-@click.argument("source")
-@click.option("--batch", default=8, show_default=True, type=click.IntRange(min=1))
+@click.argument("source", required=False)
+@click.option(
+    "--batch",
+    "batches",
+    multiple=True,
+    callback=_parse_batches,
+    metavar="N[,N...]",
+    help="Batch size; repeat it or give a list (--batch 8 --batch 1, --batch 8,1). Default 8.",
+)
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--engines",
+    callback=_parse_engines,
+    default=None,
+    metavar="NAME[,NAME...]",
+    help="Only these engines: keras_tf, keras_tf_xla, keras_jax, onnxruntime, kgen, "
+    "kgen_flat (default: all; keras_tf is the baseline of the ratios).",
+)
 @click.option(
     "--flat/--no-flat",
     default=True,
     show_default=True,
     help="Also time the flat form (--no-fold): its XLA compile and run time.",
 )
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@click.option(
+    "--all",
+    "all_apps",
+    is_flag=True,
+    help="One application per family (random weights), and a Markdown table.",
+)
+@click.option(
+    "--models",
+    default=None,
+    metavar="NAME[,NAME...]",
+    help="With --all: these applications instead of one per family.",
+)
+@click.option(
+    "--markdown",
+    default=None,
+    metavar="PATH",
+    help="With --all: also write the tables as Markdown to PATH.",
+)
 @_app_options
-def bench(source, batch, repeats, flat, as_json, **app_options):
-    """Inference time of the generated module vs Keras, in the same process and batch.
+def bench(
+    source, batches, repeats, engines, flat, as_json, all_apps, models, markdown, **app_options
+):
+    """Inference time of the generated module beside Keras on TF (graph and XLA), Keras
+    on JAX, ONNX Runtime and the flat form: same batch, one process per engine, engines
+    alternated.
 
-    Reports medians and the speed ratio (Keras time / Flax time, on this machine's
-    devices); compile time of the jitted Flax module is reported separately.
+    Per engine and batch: warm-up (compile) seconds, median and [min-max] milliseconds
+    per batch, images/s, the ratio to Keras-TF graph (above 1: faster), and the peak RSS
+    of the engine's own process; and kgen's conversion and rt.init times.  Applications
+    are built with random weights (offline).  ONNX Runtime needs the bench extra
+    (pip install 'kgen-flax[bench]'); an engine that cannot run is shown absent, with why.
     """
-    from kgen.bench import bench_model
+    from kgen import bench as kbench
 
-    src = _source(source, "none", app_options)
-    with _framework_output(as_json):
-        loaded = _load(src, as_json, verify=True)
-        with _step(f"benchmarking {source}", as_json):
-            result = bench_model(loaded.model, source, batch=batch, repeats=repeats, flat=flat)
-    if as_json:
-        click.echo(json.dumps({**result.__dict__, "speedup": result.speedup}))
+    wanted = list(engines or kbench.ENGINES)
+    if not flat and "kgen_flat" in wanted:
+        wanted.remove("kgen_flat")
+    if all_apps:
+        if source is not None:
+            raise click.UsageError("give either a SOURCE or --all, not both")
+        if any(v is not None for v in app_options.values()):
+            raise click.UsageError("application options do not apply with --all")
+        names = kbench.family_representatives()
+        if models is not None:
+            names = [n.strip() for n in models.split(",") if n.strip()]
+        sources = [_source(n, "none", {}) for n in names]
     else:
-        click.echo(result.line())
+        if source is None:
+            raise click.UsageError("give a SOURCE or --all")
+        if models is not None or markdown is not None:
+            raise click.UsageError("--models and --markdown go with --all")
+        sources = [_source(source, "none", app_options)]
+
+    def progress(text):
+        if not as_json:
+            click.echo(text, err=True)
+
+    command = None
+    if all_apps:
+        command = "kgen bench --all" + (f" --models {models}" if models is not None else "")
+        command += f" --batch {','.join(map(str, batches))} --repeats {repeats}"
+        command += f" --engines {','.join(engines)}" if engines is not None else ""
+        command += " --no-flat" if not flat else ""
+        command += f" --markdown {markdown}" if markdown else ""
+    results = []
+    for src in sources:
+        with _framework_output(as_json):
+            _import_frameworks()
+            import keras
+
+            keras.backend.clear_session()
+            results.append(
+                kbench.bench_source(
+                    src, batches=batches, repeats=repeats, engines=wanted, progress=progress
+                )
+            )
+        if not as_json:
+            click.echo("\n".join(results[-1].lines()))
+        if markdown:  # kept current, so that an interrupted run still shows its models
+            path = Path(markdown)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(kbench.markdown_report(results, command), encoding="utf-8")
+    if as_json:
+        data = [r.to_dict() for r in results]
+        click.echo(json.dumps(data if all_apps else data[0]))
+    elif all_apps:
+        click.echo(kbench.markdown_report(results, command))
+    if markdown:
+        click.echo(f"wrote {markdown}", err=True)
+    if any(r.error for r in results):
+        raise SystemExit(1)
 
 
 @main.command()
