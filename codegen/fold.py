@@ -15,13 +15,21 @@ them from the graph's structure and the model's own layer names:
    belongs to ``block_1``).  Consecutive segments of one prefix are one block.  A
    branching segment whose layers share no prefix (InceptionV3's ``mixed0``) is a block
    named after its output layer.
+3. **Units.**  Inside every block and in the model itself, a chain of layers Keras
+   named itself (``conv2d_5 -> batch_normalization_5 -> activation_5``), each feeding
+   only the next, that starts with a layer with a kernel, goes on with a normalisation
+   and ends with an activation, is a *unit*: InceptionV3's ``conv2d_bn``.  Units carry
+   no name prefix, so structure alone finds them; a unit is named after its first
+   layer, and its layers inside it follow Keras's own scheme (``conv2d``,
+   ``batch_normalization``, ``activation``).
 
 Each block becomes a child :class:`~kgen.codegen.lower.LoweredGraph` with
 :attr:`~kgen.codegen.lower.LoweredGraph.block` set, and one ``block`` node that calls
 it in the parent.  Whether a block is *kept* is decided by render: blocks whose code
 comes out alike (up to literal hyper-parameters) share one ``nn.Module`` class, and a
 block no other block is like is written inline again, as if never folded.  Numerics do
-not change: a block runs the same lowered nodes, in the same order.
+not change: a block runs the same lowered nodes, in the same order (a unit's nodes move
+up to its first one, which only reorders independent branches).
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ class Block:
     exit: Ref  # the one tensor it returns
     names: dict  # inner layer name -> its name inside the block (submodule and local)
     parent: LoweredGraph | None = None
+    unit: str = ""  # a unit (see the module doc): its class name stem, as ``ConvBN``
 
 
 def expr_refs(value):
@@ -94,8 +103,16 @@ def fold(lg: LoweredGraph) -> LoweredGraph:
     segments = _segments(lg)
     outputs = {ref for _, ref in iter_refs(lg.graph.graph["outputs"])}
     blocks = _blocks(segments, outputs)
-    if not blocks:
-        return lg
+    if blocks:
+        _replace(lg, blocks)
+    for child in [c for c in lg.children if c.block is not None]:
+        _fold_units(child, {child.block.exit})
+    _fold_units(lg, outputs)
+    return lg
+
+
+def _replace(lg: LoweredGraph, blocks: list[tuple]) -> None:
+    """Put one call node in place of each block's nodes (where its first node was)."""
     nodes: list[LoweredNode] = []
     in_block = {id(n): b for b in blocks for n in b[1]}
     done = set()
@@ -109,7 +126,86 @@ def fold(lg: LoweredGraph) -> LoweredGraph:
         done.add(id(key))
         nodes.append(_block_node(lg, *key))
     lg.nodes = nodes
-    return lg
+
+
+#: Layers a unit starts with (they hold a kernel), by Keras class name, with the stem
+#: of the unit's class name.
+_UNIT_HEADS = {
+    "Conv1D": "Conv",
+    "Conv2D": "Conv",
+    "Conv3D": "Conv",
+    "Conv1DTranspose": "ConvTranspose",
+    "Conv2DTranspose": "ConvTranspose",
+    "Conv3DTranspose": "ConvTranspose",
+    "DepthwiseConv1D": "DepthwiseConv",
+    "DepthwiseConv2D": "DepthwiseConv",
+    "SeparableConv1D": "SeparableConv",
+    "SeparableConv2D": "SeparableConv",
+    "Dense": "Dense",
+}
+#: Layers a unit goes on with, and what they add to its class name.
+_UNIT_FOLLOWERS = {
+    "BatchNormalization": "BN",
+    "LayerNormalization": "LN",
+    "GroupNormalization": "GN",
+    "Activation": "",
+    "ReLU": "",
+    "LeakyReLU": "",
+    "ELU": "",
+    "Softmax": "",
+}
+
+
+def _fold_units(lg: LoweredGraph, outputs: set) -> None:
+    """Fold the units of ``lg`` (see the module doc); ``outputs``: what the graph gives
+    back, which may end a unit but never sit inside one."""
+    readers: dict[Ref, int] = {}
+    for lnode in lg.nodes:
+        for ref in _reads(lnode):
+            readers[ref] = readers.get(ref, 0) + 1
+    by_ref = {}
+    for lnode in lg.nodes:
+        reads = _reads(lnode)
+        if len(reads) == 1:
+            (ref,) = reads
+            by_ref.setdefault(ref, lnode)
+    units, taken = [], set()
+    for lnode in lg.nodes:
+        node = lnode.node
+        if id(lnode) in taken or not _unit_member(lnode, _UNIT_HEADS) or len(_reads(lnode)) != 1:
+            continue
+        chain = [lnode]
+        while True:
+            out = Ref(chain[-1].id, 0)
+            nxt = by_ref.get(out)
+            if out in outputs or readers.get(out) != 1 or nxt is None:
+                break
+            if not _unit_member(nxt, _UNIT_FOLLOWERS):
+                break
+            chain.append(nxt)
+        kinds = [_UNIT_FOLLOWERS[n.node.class_name] for n in chain[1:]]
+        if not any(kinds) or kinds[-1]:  # a conv-BN-activation unit, at the least
+            continue
+        taken.update(id(n) for n in chain)
+        (entry,) = _reads(lnode)
+        stem = _UNIT_HEADS[node.class_name]
+        stem += "".join(_UNIT_FOLLOWERS[n.node.class_name] for n in chain[1:])
+        units.append(("", chain, entry, Ref(chain[-1].id, 0), node.name, stem))
+    if units:
+        _replace(lg, units)
+
+
+def _unit_member(lnode: LoweredNode, classes: dict) -> bool:
+    node = lnode.node
+    return (
+        node.kind == "layer"
+        and node.builtin
+        and node.class_name in classes
+        and lnode.n_outputs == 1
+        and _foldable(lnode)
+        and lnode.subclass is None
+        and _auto_named(node)
+    )
 
 
 def _segments(lg: LoweredGraph) -> list[tuple[Ref, list[LoweredNode], Ref]]:
@@ -252,15 +348,19 @@ def _inner_names(prefix: str, nodes: list[LoweredNode]) -> dict[str, str]:
     return names
 
 
-def _block_node(lg: LoweredGraph, prefix, nodes, entry, exit_) -> LoweredNode:
-    name = prefix or nodes[-1].node.name
+def _block_node(
+    lg: LoweredGraph, prefix, nodes, entry, exit_, name: str = "", unit: str = ""
+) -> LoweredNode:
+    """``name``: the block's name where it has no prefix (else its last layer's);
+    ``unit``: a unit's class name stem."""
+    name = prefix or name or nodes[-1].node.name
     taken = {c.block.prefix for c in lg.children if c.block is not None}
     base, k = name, 1
     while name in taken:  # a prefix that comes back later (block4a ... block4a_add)
         name, k = f"{base}_{k}", k + 1
     inner = LoweredGraph(lg.graph, nodes=list(nodes))
     inner.children = [n.subclass for n in nodes if n.subclass is not None]
-    inner.block = Block(name, entry, exit_, _inner_names(prefix, nodes), parent=lg)
+    inner.block = Block(name, entry, exit_, _inner_names(prefix, nodes), parent=lg, unit=unit)
     inner.folded = True
     lg.children.append(inner)
     first = nodes[0].node

@@ -655,7 +655,9 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
             if lg0 is top:
                 cls.name = top_name
             elif cls.block:
-                cls.name = _block_class_name([lg.name for lg, _ in group], class_names)
+                cls.name = _block_class_name(
+                    [lg.name for lg, _ in group], class_names, lg0.block.unit
+                )
                 cls.doc = _block_doc([lg for lg, _ in group])
             else:
                 base = cls.origin if cls.traced else lg0.name
@@ -663,7 +665,8 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
                 if cls.traced:  # its input sizes are its caller's business
                     cls.input_shapes = ""
             if len(group) > 1:
-                cls.fields, values = _fields(cls, [c for _, c in group])
+                local = {c.name: [f.split(":")[0] for f in c.fields] for c in classes}
+                cls.fields, values = _fields(cls, [c for _, c in group], local)
                 if flags[0] is not None:  # blocks with and without the residual add
                     cls.fields.append("residual: bool")
                     values = [{**vals, "residual": flag} for vals, flag in zip(values, flags)]
@@ -691,10 +694,15 @@ def _fits(class_name: str, values: dict, name: str) -> bool:
     return len(f"        x = {class_name}({fields}name={name!r})(x, train=train)") <= 100
 
 
-def _block_class_name(prefixes: list[str], class_names: Namespace) -> str:
+def _block_class_name(prefixes: list[str], class_names: Namespace, unit: str = "") -> str:
     """``conv2_block1``, ``conv3_block1``... -> ``ConvBlock``: the prefix without its
     numbers; where two kinds of block would get one name, the second is named after
-    its first instance."""
+    its first instance.  A unit is named after its layers' kinds (``ConvBN``)."""
+    if unit:
+        name, k = unit, 2
+        while name in class_names:
+            name, k = f"{unit}{k}", k + 1
+        return class_names.create(name, fallback="Unit")
     base = pascal_case(re.sub(r"\d+", "", prefixes[0]))
     if base in class_names or base == "Model":
         base = pascal_case(prefixes[0])
@@ -702,9 +710,20 @@ def _block_class_name(prefixes: list[str], class_names: Namespace) -> str:
 
 
 def _block_doc(members: list[LoweredGraph]) -> str:
-    model = sanitize(members[0].block.parent.name, "model")
+    top = members[0].block.parent
+    while top.block is not None:
+        top = top.block.parent
+    model = sanitize(top.name, "model")
     names = [sanitize(m.name, "block") for m in members]
+    if members[0].block.unit:  # from all over the model: in Keras's order
+        names.sort(key=lambda n: [int(w) if w.isdigit() else w for w in re.split(r"(\d+)", n)])
     which = f"{names[0]} and {names[1]}" if len(names) == 2 else f"{names[0]} to {names[-1]}"
+    if members[0].block.unit:
+        layers = [sanitize(n.node.class_name, "layer") for n in members[0].nodes]
+        summary = f"{len(names)} alike units of the Keras model {model}, folded by kgen."
+        chain = " -> ".join(layers)
+        named = f"each named after its {layers[0]}:\n    {which}."
+        return f"{summary}\n\n    {chain},\n    {named}\n    "
     summary = f"{len(names)} alike blocks of the Keras model {model}, folded by kgen."
     return f"{summary}\n\n    {which}.\n    "
 
@@ -819,9 +838,12 @@ def _share(rendered: list) -> list[list]:
     return groups
 
 
-def _fields(cls: _Class, members: list[_Class]) -> tuple[list[str], list[dict]]:
+def _fields(
+    cls: _Class, members: list[_Class], local: dict | None = None
+) -> tuple[list[str], list[dict]]:
     """Turn the literals the members differ in into fields of ``cls``: rewrites its
-    body to read ``self.<field>``; returns the field lines and each member's values."""
+    body to read ``self.<field>``; returns the field lines and each member's values.
+    ``local``: the field names of the classes already written, by class name."""
     tree, lines = _tree(cls)
     diffs = []
     for m in members[1:]:  # _alike on a fresh parse of the first, with node ids of `tree`
@@ -851,7 +873,7 @@ def _fields(cls: _Class, members: list[_Class]) -> tuple[list[str], list[dict]]:
     groups: dict = {}  # values -> (base, [site keys]): literals equal in every member
     for key in order:  # are one field (ConvNeXt's LayerScale dim is its conv's features)
         vals = [ast.literal_eval(v) for v in values[key]]
-        base = _attribute_for(vals, hypers) or _base_name(sites[key])
+        base = _attribute_for(vals, hypers) or _base_name(sites[key], local or {})
         groups.setdefault(tuple(values[key]), (base, []))[1].append(key)
     bases = [base for base, _ in groups.values()]
     field_of, fields, member_values = {}, [], [{} for _ in members]
@@ -886,11 +908,14 @@ def _field_reserved() -> set:
     }
 
 
-def _base_name(site: _Site) -> str:
+def _base_name(site: _Site, local: dict) -> str:
     """A field's name: the keyword it is passed as, else the parameter name of the
-    function it is passed to (``nn.Conv(64, ...)`` -> ``features``)."""
+    function it is passed to (``nn.Conv(64, ...)`` -> ``features``), or the field of
+    a class of this file it fills (``ConvBN(64, ...)`` -> ``features``)."""
     if site.keyword:
         return site.keyword
+    if site.call in local and site.position < len(local[site.call]):
+        return local[site.call][site.position]
     return _parameter_name(site.call, site.position) if site.call else "value"
 
 

@@ -10,6 +10,52 @@ from kgen import runtime as rt
 __all__ = ["InceptionResNetV2"]
 
 
+class ConvBN(nn.Module):
+    """197 alike units of the Keras model inception_resnet_v2, folded by kgen.
+
+    Conv2D -> BatchNormalization -> Activation,
+    each named after its Conv2D:
+    conv2d_1 to conv2d_202.
+    """
+
+    features: int
+    kernel_size: tuple
+    padding: str
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.features, self.kernel_size, padding=self.padding, use_bias=False, name="conv2d"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu(x)
+        return x
+
+
+class ConvBN2(nn.Module):
+    """6 alike units of the Keras model inception_resnet_v2, folded by kgen.
+
+    Conv2D -> BatchNormalization -> Activation,
+    each named after its Conv2D:
+    conv2d to conv2d_162.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu(x)
+        return x
+
+
 class Block(nn.Module):
     """10 alike blocks of the Keras model inception_resnet_v2, folded by kgen.
 
@@ -18,41 +64,13 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            y, use_running_average=not train
-        )
-        y = jax.nn.relu(y)
-        y = nn.Conv(48, (3, 3), padding="SAME", use_bias=False, name="conv2d_1")(y)
-        conv2d_2 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_2")(x)
-        batch_normalization_1 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_1"
-        )(y, use_running_average=not train)
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(conv2d_2, use_running_average=not train)
-        activation_1 = jax.nn.relu(batch_normalization_1)
-        activation_2 = jax.nn.relu(batch_normalization_2)
-        conv2d_3 = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_3")(
-            activation_1
-        )
-        conv2d_4 = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="conv2d_4")(
-            activation_2
-        )
-        conv2d_5 = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="conv2d_5")(x)
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        batch_normalization_4 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_4"
-        )(conv2d_4, use_running_average=not train)
-        batch_normalization_5 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_5"
-        )(conv2d_5, use_running_average=not train)
-        activation_3 = jax.nn.relu(batch_normalization_5)
-        activation_4 = jax.nn.relu(batch_normalization_4)
-        activation_5 = jax.nn.relu(batch_normalization_3)
-        y = jnp.concatenate([activation_3, activation_4, activation_5], axis=3)
+        y = ConvBN(32, (1, 1), "SAME", name="conv2d")(x, train=train)
+        y = ConvBN(48, (3, 3), "SAME", name="conv2d_1")(y, train=train)
+        conv2d_2 = ConvBN(32, (1, 1), "SAME", name="conv2d_2")(x, train=train)
+        conv2d_3 = ConvBN(64, (3, 3), "SAME", name="conv2d_3")(y, train=train)
+        conv2d_4 = ConvBN(32, (3, 3), "SAME", name="conv2d_4")(conv2d_2, train=train)
+        conv2d_5 = ConvBN(32, (1, 1), "SAME", name="conv2d_5")(x, train=train)
+        y = jnp.concatenate([conv2d_5, conv2d_4, conv2d_3], axis=3)
         y = nn.Conv(320, (1, 1), padding="SAME", name="conv")(y)
         x = x + (y * 0.17)
         x = jax.nn.relu(x)
@@ -75,39 +93,15 @@ class Block171(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.conv2d_features, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            y, use_running_average=not train
+        y = ConvBN(self.conv2d_features, (1, 1), "SAME", name="conv2d")(x, train=train)
+        y = ConvBN(self.conv2d_1_features, self.conv2d_1_kernel_size, "SAME", name="conv2d_1")(
+            y, train=train
         )
-        y = jax.nn.relu(y)
-        y = nn.Conv(
-            self.conv2d_1_features,
-            self.conv2d_1_kernel_size,
-            padding="SAME",
-            use_bias=False,
-            name="conv2d_1",
-        )(y)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
-            y, use_running_average=not train
+        y = ConvBN(self.conv2d_2_features, self.conv2d_2_kernel_size, "SAME", name="conv2d_2")(
+            y, train=train
         )
-        y = jax.nn.relu(y)
-        y = nn.Conv(
-            self.conv2d_2_features,
-            self.conv2d_2_kernel_size,
-            padding="SAME",
-            use_bias=False,
-            name="conv2d_2",
-        )(y)
-        conv2d_3 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_3")(x)
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(y, use_running_average=not train)
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        activation_2 = jax.nn.relu(batch_normalization_3)
-        activation_3 = jax.nn.relu(batch_normalization_2)
-        y = jnp.concatenate([activation_2, activation_3], axis=3)
+        conv2d_3 = ConvBN(192, (1, 1), "SAME", name="conv2d_3")(x, train=train)
+        y = jnp.concatenate([conv2d_3, y], axis=3)
         y = nn.Conv(self.conv_features, (1, 1), padding="SAME", name="conv")(y)
         x = x + (y * self.value)
         x = jax.nn.relu(x)
@@ -128,192 +122,54 @@ class InceptionResNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d")(
-            input_layer
-        )
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
-        x = nn.Conv(32, (3, 3), padding="VALID", use_bias=False, name="conv2d_1")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
-        x = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_2")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_2")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
+        x = ConvBN2(features=32, name="conv2d")(input_layer, train=train)
+        x = ConvBN(32, (3, 3), "VALID", name="conv2d_1")(x, train=train)
+        x = ConvBN(64, (3, 3), "SAME", name="conv2d_2")(x, train=train)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        x = nn.Conv(80, (1, 1), padding="VALID", use_bias=False, name="conv2d_3")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_3")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
-        x = nn.Conv(192, (3, 3), padding="VALID", use_bias=False, name="conv2d_4")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_4")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
+        x = ConvBN(80, (1, 1), "VALID", name="conv2d_3")(x, train=train)
+        x = ConvBN(192, (3, 3), "VALID", name="conv2d_4")(x, train=train)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        conv2d_8 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_8")(x)
-        batch_normalization_8 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_8"
-        )(conv2d_8, use_running_average=not train)
-        activation_8 = jax.nn.relu(batch_normalization_8)
-        conv2d_9 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_9")(
-            activation_8
-        )
-        conv2d_6 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(x)
-        batch_normalization_9 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_9"
-        )(conv2d_9, use_running_average=not train)
-        batch_normalization_6 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_6"
-        )(conv2d_6, use_running_average=not train)
+        conv2d_8 = ConvBN(64, (1, 1), "SAME", name="conv2d_8")(x, train=train)
+        conv2d_9 = ConvBN(96, (3, 3), "SAME", name="conv2d_9")(conv2d_8, train=train)
+        conv2d_6 = ConvBN(48, (1, 1), "SAME", name="conv2d_6")(x, train=train)
         average_pooling2d = nn.avg_pool(
             x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
         )
-        activation_9 = jax.nn.relu(batch_normalization_9)
-        activation_6 = jax.nn.relu(batch_normalization_6)
-        conv2d_11 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_11")(
-            average_pooling2d
-        )
-        conv2d_10 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_10")(
-            activation_9
-        )
-        conv2d_7 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_7")(
-            activation_6
-        )
-        conv2d_5 = nn.Conv(96, (1, 1), padding="SAME", use_bias=False, name="conv2d_5")(x)
-        batch_normalization_11 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_11"
-        )(conv2d_11, use_running_average=not train)
-        batch_normalization_10 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_10"
-        )(conv2d_10, use_running_average=not train)
-        batch_normalization_7 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_7"
-        )(conv2d_7, use_running_average=not train)
-        batch_normalization_5 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_5"
-        )(conv2d_5, use_running_average=not train)
-        activation_5 = jax.nn.relu(batch_normalization_5)
-        activation_7 = jax.nn.relu(batch_normalization_7)
-        activation_10 = jax.nn.relu(batch_normalization_10)
-        activation_11 = jax.nn.relu(batch_normalization_11)
-        x = jnp.concatenate([activation_5, activation_7, activation_10, activation_11], axis=3)
+        conv2d_11 = ConvBN(64, (1, 1), "SAME", name="conv2d_11")(average_pooling2d, train=train)
+        conv2d_10 = ConvBN(96, (3, 3), "SAME", name="conv2d_10")(conv2d_9, train=train)
+        conv2d_7 = ConvBN(64, (5, 5), "SAME", name="conv2d_7")(conv2d_6, train=train)
+        conv2d_5 = ConvBN(96, (1, 1), "SAME", name="conv2d_5")(x, train=train)
+        x = jnp.concatenate([conv2d_5, conv2d_7, conv2d_10, conv2d_11], axis=3)
         for i in range(1, 11):
             x = Block(name=f"block35_{i}")(x, train=train)
-        conv2d_73 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_73")(x)
-        batch_normalization_73 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_73"
-        )(conv2d_73, use_running_average=not train)
-        activation_73 = jax.nn.relu(batch_normalization_73)
-        conv2d_74 = nn.Conv(256, (3, 3), padding="SAME", use_bias=False, name="conv2d_74")(
-            activation_73
-        )
-        batch_normalization_74 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_74"
-        )(conv2d_74, use_running_average=not train)
-        activation_74 = jax.nn.relu(batch_normalization_74)
-        conv2d_75 = nn.Conv(
-            384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_75"
-        )(activation_74)
-        conv2d_72 = nn.Conv(
-            384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_72"
-        )(x)
-        batch_normalization_75 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_75"
-        )(conv2d_75, use_running_average=not train)
-        batch_normalization_72 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_72"
-        )(conv2d_72, use_running_average=not train)
-        activation_72 = jax.nn.relu(batch_normalization_72)
-        activation_75 = jax.nn.relu(batch_normalization_75)
+        conv2d_73 = ConvBN(256, (1, 1), "SAME", name="conv2d_73")(x, train=train)
+        conv2d_74 = ConvBN(256, (3, 3), "SAME", name="conv2d_74")(conv2d_73, train=train)
+        conv2d_75 = ConvBN2(features=384, name="conv2d_75")(conv2d_74, train=train)
+        conv2d_72 = ConvBN2(features=384, name="conv2d_72")(x, train=train)
         max_pooling2d_2 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        x = jnp.concatenate([activation_72, activation_75, max_pooling2d_2], axis=3)
+        x = jnp.concatenate([conv2d_72, conv2d_75, max_pooling2d_2], axis=3)
         for i in range(1, 21):
             x = Block171(128, 160, (1, 7), 192, (7, 1), 1088, 0.1, name=f"block17_{i}")(
                 x, train=train
             )
-        conv2d_160 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_160")(x)
-        batch_normalization_160 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_160"
-        )(conv2d_160, use_running_average=not train)
-        activation_160 = jax.nn.relu(batch_normalization_160)
-        conv2d_161 = nn.Conv(288, (3, 3), padding="SAME", use_bias=False, name="conv2d_161")(
-            activation_160
-        )
-        conv2d_158 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_158")(x)
-        conv2d_156 = nn.Conv(256, (1, 1), padding="SAME", use_bias=False, name="conv2d_156")(x)
-        batch_normalization_161 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_161"
-        )(conv2d_161, use_running_average=not train)
-        batch_normalization_158 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_158"
-        )(conv2d_158, use_running_average=not train)
-        batch_normalization_156 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_156"
-        )(conv2d_156, use_running_average=not train)
-        activation_161 = jax.nn.relu(batch_normalization_161)
-        activation_158 = jax.nn.relu(batch_normalization_158)
-        activation_156 = jax.nn.relu(batch_normalization_156)
-        conv2d_162 = nn.Conv(
-            320, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_162"
-        )(activation_161)
-        conv2d_159 = nn.Conv(
-            288, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_159"
-        )(activation_158)
-        conv2d_157 = nn.Conv(
-            384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_157"
-        )(activation_156)
-        batch_normalization_162 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_162"
-        )(conv2d_162, use_running_average=not train)
-        batch_normalization_159 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_159"
-        )(conv2d_159, use_running_average=not train)
-        batch_normalization_157 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_157"
-        )(conv2d_157, use_running_average=not train)
-        activation_157 = jax.nn.relu(batch_normalization_157)
-        activation_159 = jax.nn.relu(batch_normalization_159)
-        activation_162 = jax.nn.relu(batch_normalization_162)
+        conv2d_160 = ConvBN(256, (1, 1), "SAME", name="conv2d_160")(x, train=train)
+        conv2d_161 = ConvBN(288, (3, 3), "SAME", name="conv2d_161")(conv2d_160, train=train)
+        conv2d_158 = ConvBN(256, (1, 1), "SAME", name="conv2d_158")(x, train=train)
+        conv2d_156 = ConvBN(256, (1, 1), "SAME", name="conv2d_156")(x, train=train)
+        conv2d_162 = ConvBN2(features=320, name="conv2d_162")(conv2d_161, train=train)
+        conv2d_159 = ConvBN2(features=288, name="conv2d_159")(conv2d_158, train=train)
+        conv2d_157 = ConvBN2(features=384, name="conv2d_157")(conv2d_156, train=train)
         max_pooling2d_3 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        x = jnp.concatenate(
-            [activation_157, activation_159, activation_162, max_pooling2d_3], axis=3
-        )
+        x = jnp.concatenate([conv2d_157, conv2d_159, conv2d_162, max_pooling2d_3], axis=3)
         for i in range(1, 10):
             x = Block171(192, 224, (1, 3), 256, (3, 1), 2080, 0.2, name=f"block8_{i}")(
                 x, train=train
             )
-        conv2d_200 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_200")(x)
-        batch_normalization_200 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_200"
-        )(conv2d_200, use_running_average=not train)
-        activation_200 = jax.nn.relu(batch_normalization_200)
-        conv2d_201 = nn.Conv(224, (1, 3), padding="SAME", use_bias=False, name="conv2d_201")(
-            activation_200
-        )
-        batch_normalization_201 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_201"
-        )(conv2d_201, use_running_average=not train)
-        activation_201 = jax.nn.relu(batch_normalization_201)
-        conv2d_202 = nn.Conv(256, (3, 1), padding="SAME", use_bias=False, name="conv2d_202")(
-            activation_201
-        )
-        conv2d_199 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_199")(x)
-        batch_normalization_202 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_202"
-        )(conv2d_202, use_running_average=not train)
-        batch_normalization_199 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_199"
-        )(conv2d_199, use_running_average=not train)
-        activation_199 = jax.nn.relu(batch_normalization_199)
-        activation_202 = jax.nn.relu(batch_normalization_202)
-        block8_10_mixed = jnp.concatenate([activation_199, activation_202], axis=3)
+        conv2d_200 = ConvBN(192, (1, 1), "SAME", name="conv2d_200")(x, train=train)
+        conv2d_201 = ConvBN(224, (1, 3), "SAME", name="conv2d_201")(conv2d_200, train=train)
+        conv2d_202 = ConvBN(256, (3, 1), "SAME", name="conv2d_202")(conv2d_201, train=train)
+        conv2d_199 = ConvBN(192, (1, 1), "SAME", name="conv2d_199")(x, train=train)
+        block8_10_mixed = jnp.concatenate([conv2d_199, conv2d_202], axis=3)
         block8_10_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_10_conv")(
             block8_10_mixed
         )

@@ -10,6 +10,52 @@ from kgen import runtime as rt
 __all__ = ["InceptionV3"]
 
 
+class ConvBN(nn.Module):
+    """89 alike units of the Keras model inception_v3, folded by kgen.
+
+    Conv2D -> BatchNormalization -> Activation,
+    each named after its Conv2D:
+    conv2d_1 to conv2d_93.
+    """
+
+    features: int
+    kernel_size: tuple
+    padding: str
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.features, self.kernel_size, padding=self.padding, use_bias=False, name="conv2d"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu(x)
+        return x
+
+
+class ConvBN2(nn.Module):
+    """5 alike units of the Keras model inception_v3, folded by kgen.
+
+    Conv2D -> BatchNormalization -> Activation,
+    each named after its Conv2D:
+    conv2d to conv2d_75.
+    """
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x, *, train: bool = False):
+        x = nn.Conv(
+            self.features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d"
+        )(x)
+        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
+            x, use_running_average=not train
+        )
+        x = jax.nn.relu(x)
+        return x
+
+
 class Mixed(nn.Module):
     """3 alike blocks of the Keras model inception_v3, folded by kgen.
 
@@ -20,51 +66,19 @@ class Mixed(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            y, use_running_average=not train
-        )
-        y = jax.nn.relu(y)
-        y = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_1")(y)
-        conv2d_2 = nn.Conv(48, (1, 1), padding="SAME", use_bias=False, name="conv2d_2")(x)
-        batch_normalization_1 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_1"
-        )(y, use_running_average=not train)
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(conv2d_2, use_running_average=not train)
+        y = ConvBN(64, (1, 1), "SAME", name="conv2d")(x, train=train)
+        y = ConvBN(96, (3, 3), "SAME", name="conv2d_1")(y, train=train)
+        conv2d_2 = ConvBN(48, (1, 1), "SAME", name="conv2d_2")(x, train=train)
         average_pooling2d = nn.avg_pool(
             x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
         )
-        activation_1 = jax.nn.relu(batch_normalization_1)
-        activation_2 = jax.nn.relu(batch_normalization_2)
-        conv2d_3 = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="conv2d_3")(
-            average_pooling2d
+        conv2d_3 = ConvBN(self.features, (1, 1), "SAME", name="conv2d_3")(
+            average_pooling2d, train=train
         )
-        conv2d_4 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_4")(
-            activation_1
-        )
-        conv2d_5 = nn.Conv(64, (5, 5), padding="SAME", use_bias=False, name="conv2d_5")(
-            activation_2
-        )
-        conv2d_6 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(x)
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        batch_normalization_4 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_4"
-        )(conv2d_4, use_running_average=not train)
-        batch_normalization_5 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_5"
-        )(conv2d_5, use_running_average=not train)
-        batch_normalization_6 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_6"
-        )(conv2d_6, use_running_average=not train)
-        activation_3 = jax.nn.relu(batch_normalization_6)
-        activation_4 = jax.nn.relu(batch_normalization_5)
-        activation_5 = jax.nn.relu(batch_normalization_4)
-        activation_6 = jax.nn.relu(batch_normalization_3)
-        x = jnp.concatenate([activation_3, activation_4, activation_5, activation_6], axis=3)
+        conv2d_4 = ConvBN(96, (3, 3), "SAME", name="conv2d_4")(y, train=train)
+        conv2d_5 = ConvBN(64, (5, 5), "SAME", name="conv2d_5")(conv2d_2, train=train)
+        conv2d_6 = ConvBN(64, (1, 1), "SAME", name="conv2d_6")(x, train=train)
+        x = jnp.concatenate([conv2d_6, conv2d_5, conv2d_4, conv2d_3], axis=3)
         return x
 
 
@@ -78,72 +92,20 @@ class Mixed4(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            y, use_running_average=not train
-        )
-        y = jax.nn.relu(y)
-        y = nn.Conv(self.features, (7, 1), padding="SAME", use_bias=False, name="conv2d_1")(y)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
-            y, use_running_average=not train
-        )
-        y = jax.nn.relu(y)
-        y = nn.Conv(self.features, (1, 7), padding="SAME", use_bias=False, name="conv2d_2")(y)
-        conv2d_3 = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="conv2d_3")(
-            x
-        )
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(y, use_running_average=not train)
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        activation_2 = jax.nn.relu(batch_normalization_2)
-        activation_3 = jax.nn.relu(batch_normalization_3)
-        conv2d_4 = nn.Conv(self.features, (7, 1), padding="SAME", use_bias=False, name="conv2d_4")(
-            activation_2
-        )
-        conv2d_5 = nn.Conv(self.features, (1, 7), padding="SAME", use_bias=False, name="conv2d_5")(
-            activation_3
-        )
-        batch_normalization_4 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_4"
-        )(conv2d_4, use_running_average=not train)
-        batch_normalization_5 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_5"
-        )(conv2d_5, use_running_average=not train)
+        y = ConvBN(self.features, (1, 1), "SAME", name="conv2d")(x, train=train)
+        y = ConvBN(self.features, (7, 1), "SAME", name="conv2d_1")(y, train=train)
+        y = ConvBN(self.features, (1, 7), "SAME", name="conv2d_2")(y, train=train)
+        conv2d_3 = ConvBN(self.features, (1, 1), "SAME", name="conv2d_3")(x, train=train)
+        conv2d_4 = ConvBN(self.features, (7, 1), "SAME", name="conv2d_4")(y, train=train)
+        conv2d_5 = ConvBN(self.features, (1, 7), "SAME", name="conv2d_5")(conv2d_3, train=train)
         average_pooling2d = nn.avg_pool(
             x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
         )
-        activation_4 = jax.nn.relu(batch_normalization_4)
-        activation_5 = jax.nn.relu(batch_normalization_5)
-        conv2d_6 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_6")(
-            average_pooling2d
-        )
-        conv2d_7 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_7")(
-            activation_4
-        )
-        conv2d_8 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_8")(
-            activation_5
-        )
-        conv2d_9 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_9")(x)
-        batch_normalization_6 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_6"
-        )(conv2d_6, use_running_average=not train)
-        batch_normalization_7 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_7"
-        )(conv2d_7, use_running_average=not train)
-        batch_normalization_8 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_8"
-        )(conv2d_8, use_running_average=not train)
-        batch_normalization_9 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_9"
-        )(conv2d_9, use_running_average=not train)
-        activation_6 = jax.nn.relu(batch_normalization_9)
-        activation_7 = jax.nn.relu(batch_normalization_8)
-        activation_8 = jax.nn.relu(batch_normalization_7)
-        activation_9 = jax.nn.relu(batch_normalization_6)
-        x = jnp.concatenate([activation_6, activation_7, activation_8, activation_9], axis=3)
+        conv2d_6 = ConvBN(192, (1, 1), "SAME", name="conv2d_6")(average_pooling2d, train=train)
+        conv2d_7 = ConvBN(192, (1, 7), "SAME", name="conv2d_7")(conv2d_4, train=train)
+        conv2d_8 = ConvBN(192, (7, 1), "SAME", name="conv2d_8")(conv2d_5, train=train)
+        conv2d_9 = ConvBN(192, (1, 1), "SAME", name="conv2d_9")(x, train=train)
+        x = jnp.concatenate([conv2d_9, conv2d_8, conv2d_7, conv2d_6], axis=3)
         return x
 
 
@@ -155,67 +117,21 @@ class Mixed9(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(448, (1, 1), padding="SAME", use_bias=False, name="conv2d")(x)
-        y = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            y, use_running_average=not train
-        )
-        y = jax.nn.relu(y)
-        y = nn.Conv(384, (3, 3), padding="SAME", use_bias=False, name="conv2d_1")(y)
-        conv2d_2 = nn.Conv(384, (1, 1), padding="SAME", use_bias=False, name="conv2d_2")(x)
-        batch_normalization_1 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_1"
-        )(y, use_running_average=not train)
-        batch_normalization_2 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_2"
-        )(conv2d_2, use_running_average=not train)
-        activation_1 = jax.nn.relu(batch_normalization_1)
-        activation_2 = jax.nn.relu(batch_normalization_2)
+        y = ConvBN(448, (1, 1), "SAME", name="conv2d")(x, train=train)
+        y = ConvBN(384, (3, 3), "SAME", name="conv2d_1")(y, train=train)
+        conv2d_2 = ConvBN(384, (1, 1), "SAME", name="conv2d_2")(x, train=train)
         average_pooling2d = nn.avg_pool(
             x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
         )
-        conv2d_3 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_3")(
-            activation_1
-        )
-        conv2d_4 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_4")(
-            activation_1
-        )
-        conv2d_5 = nn.Conv(384, (3, 1), padding="SAME", use_bias=False, name="conv2d_5")(
-            activation_2
-        )
-        conv2d_6 = nn.Conv(384, (1, 3), padding="SAME", use_bias=False, name="conv2d_6")(
-            activation_2
-        )
-        conv2d_7 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_7")(
-            average_pooling2d
-        )
-        batch_normalization_3 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_3"
-        )(conv2d_3, use_running_average=not train)
-        batch_normalization_4 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_4"
-        )(conv2d_4, use_running_average=not train)
-        batch_normalization_5 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_5"
-        )(conv2d_5, use_running_average=not train)
-        batch_normalization_6 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_6"
-        )(conv2d_6, use_running_average=not train)
-        conv2d_8 = nn.Conv(320, (1, 1), padding="SAME", use_bias=False, name="conv2d_8")(x)
-        batch_normalization_7 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_7"
-        )(conv2d_7, use_running_average=not train)
-        activation_3 = jax.nn.relu(batch_normalization_4)
-        activation_4 = jax.nn.relu(batch_normalization_3)
-        activation_5 = jax.nn.relu(batch_normalization_6)
-        activation_6 = jax.nn.relu(batch_normalization_5)
-        batch_normalization_8 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_8"
-        )(conv2d_8, use_running_average=not train)
-        activation_7 = jax.nn.relu(batch_normalization_8)
-        mixed9 = jnp.concatenate([activation_5, activation_6], axis=3)
-        concatenate = jnp.concatenate([activation_3, activation_4], axis=3)
-        activation_8 = jax.nn.relu(batch_normalization_7)
-        x = jnp.concatenate([activation_7, mixed9, concatenate, activation_8], axis=3)
+        conv2d_3 = ConvBN(384, (3, 1), "SAME", name="conv2d_3")(y, train=train)
+        conv2d_4 = ConvBN(384, (1, 3), "SAME", name="conv2d_4")(y, train=train)
+        conv2d_5 = ConvBN(384, (3, 1), "SAME", name="conv2d_5")(conv2d_2, train=train)
+        conv2d_6 = ConvBN(384, (1, 3), "SAME", name="conv2d_6")(conv2d_2, train=train)
+        conv2d_7 = ConvBN(192, (1, 1), "SAME", name="conv2d_7")(average_pooling2d, train=train)
+        conv2d_8 = ConvBN(320, (1, 1), "SAME", name="conv2d_8")(x, train=train)
+        mixed9 = jnp.concatenate([conv2d_6, conv2d_5], axis=3)
+        concatenate = jnp.concatenate([conv2d_4, conv2d_3], axis=3)
+        x = jnp.concatenate([conv2d_8, mixed9, concatenate, conv2d_7], axis=3)
         return x
 
 
@@ -233,110 +149,34 @@ class InceptionV3(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d")(
-            input_layer
-        )
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
-        x = nn.Conv(32, (3, 3), padding="VALID", use_bias=False, name="conv2d_1")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_1")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
-        x = nn.Conv(64, (3, 3), padding="SAME", use_bias=False, name="conv2d_2")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_2")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
+        x = ConvBN2(features=32, name="conv2d")(input_layer, train=train)
+        x = ConvBN(32, (3, 3), "VALID", name="conv2d_1")(x, train=train)
+        x = ConvBN(64, (3, 3), "SAME", name="conv2d_2")(x, train=train)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        x = nn.Conv(80, (1, 1), padding="VALID", use_bias=False, name="conv2d_3")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_3")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
-        x = nn.Conv(192, (3, 3), padding="VALID", use_bias=False, name="conv2d_4")(x)
-        x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization_4")(
-            x, use_running_average=not train
-        )
-        x = jax.nn.relu(x)
+        x = ConvBN(80, (1, 1), "VALID", name="conv2d_3")(x, train=train)
+        x = ConvBN(192, (3, 3), "VALID", name="conv2d_4")(x, train=train)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = Mixed(features=32, name="mixed0")(x, train=train)
         x = Mixed(features=64, name="mixed1")(x, train=train)
         x = Mixed(features=64, name="mixed2")(x, train=train)
-        conv2d_27 = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="conv2d_27")(x)
-        batch_normalization_27 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_27"
-        )(conv2d_27, use_running_average=not train)
-        activation_27 = jax.nn.relu(batch_normalization_27)
-        conv2d_28 = nn.Conv(96, (3, 3), padding="SAME", use_bias=False, name="conv2d_28")(
-            activation_27
-        )
-        batch_normalization_28 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_28"
-        )(conv2d_28, use_running_average=not train)
-        activation_28 = jax.nn.relu(batch_normalization_28)
-        conv2d_29 = nn.Conv(
-            96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_29"
-        )(activation_28)
-        conv2d_26 = nn.Conv(
-            384, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_26"
-        )(x)
-        batch_normalization_29 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_29"
-        )(conv2d_29, use_running_average=not train)
-        batch_normalization_26 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_26"
-        )(conv2d_26, use_running_average=not train)
-        activation_26 = jax.nn.relu(batch_normalization_26)
-        activation_29 = jax.nn.relu(batch_normalization_29)
+        conv2d_27 = ConvBN(64, (1, 1), "SAME", name="conv2d_27")(x, train=train)
+        conv2d_28 = ConvBN(96, (3, 3), "SAME", name="conv2d_28")(conv2d_27, train=train)
+        conv2d_29 = ConvBN2(features=96, name="conv2d_29")(conv2d_28, train=train)
+        conv2d_26 = ConvBN2(features=384, name="conv2d_26")(x, train=train)
         max_pooling2d_2 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        x = jnp.concatenate([activation_26, activation_29, max_pooling2d_2], axis=3)
+        x = jnp.concatenate([conv2d_26, conv2d_29, max_pooling2d_2], axis=3)
         x = Mixed4(features=128, name="mixed4")(x, train=train)
         x = Mixed4(features=160, name="mixed5")(x, train=train)
         x = Mixed4(features=160, name="mixed6")(x, train=train)
         x = Mixed4(features=192, name="mixed7")(x, train=train)
-        conv2d_72 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_72")(x)
-        batch_normalization_72 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_72"
-        )(conv2d_72, use_running_average=not train)
-        activation_72 = jax.nn.relu(batch_normalization_72)
-        conv2d_73 = nn.Conv(192, (1, 7), padding="SAME", use_bias=False, name="conv2d_73")(
-            activation_72
-        )
-        batch_normalization_73 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_73"
-        )(conv2d_73, use_running_average=not train)
-        activation_73 = jax.nn.relu(batch_normalization_73)
-        conv2d_74 = nn.Conv(192, (7, 1), padding="SAME", use_bias=False, name="conv2d_74")(
-            activation_73
-        )
-        conv2d_70 = nn.Conv(192, (1, 1), padding="SAME", use_bias=False, name="conv2d_70")(x)
-        batch_normalization_74 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_74"
-        )(conv2d_74, use_running_average=not train)
-        batch_normalization_70 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_70"
-        )(conv2d_70, use_running_average=not train)
-        activation_74 = jax.nn.relu(batch_normalization_74)
-        activation_70 = jax.nn.relu(batch_normalization_70)
-        conv2d_75 = nn.Conv(
-            192, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_75"
-        )(activation_74)
-        conv2d_71 = nn.Conv(
-            320, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d_71"
-        )(activation_70)
-        batch_normalization_75 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_75"
-        )(conv2d_75, use_running_average=not train)
-        batch_normalization_71 = rt.BatchNorm(
-            epsilon=0.001, scale=False, name="batch_normalization_71"
-        )(conv2d_71, use_running_average=not train)
-        activation_71 = jax.nn.relu(batch_normalization_71)
-        activation_75 = jax.nn.relu(batch_normalization_75)
+        conv2d_72 = ConvBN(192, (1, 1), "SAME", name="conv2d_72")(x, train=train)
+        conv2d_73 = ConvBN(192, (1, 7), "SAME", name="conv2d_73")(conv2d_72, train=train)
+        conv2d_74 = ConvBN(192, (7, 1), "SAME", name="conv2d_74")(conv2d_73, train=train)
+        conv2d_70 = ConvBN(192, (1, 1), "SAME", name="conv2d_70")(x, train=train)
+        conv2d_75 = ConvBN2(features=192, name="conv2d_75")(conv2d_74, train=train)
+        conv2d_71 = ConvBN2(features=320, name="conv2d_71")(conv2d_70, train=train)
         max_pooling2d_3 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        x = jnp.concatenate([activation_71, activation_75, max_pooling2d_3], axis=3)
+        x = jnp.concatenate([conv2d_71, conv2d_75, max_pooling2d_3], axis=3)
         x = Mixed9(name="mixed9")(x, train=train)
         x = Mixed9(name="mixed10")(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
