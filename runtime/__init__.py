@@ -34,6 +34,7 @@ from kgen.runtime.ops import (
     zero_pad,
 )
 from kgen.runtime.pooling import adaptive_pool
+from kgen.runtime.precision import cast_floating, mixed
 from kgen.runtime.preprocessing import decode_predictions, preprocess_input
 from kgen.runtime.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
 from kgen.runtime.resampling import center_crop, resize, upsample
@@ -64,6 +65,7 @@ __all__ = [
     "adaptive_pool",
     "auto_contrast",
     "batch_reshape",
+    "cast_floating",
     "center_crop",
     "check_variables",
     "crop",
@@ -77,6 +79,7 @@ __all__ = [
     "leaky_relu",
     "load_variables",
     "masked_softmax",
+    "mixed",
     "normalize",
     "preprocess_input",
     "relu",

@@ -45,12 +45,16 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, use_running_average: bool = True):
+        # float16/bfloat16 in (mixed precision): statistics and normalisation in float32,
+        # the input's dtype out, as Keras's BatchNormalization does
+        dtype, x = x.dtype, _at_least_float32(x)
         axes = tuple(a % x.ndim for a in self.axis)
         feature_shape = tuple(x.shape[a] for a in axes)
         mean_v = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
         var_v = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
         gamma = self.param("scale", nn.initializers.ones, feature_shape) if self.scale else None
         beta = self.param("bias", nn.initializers.zeros, feature_shape) if self.center else None
+        gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
         if use_running_average:
             mean, var = mean_v.value, var_v.value
         else:
@@ -76,7 +80,12 @@ class BatchNorm(nn.Module):
         if gamma is not None:
             inv = inv * gamma
         shift = -mean * inv if beta is None else beta - mean * inv
-        return x * inv.reshape(shape) + shift.reshape(shape)
+        return (x * inv.reshape(shape) + shift.reshape(shape)).astype(dtype)
+
+
+def _at_least_float32(x):
+    """``x`` in float32 if it is a narrower float (float16, bfloat16), else as it is."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class SeparableConv(nn.Module):

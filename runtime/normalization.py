@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 from jax import lax
 
-from kgen.runtime.layers import _broadcast_shape
+from kgen.runtime.layers import _at_least_float32, _broadcast_shape
 
 __all__ = ["GroupNorm", "LayerNorm", "Normalization", "l2_normalize", "normalize"]
 
@@ -40,6 +40,8 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        # float16/bfloat16 in: computed in float32, the input's dtype out (as Keras)
+        dtype, x = x.dtype, _at_least_float32(x)
         axes = tuple(sorted(a % x.ndim for a in self.axis))
         feature_shape = tuple(x.shape[a] for a in axes)
         shape = _broadcast_shape(x.ndim, axes, feature_shape)
@@ -47,17 +49,18 @@ class LayerNorm(nn.Module):
         use_beta = self.center and not self.rms_scaling
         gamma = self.param("scale", nn.initializers.ones, feature_shape) if use_gamma else None
         beta = self.param("bias", nn.initializers.zeros, feature_shape) if use_beta else None
+        gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
         mean = jnp.mean(x, axis=axes, keepdims=True)
         var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
         inv = lax.rsqrt(var + self.epsilon)
         if self.rms_scaling:
-            return x * inv * gamma.reshape(shape)
+            return (x * inv * gamma.reshape(shape)).astype(dtype)
         if gamma is not None:
             inv = inv * gamma.reshape(shape)
         shift = -mean * inv
         if beta is not None:
             shift = shift + beta.reshape(shape)
-        return x * inv + shift
+        return (x * inv + shift).astype(dtype)
 
 
 def normalize(x, mean, variance, invert: bool = False):
@@ -110,10 +113,12 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
+        dtype, x = x.dtype, _at_least_float32(x)  # as LayerNorm
         axis = self.axis % x.ndim
         channels = x.shape[axis]
         gamma = self.param("scale", nn.initializers.ones, (channels,)) if self.scale else None
         beta = self.param("bias", nn.initializers.zeros, (channels,)) if self.center else None
+        gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
         per_group = (self.groups, channels // self.groups)
         grouped = x.reshape(x.shape[:axis] + per_group + x.shape[axis + 1 :])
         reduce = tuple(i for i in range(1, grouped.ndim) if i != axis)
@@ -126,7 +131,7 @@ class GroupNorm(nn.Module):
         shift = -mean * inv
         if beta is not None:
             shift = shift + beta.reshape(shape)
-        return (grouped * inv + shift).reshape(x.shape)
+        return (grouped * inv + shift).reshape(x.shape).astype(dtype)
 
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
