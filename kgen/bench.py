@@ -592,7 +592,7 @@ def _cell(value: float | None, fmt: str) -> str:
     return "" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
-def markdown_report(results: list[ModelBench], command: str) -> str:
+def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
     """The ``--all`` tables: throughput and ratio per engine and batch, start-up costs
     and memory, and the spread of the timed calls."""
     keys = list(ENGINES)
@@ -678,4 +678,6 @@ def markdown_report(results: list[ModelBench], command: str) -> str:
             lines.append(f"| {r.name} | {b} | " + " | ".join(cells) + " |")
     if reasons:
         lines += ["", "Absent engines:", "", *reasons]
+    if pending:
+        lines += ["", f"Not run yet ({len(pending)}): " + ", ".join(pending)]
     return "\n".join(lines) + "\n"

@@ -999,7 +999,8 @@ def bench(
         if markdown:  # kept current, so that an interrupted run still shows its models
             path = Path(markdown)
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(kbench.markdown_report(results, command), encoding="utf-8")
+            pending = [src.spec for src in sources[len(results) :]]
+            path.write_text(kbench.markdown_report(results, command, pending), encoding="utf-8")
     if as_json:
         data = [r.to_dict() for r in results]
         click.echo(json.dumps(data if all_apps else data[0]))
