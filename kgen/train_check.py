@@ -36,7 +36,7 @@ pre-activation can lie closer to a kink than float32 rounding of the forward pas
 each float32 implementation picks its own side of the kink for that element and the
 gradients upstream of it differ by that element's whole contribution (31% of one
 BatchNorm beta gradient in MobileNetV2 at 64x64, batch 2).  In float64 the two sides
-agree to about 1e-13; ``docs/training.md`` lists what was measured.
+agree to about 1e-13 there; ``docs/training.md`` lists what was measured.
 """
 
 from __future__ import annotations
