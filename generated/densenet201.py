@@ -41,7 +41,7 @@ class Pool(nn.Module):
         x = rt.BatchNorm(epsilon=1.001e-05, name="bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = nn.Conv(self.features, (1, 1), padding="VALID", use_bias=False, name="conv")(x)
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = rt.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 
 
@@ -66,7 +66,7 @@ class DenseNet201(nn.Module):
         x = rt.BatchNorm(epsilon=1.001e-05, name="conv1_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         for i in range(1, 7):
             x = ConvBlock(name=f"conv2_block{i}")(x, train=train)
         x = Pool(features=128, name="pool2")(x, train=train)

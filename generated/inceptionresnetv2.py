@@ -125,16 +125,14 @@ class InceptionResNetV2(nn.Module):
         x = ConvBN2(features=32, name="conv2d")(input_layer, train=train)
         x = ConvBN(32, (3, 3), "VALID", name="conv2d_1")(x, train=train)
         x = ConvBN(64, (3, 3), "SAME", name="conv2d_2")(x, train=train)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = ConvBN(80, (1, 1), "VALID", name="conv2d_3")(x, train=train)
         x = ConvBN(192, (3, 3), "VALID", name="conv2d_4")(x, train=train)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         conv2d_8 = ConvBN(64, (1, 1), "SAME", name="conv2d_8")(x, train=train)
         conv2d_9 = ConvBN(96, (3, 3), "SAME", name="conv2d_9")(conv2d_8, train=train)
         conv2d_6 = ConvBN(48, (1, 1), "SAME", name="conv2d_6")(x, train=train)
-        average_pooling2d = nn.avg_pool(
-            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        average_pooling2d = rt.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         conv2d_11 = ConvBN(64, (1, 1), "SAME", name="conv2d_11")(average_pooling2d, train=train)
         conv2d_10 = ConvBN(96, (3, 3), "SAME", name="conv2d_10")(conv2d_9, train=train)
         conv2d_7 = ConvBN(64, (5, 5), "SAME", name="conv2d_7")(conv2d_6, train=train)
@@ -146,7 +144,7 @@ class InceptionResNetV2(nn.Module):
         conv2d_74 = ConvBN(256, (3, 3), "SAME", name="conv2d_74")(conv2d_73, train=train)
         conv2d_75 = ConvBN2(features=384, name="conv2d_75")(conv2d_74, train=train)
         conv2d_72 = ConvBN2(features=384, name="conv2d_72")(x, train=train)
-        max_pooling2d_2 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        max_pooling2d_2 = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = jnp.concatenate([conv2d_72, conv2d_75, max_pooling2d_2], axis=3)
         for i in range(1, 21):
             x = Block171(128, 160, (1, 7), 192, (7, 1), 1088, 0.1, name=f"block17_{i}")(
@@ -159,7 +157,7 @@ class InceptionResNetV2(nn.Module):
         conv2d_162 = ConvBN2(features=320, name="conv2d_162")(conv2d_161, train=train)
         conv2d_159 = ConvBN2(features=288, name="conv2d_159")(conv2d_158, train=train)
         conv2d_157 = ConvBN2(features=384, name="conv2d_157")(conv2d_156, train=train)
-        max_pooling2d_3 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        max_pooling2d_3 = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = jnp.concatenate([conv2d_157, conv2d_159, conv2d_162, max_pooling2d_3], axis=3)
         for i in range(1, 10):
             x = Block171(192, 224, (1, 3), 256, (3, 1), 2080, 0.2, name=f"block8_{i}")(

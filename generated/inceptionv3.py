@@ -69,9 +69,7 @@ class Mixed(nn.Module):
         y = ConvBN(64, (1, 1), "SAME", name="conv2d")(x, train=train)
         y = ConvBN(96, (3, 3), "SAME", name="conv2d_1")(y, train=train)
         conv2d_2 = ConvBN(48, (1, 1), "SAME", name="conv2d_2")(x, train=train)
-        average_pooling2d = nn.avg_pool(
-            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        average_pooling2d = rt.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         conv2d_3 = ConvBN(self.features, (1, 1), "SAME", name="conv2d_3")(
             average_pooling2d, train=train
         )
@@ -98,9 +96,7 @@ class Mixed4(nn.Module):
         conv2d_3 = ConvBN(self.features, (1, 1), "SAME", name="conv2d_3")(x, train=train)
         conv2d_4 = ConvBN(self.features, (7, 1), "SAME", name="conv2d_4")(y, train=train)
         conv2d_5 = ConvBN(self.features, (1, 7), "SAME", name="conv2d_5")(conv2d_3, train=train)
-        average_pooling2d = nn.avg_pool(
-            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        average_pooling2d = rt.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         conv2d_6 = ConvBN(192, (1, 1), "SAME", name="conv2d_6")(average_pooling2d, train=train)
         conv2d_7 = ConvBN(192, (1, 7), "SAME", name="conv2d_7")(conv2d_4, train=train)
         conv2d_8 = ConvBN(192, (7, 1), "SAME", name="conv2d_8")(conv2d_5, train=train)
@@ -120,9 +116,7 @@ class Mixed9(nn.Module):
         y = ConvBN(448, (1, 1), "SAME", name="conv2d")(x, train=train)
         y = ConvBN(384, (3, 3), "SAME", name="conv2d_1")(y, train=train)
         conv2d_2 = ConvBN(384, (1, 1), "SAME", name="conv2d_2")(x, train=train)
-        average_pooling2d = nn.avg_pool(
-            x, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        average_pooling2d = rt.avg_pool(x, (3, 3), strides=(1, 1), padding="SAME")
         conv2d_3 = ConvBN(384, (3, 1), "SAME", name="conv2d_3")(y, train=train)
         conv2d_4 = ConvBN(384, (1, 3), "SAME", name="conv2d_4")(y, train=train)
         conv2d_5 = ConvBN(384, (3, 1), "SAME", name="conv2d_5")(conv2d_2, train=train)
@@ -152,10 +146,10 @@ class InceptionV3(nn.Module):
         x = ConvBN2(features=32, name="conv2d")(input_layer, train=train)
         x = ConvBN(32, (3, 3), "VALID", name="conv2d_1")(x, train=train)
         x = ConvBN(64, (3, 3), "SAME", name="conv2d_2")(x, train=train)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = ConvBN(80, (1, 1), "VALID", name="conv2d_3")(x, train=train)
         x = ConvBN(192, (3, 3), "VALID", name="conv2d_4")(x, train=train)
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = Mixed(features=32, name="mixed0")(x, train=train)
         x = Mixed(features=64, name="mixed1")(x, train=train)
         x = Mixed(features=64, name="mixed2")(x, train=train)
@@ -163,7 +157,7 @@ class InceptionV3(nn.Module):
         conv2d_28 = ConvBN(96, (3, 3), "SAME", name="conv2d_28")(conv2d_27, train=train)
         conv2d_29 = ConvBN2(features=96, name="conv2d_29")(conv2d_28, train=train)
         conv2d_26 = ConvBN2(features=384, name="conv2d_26")(x, train=train)
-        max_pooling2d_2 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        max_pooling2d_2 = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = jnp.concatenate([conv2d_26, conv2d_29, max_pooling2d_2], axis=3)
         x = Mixed4(features=128, name="mixed4")(x, train=train)
         x = Mixed4(features=160, name="mixed5")(x, train=train)
@@ -175,7 +169,7 @@ class InceptionV3(nn.Module):
         conv2d_70 = ConvBN(192, (1, 1), "SAME", name="conv2d_70")(x, train=train)
         conv2d_75 = ConvBN2(features=192, name="conv2d_75")(conv2d_74, train=train)
         conv2d_71 = ConvBN2(features=320, name="conv2d_71")(conv2d_70, train=train)
-        max_pooling2d_3 = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        max_pooling2d_3 = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = jnp.concatenate([conv2d_71, conv2d_75, max_pooling2d_3], axis=3)
         x = Mixed9(name="mixed9")(x, train=train)
         x = Mixed9(name="mixed10")(x, train=train)

@@ -159,7 +159,7 @@ class NASNetLarge(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_stem_1",
         )(activation_8)
-        reduction_left2_stem_1 = nn.max_pool(
+        reduction_left2_stem_1 = rt.max_pool(
             reduction_pad_1_stem_1, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_stem_1 = rt.BatchNorm(
@@ -172,13 +172,13 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_reduction_left4_stem_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_stem_1"
         )(separable_conv_2_reduction_left4_stem_1, use_running_average=not train)
-        reduction_right5_stem_1 = nn.max_pool(
+        reduction_right5_stem_1 = rt.max_pool(
             reduction_pad_1_stem_1, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_stem_1 = nn.avg_pool(
-            reduction_add_1_stem_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        reduction_left4_stem_1 = rt.avg_pool(
+            reduction_add_1_stem_1, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_stem_1 = nn.avg_pool(
+        reduction_left3_stem_1 = rt.avg_pool(
             reduction_pad_1_stem_1, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_stem_1 = rt.BatchNorm(
@@ -191,8 +191,8 @@ class NASNetLarge(nn.Module):
         reduction_concat_stem_1 = jnp.concatenate(
             [reduction_add_2_stem_1, reduction_add3_stem_1, add, reduction_add4_stem_1], axis=-1
         )
-        adjust_avg_pool_2_stem_2 = nn.avg_pool(cropping2d, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_stem_2 = nn.avg_pool(
+        adjust_avg_pool_2_stem_2 = rt.avg_pool(cropping2d, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_stem_2 = rt.avg_pool(
             adjust_relu_1_stem_2, (1, 1), strides=(2, 2), padding="VALID"
         )
         adjust_conv_1_stem_2 = nn.Conv(
@@ -334,7 +334,7 @@ class NASNetLarge(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_stem_2",
         )(activation_19)
-        reduction_left2_stem_2 = nn.max_pool(
+        reduction_left2_stem_2 = rt.max_pool(
             reduction_pad_1_stem_2, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_stem_2 = rt.BatchNorm(
@@ -347,13 +347,13 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_reduction_left4_stem_2 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_stem_2"
         )(separable_conv_2_reduction_left4_stem_2, use_running_average=not train)
-        reduction_right5_stem_2 = nn.max_pool(
+        reduction_right5_stem_2 = rt.max_pool(
             reduction_pad_1_stem_2, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_stem_2 = nn.avg_pool(
-            reduction_add_1_stem_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        reduction_left4_stem_2 = rt.avg_pool(
+            reduction_add_1_stem_2, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_stem_2 = nn.avg_pool(
+        reduction_left3_stem_2 = rt.avg_pool(
             reduction_pad_1_stem_2, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_stem_2 = rt.BatchNorm(
@@ -366,8 +366,8 @@ class NASNetLarge(nn.Module):
         reduction_concat_stem_2 = jnp.concatenate(
             [reduction_add_2_stem_2, reduction_add3_stem_2, add_1, reduction_add4_stem_2], axis=-1
         )
-        adjust_avg_pool_2_0 = nn.avg_pool(cropping2d_1, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_0 = nn.avg_pool(adjust_relu_1_0, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_2_0 = rt.avg_pool(cropping2d_1, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_0 = rt.avg_pool(adjust_relu_1_0, (1, 1), strides=(2, 2), padding="VALID")
         activation_22 = jax.nn.relu(reduction_concat_stem_2)
         adjust_conv_1_0 = nn.Conv(
             84, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_0"
@@ -443,15 +443,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_0 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_0"
         )(separable_conv_2_normal_left5_0, use_running_average=not train)
-        normal_left4_0 = nn.avg_pool(
-            adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_0 = nn.avg_pool(
-            adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_0 = nn.avg_pool(
-            normal_bn_1_0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_0 = rt.avg_pool(adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_0 = rt.avg_pool(adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_0 = rt.avg_pool(normal_bn_1_0, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_0 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_0"
         )(separable_conv_2_normal_left2_0, use_running_average=not train)
@@ -552,15 +546,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_1"
         )(separable_conv_2_normal_left5_1, use_running_average=not train)
-        normal_left4_1 = nn.avg_pool(
-            adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_1 = nn.avg_pool(
-            adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_1 = nn.avg_pool(
-            normal_bn_1_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_1 = rt.avg_pool(adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_1 = rt.avg_pool(adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_1 = rt.avg_pool(normal_bn_1_1, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_1"
         )(separable_conv_2_normal_left2_1, use_running_average=not train)
@@ -661,15 +649,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_2 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_2"
         )(separable_conv_2_normal_left5_2, use_running_average=not train)
-        normal_left4_2 = nn.avg_pool(
-            adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_2 = nn.avg_pool(
-            adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_2 = nn.avg_pool(
-            normal_bn_1_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_2 = rt.avg_pool(adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_2 = rt.avg_pool(adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_2 = rt.avg_pool(normal_bn_1_2, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_2 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_2"
         )(separable_conv_2_normal_left2_2, use_running_average=not train)
@@ -770,15 +752,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_3 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_3"
         )(separable_conv_2_normal_left5_3, use_running_average=not train)
-        normal_left4_3 = nn.avg_pool(
-            adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_3 = nn.avg_pool(
-            adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_3 = nn.avg_pool(
-            normal_bn_1_3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_3 = rt.avg_pool(adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_3 = rt.avg_pool(adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_3 = rt.avg_pool(normal_bn_1_3, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_3 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_3"
         )(separable_conv_2_normal_left2_3, use_running_average=not train)
@@ -879,15 +855,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_4 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_4"
         )(separable_conv_2_normal_left5_4, use_running_average=not train)
-        normal_left4_4 = nn.avg_pool(
-            adjust_bn_4, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_4 = nn.avg_pool(
-            adjust_bn_4, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_4 = nn.avg_pool(
-            normal_bn_1_4, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_4 = rt.avg_pool(adjust_bn_4, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_4 = rt.avg_pool(adjust_bn_4, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_4 = rt.avg_pool(normal_bn_1_4, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_4 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_4"
         )(separable_conv_2_normal_left2_4, use_running_average=not train)
@@ -988,15 +958,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_5 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_5"
         )(separable_conv_2_normal_left5_5, use_running_average=not train)
-        normal_left4_5 = nn.avg_pool(
-            adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_5 = nn.avg_pool(
-            adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_5 = nn.avg_pool(
-            normal_bn_1_5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_5 = rt.avg_pool(adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_5 = rt.avg_pool(adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_5 = rt.avg_pool(normal_bn_1_5, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_5 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_5"
         )(separable_conv_2_normal_left2_5, use_running_average=not train)
@@ -1164,7 +1128,7 @@ class NASNetLarge(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_reduce_6",
         )(activation_102)
-        reduction_left2_reduce_6 = nn.max_pool(
+        reduction_left2_reduce_6 = rt.max_pool(
             reduction_pad_1_reduce_6, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_reduce_6 = rt.BatchNorm(
@@ -1177,17 +1141,13 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_reduction_left4_reduce_6 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_reduce_6"
         )(separable_conv_2_reduction_left4_reduce_6, use_running_average=not train)
-        reduction_right5_reduce_6 = nn.max_pool(
+        reduction_right5_reduce_6 = rt.max_pool(
             reduction_pad_1_reduce_6, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_reduce_6 = nn.avg_pool(
-            reduction_add_1_reduce_6,
-            (3, 3),
-            strides=(1, 1),
-            padding="SAME",
-            count_include_pad=False,
+        reduction_left4_reduce_6 = rt.avg_pool(
+            reduction_add_1_reduce_6, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_reduce_6 = nn.avg_pool(
+        reduction_left3_reduce_6 = rt.avg_pool(
             reduction_pad_1_reduce_6, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_reduce_6 = rt.BatchNorm(
@@ -1205,8 +1165,8 @@ class NASNetLarge(nn.Module):
             [reduction_add_2_reduce_6, reduction_add3_reduce_6, add_2, reduction_add4_reduce_6],
             axis=-1,
         )
-        adjust_avg_pool_2_7 = nn.avg_pool(cropping2d_2, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_7 = nn.avg_pool(adjust_relu_1_7, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_2_7 = rt.avg_pool(cropping2d_2, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_7 = rt.avg_pool(adjust_relu_1_7, (1, 1), strides=(2, 2), padding="VALID")
         activation_105 = jax.nn.relu(reduction_concat_reduce_6)
         adjust_conv_1_7 = nn.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_7"
@@ -1282,15 +1242,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_7 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_7"
         )(separable_conv_2_normal_left5_7, use_running_average=not train)
-        normal_left4_7 = nn.avg_pool(
-            adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_7 = nn.avg_pool(
-            adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_7 = nn.avg_pool(
-            normal_bn_1_7, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_7 = rt.avg_pool(adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_7 = rt.avg_pool(adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_7 = rt.avg_pool(normal_bn_1_7, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_7 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_7"
         )(separable_conv_2_normal_left2_7, use_running_average=not train)
@@ -1391,15 +1345,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_8 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_8"
         )(separable_conv_2_normal_left5_8, use_running_average=not train)
-        normal_left4_8 = nn.avg_pool(
-            adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_8 = nn.avg_pool(
-            adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_8 = nn.avg_pool(
-            normal_bn_1_8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_8 = rt.avg_pool(adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_8 = rt.avg_pool(adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_8 = rt.avg_pool(normal_bn_1_8, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_8 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_8"
         )(separable_conv_2_normal_left2_8, use_running_average=not train)
@@ -1500,15 +1448,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_9 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_9"
         )(separable_conv_2_normal_left5_9, use_running_average=not train)
-        normal_left4_9 = nn.avg_pool(
-            adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_9 = nn.avg_pool(
-            adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_9 = nn.avg_pool(
-            normal_bn_1_9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_9 = rt.avg_pool(adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_9 = rt.avg_pool(adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_9 = rt.avg_pool(normal_bn_1_9, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_9 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_9"
         )(separable_conv_2_normal_left2_9, use_running_average=not train)
@@ -1609,15 +1551,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_10 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_10"
         )(separable_conv_2_normal_left5_10, use_running_average=not train)
-        normal_left4_10 = nn.avg_pool(
-            adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_10 = nn.avg_pool(
-            adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_10 = nn.avg_pool(
-            normal_bn_1_10, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_10 = rt.avg_pool(adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_10 = rt.avg_pool(adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_10 = rt.avg_pool(normal_bn_1_10, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_10 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_10"
         )(separable_conv_2_normal_left2_10, use_running_average=not train)
@@ -1718,15 +1654,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_11 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_11"
         )(separable_conv_2_normal_left5_11, use_running_average=not train)
-        normal_left4_11 = nn.avg_pool(
-            adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_11 = nn.avg_pool(
-            adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_11 = nn.avg_pool(
-            normal_bn_1_11, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_11 = rt.avg_pool(adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_11 = rt.avg_pool(adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_11 = rt.avg_pool(normal_bn_1_11, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_11 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_11"
         )(separable_conv_2_normal_left2_11, use_running_average=not train)
@@ -1827,15 +1757,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_12 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_12"
         )(separable_conv_2_normal_left5_12, use_running_average=not train)
-        normal_left4_12 = nn.avg_pool(
-            adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_12 = nn.avg_pool(
-            adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_12 = nn.avg_pool(
-            normal_bn_1_12, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_12 = rt.avg_pool(adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_12 = rt.avg_pool(adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_12 = rt.avg_pool(normal_bn_1_12, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_12 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_12"
         )(separable_conv_2_normal_left2_12, use_running_average=not train)
@@ -2003,7 +1927,7 @@ class NASNetLarge(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_reduce_12",
         )(activation_185)
-        reduction_left2_reduce_12 = nn.max_pool(
+        reduction_left2_reduce_12 = rt.max_pool(
             reduction_pad_1_reduce_12, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_reduce_12 = rt.BatchNorm(
@@ -2016,17 +1940,13 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_reduction_left4_reduce_12 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_reduce_12"
         )(separable_conv_2_reduction_left4_reduce_12, use_running_average=not train)
-        reduction_right5_reduce_12 = nn.max_pool(
+        reduction_right5_reduce_12 = rt.max_pool(
             reduction_pad_1_reduce_12, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_reduce_12 = nn.avg_pool(
-            reduction_add_1_reduce_12,
-            (3, 3),
-            strides=(1, 1),
-            padding="SAME",
-            count_include_pad=False,
+        reduction_left4_reduce_12 = rt.avg_pool(
+            reduction_add_1_reduce_12, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_reduce_12 = nn.avg_pool(
+        reduction_left3_reduce_12 = rt.avg_pool(
             reduction_pad_1_reduce_12, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_reduce_12 = rt.BatchNorm(
@@ -2044,8 +1964,8 @@ class NASNetLarge(nn.Module):
             [reduction_add_2_reduce_12, reduction_add3_reduce_12, add_3, reduction_add4_reduce_12],
             axis=-1,
         )
-        adjust_avg_pool_2_13 = nn.avg_pool(cropping2d_3, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_13 = nn.avg_pool(
+        adjust_avg_pool_2_13 = rt.avg_pool(cropping2d_3, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_13 = rt.avg_pool(
             adjust_relu_1_13, (1, 1), strides=(2, 2), padding="VALID"
         )
         activation_188 = jax.nn.relu(reduction_concat_reduce_12)
@@ -2123,15 +2043,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_13 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_13"
         )(separable_conv_2_normal_left5_13, use_running_average=not train)
-        normal_left4_13 = nn.avg_pool(
-            adjust_bn_13, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_13 = nn.avg_pool(
-            adjust_bn_13, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_13 = nn.avg_pool(
-            normal_bn_1_13, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_13 = rt.avg_pool(adjust_bn_13, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_13 = rt.avg_pool(adjust_bn_13, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_13 = rt.avg_pool(normal_bn_1_13, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_13 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_13"
         )(separable_conv_2_normal_left2_13, use_running_average=not train)
@@ -2232,15 +2146,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_14 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_14"
         )(separable_conv_2_normal_left5_14, use_running_average=not train)
-        normal_left4_14 = nn.avg_pool(
-            adjust_bn_14, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_14 = nn.avg_pool(
-            adjust_bn_14, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_14 = nn.avg_pool(
-            normal_bn_1_14, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_14 = rt.avg_pool(adjust_bn_14, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_14 = rt.avg_pool(adjust_bn_14, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_14 = rt.avg_pool(normal_bn_1_14, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_14 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_14"
         )(separable_conv_2_normal_left2_14, use_running_average=not train)
@@ -2341,15 +2249,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_15 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_15"
         )(separable_conv_2_normal_left5_15, use_running_average=not train)
-        normal_left4_15 = nn.avg_pool(
-            adjust_bn_15, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_15 = nn.avg_pool(
-            adjust_bn_15, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_15 = nn.avg_pool(
-            normal_bn_1_15, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_15 = rt.avg_pool(adjust_bn_15, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_15 = rt.avg_pool(adjust_bn_15, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_15 = rt.avg_pool(normal_bn_1_15, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_15 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_15"
         )(separable_conv_2_normal_left2_15, use_running_average=not train)
@@ -2450,15 +2352,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_16 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_16"
         )(separable_conv_2_normal_left5_16, use_running_average=not train)
-        normal_left4_16 = nn.avg_pool(
-            adjust_bn_16, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_16 = nn.avg_pool(
-            adjust_bn_16, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_16 = nn.avg_pool(
-            normal_bn_1_16, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_16 = rt.avg_pool(adjust_bn_16, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_16 = rt.avg_pool(adjust_bn_16, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_16 = rt.avg_pool(normal_bn_1_16, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_16 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_16"
         )(separable_conv_2_normal_left2_16, use_running_average=not train)
@@ -2559,15 +2455,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_17 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_17"
         )(separable_conv_2_normal_left5_17, use_running_average=not train)
-        normal_left4_17 = nn.avg_pool(
-            adjust_bn_17, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_17 = nn.avg_pool(
-            adjust_bn_17, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_17 = nn.avg_pool(
-            normal_bn_1_17, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_17 = rt.avg_pool(adjust_bn_17, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_17 = rt.avg_pool(adjust_bn_17, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_17 = rt.avg_pool(normal_bn_1_17, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_17 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_17"
         )(separable_conv_2_normal_left2_17, use_running_average=not train)
@@ -2668,15 +2558,9 @@ class NASNetLarge(nn.Module):
         separable_conv_2_bn_normal_left5_18 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_18"
         )(separable_conv_2_normal_left5_18, use_running_average=not train)
-        normal_left4_18 = nn.avg_pool(
-            adjust_bn_18, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_18 = nn.avg_pool(
-            adjust_bn_18, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_18 = nn.avg_pool(
-            normal_bn_1_18, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_18 = rt.avg_pool(adjust_bn_18, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_18 = rt.avg_pool(adjust_bn_18, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_18 = rt.avg_pool(normal_bn_1_18, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_18 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_18"
         )(separable_conv_2_normal_left2_18, use_running_average=not train)

@@ -159,7 +159,7 @@ class NASNetMobile(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_stem_1",
         )(activation_8)
-        reduction_left2_stem_1 = nn.max_pool(
+        reduction_left2_stem_1 = rt.max_pool(
             reduction_pad_1_stem_1, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_stem_1 = rt.BatchNorm(
@@ -172,13 +172,13 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_reduction_left4_stem_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_stem_1"
         )(separable_conv_2_reduction_left4_stem_1, use_running_average=not train)
-        reduction_right5_stem_1 = nn.max_pool(
+        reduction_right5_stem_1 = rt.max_pool(
             reduction_pad_1_stem_1, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_stem_1 = nn.avg_pool(
-            reduction_add_1_stem_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        reduction_left4_stem_1 = rt.avg_pool(
+            reduction_add_1_stem_1, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_stem_1 = nn.avg_pool(
+        reduction_left3_stem_1 = rt.avg_pool(
             reduction_pad_1_stem_1, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_stem_1 = rt.BatchNorm(
@@ -191,8 +191,8 @@ class NASNetMobile(nn.Module):
         reduction_concat_stem_1 = jnp.concatenate(
             [reduction_add_2_stem_1, reduction_add3_stem_1, add, reduction_add4_stem_1], axis=-1
         )
-        adjust_avg_pool_2_stem_2 = nn.avg_pool(cropping2d, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_stem_2 = nn.avg_pool(
+        adjust_avg_pool_2_stem_2 = rt.avg_pool(cropping2d, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_stem_2 = rt.avg_pool(
             adjust_relu_1_stem_2, (1, 1), strides=(2, 2), padding="VALID"
         )
         adjust_conv_1_stem_2 = nn.Conv(
@@ -334,7 +334,7 @@ class NASNetMobile(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_stem_2",
         )(activation_19)
-        reduction_left2_stem_2 = nn.max_pool(
+        reduction_left2_stem_2 = rt.max_pool(
             reduction_pad_1_stem_2, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_stem_2 = rt.BatchNorm(
@@ -347,13 +347,13 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_reduction_left4_stem_2 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_stem_2"
         )(separable_conv_2_reduction_left4_stem_2, use_running_average=not train)
-        reduction_right5_stem_2 = nn.max_pool(
+        reduction_right5_stem_2 = rt.max_pool(
             reduction_pad_1_stem_2, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_stem_2 = nn.avg_pool(
-            reduction_add_1_stem_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
+        reduction_left4_stem_2 = rt.avg_pool(
+            reduction_add_1_stem_2, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_stem_2 = nn.avg_pool(
+        reduction_left3_stem_2 = rt.avg_pool(
             reduction_pad_1_stem_2, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_stem_2 = rt.BatchNorm(
@@ -366,8 +366,8 @@ class NASNetMobile(nn.Module):
         reduction_concat_stem_2 = jnp.concatenate(
             [reduction_add_2_stem_2, reduction_add3_stem_2, add_1, reduction_add4_stem_2], axis=-1
         )
-        adjust_avg_pool_2_0 = nn.avg_pool(cropping2d_1, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_0 = nn.avg_pool(adjust_relu_1_0, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_2_0 = rt.avg_pool(cropping2d_1, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_0 = rt.avg_pool(adjust_relu_1_0, (1, 1), strides=(2, 2), padding="VALID")
         activation_22 = jax.nn.relu(reduction_concat_stem_2)
         adjust_conv_1_0 = nn.Conv(
             22, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_0"
@@ -443,15 +443,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_0 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_0"
         )(separable_conv_2_normal_left5_0, use_running_average=not train)
-        normal_left4_0 = nn.avg_pool(
-            adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_0 = nn.avg_pool(
-            adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_0 = nn.avg_pool(
-            normal_bn_1_0, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_0 = rt.avg_pool(adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_0 = rt.avg_pool(adjust_bn_0, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_0 = rt.avg_pool(normal_bn_1_0, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_0 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_0"
         )(separable_conv_2_normal_left2_0, use_running_average=not train)
@@ -552,15 +546,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_1"
         )(separable_conv_2_normal_left5_1, use_running_average=not train)
-        normal_left4_1 = nn.avg_pool(
-            adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_1 = nn.avg_pool(
-            adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_1 = nn.avg_pool(
-            normal_bn_1_1, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_1 = rt.avg_pool(adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_1 = rt.avg_pool(adjust_bn_1, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_1 = rt.avg_pool(normal_bn_1_1, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_1 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_1"
         )(separable_conv_2_normal_left2_1, use_running_average=not train)
@@ -661,15 +649,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_2 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_2"
         )(separable_conv_2_normal_left5_2, use_running_average=not train)
-        normal_left4_2 = nn.avg_pool(
-            adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_2 = nn.avg_pool(
-            adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_2 = nn.avg_pool(
-            normal_bn_1_2, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_2 = rt.avg_pool(adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_2 = rt.avg_pool(adjust_bn_2, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_2 = rt.avg_pool(normal_bn_1_2, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_2 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_2"
         )(separable_conv_2_normal_left2_2, use_running_average=not train)
@@ -770,15 +752,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_3 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_3"
         )(separable_conv_2_normal_left5_3, use_running_average=not train)
-        normal_left4_3 = nn.avg_pool(
-            adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_3 = nn.avg_pool(
-            adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_3 = nn.avg_pool(
-            normal_bn_1_3, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_3 = rt.avg_pool(adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_3 = rt.avg_pool(adjust_bn_3, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_3 = rt.avg_pool(normal_bn_1_3, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_3 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_3"
         )(separable_conv_2_normal_left2_3, use_running_average=not train)
@@ -946,7 +922,7 @@ class NASNetMobile(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_reduce_4",
         )(activation_78)
-        reduction_left2_reduce_4 = nn.max_pool(
+        reduction_left2_reduce_4 = rt.max_pool(
             reduction_pad_1_reduce_4, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_reduce_4 = rt.BatchNorm(
@@ -959,17 +935,13 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_reduction_left4_reduce_4 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_reduce_4"
         )(separable_conv_2_reduction_left4_reduce_4, use_running_average=not train)
-        reduction_right5_reduce_4 = nn.max_pool(
+        reduction_right5_reduce_4 = rt.max_pool(
             reduction_pad_1_reduce_4, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_reduce_4 = nn.avg_pool(
-            reduction_add_1_reduce_4,
-            (3, 3),
-            strides=(1, 1),
-            padding="SAME",
-            count_include_pad=False,
+        reduction_left4_reduce_4 = rt.avg_pool(
+            reduction_add_1_reduce_4, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_reduce_4 = nn.avg_pool(
+        reduction_left3_reduce_4 = rt.avg_pool(
             reduction_pad_1_reduce_4, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_reduce_4 = rt.BatchNorm(
@@ -987,8 +959,8 @@ class NASNetMobile(nn.Module):
             [reduction_add_2_reduce_4, reduction_add3_reduce_4, add_2, reduction_add4_reduce_4],
             axis=-1,
         )
-        adjust_avg_pool_2_5 = nn.avg_pool(cropping2d_2, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_5 = nn.avg_pool(adjust_relu_1_5, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_2_5 = rt.avg_pool(cropping2d_2, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_5 = rt.avg_pool(adjust_relu_1_5, (1, 1), strides=(2, 2), padding="VALID")
         activation_81 = jax.nn.relu(reduction_concat_reduce_4)
         adjust_conv_1_5 = nn.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_5"
@@ -1064,15 +1036,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_5 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_5"
         )(separable_conv_2_normal_left5_5, use_running_average=not train)
-        normal_left4_5 = nn.avg_pool(
-            adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_5 = nn.avg_pool(
-            adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_5 = nn.avg_pool(
-            normal_bn_1_5, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_5 = rt.avg_pool(adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_5 = rt.avg_pool(adjust_bn_5, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_5 = rt.avg_pool(normal_bn_1_5, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_5 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_5"
         )(separable_conv_2_normal_left2_5, use_running_average=not train)
@@ -1173,15 +1139,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_6 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_6"
         )(separable_conv_2_normal_left5_6, use_running_average=not train)
-        normal_left4_6 = nn.avg_pool(
-            adjust_bn_6, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_6 = nn.avg_pool(
-            adjust_bn_6, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_6 = nn.avg_pool(
-            normal_bn_1_6, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_6 = rt.avg_pool(adjust_bn_6, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_6 = rt.avg_pool(adjust_bn_6, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_6 = rt.avg_pool(normal_bn_1_6, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_6 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_6"
         )(separable_conv_2_normal_left2_6, use_running_average=not train)
@@ -1282,15 +1242,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_7 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_7"
         )(separable_conv_2_normal_left5_7, use_running_average=not train)
-        normal_left4_7 = nn.avg_pool(
-            adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_7 = nn.avg_pool(
-            adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_7 = nn.avg_pool(
-            normal_bn_1_7, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_7 = rt.avg_pool(adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_7 = rt.avg_pool(adjust_bn_7, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_7 = rt.avg_pool(normal_bn_1_7, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_7 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_7"
         )(separable_conv_2_normal_left2_7, use_running_average=not train)
@@ -1391,15 +1345,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_8 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_8"
         )(separable_conv_2_normal_left5_8, use_running_average=not train)
-        normal_left4_8 = nn.avg_pool(
-            adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_8 = nn.avg_pool(
-            adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_8 = nn.avg_pool(
-            normal_bn_1_8, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_8 = rt.avg_pool(adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_8 = rt.avg_pool(adjust_bn_8, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_8 = rt.avg_pool(normal_bn_1_8, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_8 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_8"
         )(separable_conv_2_normal_left2_8, use_running_average=not train)
@@ -1567,7 +1515,7 @@ class NASNetMobile(nn.Module):
             use_bias=False,
             name="separable_conv_2_reduction_right3_reduce_8",
         )(activation_137)
-        reduction_left2_reduce_8 = nn.max_pool(
+        reduction_left2_reduce_8 = rt.max_pool(
             reduction_pad_1_reduce_8, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right2_reduce_8 = rt.BatchNorm(
@@ -1580,17 +1528,13 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_reduction_left4_reduce_8 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_reduction_left4_reduce_8"
         )(separable_conv_2_reduction_left4_reduce_8, use_running_average=not train)
-        reduction_right5_reduce_8 = nn.max_pool(
+        reduction_right5_reduce_8 = rt.max_pool(
             reduction_pad_1_reduce_8, (3, 3), strides=(2, 2), padding="VALID"
         )
-        reduction_left4_reduce_8 = nn.avg_pool(
-            reduction_add_1_reduce_8,
-            (3, 3),
-            strides=(1, 1),
-            padding="SAME",
-            count_include_pad=False,
+        reduction_left4_reduce_8 = rt.avg_pool(
+            reduction_add_1_reduce_8, (3, 3), strides=(1, 1), padding="SAME"
         )
-        reduction_left3_reduce_8 = nn.avg_pool(
+        reduction_left3_reduce_8 = rt.avg_pool(
             reduction_pad_1_reduce_8, (3, 3), strides=(2, 2), padding="VALID"
         )
         separable_conv_2_bn_reduction_right3_reduce_8 = rt.BatchNorm(
@@ -1608,8 +1552,8 @@ class NASNetMobile(nn.Module):
             [reduction_add_2_reduce_8, reduction_add3_reduce_8, add_3, reduction_add4_reduce_8],
             axis=-1,
         )
-        adjust_avg_pool_2_9 = nn.avg_pool(cropping2d_3, (1, 1), strides=(2, 2), padding="VALID")
-        adjust_avg_pool_1_9 = nn.avg_pool(adjust_relu_1_9, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_2_9 = rt.avg_pool(cropping2d_3, (1, 1), strides=(2, 2), padding="VALID")
+        adjust_avg_pool_1_9 = rt.avg_pool(adjust_relu_1_9, (1, 1), strides=(2, 2), padding="VALID")
         activation_140 = jax.nn.relu(reduction_concat_reduce_8)
         adjust_conv_1_9 = nn.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_9"
@@ -1685,15 +1629,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_9 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_9"
         )(separable_conv_2_normal_left5_9, use_running_average=not train)
-        normal_left4_9 = nn.avg_pool(
-            adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_9 = nn.avg_pool(
-            adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_9 = nn.avg_pool(
-            normal_bn_1_9, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_9 = rt.avg_pool(adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_9 = rt.avg_pool(adjust_bn_9, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_9 = rt.avg_pool(normal_bn_1_9, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_9 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_9"
         )(separable_conv_2_normal_left2_9, use_running_average=not train)
@@ -1794,15 +1732,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_10 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_10"
         )(separable_conv_2_normal_left5_10, use_running_average=not train)
-        normal_left4_10 = nn.avg_pool(
-            adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_10 = nn.avg_pool(
-            adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_10 = nn.avg_pool(
-            normal_bn_1_10, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_10 = rt.avg_pool(adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_10 = rt.avg_pool(adjust_bn_10, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_10 = rt.avg_pool(normal_bn_1_10, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_10 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_10"
         )(separable_conv_2_normal_left2_10, use_running_average=not train)
@@ -1903,15 +1835,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_11 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_11"
         )(separable_conv_2_normal_left5_11, use_running_average=not train)
-        normal_left4_11 = nn.avg_pool(
-            adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_11 = nn.avg_pool(
-            adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_11 = nn.avg_pool(
-            normal_bn_1_11, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_11 = rt.avg_pool(adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_11 = rt.avg_pool(adjust_bn_11, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_11 = rt.avg_pool(normal_bn_1_11, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_11 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_11"
         )(separable_conv_2_normal_left2_11, use_running_average=not train)
@@ -2012,15 +1938,9 @@ class NASNetMobile(nn.Module):
         separable_conv_2_bn_normal_left5_12 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left5_12"
         )(separable_conv_2_normal_left5_12, use_running_average=not train)
-        normal_left4_12 = nn.avg_pool(
-            adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_right4_12 = nn.avg_pool(
-            adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
-        normal_left3_12 = nn.avg_pool(
-            normal_bn_1_12, (3, 3), strides=(1, 1), padding="SAME", count_include_pad=False
-        )
+        normal_left4_12 = rt.avg_pool(adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME")
+        normal_right4_12 = rt.avg_pool(adjust_bn_12, (3, 3), strides=(1, 1), padding="SAME")
+        normal_left3_12 = rt.avg_pool(normal_bn_1_12, (3, 3), strides=(1, 1), padding="SAME")
         separable_conv_2_bn_normal_left2_12 = rt.BatchNorm(
             epsilon=0.001, momentum=0.9997, name="separable_conv_2_bn_normal_left2_12"
         )(separable_conv_2_normal_left2_12, use_running_average=not train)

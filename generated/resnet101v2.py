@@ -96,7 +96,7 @@ class Conv2Block3(nn.Module):
         )(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        max_pooling2d = nn.max_pool(x, (1, 1), strides=(2, 2), padding="VALID")
+        max_pooling2d = rt.max_pool(x, (1, 1), strides=(2, 2), padding="VALID")
         x_3_conv = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
         x = max_pooling2d + x_3_conv
         return x
@@ -119,7 +119,7 @@ class ResNet101V2(nn.Module):
         x = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
         x = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = ConvBlock(64, 256, name="conv2_block1")(x, train=train)
         x = Conv2Block2(64, 256, name="conv2_block2")(x, train=train)
         x = Conv2Block3(64, 256, name="conv2_block3")(x, train=train)

@@ -83,7 +83,7 @@ class ResNet50(nn.Module):
         x = rt.BatchNorm(epsilon=1.001e-05, name="conv1_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         conv2_block1_1_conv = nn.Conv(64, (1, 1), padding="VALID", name="conv2_block1_1_conv")(x)
         conv2_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_1_bn")(
             conv2_block1_1_conv, use_running_average=not train

@@ -22,7 +22,7 @@ class Block(nn.Module):
     def __call__(self, x, *, train: bool = False):
         x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
         x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 
 
@@ -39,7 +39,7 @@ class Block3(nn.Module):
         x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
         x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
         x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv3")(x))
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = rt.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 
 

@@ -41,7 +41,7 @@ class Block(nn.Module):
         sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="sepconv2_bn")(
             y, use_running_average=not train
         )
-        pool = nn.max_pool(sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
+        pool = rt.max_pool(sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
         batch_normalization = rt.BatchNorm(epsilon=0.001, name="batch_normalization")(
             conv2d, use_running_average=not train
         )
@@ -108,7 +108,7 @@ class Xception(nn.Module):
         block2_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block2_sepconv2_bn")(
             block2_sepconv2, use_running_average=not train
         )
-        block2_pool = nn.max_pool(block2_sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
+        block2_pool = rt.max_pool(block2_sepconv2_bn, (3, 3), strides=(2, 2), padding="SAME")
         batch_normalization = rt.BatchNorm(epsilon=0.001, name="batch_normalization")(
             conv2d, use_running_average=not train
         )

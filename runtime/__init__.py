@@ -33,7 +33,7 @@ from kgen.runtime.ops import (
     tanh_shrink,
     zero_pad,
 )
-from kgen.runtime.pooling import adaptive_pool
+from kgen.runtime.pooling import adaptive_pool, avg_pool, max_pool
 from kgen.runtime.precision import cast_floating, mixed
 from kgen.runtime.preprocessing import decode_predictions, preprocess_input
 from kgen.runtime.recurrent import GRU, LSTM, Bidirectional, SimpleRNN
@@ -64,6 +64,7 @@ __all__ = [
     "SimpleRNN",
     "adaptive_pool",
     "auto_contrast",
+    "avg_pool",
     "batch_reshape",
     "cast_floating",
     "center_crop",
@@ -79,6 +80,7 @@ __all__ = [
     "leaky_relu",
     "load_variables",
     "masked_softmax",
+    "max_pool",
     "mixed",
     "normalize",
     "preprocess_input",

@@ -1,7 +1,9 @@
 """Pooling: Max/AveragePooling1D/2D/3D, the global and the adaptive poolings.
 
 Keras ``strides=None`` means strides = pool_size (Flax: 1), and 'same' average pooling
-divides by the count of real cells (Flax: ``count_include_pad=False``).
+divides by the count of real cells (Flax: ``count_include_pad=False``).  Max and average
+pooling call ``rt.max_pool`` / ``rt.avg_pool`` (kgen/runtime/pooling.py): Flax's
+arguments, Keras's 'same' average, and a fast path on CPU.
 """
 
 from __future__ import annotations
@@ -22,14 +24,12 @@ def _pool(node: Node, fn: str) -> Lowered:
     strides = window if c.get("strides") is None else ntuple(c["strides"], n, "strides")
     padding = flax_padding(c.get("padding", "valid"))
     kwargs = {"strides": strides, "padding": padding}
-    if fn == "nn.avg_pool" and padding == "SAME":
-        kwargs["count_include_pad"] = False
     return Lowered(Call(Sym(fn), (node.input, window), kwargs))
 
 
 @register("MaxPooling1D", "MaxPooling2D", "MaxPooling3D", family="pooling", handles=_POOL_FIELDS)
 def lower_max_pooling(node: Node) -> Lowered:
-    return _pool(node, "nn.max_pool")
+    return _pool(node, "rt.max_pool")
 
 
 @register(
@@ -40,7 +40,7 @@ def lower_max_pooling(node: Node) -> Lowered:
     handles=_POOL_FIELDS,
 )
 def lower_average_pooling(node: Node) -> Lowered:
-    return _pool(node, "nn.avg_pool")
+    return _pool(node, "rt.avg_pool")
 
 
 def _global(node: Node, fn: str, **extra) -> Lowered:
