@@ -435,7 +435,8 @@ def _inputs(loaded, conversion, batch: int, seed: int):
 
 
 def _onnx_export(model, inputs, path: str) -> str:
-    """Export ``model`` with tf2onnx to ``path``; "" on success, else why not."""
+    """Export ``model`` with tf2onnx to ``path``; "" on success, else why not.
+    ``inputs``: an example array (or ``(shape, dtype)`` with the batch) per input."""
     import importlib.util
 
     missing = [m for m in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
@@ -445,9 +446,10 @@ def _onnx_export(model, inputs, path: str) -> str:
         import tensorflow as tf
         import tf2onnx
 
+        shapes = [(x.shape, x.dtype) if hasattr(x, "shape") else x for x in inputs]
         specs = [
-            tf.TensorSpec((None, *x.shape[1:]), x.dtype, name=f"input_{i}")
-            for i, x in enumerate(inputs)
+            tf.TensorSpec((None, *shape[1:]), dtype, name=f"input_{i}")
+            for i, (shape, dtype) in enumerate(shapes)
         ]
         if len(specs) == 1:
             fn = tf.function(lambda x: model(x, training=False))
@@ -458,6 +460,71 @@ def _onnx_export(model, inputs, path: str) -> str:
     except Exception as exc:
         return f"tf2onnx export failed: {_one_line(exc)}"
     return ""
+
+
+def _export_worker(source, shapes, path: str, connection) -> None:
+    """In a spawned process: build ``source`` and export it to ONNX; sends back
+    ``(reason, seconds)`` (reason "" on success; seconds: the export alone)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    try:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        from kgen import pipeline
+
+        model = pipeline.load(source, logits=True).model
+        start = time.perf_counter()
+        reason = _onnx_export(model, shapes, path)
+        connection.send((reason, time.perf_counter() - start))
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            connection.send((f"tf2onnx export failed: {_one_line(exc)}", None))
+    finally:
+        connection.close()
+
+
+def _onnx_export_process(source, inputs, path: str, timeout: float) -> tuple[str, float | None]:
+    """:func:`_onnx_export` in a process of its own: tf2onnx can need many times the
+    model's size in memory (VGG16's export grew past 20 GB here), and a process the
+    system kills for it takes only the ONNX column with it."""
+    import importlib.util
+    import multiprocessing
+
+    missing = [m for m in ("tf2onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed ({ONNX_INSTALL})", None
+    shapes = [(x.shape, str(x.dtype)) for x in inputs]
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_export_worker, args=(source, shapes, path, send), daemon=True)
+    with _environment({"KERAS_BACKEND": "tensorflow"}):
+        process.start()
+    send.close()
+    answer, timed_out = None, False
+    try:
+        if receive.poll(timeout):
+            with contextlib.suppress(EOFError):
+                answer = receive.recv()
+        else:
+            timed_out = True
+    finally:
+        receive.close()
+        process.join(0 if timed_out else 5)
+        if process.is_alive():
+            process.kill()
+            process.join()
+    if answer is None:
+        if timed_out:
+            why = f"gave no answer in {timeout:.0f} s"
+        elif process.exitcode == -9:
+            why = "was killed (SIGKILL: out of memory?)"
+        else:
+            why = f"exited with code {process.exitcode}"
+        return f"tf2onnx export process {why}", None
+    return answer
 
 
 def bench_source(
@@ -510,10 +577,10 @@ def bench_source(
         if "onnxruntime" in wanted:
             say(f"{result.name}: exporting to ONNX")
             path = os.path.join(tmp, "model.onnx")
-            start = time.perf_counter()
-            absent["onnxruntime"] = _onnx_export(loaded.model, inputs[batches[0]], path)
-            if not absent["onnxruntime"]:
-                result.onnx_export_s = time.perf_counter() - start
+            reason, seconds = _onnx_export_process(source, inputs[batches[0]], path, timeout)
+            absent["onnxruntime"] = reason
+            if not reason:
+                result.onnx_export_s = seconds
             jobs["onnxruntime"] = {"onnx": path}
         del loaded
         _run_engines(result, wanted, jobs, absent, inputs, timeout, say)

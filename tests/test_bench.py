@@ -104,6 +104,8 @@ def test_onnx_absent_without_its_packages(monkeypatch):
     )
     reason = bench._onnx_export(None, [], "unused.onnx")
     assert reason.startswith("tf2onnx not installed") and "kgen-flax[bench]" in reason
+    reason, seconds = bench._onnx_export_process(None, [], "unused.onnx", timeout=1)
+    assert reason.startswith("tf2onnx not installed") and seconds is None
 
 
 def test_cli_json_one_engine_and_batch_lists(tiny_file):
