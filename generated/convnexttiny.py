@@ -18,7 +18,7 @@ class ConvnextTinyStem(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_1, *, train: bool = False):
-        x = nn.Conv(96, (4, 4), strides=(4, 4), padding="VALID", name="convnext_tiny_stem_conv")(
+        x = rt.Conv(96, (4, 4), strides=(4, 4), padding="VALID", name="convnext_tiny_stem_conv")(
             input_layer_1
         )
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_stem_layernorm")(x)
@@ -35,7 +35,7 @@ class ConvnextTinyDownsamplingBlock0(nn.Module):
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_0")(
             input_layer_2
         )
-        x = nn.Conv(
+        x = rt.Conv(
             192, (2, 2), strides=(2, 2), padding="VALID", name="convnext_tiny_downsampling_conv_0"
         )(x)
         return x
@@ -51,7 +51,7 @@ class ConvnextTinyDownsamplingBlock1(nn.Module):
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_1")(
             input_layer_3
         )
-        x = nn.Conv(
+        x = rt.Conv(
             384, (2, 2), strides=(2, 2), padding="VALID", name="convnext_tiny_downsampling_conv_1"
         )(x)
         return x
@@ -67,7 +67,7 @@ class ConvnextTinyDownsamplingBlock2(nn.Module):
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_tiny_downsampling_layernorm_2")(
             input_layer_4
         )
-        x = nn.Conv(
+        x = rt.Conv(
             768, (2, 2), strides=(2, 2), padding="VALID", name="convnext_tiny_downsampling_conv_2"
         )(x)
         return x

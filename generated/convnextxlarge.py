@@ -18,7 +18,7 @@ class ConvnextXlargeStem(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer_1, *, train: bool = False):
-        x = nn.Conv(256, (4, 4), strides=(4, 4), padding="VALID", name="convnext_xlarge_stem_conv")(
+        x = rt.Conv(256, (4, 4), strides=(4, 4), padding="VALID", name="convnext_xlarge_stem_conv")(
             input_layer_1
         )
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_xlarge_stem_layernorm")(x)
@@ -35,7 +35,7 @@ class ConvnextXlargeDownsamplingBlock0(nn.Module):
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_xlarge_downsampling_layernorm_0")(
             input_layer_2
         )
-        x = nn.Conv(
+        x = rt.Conv(
             512, (2, 2), strides=(2, 2), padding="VALID", name="convnext_xlarge_downsampling_conv_0"
         )(x)
         return x
@@ -51,7 +51,7 @@ class ConvnextXlargeDownsamplingBlock1(nn.Module):
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_xlarge_downsampling_layernorm_1")(
             input_layer_3
         )
-        x = nn.Conv(
+        x = rt.Conv(
             1024,
             (2, 2),
             strides=(2, 2),
@@ -71,7 +71,7 @@ class ConvnextXlargeDownsamplingBlock2(nn.Module):
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_xlarge_downsampling_layernorm_2")(
             input_layer_4
         )
-        x = nn.Conv(
+        x = rt.Conv(
             2048,
             (2, 2),
             strides=(2, 2),

@@ -20,10 +20,10 @@ class ConvBlock(nn.Module):
     def __call__(self, x, *, train: bool = False):
         y = rt.BatchNorm(epsilon=1.001e-05, name="0_bn")(x, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(128, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
+        y = rt.Conv(128, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(32, (3, 3), padding="SAME", use_bias=False, name="2_conv")(y)
+        y = rt.Conv(32, (3, 3), padding="SAME", use_bias=False, name="2_conv")(y)
         x = jnp.concatenate([x, y], axis=3)
         return x
 
@@ -40,7 +40,7 @@ class Pool(nn.Module):
     def __call__(self, x, *, train: bool = False):
         x = rt.BatchNorm(epsilon=1.001e-05, name="bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
-        x = nn.Conv(self.features, (1, 1), padding="VALID", use_bias=False, name="conv")(x)
+        x = rt.Conv(self.features, (1, 1), padding="VALID", use_bias=False, name="conv")(x)
         x = rt.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 
@@ -60,7 +60,7 @@ class DenseNet121(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        x = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", use_bias=False, name="conv1_conv")(
+        x = rt.Conv(64, (7, 7), strides=(2, 2), padding="VALID", use_bias=False, name="conv1_conv")(
             x
         )
         x = rt.BatchNorm(epsilon=1.001e-05, name="conv1_bn")(x, use_running_average=not train)

@@ -25,7 +25,7 @@ class Blocka(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
@@ -44,13 +44,13 @@ class Blocka(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
@@ -72,7 +72,7 @@ class Blockb(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, name="expand_bn")(y, use_running_average=not train)
@@ -89,13 +89,13 @@ class Blockb(nn.Module):
         se_squeeze = jnp.mean(y, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         y = y * se_expand
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, name="project_bn")(y, use_running_average=not train)
@@ -118,7 +118,7 @@ class Block5a(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
@@ -135,13 +135,13 @@ class Block5a(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
@@ -165,7 +165,7 @@ class EfficientNetB1(nn.Module):
         x = input_layer * 0.00392156862745098
         x = rt.Normalization(name="normalization")(x)
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv")(
+        x = rt.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv")(
             x
         )
         x = rt.BatchNorm(epsilon=0.001, name="stem_bn")(x, use_running_average=not train)
@@ -176,13 +176,13 @@ class EfficientNetB1(nn.Module):
         block1a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block1a_se_reshape = jnp.reshape(block1a_se_squeeze, (-1, 1, 1, 32))
         block1a_se_reduce = jax.nn.silu(
-            nn.Conv(8, (1, 1), padding="SAME", name="block1a_se_reduce")(block1a_se_reshape)
+            rt.Conv(8, (1, 1), padding="SAME", name="block1a_se_reduce")(block1a_se_reshape)
         )
         block1a_se_expand = jax.nn.sigmoid(
-            nn.Conv(32, (1, 1), padding="SAME", name="block1a_se_expand")(block1a_se_reduce)
+            rt.Conv(32, (1, 1), padding="SAME", name="block1a_se_expand")(block1a_se_reduce)
         )
         x = x * block1a_se_expand
-        x = nn.Conv(16, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
+        x = rt.Conv(16, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(x, use_running_average=not train)
         block1b_dwconv = rt.DepthwiseConv(
             16, (3, 3), padding="SAME", use_bias=False, name="block1b_dwconv"
@@ -194,13 +194,13 @@ class EfficientNetB1(nn.Module):
         block1b_se_squeeze = jnp.mean(block1b_activation, axis=(1, 2))
         block1b_se_reshape = jnp.reshape(block1b_se_squeeze, (-1, 1, 1, 16))
         block1b_se_reduce = jax.nn.silu(
-            nn.Conv(4, (1, 1), padding="SAME", name="block1b_se_reduce")(block1b_se_reshape)
+            rt.Conv(4, (1, 1), padding="SAME", name="block1b_se_reduce")(block1b_se_reshape)
         )
         block1b_se_expand = jax.nn.sigmoid(
-            nn.Conv(16, (1, 1), padding="SAME", name="block1b_se_expand")(block1b_se_reduce)
+            rt.Conv(16, (1, 1), padding="SAME", name="block1b_se_expand")(block1b_se_reduce)
         )
         block1b_se_excite = block1b_activation * block1b_se_expand
-        block1b_project_conv = nn.Conv(
+        block1b_project_conv = rt.Conv(
             16, (1, 1), padding="SAME", use_bias=False, name="block1b_project_conv"
         )(block1b_se_excite)
         block1b_project_bn = rt.BatchNorm(epsilon=0.001, name="block1b_project_bn")(
@@ -269,7 +269,7 @@ class EfficientNetB1(nn.Module):
         x = Blockb(1920, (3, 3), (-1, 1, 1, 1920), 80, 320, 0.19130434782608696, name="block7b")(
             x, train=train
         )
-        x = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, name="top_bn")(x, use_running_average=not train)
         x = jax.nn.silu(x)
         x = jnp.mean(x, axis=(1, 2))

@@ -25,10 +25,10 @@ class Blockb(nn.Module):
         y = jax.nn.silu(y)
         se_squeeze = jnp.mean(y, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, (-1, 1, 1, 32))
-        se_reduce = jax.nn.silu(nn.Conv(8, (1, 1), padding="SAME", name="se_reduce")(se_reshape))
-        se_expand = jax.nn.sigmoid(nn.Conv(32, (1, 1), padding="SAME", name="se_expand")(se_reduce))
+        se_reduce = jax.nn.silu(rt.Conv(8, (1, 1), padding="SAME", name="se_reduce")(se_reshape))
+        se_expand = jax.nn.sigmoid(rt.Conv(32, (1, 1), padding="SAME", name="se_expand")(se_reduce))
         y = y * se_expand
-        y = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="project_conv")(y)
+        y = rt.Conv(32, (1, 1), padding="SAME", use_bias=False, name="project_conv")(y)
         y = rt.BatchNorm(epsilon=0.001, name="project_bn")(y, use_running_average=not train)
         y = nn.Dropout(self.rate, broadcast_dims=(1, 2, 3), name="drop")(y, deterministic=not train)
         x = y + x
@@ -50,7 +50,7 @@ class Blocka(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
@@ -69,13 +69,13 @@ class Blocka(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
@@ -97,7 +97,7 @@ class Block2b(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, name="expand_bn")(y, use_running_average=not train)
@@ -114,13 +114,13 @@ class Block2b(nn.Module):
         se_squeeze = jnp.mean(y, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         y = y * se_expand
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, name="project_bn")(y, use_running_average=not train)
@@ -143,7 +143,7 @@ class Block5a(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="expand_bn")(x, use_running_average=not train)
@@ -160,13 +160,13 @@ class Block5a(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, name="project_bn")(x, use_running_average=not train)
@@ -190,7 +190,7 @@ class EfficientNetB7(nn.Module):
         x = input_layer * 0.00392156862745098
         x = rt.Normalization(name="normalization")(x)
         x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        x = nn.Conv(64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv")(
+        x = rt.Conv(64, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv")(
             x
         )
         x = rt.BatchNorm(epsilon=0.001, name="stem_bn")(x, use_running_average=not train)
@@ -201,13 +201,13 @@ class EfficientNetB7(nn.Module):
         block1a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block1a_se_reshape = jnp.reshape(block1a_se_squeeze, (-1, 1, 1, 64))
         block1a_se_reduce = jax.nn.silu(
-            nn.Conv(16, (1, 1), padding="SAME", name="block1a_se_reduce")(block1a_se_reshape)
+            rt.Conv(16, (1, 1), padding="SAME", name="block1a_se_reduce")(block1a_se_reshape)
         )
         block1a_se_expand = jax.nn.sigmoid(
-            nn.Conv(64, (1, 1), padding="SAME", name="block1a_se_expand")(block1a_se_reduce)
+            rt.Conv(64, (1, 1), padding="SAME", name="block1a_se_expand")(block1a_se_reduce)
         )
         x = x * block1a_se_expand
-        x = nn.Conv(32, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
+        x = rt.Conv(32, (1, 1), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, name="block1a_project_bn")(x, use_running_average=not train)
         x = Blockb(rate=0.0036363636363636364, name="block1b")(x, train=train)
         x = Blockb(rate=0.007272727272727273, name="block1c")(x, train=train)
@@ -363,7 +363,7 @@ class EfficientNetB7(nn.Module):
         x = Block2b(3840, (3, 3), (-1, 1, 1, 3840), 160, 640, 0.19636363636363638, name="block7d")(
             x, train=train
         )
-        x = nn.Conv(2560, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.Conv(2560, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, name="top_bn")(x, use_running_average=not train)
         x = jax.nn.silu(x)
         x = jnp.mean(x, axis=(1, 2))

@@ -22,7 +22,7 @@ class Blocka(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features,
             (3, 3),
             strides=(2, 2),
@@ -34,7 +34,7 @@ class Blocka(nn.Module):
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -55,14 +55,14 @@ class Blockb(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
             y, use_running_average=not train
         )
         y = jax.nn.silu(y)
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -86,7 +86,7 @@ class Block4a(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -106,13 +106,13 @@ class Block4a(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -135,7 +135,7 @@ class Block4b(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -150,13 +150,13 @@ class Block4b(nn.Module):
         se_squeeze = jnp.mean(y, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         y = y * se_expand
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -191,17 +191,17 @@ class EfficientNetV2B2(nn.Module):
                 [0.05244100093841553, 0.050175998359918594, 0.05062500014901161], dtype=np.float32
             ),
         )
-        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = rt.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        x = nn.Conv(16, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
+        x = rt.Conv(16, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        block1b_project_conv = nn.Conv(
+        block1b_project_conv = rt.Conv(
             16, (3, 3), padding="SAME", use_bias=False, name="block1b_project_conv"
         )(x)
         block1b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1b_project_bn")(
@@ -228,7 +228,7 @@ class EfficientNetV2B2(nn.Module):
         x = Block4b(416, (-1, 1, 1, 416), 26, 104, 0.10476190476190476, name="block4d")(
             x, train=train
         )
-        x = nn.Conv(624, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv")(x)
+        x = rt.Conv(624, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
             x, use_running_average=not train
         )
@@ -241,13 +241,13 @@ class EfficientNetV2B2(nn.Module):
         block5a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 624))
         block5a_se_reduce = jax.nn.silu(
-            nn.Conv(26, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
+            rt.Conv(26, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
         )
         block5a_se_expand = jax.nn.sigmoid(
-            nn.Conv(624, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
+            rt.Conv(624, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
         )
         x = x * block5a_se_expand
-        x = nn.Conv(120, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv")(x)
+        x = rt.Conv(120, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
             x, use_running_average=not train
         )
@@ -292,7 +292,7 @@ class EfficientNetV2B2(nn.Module):
         x = Block4b(1248, (-1, 1, 1, 1248), 52, 208, 0.2571428571428572, name="block6j")(
             x, train=train
         )
-        x = nn.Conv(1408, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.Conv(1408, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
             x, use_running_average=not train
         )

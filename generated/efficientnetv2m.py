@@ -20,7 +20,7 @@ class Blockb(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(24, (3, 3), padding="SAME", use_bias=False, name="project_conv")(x)
+        y = rt.Conv(24, (3, 3), padding="SAME", use_bias=False, name="project_conv")(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
             y, use_running_average=not train
         )
@@ -41,7 +41,7 @@ class Blocka(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features,
             (3, 3),
             strides=(2, 2),
@@ -53,7 +53,7 @@ class Blocka(nn.Module):
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -74,14 +74,14 @@ class Block2b(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
             y, use_running_average=not train
         )
         y = jax.nn.silu(y)
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -105,7 +105,7 @@ class Block4a(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -125,13 +125,13 @@ class Block4a(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -154,7 +154,7 @@ class Block4b(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -169,13 +169,13 @@ class Block4b(nn.Module):
         se_squeeze = jnp.mean(y, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         y = y * se_expand
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -199,7 +199,7 @@ class Block5a(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -214,13 +214,13 @@ class Block5a(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -244,12 +244,12 @@ class EfficientNetV2M(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = (input_layer * 0.0078125) + (-1.0)
-        x = nn.Conv(24, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = rt.Conv(24, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        block1a_project_conv = nn.Conv(
+        block1a_project_conv = rt.Conv(
             24, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv"
         )(x)
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
@@ -393,7 +393,7 @@ class EfficientNetV2M(nn.Module):
         x = Block4b(3072, (-1, 1, 1, 3072), 128, 512, 0.19649122807017547, name="block7e")(
             x, train=train
         )
-        x = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
             x, use_running_average=not train
         )

@@ -21,7 +21,7 @@ class Blocka(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features,
             (3, 3),
             strides=(2, 2),
@@ -33,7 +33,7 @@ class Blocka(nn.Module):
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -54,14 +54,14 @@ class Blockb(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (3, 3), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
             y, use_running_average=not train
         )
         y = jax.nn.silu(y)
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -85,7 +85,7 @@ class Block4a(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -105,13 +105,13 @@ class Block4a(nn.Module):
         se_squeeze = jnp.mean(x, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         x = x * se_expand
-        x = nn.Conv(
+        x = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -134,7 +134,7 @@ class Block4b(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(
+        y = rt.Conv(
             self.expand_conv_features, (1, 1), padding="SAME", use_bias=False, name="expand_conv"
         )(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="expand_bn")(
@@ -149,13 +149,13 @@ class Block4b(nn.Module):
         se_squeeze = jnp.mean(y, axis=(1, 2))
         se_reshape = jnp.reshape(se_squeeze, self.shape)
         se_reduce = jax.nn.silu(
-            nn.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
+            rt.Conv(self.se_reduce_features, (1, 1), padding="SAME", name="se_reduce")(se_reshape)
         )
         se_expand = jax.nn.sigmoid(
-            nn.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
+            rt.Conv(self.expand_conv_features, (1, 1), padding="SAME", name="se_expand")(se_reduce)
         )
         y = y * se_expand
-        y = nn.Conv(
+        y = rt.Conv(
             self.project_conv_features, (1, 1), padding="SAME", use_bias=False, name="project_conv"
         )(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="project_bn")(
@@ -181,12 +181,12 @@ class EfficientNetV2S(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = (input_layer * 0.0078125) + (-1.0)
-        x = nn.Conv(24, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
+        x = rt.Conv(24, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="stem_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="stem_bn")(
             x, use_running_average=not train
         )
         x = jax.nn.silu(x)
-        block1a_project_conv = nn.Conv(
+        block1a_project_conv = rt.Conv(
             24, (3, 3), padding="SAME", use_bias=False, name="block1a_project_conv"
         )(x)
         block1a_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1a_project_bn")(
@@ -194,7 +194,7 @@ class EfficientNetV2S(nn.Module):
         )
         block1a_project_activation = jax.nn.silu(block1a_project_bn)
         x = block1a_project_activation + x
-        block1b_project_conv = nn.Conv(
+        block1b_project_conv = rt.Conv(
             24, (3, 3), padding="SAME", use_bias=False, name="block1b_project_conv"
         )(x)
         block1b_project_bn = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block1b_project_bn")(
@@ -223,7 +223,7 @@ class EfficientNetV2S(nn.Module):
         x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.065, name="block4d")(x, train=train)
         x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.07, name="block4e")(x, train=train)
         x = Block4b(512, (-1, 1, 1, 512), 32, 128, 0.075, name="block4f")(x, train=train)
-        x = nn.Conv(768, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv")(x)
+        x = rt.Conv(768, (1, 1), padding="SAME", use_bias=False, name="block5a_expand_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_expand_bn")(
             x, use_running_average=not train
         )
@@ -236,13 +236,13 @@ class EfficientNetV2S(nn.Module):
         block5a_se_squeeze = jnp.mean(x, axis=(1, 2))
         block5a_se_reshape = jnp.reshape(block5a_se_squeeze, (-1, 1, 1, 768))
         block5a_se_reduce = jax.nn.silu(
-            nn.Conv(32, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
+            rt.Conv(32, (1, 1), padding="SAME", name="block5a_se_reduce")(block5a_se_reshape)
         )
         block5a_se_expand = jax.nn.sigmoid(
-            nn.Conv(768, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
+            rt.Conv(768, (1, 1), padding="SAME", name="block5a_se_expand")(block5a_se_reduce)
         )
         x = x * block5a_se_expand
-        x = nn.Conv(160, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv")(x)
+        x = rt.Conv(160, (1, 1), padding="SAME", use_bias=False, name="block5a_project_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="block5a_project_bn")(
             x, use_running_average=not train
         )
@@ -279,7 +279,7 @@ class EfficientNetV2S(nn.Module):
         x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.185, name="block6m")(x, train=train)
         x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.19, name="block6n")(x, train=train)
         x = Block4b(1536, (-1, 1, 1, 1536), 64, 256, 0.195, name="block6o")(x, train=train)
-        x = nn.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
+        x = rt.Conv(1280, (1, 1), padding="SAME", use_bias=False, name="top_conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9, name="top_bn")(
             x, use_running_average=not train
         )

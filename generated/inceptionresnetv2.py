@@ -24,7 +24,7 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.features, self.kernel_size, padding=self.padding, use_bias=False, name="conv2d"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
@@ -46,7 +46,7 @@ class ConvBN2(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
@@ -71,7 +71,7 @@ class Block(nn.Module):
         conv2d_4 = ConvBN(32, (3, 3), "SAME", name="conv2d_4")(conv2d_2, train=train)
         conv2d_5 = ConvBN(32, (1, 1), "SAME", name="conv2d_5")(x, train=train)
         y = jnp.concatenate([conv2d_5, conv2d_4, conv2d_3], axis=3)
-        y = nn.Conv(320, (1, 1), padding="SAME", name="conv")(y)
+        y = rt.Conv(320, (1, 1), padding="SAME", name="conv")(y)
         x = x + (y * 0.17)
         x = jax.nn.relu(x)
         return x
@@ -102,7 +102,7 @@ class Block171(nn.Module):
         )
         conv2d_3 = ConvBN(192, (1, 1), "SAME", name="conv2d_3")(x, train=train)
         y = jnp.concatenate([conv2d_3, y], axis=3)
-        y = nn.Conv(self.conv_features, (1, 1), padding="SAME", name="conv")(y)
+        y = rt.Conv(self.conv_features, (1, 1), padding="SAME", name="conv")(y)
         x = x + (y * self.value)
         x = jax.nn.relu(x)
         return x
@@ -168,11 +168,11 @@ class InceptionResNetV2(nn.Module):
         conv2d_202 = ConvBN(256, (3, 1), "SAME", name="conv2d_202")(conv2d_201, train=train)
         conv2d_199 = ConvBN(192, (1, 1), "SAME", name="conv2d_199")(x, train=train)
         block8_10_mixed = jnp.concatenate([conv2d_199, conv2d_202], axis=3)
-        block8_10_conv = nn.Conv(2080, (1, 1), padding="SAME", name="block8_10_conv")(
+        block8_10_conv = rt.Conv(2080, (1, 1), padding="SAME", name="block8_10_conv")(
             block8_10_mixed
         )
         x = x + (block8_10_conv * 1.0)
-        x = nn.Conv(1536, (1, 1), padding="SAME", use_bias=False, name="conv_7b")(x)
+        x = rt.Conv(1536, (1, 1), padding="SAME", use_bias=False, name="conv_7b")(x)
         x = rt.BatchNorm(epsilon=0.001, scale=False, name="conv_7b_bn")(
             x, use_running_average=not train
         )

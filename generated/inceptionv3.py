@@ -24,7 +24,7 @@ class ConvBN(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.features, self.kernel_size, padding=self.padding, use_bias=False, name="conv2d"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(
@@ -46,7 +46,7 @@ class ConvBN2(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             self.features, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2d"
         )(x)
         x = rt.BatchNorm(epsilon=0.001, scale=False, name="batch_normalization")(

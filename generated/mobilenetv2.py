@@ -21,7 +21,7 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        x = rt.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_BN")(
             x, use_running_average=not train
         )
@@ -39,7 +39,7 @@ class Block(nn.Module):
             x, use_running_average=not train
         )
         x = jax.nn.relu6(x)
-        x = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+        x = rt.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
             x
         )
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_BN")(
@@ -60,7 +60,7 @@ class Block2(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_BN")(
             y, use_running_average=not train
         )
@@ -72,7 +72,7 @@ class Block2(nn.Module):
             y, use_running_average=not train
         )
         y = jax.nn.relu6(y)
-        y = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+        y = rt.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
             y
         )
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_BN")(
@@ -97,7 +97,7 @@ class MobileNetV2(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="Conv1")(
+        x = rt.Conv(32, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="Conv1")(
             input_layer
         )
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="bn_Conv1")(
@@ -111,7 +111,7 @@ class MobileNetV2(nn.Module):
             x, use_running_average=not train
         )
         x = jax.nn.relu6(x)
-        x = nn.Conv(16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project")(x)
+        x = rt.Conv(16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_project_BN")(
             x, use_running_average=not train
         )
@@ -130,7 +130,7 @@ class MobileNetV2(nn.Module):
         x = Block2(960, 160, True, name="block_14")(x, train=train)
         x = Block2(960, 160, True, name="block_15")(x, train=train)
         x = Block2(960, 320, False, name="block_16")(x, train=train)
-        x = nn.Conv(1280, (1, 1), padding="VALID", use_bias=False, name="Conv_1")(x)
+        x = rt.Conv(1280, (1, 1), padding="VALID", use_bias=False, name="Conv_1")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="Conv_1_bn")(
             x, use_running_average=not train
         )

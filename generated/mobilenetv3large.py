@@ -48,7 +48,7 @@ class ExpandedConv11(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="project")(x)
+        x = rt.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="project")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
             x, use_running_average=not train
         )
@@ -65,7 +65,7 @@ class ExpandedConv3(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        x = rt.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
             x, use_running_average=not train
         )
@@ -85,11 +85,11 @@ class ExpandedConv32(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         y = jnp.mean(x, axis=(1, 2), keepdims=True)
-        y = nn.Conv(
+        y = rt.Conv(
             self.squeeze_excite_conv_features, (1, 1), padding="SAME", name="squeeze_excite_conv"
         )(y)
         y = jax.nn.relu(y)
-        y = nn.Conv(
+        y = rt.Conv(
             self.squeeze_excite_conv_1_features,
             (1, 1),
             padding="SAME",
@@ -99,7 +99,7 @@ class ExpandedConv32(nn.Module):
         y = jax.nn.relu6(y)
         y = y * 0.16666666666666666
         x = x * y
-        x = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+        x = rt.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
             x
         )
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
@@ -116,7 +116,7 @@ class ExpandedConv4(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(120, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.Conv(120, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
             y, use_running_average=not train
         )
@@ -127,18 +127,18 @@ class ExpandedConv4(nn.Module):
         )
         y = jax.nn.relu(y)
         squeeze_excite_avg_pool = jnp.mean(y, axis=(1, 2), keepdims=True)
-        squeeze_excite_conv = nn.Conv(32, (1, 1), padding="SAME", name="squeeze_excite_conv")(
+        squeeze_excite_conv = rt.Conv(32, (1, 1), padding="SAME", name="squeeze_excite_conv")(
             squeeze_excite_avg_pool
         )
         squeeze_excite_relu = jax.nn.relu(squeeze_excite_conv)
-        squeeze_excite_conv_1 = nn.Conv(120, (1, 1), padding="SAME", name="squeeze_excite_conv_1")(
+        squeeze_excite_conv_1 = rt.Conv(120, (1, 1), padding="SAME", name="squeeze_excite_conv_1")(
             squeeze_excite_relu
         )
         add = squeeze_excite_conv_1 + 3.0
         re_lu_2 = jax.nn.relu6(add)
         multiply = re_lu_2 * 0.16666666666666666
         y = y * multiply
-        y = nn.Conv(40, (1, 1), padding="SAME", use_bias=False, name="project")(y)
+        y = rt.Conv(40, (1, 1), padding="SAME", use_bias=False, name="project")(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
             y, use_running_average=not train
         )
@@ -156,7 +156,7 @@ class ExpandedConv7(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
             y, use_running_average=not train
         )
@@ -168,7 +168,7 @@ class ExpandedConv7(nn.Module):
             y, use_running_average=not train
         )
         y = jax.nn.hard_silu(y)
-        y = nn.Conv(80, (1, 1), padding="SAME", use_bias=False, name="project")(y)
+        y = rt.Conv(80, (1, 1), padding="SAME", use_bias=False, name="project")(y)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
             y, use_running_average=not train
         )
@@ -189,7 +189,7 @@ class ExpandedConv11_1(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
             y, use_running_average=not train
         )
@@ -202,18 +202,18 @@ class ExpandedConv11_1(nn.Module):
         )
         y = jax.nn.hard_silu(y)
         squeeze_excite_avg_pool = jnp.mean(y, axis=(1, 2), keepdims=True)
-        squeeze_excite_conv = nn.Conv(
+        squeeze_excite_conv = rt.Conv(
             self.squeeze_excite_conv_features, (1, 1), padding="SAME", name="squeeze_excite_conv"
         )(squeeze_excite_avg_pool)
         squeeze_excite_relu = jax.nn.relu(squeeze_excite_conv)
-        squeeze_excite_conv_1 = nn.Conv(
+        squeeze_excite_conv_1 = rt.Conv(
             self.expand_features, (1, 1), padding="SAME", name="squeeze_excite_conv_1"
         )(squeeze_excite_relu)
         add = squeeze_excite_conv_1 + 3.0
         re_lu = jax.nn.relu6(add)
         multiply = re_lu * 0.16666666666666666
         y = y * multiply
-        y = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+        y = rt.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
             y
         )
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
@@ -238,7 +238,7 @@ class MobileNetV3Large(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = (input_layer * 0.00784313725490196) + (-1.0)
-        x = nn.Conv(16, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv")(x)
+        x = rt.Conv(16, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_bn")(
             x, use_running_average=not train
         )
@@ -250,14 +250,14 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_depthwise_bn"
         )(expanded_conv_depthwise, use_running_average=not train)
         re_lu = jax.nn.relu(expanded_conv_depthwise_bn)
-        expanded_conv_project = nn.Conv(
+        expanded_conv_project = rt.Conv(
             16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project"
         )(re_lu)
         expanded_conv_project_bn = rt.BatchNorm(
             epsilon=0.001, momentum=0.999, name="expanded_conv_project_bn"
         )(expanded_conv_project, use_running_average=not train)
         x = x + expanded_conv_project_bn
-        x = nn.Conv(64, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_expand")(x)
+        x = rt.Conv(64, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_expand")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_1_expand_bn")(
             x, use_running_average=not train
         )
@@ -267,7 +267,7 @@ class MobileNetV3Large(nn.Module):
         )
         x = jax.nn.relu(x)
         x = ExpandedConv11(features=24, name="expanded_conv_1_1")(x, train=train)
-        expanded_conv_2_expand = nn.Conv(
+        expanded_conv_2_expand = rt.Conv(
             72, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_2_expand"
         )(x)
         expanded_conv_2_expand_bn = rt.BatchNorm(
@@ -281,7 +281,7 @@ class MobileNetV3Large(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_depthwise_bn"
         )(expanded_conv_2_depthwise, use_running_average=not train)
         re_lu_4 = jax.nn.relu(expanded_conv_2_depthwise_bn)
-        expanded_conv_2_project = nn.Conv(
+        expanded_conv_2_project = rt.Conv(
             24, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_2_project"
         )(re_lu_4)
         expanded_conv_2_project_bn = rt.BatchNorm(
@@ -327,16 +327,16 @@ class MobileNetV3Large(nn.Module):
         x = ExpandedConv32(168, 672, 160, name="expanded_conv_12_2")(x, train=train)
         x = ExpandedConv11_1(960, (5, 5), 240, 160, name="expanded_conv_13")(x, train=train)
         x = ExpandedConv11_1(960, (5, 5), 240, 160, name="expanded_conv_14")(x, train=train)
-        x = nn.Conv(960, (1, 1), padding="SAME", use_bias=False, name="conv_1")(x)
+        x = rt.Conv(960, (1, 1), padding="SAME", use_bias=False, name="conv_1")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_1_bn")(
             x, use_running_average=not train
         )
         x = jax.nn.hard_silu(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
-        x = nn.Conv(1280, (1, 1), padding="SAME", name="conv_2")(x)
+        x = rt.Conv(1280, (1, 1), padding="SAME", name="conv_2")(x)
         x = jax.nn.hard_silu(x)
         x = nn.Dropout(0.2, name="dropout")(x, deterministic=not train)
-        x = nn.Conv(1000, (1, 1), padding="SAME", name="logits")(x)
+        x = rt.Conv(1000, (1, 1), padding="SAME", name="logits")(x)
         x = einops.rearrange(x, "b h w d -> b (h w d)")
         x = jax.nn.softmax(x)
         return x

@@ -21,7 +21,7 @@ class ExpandedConv(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = nn.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        x = rt.Conv(self.features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
             x, use_running_average=not train
         )
@@ -68,11 +68,11 @@ class ExpandedConv32(nn.Module):
     @nn.compact
     def __call__(self, x, *, train: bool = False):
         y = jnp.mean(x, axis=(1, 2), keepdims=True)
-        y = nn.Conv(
+        y = rt.Conv(
             self.squeeze_excite_conv_features, (1, 1), padding="SAME", name="squeeze_excite_conv"
         )(y)
         y = jax.nn.relu(y)
-        y = nn.Conv(
+        y = rt.Conv(
             self.squeeze_excite_conv_1_features,
             (1, 1),
             padding="SAME",
@@ -82,7 +82,7 @@ class ExpandedConv32(nn.Module):
         y = jax.nn.relu6(y)
         y = y * 0.16666666666666666
         x = x * y
-        x = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+        x = rt.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
             x
         )
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
@@ -103,7 +103,7 @@ class ExpandedConv4(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
+        y = rt.Conv(self.expand_features, (1, 1), padding="SAME", use_bias=False, name="expand")(x)
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expand_bn")(
             y, use_running_average=not train
         )
@@ -116,18 +116,18 @@ class ExpandedConv4(nn.Module):
         )
         y = jax.nn.hard_silu(y)
         squeeze_excite_avg_pool = jnp.mean(y, axis=(1, 2), keepdims=True)
-        squeeze_excite_conv = nn.Conv(
+        squeeze_excite_conv = rt.Conv(
             self.squeeze_excite_conv_features, (1, 1), padding="SAME", name="squeeze_excite_conv"
         )(squeeze_excite_avg_pool)
         squeeze_excite_relu = jax.nn.relu(squeeze_excite_conv)
-        squeeze_excite_conv_1 = nn.Conv(
+        squeeze_excite_conv_1 = rt.Conv(
             self.expand_features, (1, 1), padding="SAME", name="squeeze_excite_conv_1"
         )(squeeze_excite_relu)
         add = squeeze_excite_conv_1 + 3.0
         re_lu = jax.nn.relu6(add)
         multiply = re_lu * 0.16666666666666666
         y = y * multiply
-        y = nn.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
+        y = rt.Conv(self.project_features, (1, 1), padding="SAME", use_bias=False, name="project")(
             y
         )
         y = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="project_bn")(
@@ -152,7 +152,7 @@ class MobileNetV3Small(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = (input_layer * 0.00784313725490196) + (-1.0)
-        x = nn.Conv(16, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv")(x)
+        x = rt.Conv(16, (3, 3), strides=(2, 2), padding="SAME", use_bias=False, name="conv")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_bn")(
             x, use_running_average=not train
         )
@@ -171,18 +171,18 @@ class MobileNetV3Small(nn.Module):
         )
         x = jax.nn.relu(x)
         expanded_conv_squeeze_excite_avg_pool = jnp.mean(x, axis=(1, 2), keepdims=True)
-        expanded_conv_squeeze_excite_conv = nn.Conv(
+        expanded_conv_squeeze_excite_conv = rt.Conv(
             8, (1, 1), padding="SAME", name="expanded_conv_squeeze_excite_conv"
         )(expanded_conv_squeeze_excite_avg_pool)
         expanded_conv_squeeze_excite_relu = jax.nn.relu(expanded_conv_squeeze_excite_conv)
-        expanded_conv_squeeze_excite_conv_1 = nn.Conv(
+        expanded_conv_squeeze_excite_conv_1 = rt.Conv(
             16, (1, 1), padding="SAME", name="expanded_conv_squeeze_excite_conv_1"
         )(expanded_conv_squeeze_excite_relu)
         add = expanded_conv_squeeze_excite_conv_1 + 3.0
         re_lu_1 = jax.nn.relu6(add)
         multiply = re_lu_1 * 0.16666666666666666
         x = x * multiply
-        x = nn.Conv(16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project")(x)
+        x = rt.Conv(16, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_project")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_project_bn")(
             x, use_running_average=not train
         )
@@ -192,11 +192,11 @@ class MobileNetV3Small(nn.Module):
             x, train=train
         )
         x = jax.nn.relu(x)
-        x = nn.Conv(24, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_project")(x)
+        x = rt.Conv(24, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_1_project")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="expanded_conv_1_project_bn")(
             x, use_running_average=not train
         )
-        expanded_conv_2_expand = nn.Conv(
+        expanded_conv_2_expand = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_2_expand"
         )(x)
         expanded_conv_2_expand_bn = rt.BatchNorm(
@@ -210,7 +210,7 @@ class MobileNetV3Small(nn.Module):
             epsilon=0.001, momentum=0.999, name="expanded_conv_2_depthwise_bn"
         )(expanded_conv_2_depthwise, use_running_average=not train)
         re_lu_5 = jax.nn.relu(expanded_conv_2_depthwise_bn)
-        expanded_conv_2_project = nn.Conv(
+        expanded_conv_2_project = rt.Conv(
             24, (1, 1), padding="SAME", use_bias=False, name="expanded_conv_2_project"
         )(re_lu_5)
         expanded_conv_2_project_bn = rt.BatchNorm(
@@ -246,16 +246,16 @@ class MobileNetV3Small(nn.Module):
         x = ExpandedConv32(72, 288, 96, name="expanded_conv_8_2")(x, train=train)
         x = ExpandedConv4(576, 144, 96, name="expanded_conv_9")(x, train=train)
         x = ExpandedConv4(576, 144, 96, name="expanded_conv_10")(x, train=train)
-        x = nn.Conv(576, (1, 1), padding="SAME", use_bias=False, name="conv_1")(x)
+        x = rt.Conv(576, (1, 1), padding="SAME", use_bias=False, name="conv_1")(x)
         x = rt.BatchNorm(epsilon=0.001, momentum=0.999, name="conv_1_bn")(
             x, use_running_average=not train
         )
         x = jax.nn.hard_silu(x)
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
-        x = nn.Conv(1024, (1, 1), padding="SAME", name="conv_2")(x)
+        x = rt.Conv(1024, (1, 1), padding="SAME", name="conv_2")(x)
         x = jax.nn.hard_silu(x)
         x = nn.Dropout(0.2, name="dropout")(x, deterministic=not train)
-        x = nn.Conv(1000, (1, 1), padding="SAME", name="logits")(x)
+        x = rt.Conv(1000, (1, 1), padding="SAME", name="logits")(x)
         x = einops.rearrange(x, "b h w d -> b (h w d)")
         x = jax.nn.softmax(x)
         return x

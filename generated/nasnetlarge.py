@@ -24,14 +24,14 @@ class NASNetLarge(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        x = nn.Conv(96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv1")(
+        x = rt.Conv(96, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv1")(
             input_layer
         )
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="stem_bn1")(
             x, use_running_average=not train
         )
         activation = jax.nn.relu(x)
-        reduction_conv_1_stem_1 = nn.Conv(
+        reduction_conv_1_stem_1 = rt.Conv(
             42, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_stem_1"
         )(activation)
         reduction_bn_1_stem_1 = rt.BatchNorm(
@@ -195,15 +195,15 @@ class NASNetLarge(nn.Module):
         adjust_avg_pool_1_stem_2 = rt.avg_pool(
             adjust_relu_1_stem_2, (1, 1), strides=(2, 2), padding="VALID"
         )
-        adjust_conv_1_stem_2 = nn.Conv(
+        adjust_conv_1_stem_2 = rt.Conv(
             42, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_stem_2"
         )(adjust_avg_pool_1_stem_2)
-        adjust_conv_2_stem_2 = nn.Conv(
+        adjust_conv_2_stem_2 = rt.Conv(
             42, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_stem_2"
         )(adjust_avg_pool_2_stem_2)
         activation_11 = jax.nn.relu(reduction_concat_stem_1)
         concatenate = jnp.concatenate([adjust_conv_1_stem_2, adjust_conv_2_stem_2], axis=-1)
-        reduction_conv_1_stem_2 = nn.Conv(
+        reduction_conv_1_stem_2 = rt.Conv(
             84, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_stem_2"
         )(activation_11)
         adjust_bn_stem_2 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_stem_2")(
@@ -369,13 +369,13 @@ class NASNetLarge(nn.Module):
         adjust_avg_pool_2_0 = rt.avg_pool(cropping2d_1, (1, 1), strides=(2, 2), padding="VALID")
         adjust_avg_pool_1_0 = rt.avg_pool(adjust_relu_1_0, (1, 1), strides=(2, 2), padding="VALID")
         activation_22 = jax.nn.relu(reduction_concat_stem_2)
-        adjust_conv_1_0 = nn.Conv(
+        adjust_conv_1_0 = rt.Conv(
             84, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_0"
         )(adjust_avg_pool_1_0)
-        adjust_conv_2_0 = nn.Conv(
+        adjust_conv_2_0 = rt.Conv(
             84, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_0"
         )(adjust_avg_pool_2_0)
-        normal_conv_1_0 = nn.Conv(
+        normal_conv_1_0 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_0"
         )(activation_22)
         concatenate_1 = jnp.concatenate([adjust_conv_1_0, adjust_conv_2_0], axis=-1)
@@ -476,10 +476,10 @@ class NASNetLarge(nn.Module):
         )
         activation_34 = jax.nn.relu(normal_concat_0)
         activation_33 = jax.nn.relu(reduction_concat_stem_2)
-        normal_conv_1_1 = nn.Conv(
+        normal_conv_1_1 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_1"
         )(activation_34)
-        adjust_conv_projection_1 = nn.Conv(
+        adjust_conv_projection_1 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_1"
         )(activation_33)
         adjust_bn_1 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_1")(
@@ -579,10 +579,10 @@ class NASNetLarge(nn.Module):
         )
         activation_46 = jax.nn.relu(normal_concat_1)
         activation_45 = jax.nn.relu(normal_concat_0)
-        normal_conv_1_2 = nn.Conv(
+        normal_conv_1_2 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_2"
         )(activation_46)
-        adjust_conv_projection_2 = nn.Conv(
+        adjust_conv_projection_2 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_2"
         )(activation_45)
         adjust_bn_2 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_2")(
@@ -682,10 +682,10 @@ class NASNetLarge(nn.Module):
         )
         activation_58 = jax.nn.relu(normal_concat_2)
         activation_57 = jax.nn.relu(normal_concat_1)
-        normal_conv_1_3 = nn.Conv(
+        normal_conv_1_3 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_3"
         )(activation_58)
-        adjust_conv_projection_3 = nn.Conv(
+        adjust_conv_projection_3 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_3"
         )(activation_57)
         adjust_bn_3 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_3")(
@@ -785,10 +785,10 @@ class NASNetLarge(nn.Module):
         )
         activation_70 = jax.nn.relu(normal_concat_3)
         activation_69 = jax.nn.relu(normal_concat_2)
-        normal_conv_1_4 = nn.Conv(
+        normal_conv_1_4 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_4"
         )(activation_70)
-        adjust_conv_projection_4 = nn.Conv(
+        adjust_conv_projection_4 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_4"
         )(activation_69)
         adjust_bn_4 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_4")(
@@ -888,10 +888,10 @@ class NASNetLarge(nn.Module):
         )
         activation_82 = jax.nn.relu(normal_concat_4)
         activation_81 = jax.nn.relu(normal_concat_3)
-        normal_conv_1_5 = nn.Conv(
+        normal_conv_1_5 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_5"
         )(activation_82)
-        adjust_conv_projection_5 = nn.Conv(
+        adjust_conv_projection_5 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_5"
         )(activation_81)
         adjust_bn_5 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_5")(
@@ -991,10 +991,10 @@ class NASNetLarge(nn.Module):
         )
         activation_93 = jax.nn.relu(normal_concat_4)
         activation_94 = jax.nn.relu(normal_concat_5)
-        adjust_conv_projection_reduce_6 = nn.Conv(
+        adjust_conv_projection_reduce_6 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_reduce_6"
         )(activation_93)
-        reduction_conv_1_reduce_6 = nn.Conv(
+        reduction_conv_1_reduce_6 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_reduce_6"
         )(activation_94)
         adjust_bn_reduce_6 = rt.BatchNorm(
@@ -1168,13 +1168,13 @@ class NASNetLarge(nn.Module):
         adjust_avg_pool_2_7 = rt.avg_pool(cropping2d_2, (1, 1), strides=(2, 2), padding="VALID")
         adjust_avg_pool_1_7 = rt.avg_pool(adjust_relu_1_7, (1, 1), strides=(2, 2), padding="VALID")
         activation_105 = jax.nn.relu(reduction_concat_reduce_6)
-        adjust_conv_1_7 = nn.Conv(
+        adjust_conv_1_7 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_7"
         )(adjust_avg_pool_1_7)
-        adjust_conv_2_7 = nn.Conv(
+        adjust_conv_2_7 = rt.Conv(
             168, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_7"
         )(adjust_avg_pool_2_7)
-        normal_conv_1_7 = nn.Conv(
+        normal_conv_1_7 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_7"
         )(activation_105)
         concatenate_2 = jnp.concatenate([adjust_conv_1_7, adjust_conv_2_7], axis=-1)
@@ -1275,10 +1275,10 @@ class NASNetLarge(nn.Module):
         )
         activation_117 = jax.nn.relu(normal_concat_7)
         activation_116 = jax.nn.relu(reduction_concat_reduce_6)
-        normal_conv_1_8 = nn.Conv(
+        normal_conv_1_8 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_8"
         )(activation_117)
-        adjust_conv_projection_8 = nn.Conv(
+        adjust_conv_projection_8 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_8"
         )(activation_116)
         adjust_bn_8 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_8")(
@@ -1378,10 +1378,10 @@ class NASNetLarge(nn.Module):
         )
         activation_129 = jax.nn.relu(normal_concat_8)
         activation_128 = jax.nn.relu(normal_concat_7)
-        normal_conv_1_9 = nn.Conv(
+        normal_conv_1_9 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_9"
         )(activation_129)
-        adjust_conv_projection_9 = nn.Conv(
+        adjust_conv_projection_9 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_9"
         )(activation_128)
         adjust_bn_9 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_9")(
@@ -1481,10 +1481,10 @@ class NASNetLarge(nn.Module):
         )
         activation_141 = jax.nn.relu(normal_concat_9)
         activation_140 = jax.nn.relu(normal_concat_8)
-        normal_conv_1_10 = nn.Conv(
+        normal_conv_1_10 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_10"
         )(activation_141)
-        adjust_conv_projection_10 = nn.Conv(
+        adjust_conv_projection_10 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_10"
         )(activation_140)
         adjust_bn_10 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_10")(
@@ -1584,10 +1584,10 @@ class NASNetLarge(nn.Module):
         )
         activation_153 = jax.nn.relu(normal_concat_10)
         activation_152 = jax.nn.relu(normal_concat_9)
-        normal_conv_1_11 = nn.Conv(
+        normal_conv_1_11 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_11"
         )(activation_153)
-        adjust_conv_projection_11 = nn.Conv(
+        adjust_conv_projection_11 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_11"
         )(activation_152)
         adjust_bn_11 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_11")(
@@ -1687,10 +1687,10 @@ class NASNetLarge(nn.Module):
         )
         activation_165 = jax.nn.relu(normal_concat_11)
         activation_164 = jax.nn.relu(normal_concat_10)
-        normal_conv_1_12 = nn.Conv(
+        normal_conv_1_12 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_12"
         )(activation_165)
-        adjust_conv_projection_12 = nn.Conv(
+        adjust_conv_projection_12 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_12"
         )(activation_164)
         adjust_bn_12 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_12")(
@@ -1790,10 +1790,10 @@ class NASNetLarge(nn.Module):
         )
         activation_176 = jax.nn.relu(normal_concat_11)
         activation_177 = jax.nn.relu(normal_concat_12)
-        adjust_conv_projection_reduce_12 = nn.Conv(
+        adjust_conv_projection_reduce_12 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_reduce_12"
         )(activation_176)
-        reduction_conv_1_reduce_12 = nn.Conv(
+        reduction_conv_1_reduce_12 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_reduce_12"
         )(activation_177)
         adjust_bn_reduce_12 = rt.BatchNorm(
@@ -1969,13 +1969,13 @@ class NASNetLarge(nn.Module):
             adjust_relu_1_13, (1, 1), strides=(2, 2), padding="VALID"
         )
         activation_188 = jax.nn.relu(reduction_concat_reduce_12)
-        adjust_conv_1_13 = nn.Conv(
+        adjust_conv_1_13 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_13"
         )(adjust_avg_pool_1_13)
-        adjust_conv_2_13 = nn.Conv(
+        adjust_conv_2_13 = rt.Conv(
             336, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_13"
         )(adjust_avg_pool_2_13)
-        normal_conv_1_13 = nn.Conv(
+        normal_conv_1_13 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_13"
         )(activation_188)
         concatenate_3 = jnp.concatenate([adjust_conv_1_13, adjust_conv_2_13], axis=-1)
@@ -2076,10 +2076,10 @@ class NASNetLarge(nn.Module):
         )
         activation_200 = jax.nn.relu(normal_concat_13)
         activation_199 = jax.nn.relu(reduction_concat_reduce_12)
-        normal_conv_1_14 = nn.Conv(
+        normal_conv_1_14 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_14"
         )(activation_200)
-        adjust_conv_projection_14 = nn.Conv(
+        adjust_conv_projection_14 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_14"
         )(activation_199)
         adjust_bn_14 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_14")(
@@ -2179,10 +2179,10 @@ class NASNetLarge(nn.Module):
         )
         activation_212 = jax.nn.relu(normal_concat_14)
         activation_211 = jax.nn.relu(normal_concat_13)
-        normal_conv_1_15 = nn.Conv(
+        normal_conv_1_15 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_15"
         )(activation_212)
-        adjust_conv_projection_15 = nn.Conv(
+        adjust_conv_projection_15 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_15"
         )(activation_211)
         adjust_bn_15 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_15")(
@@ -2282,10 +2282,10 @@ class NASNetLarge(nn.Module):
         )
         activation_224 = jax.nn.relu(normal_concat_15)
         activation_223 = jax.nn.relu(normal_concat_14)
-        normal_conv_1_16 = nn.Conv(
+        normal_conv_1_16 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_16"
         )(activation_224)
-        adjust_conv_projection_16 = nn.Conv(
+        adjust_conv_projection_16 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_16"
         )(activation_223)
         adjust_bn_16 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_16")(
@@ -2385,10 +2385,10 @@ class NASNetLarge(nn.Module):
         )
         activation_236 = jax.nn.relu(normal_concat_16)
         activation_235 = jax.nn.relu(normal_concat_15)
-        normal_conv_1_17 = nn.Conv(
+        normal_conv_1_17 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_17"
         )(activation_236)
-        adjust_conv_projection_17 = nn.Conv(
+        adjust_conv_projection_17 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_17"
         )(activation_235)
         adjust_bn_17 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_17")(
@@ -2488,10 +2488,10 @@ class NASNetLarge(nn.Module):
         )
         activation_248 = jax.nn.relu(normal_concat_17)
         activation_247 = jax.nn.relu(normal_concat_16)
-        normal_conv_1_18 = nn.Conv(
+        normal_conv_1_18 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_18"
         )(activation_248)
-        adjust_conv_projection_18 = nn.Conv(
+        adjust_conv_projection_18 = rt.Conv(
             672, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_18"
         )(activation_247)
         adjust_bn_18 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_18")(

@@ -24,14 +24,14 @@ class NASNetMobile(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        x = nn.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv1")(
+        x = rt.Conv(32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="stem_conv1")(
             input_layer
         )
         x = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="stem_bn1")(
             x, use_running_average=not train
         )
         activation = jax.nn.relu(x)
-        reduction_conv_1_stem_1 = nn.Conv(
+        reduction_conv_1_stem_1 = rt.Conv(
             11, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_stem_1"
         )(activation)
         reduction_bn_1_stem_1 = rt.BatchNorm(
@@ -195,15 +195,15 @@ class NASNetMobile(nn.Module):
         adjust_avg_pool_1_stem_2 = rt.avg_pool(
             adjust_relu_1_stem_2, (1, 1), strides=(2, 2), padding="VALID"
         )
-        adjust_conv_1_stem_2 = nn.Conv(
+        adjust_conv_1_stem_2 = rt.Conv(
             11, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_stem_2"
         )(adjust_avg_pool_1_stem_2)
-        adjust_conv_2_stem_2 = nn.Conv(
+        adjust_conv_2_stem_2 = rt.Conv(
             11, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_stem_2"
         )(adjust_avg_pool_2_stem_2)
         activation_11 = jax.nn.relu(reduction_concat_stem_1)
         concatenate = jnp.concatenate([adjust_conv_1_stem_2, adjust_conv_2_stem_2], axis=-1)
-        reduction_conv_1_stem_2 = nn.Conv(
+        reduction_conv_1_stem_2 = rt.Conv(
             22, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_stem_2"
         )(activation_11)
         adjust_bn_stem_2 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_stem_2")(
@@ -369,13 +369,13 @@ class NASNetMobile(nn.Module):
         adjust_avg_pool_2_0 = rt.avg_pool(cropping2d_1, (1, 1), strides=(2, 2), padding="VALID")
         adjust_avg_pool_1_0 = rt.avg_pool(adjust_relu_1_0, (1, 1), strides=(2, 2), padding="VALID")
         activation_22 = jax.nn.relu(reduction_concat_stem_2)
-        adjust_conv_1_0 = nn.Conv(
+        adjust_conv_1_0 = rt.Conv(
             22, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_0"
         )(adjust_avg_pool_1_0)
-        adjust_conv_2_0 = nn.Conv(
+        adjust_conv_2_0 = rt.Conv(
             22, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_0"
         )(adjust_avg_pool_2_0)
-        normal_conv_1_0 = nn.Conv(
+        normal_conv_1_0 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_0"
         )(activation_22)
         concatenate_1 = jnp.concatenate([adjust_conv_1_0, adjust_conv_2_0], axis=-1)
@@ -476,10 +476,10 @@ class NASNetMobile(nn.Module):
         )
         activation_34 = jax.nn.relu(normal_concat_0)
         activation_33 = jax.nn.relu(reduction_concat_stem_2)
-        normal_conv_1_1 = nn.Conv(
+        normal_conv_1_1 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_1"
         )(activation_34)
-        adjust_conv_projection_1 = nn.Conv(
+        adjust_conv_projection_1 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_1"
         )(activation_33)
         adjust_bn_1 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_1")(
@@ -579,10 +579,10 @@ class NASNetMobile(nn.Module):
         )
         activation_46 = jax.nn.relu(normal_concat_1)
         activation_45 = jax.nn.relu(normal_concat_0)
-        normal_conv_1_2 = nn.Conv(
+        normal_conv_1_2 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_2"
         )(activation_46)
-        adjust_conv_projection_2 = nn.Conv(
+        adjust_conv_projection_2 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_2"
         )(activation_45)
         adjust_bn_2 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_2")(
@@ -682,10 +682,10 @@ class NASNetMobile(nn.Module):
         )
         activation_58 = jax.nn.relu(normal_concat_2)
         activation_57 = jax.nn.relu(normal_concat_1)
-        normal_conv_1_3 = nn.Conv(
+        normal_conv_1_3 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_3"
         )(activation_58)
-        adjust_conv_projection_3 = nn.Conv(
+        adjust_conv_projection_3 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_3"
         )(activation_57)
         adjust_bn_3 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_3")(
@@ -785,10 +785,10 @@ class NASNetMobile(nn.Module):
         )
         activation_69 = jax.nn.relu(normal_concat_2)
         activation_70 = jax.nn.relu(normal_concat_3)
-        adjust_conv_projection_reduce_4 = nn.Conv(
+        adjust_conv_projection_reduce_4 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_reduce_4"
         )(activation_69)
-        reduction_conv_1_reduce_4 = nn.Conv(
+        reduction_conv_1_reduce_4 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_reduce_4"
         )(activation_70)
         adjust_bn_reduce_4 = rt.BatchNorm(
@@ -962,13 +962,13 @@ class NASNetMobile(nn.Module):
         adjust_avg_pool_2_5 = rt.avg_pool(cropping2d_2, (1, 1), strides=(2, 2), padding="VALID")
         adjust_avg_pool_1_5 = rt.avg_pool(adjust_relu_1_5, (1, 1), strides=(2, 2), padding="VALID")
         activation_81 = jax.nn.relu(reduction_concat_reduce_4)
-        adjust_conv_1_5 = nn.Conv(
+        adjust_conv_1_5 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_5"
         )(adjust_avg_pool_1_5)
-        adjust_conv_2_5 = nn.Conv(
+        adjust_conv_2_5 = rt.Conv(
             44, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_5"
         )(adjust_avg_pool_2_5)
-        normal_conv_1_5 = nn.Conv(
+        normal_conv_1_5 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_5"
         )(activation_81)
         concatenate_2 = jnp.concatenate([adjust_conv_1_5, adjust_conv_2_5], axis=-1)
@@ -1069,10 +1069,10 @@ class NASNetMobile(nn.Module):
         )
         activation_93 = jax.nn.relu(normal_concat_5)
         activation_92 = jax.nn.relu(reduction_concat_reduce_4)
-        normal_conv_1_6 = nn.Conv(
+        normal_conv_1_6 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_6"
         )(activation_93)
-        adjust_conv_projection_6 = nn.Conv(
+        adjust_conv_projection_6 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_6"
         )(activation_92)
         adjust_bn_6 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_6")(
@@ -1172,10 +1172,10 @@ class NASNetMobile(nn.Module):
         )
         activation_105 = jax.nn.relu(normal_concat_6)
         activation_104 = jax.nn.relu(normal_concat_5)
-        normal_conv_1_7 = nn.Conv(
+        normal_conv_1_7 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_7"
         )(activation_105)
-        adjust_conv_projection_7 = nn.Conv(
+        adjust_conv_projection_7 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_7"
         )(activation_104)
         adjust_bn_7 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_7")(
@@ -1275,10 +1275,10 @@ class NASNetMobile(nn.Module):
         )
         activation_117 = jax.nn.relu(normal_concat_7)
         activation_116 = jax.nn.relu(normal_concat_6)
-        normal_conv_1_8 = nn.Conv(
+        normal_conv_1_8 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_8"
         )(activation_117)
-        adjust_conv_projection_8 = nn.Conv(
+        adjust_conv_projection_8 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_8"
         )(activation_116)
         adjust_bn_8 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_8")(
@@ -1378,10 +1378,10 @@ class NASNetMobile(nn.Module):
         )
         activation_128 = jax.nn.relu(normal_concat_7)
         activation_129 = jax.nn.relu(normal_concat_8)
-        adjust_conv_projection_reduce_8 = nn.Conv(
+        adjust_conv_projection_reduce_8 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_reduce_8"
         )(activation_128)
-        reduction_conv_1_reduce_8 = nn.Conv(
+        reduction_conv_1_reduce_8 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="reduction_conv_1_reduce_8"
         )(activation_129)
         adjust_bn_reduce_8 = rt.BatchNorm(
@@ -1555,13 +1555,13 @@ class NASNetMobile(nn.Module):
         adjust_avg_pool_2_9 = rt.avg_pool(cropping2d_3, (1, 1), strides=(2, 2), padding="VALID")
         adjust_avg_pool_1_9 = rt.avg_pool(adjust_relu_1_9, (1, 1), strides=(2, 2), padding="VALID")
         activation_140 = jax.nn.relu(reduction_concat_reduce_8)
-        adjust_conv_1_9 = nn.Conv(
+        adjust_conv_1_9 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_1_9"
         )(adjust_avg_pool_1_9)
-        adjust_conv_2_9 = nn.Conv(
+        adjust_conv_2_9 = rt.Conv(
             88, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_2_9"
         )(adjust_avg_pool_2_9)
-        normal_conv_1_9 = nn.Conv(
+        normal_conv_1_9 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_9"
         )(activation_140)
         concatenate_3 = jnp.concatenate([adjust_conv_1_9, adjust_conv_2_9], axis=-1)
@@ -1662,10 +1662,10 @@ class NASNetMobile(nn.Module):
         )
         activation_152 = jax.nn.relu(normal_concat_9)
         activation_151 = jax.nn.relu(reduction_concat_reduce_8)
-        normal_conv_1_10 = nn.Conv(
+        normal_conv_1_10 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_10"
         )(activation_152)
-        adjust_conv_projection_10 = nn.Conv(
+        adjust_conv_projection_10 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_10"
         )(activation_151)
         adjust_bn_10 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_10")(
@@ -1765,10 +1765,10 @@ class NASNetMobile(nn.Module):
         )
         activation_164 = jax.nn.relu(normal_concat_10)
         activation_163 = jax.nn.relu(normal_concat_9)
-        normal_conv_1_11 = nn.Conv(
+        normal_conv_1_11 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_11"
         )(activation_164)
-        adjust_conv_projection_11 = nn.Conv(
+        adjust_conv_projection_11 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_11"
         )(activation_163)
         adjust_bn_11 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_11")(
@@ -1868,10 +1868,10 @@ class NASNetMobile(nn.Module):
         )
         activation_176 = jax.nn.relu(normal_concat_11)
         activation_175 = jax.nn.relu(normal_concat_10)
-        normal_conv_1_12 = nn.Conv(
+        normal_conv_1_12 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="normal_conv_1_12"
         )(activation_176)
-        adjust_conv_projection_12 = nn.Conv(
+        adjust_conv_projection_12 = rt.Conv(
             176, (1, 1), padding="SAME", use_bias=False, name="adjust_conv_projection_12"
         )(activation_175)
         adjust_bn_12 = rt.BatchNorm(epsilon=0.001, momentum=0.9997, name="adjust_bn_12")(

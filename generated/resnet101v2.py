@@ -23,7 +23,7 @@ class ConvBlock(nn.Module):
     def __call__(self, x, *, train: bool = False):
         x = rt.BatchNorm(epsilon=1.001e-05, name="preact_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
-        x_1_conv = nn.Conv(
+        x_1_conv = rt.Conv(
             self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv"
         )(x)
         x_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(
@@ -31,15 +31,15 @@ class ConvBlock(nn.Module):
         )
         x_1_relu = jax.nn.relu(x_1_bn)
         x_2_pad = jnp.pad(x_1_relu, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        x_2_conv = nn.Conv(
+        x_2_conv = rt.Conv(
             self.features_1_conv, (3, 3), padding="VALID", use_bias=False, name="2_conv"
         )(x_2_pad)
         x_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(
             x_2_conv, use_running_average=not train
         )
         x_2_relu = jax.nn.relu(x_2_bn)
-        x_0_conv = nn.Conv(self.features_0_conv, (1, 1), padding="VALID", name="0_conv")(x)
-        x_3_conv = nn.Conv(self.features_0_conv, (1, 1), padding="VALID", name="3_conv")(x_2_relu)
+        x_0_conv = rt.Conv(self.features_0_conv, (1, 1), padding="VALID", name="0_conv")(x)
+        x_3_conv = rt.Conv(self.features_0_conv, (1, 1), padding="VALID", name="3_conv")(x_2_relu)
         x = x_0_conv + x_3_conv
         return x
 
@@ -57,14 +57,14 @@ class Conv2Block2(nn.Module):
     def __call__(self, x, *, train: bool = False):
         y = rt.BatchNorm(epsilon=1.001e-05, name="preact_bn")(x, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
+        y = rt.Conv(self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
         y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        y = nn.Conv(self.features_1_conv, (3, 3), padding="VALID", use_bias=False, name="2_conv")(y)
+        y = rt.Conv(self.features_1_conv, (3, 3), padding="VALID", use_bias=False, name="2_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        y = rt.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
         x = x + y
         return x
 
@@ -82,11 +82,11 @@ class Conv2Block3(nn.Module):
     def __call__(self, x, *, train: bool = False):
         y = rt.BatchNorm(epsilon=1.001e-05, name="preact_bn")(x, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
+        y = rt.Conv(self.features_1_conv, (1, 1), padding="VALID", use_bias=False, name="1_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
         y = jnp.pad(y, ((0, 0), (1, 1), (1, 1), (0, 0)))
-        y = nn.Conv(
+        y = rt.Conv(
             self.features_1_conv,
             (3, 3),
             strides=(2, 2),
@@ -97,7 +97,7 @@ class Conv2Block3(nn.Module):
         y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
         max_pooling2d = rt.max_pool(x, (1, 1), strides=(2, 2), padding="VALID")
-        x_3_conv = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        x_3_conv = rt.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
         x = max_pooling2d + x_3_conv
         return x
 
@@ -117,7 +117,7 @@ class ResNet101V2(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        x = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
+        x = rt.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
         x = ConvBlock(64, 256, name="conv2_block1")(x, train=train)

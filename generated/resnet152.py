@@ -21,13 +21,13 @@ class ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.features_1_conv, (1, 1), padding="VALID", name="1_conv")(x)
+        y = rt.Conv(self.features_1_conv, (1, 1), padding="VALID", name="1_conv")(x)
         y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_1_conv, (3, 3), padding="SAME", name="2_conv")(y)
+        y = rt.Conv(self.features_1_conv, (3, 3), padding="SAME", name="2_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        y = rt.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="3_bn")(y, use_running_average=not train)
         x = x + y
         x = jax.nn.relu(x)
@@ -45,14 +45,14 @@ class Conv3Block1(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        y = nn.Conv(self.features_1_conv, (1, 1), strides=(2, 2), padding="VALID", name="1_conv")(x)
+        y = rt.Conv(self.features_1_conv, (1, 1), strides=(2, 2), padding="VALID", name="1_conv")(x)
         y = rt.BatchNorm(epsilon=1.001e-05, name="1_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_1_conv, (3, 3), padding="SAME", name="2_conv")(y)
+        y = rt.Conv(self.features_1_conv, (3, 3), padding="SAME", name="2_conv")(y)
         y = rt.BatchNorm(epsilon=1.001e-05, name="2_bn")(y, use_running_average=not train)
         y = jax.nn.relu(y)
-        y = nn.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
-        x_0_conv = nn.Conv(
+        y = rt.Conv(self.features_3_conv, (1, 1), padding="VALID", name="3_conv")(y)
+        x_0_conv = rt.Conv(
             self.features_3_conv, (1, 1), strides=(2, 2), padding="VALID", name="0_conv"
         )(x)
         x_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="0_bn")(
@@ -79,27 +79,27 @@ class ResNet152(nn.Module):
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
         x = jnp.pad(input_layer, ((0, 0), (3, 3), (3, 3), (0, 0)))
-        x = nn.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
+        x = rt.Conv(64, (7, 7), strides=(2, 2), padding="VALID", name="conv1_conv")(x)
         x = rt.BatchNorm(epsilon=1.001e-05, name="conv1_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
         x = rt.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
-        conv2_block1_1_conv = nn.Conv(64, (1, 1), padding="VALID", name="conv2_block1_1_conv")(x)
+        conv2_block1_1_conv = rt.Conv(64, (1, 1), padding="VALID", name="conv2_block1_1_conv")(x)
         conv2_block1_1_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_1_bn")(
             conv2_block1_1_conv, use_running_average=not train
         )
         conv2_block1_1_relu = jax.nn.relu(conv2_block1_1_bn)
-        conv2_block1_2_conv = nn.Conv(64, (3, 3), padding="SAME", name="conv2_block1_2_conv")(
+        conv2_block1_2_conv = rt.Conv(64, (3, 3), padding="SAME", name="conv2_block1_2_conv")(
             conv2_block1_1_relu
         )
         conv2_block1_2_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_2_bn")(
             conv2_block1_2_conv, use_running_average=not train
         )
         conv2_block1_2_relu = jax.nn.relu(conv2_block1_2_bn)
-        conv2_block1_3_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_3_conv")(
+        conv2_block1_3_conv = rt.Conv(256, (1, 1), padding="VALID", name="conv2_block1_3_conv")(
             conv2_block1_2_relu
         )
-        conv2_block1_0_conv = nn.Conv(256, (1, 1), padding="VALID", name="conv2_block1_0_conv")(x)
+        conv2_block1_0_conv = rt.Conv(256, (1, 1), padding="VALID", name="conv2_block1_0_conv")(x)
         conv2_block1_0_bn = rt.BatchNorm(epsilon=1.001e-05, name="conv2_block1_0_bn")(
             conv2_block1_0_conv, use_running_average=not train
         )

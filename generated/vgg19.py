@@ -20,8 +20,8 @@ class Block(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
-        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
+        x = jax.nn.relu(rt.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
+        x = jax.nn.relu(rt.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
         x = rt.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 
@@ -36,10 +36,10 @@ class Block3(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, train: bool = False):
-        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
-        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
-        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv3")(x))
-        x = jax.nn.relu(nn.Conv(self.features, (3, 3), padding="SAME", name="conv4")(x))
+        x = jax.nn.relu(rt.Conv(self.features, (3, 3), padding="SAME", name="conv1")(x))
+        x = jax.nn.relu(rt.Conv(self.features, (3, 3), padding="SAME", name="conv2")(x))
+        x = jax.nn.relu(rt.Conv(self.features, (3, 3), padding="SAME", name="conv3")(x))
+        x = jax.nn.relu(rt.Conv(self.features, (3, 3), padding="SAME", name="conv4")(x))
         x = rt.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
         return x
 

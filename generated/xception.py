@@ -30,7 +30,7 @@ class Block(nn.Module):
         y = rt.SeparableConv(
             self.sepconv2_features, (3, 3), padding="SAME", use_bias=False, name="sepconv2"
         )(y)
-        conv2d = nn.Conv(
+        conv2d = rt.Conv(
             self.sepconv2_features,
             (1, 1),
             strides=(2, 2),
@@ -84,12 +84,12 @@ class Xception(nn.Module):
 
     @nn.compact
     def __call__(self, input_layer, *, train: bool = False):
-        x = nn.Conv(
+        x = rt.Conv(
             32, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="block1_conv1"
         )(input_layer)
         x = rt.BatchNorm(epsilon=0.001, name="block1_conv1_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
-        x = nn.Conv(64, (3, 3), padding="VALID", use_bias=False, name="block1_conv2")(x)
+        x = rt.Conv(64, (3, 3), padding="VALID", use_bias=False, name="block1_conv2")(x)
         x = rt.BatchNorm(epsilon=0.001, name="block1_conv2_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         block2_sepconv1 = rt.SeparableConv(
@@ -102,7 +102,7 @@ class Xception(nn.Module):
         block2_sepconv2 = rt.SeparableConv(
             128, (3, 3), padding="SAME", use_bias=False, name="block2_sepconv2"
         )(block2_sepconv2_act)
-        conv2d = nn.Conv(
+        conv2d = rt.Conv(
             128, (1, 1), strides=(2, 2), padding="SAME", use_bias=False, name="conv2d"
         )(x)
         block2_sepconv2_bn = rt.BatchNorm(epsilon=0.001, name="block2_sepconv2_bn")(

@@ -6,7 +6,7 @@ Light on purpose: it never imports Keras or TensorFlow.
 from kgen.runtime.applications import LayerScale
 from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
 from kgen.runtime.categorical import discretize, encode_categorical
-from kgen.runtime.conv import DepthwiseConv
+from kgen.runtime.conv import Conv, DepthwiseConv
 from kgen.runtime.einsum import EinsumDense
 from kgen.runtime.image import auto_contrast
 from kgen.runtime.layers import BatchNorm, PReLU, ReversibleEmbedding, SeparableConv
@@ -48,6 +48,7 @@ __all__ = [
     "Attention",
     "BatchNorm",
     "Bidirectional",
+    "Conv",
     "DepthwiseConv",
     "EinsumDense",
     "GaussianDropout",

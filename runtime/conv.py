@@ -1,4 +1,14 @@
-"""Depthwise convolution with a fast path where XLA is slow.
+"""Convolutions with fast paths where XLA is slow: depthwise, and pointwise (1x1).
+
+**Pointwise.**  :class:`Conv` is Flax's ``nn.Conv`` (same fields, same parameters), but
+on CPU a convolution whose kernel is 1 in every spatial dim, with one group, runs as a
+matrix product of the (strided) input with the ``(in, out)`` kernel: XLA's CPU
+convolution took 1.5-2x the time of ``jnp.dot`` at ResNet50's, DenseNet's and
+InceptionV3's 1x1 shapes (e.g. (8, 56, 56, 256) -> 64: 23.9 ms against 12.3 ms, and
+TensorFlow's 13.3 ms), while at 3x3 it is within 10-20% of TensorFlow's and stays.
+``KGEN_CONV=xla|dot`` forces one; elsewhere than CPU XLA's convolution stays.
+
+**Depthwise.**
 
 XLA on CPU runs ``conv_general_dilated`` with ``feature_group_count == channels`` at a
 fraction of a GFLOP/s: in the generated MobileNetV2 the depthwise convolutions took 84%
@@ -25,9 +35,63 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["DepthwiseConv", "depthwise_conv", "depthwise_impl"]
+__all__ = ["Conv", "DepthwiseConv", "conv_impl", "depthwise_conv", "depthwise_impl"]
 
 IMPLS = ("auto", "xla", "shift")
+CONV_IMPLS = ("auto", "xla", "dot")
+
+
+def conv_impl(impl: str = "auto") -> str:
+    """The implementation of a pointwise :class:`Conv` that ``impl`` resolves to."""
+    impl = os.environ.get("KGEN_CONV", impl) if impl == "auto" else impl
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, not {impl!r}")
+    if impl == "auto":
+        return "dot" if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
+class Conv(nn.Conv):
+    """``nn.Conv`` with a pointwise fast path (see the module doc); ``impl`` picks it.
+
+    The parameters are ``nn.Conv``'s in every case, so the class can be swapped for
+    ``nn.Conv`` (or back) without touching a weights file.
+    """
+
+    impl: str = "auto"
+
+    @nn.compact
+    def __call__(self, inputs):
+        if not self._pointwise(inputs) or conv_impl(self.impl) == "xla":
+            return super().__call__(inputs)
+        n = inputs.ndim - 2
+        channels = inputs.shape[-1]
+        kernel = self.param(
+            "kernel", self.kernel_init, (1,) * n + (channels, self.features), self.param_dtype
+        )
+        bias = None
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+        strides = _ntuple(1 if self.strides is None else self.strides, n)
+        if any(s != 1 for s in strides):  # a 1x1 window: 'same' and 'valid' keep every s-th
+            x = x[(slice(None), *(slice(None, None, s) for s in strides))]
+        y = jnp.dot(x, kernel.reshape(channels, self.features))
+        return y if bias is None else y + bias
+
+    def _pointwise(self, inputs) -> bool:
+        n = inputs.ndim - 2
+        kernel = tuple(self.kernel_size) if isinstance(self.kernel_size, Sequence) else None
+        return (
+            n >= 1
+            and kernel is not None
+            and len(kernel) == n
+            and all(k == 1 for k in kernel)
+            and self.feature_group_count == 1
+            and self.input_dilation in (None, 1, (1,) * n)
+            and self.padding in ("SAME", "VALID")
+            and self.mask is None
+        )
 
 
 def depthwise_impl(impl: str = "auto") -> str:

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from kgen.runtime.conv import DepthwiseConv
+from kgen.runtime.conv import Conv, DepthwiseConv
 
 __all__ = ["BatchNorm", "PReLU", "ReversibleEmbedding", "SeparableConv"]
 
@@ -117,9 +117,9 @@ class SeparableConv(nn.Module):
             impl=self.impl,
             name="depthwise",
         )(x)
-        return nn.Conv(
-            self.features, ones, padding="VALID", use_bias=self.use_bias, name="pointwise"
-        )(x)
+        return Conv(self.features, ones, padding="VALID", use_bias=self.use_bias, name="pointwise")(
+            x
+        )
 
 
 class PReLU(nn.Module):

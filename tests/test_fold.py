@@ -333,7 +333,7 @@ def test_auto_named_conv_bn_relu_units_become_one_class():
     assert "Conv2D -> BatchNormalization -> Activation" in source
     assert "class Mixed(nn.Module):" in source, "the cells still fold, around their units"
     cell = source.split("class Mixed(nn.Module):")[1].split("class ")[0]
-    assert cell.count("ConvBN(") == 4 and "nn.Conv(" not in cell, cell
+    assert cell.count("ConvBN(") == 4 and "rt.Conv(" not in cell, cell
     # a unit is a submodule named after its conv; its layers keep Keras's own scheme
     # (the stride-2 stem unit is like no other: written inline)
     convs = [layer.name for layer in model.layers if layer.name.startswith("conv2d")]

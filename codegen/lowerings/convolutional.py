@@ -75,7 +75,7 @@ def lower_conv(node: Node) -> Lowered:
     params = {"kernel": node.weight("kernel")}
     if c.get("use_bias", True):
         params["bias"] = node.weight("bias")
-    conv = "nn.Conv"
+    conv = "rt.Conv"  # nn.Conv, with a fast path for 1x1 kernels on CPU
     if groups > 1 and groups == int(node.input_shape[-1]):
         # One input channel per group (ConvNeXt's 7x7): a depthwise conv, same kernel
         # layout (*k, 1, filters), run by rt.DepthwiseConv's fast path.

@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kgen import runtime as rt
+
 __all__ = ["MultiIo"]
 
 
@@ -15,7 +17,7 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, encoder_input, *, train: bool = False):
-        x = nn.Conv(6, (3, 3), strides=(2, 2), padding="SAME", name="encoder_conv")(encoder_input)
+        x = rt.Conv(6, (3, 3), strides=(2, 2), padding="SAME", name="encoder_conv")(encoder_input)
         x = jax.nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
         return x

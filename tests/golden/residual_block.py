@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from kgen import runtime as rt
+
 __all__ = ["ResidualBlock"]
 
 
@@ -15,7 +17,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, features, *, train: bool = False):
-        shared_conv = nn.Conv(4, (3, 3), padding="SAME", name="shared_conv")
+        shared_conv = rt.Conv(4, (3, 3), padding="SAME", name="shared_conv")
         shared_conv_1 = shared_conv(features)
         relu = jax.nn.relu(shared_conv_1)
         shared_conv_2 = shared_conv(relu)

@@ -17,11 +17,11 @@ class TinyCnn(nn.Module):
 
     @nn.compact
     def __call__(self, image, *, train: bool = False):
-        x = nn.Conv(8, (3, 3), padding="SAME", name="conv1")(image)
+        x = rt.Conv(8, (3, 3), padding="SAME", name="conv1")(image)
         x = rt.BatchNorm(epsilon=0.001, name="bn1")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = rt.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        x = nn.Conv(16, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2")(x)
+        x = rt.Conv(16, (3, 3), strides=(2, 2), padding="VALID", use_bias=False, name="conv2")(x)
         x = rt.BatchNorm(epsilon=0.001, name="bn2")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,101 @@
+"""The pointwise fast path of ``rt.Conv`` (kgen/runtime/conv.py) against Flax's
+``nn.Conv`` and against Keras.
+
+On CPU a convolution whose kernel is 1 in every spatial dim runs as a matrix product
+("dot"); elsewhere, and for every other kernel, it is ``nn.Conv``'s own ("xla").  These
+tests force each one and compare values, gradients and parameters.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import keras
+import numpy as np
+import pytest
+from helpers import assert_layer_parity
+
+from kgen.runtime.conv import Conv, conv_impl
+
+CASES = [
+    # (input shape without batch, kernel, strides, padding, use_bias)
+    ((9, 10, 6), (1, 1), (1, 1), "VALID", True),
+    ((9, 10, 6), (1, 1), (2, 2), "VALID", False),
+    ((9, 10, 6), (1, 1), (2, 2), "SAME", True),
+    ((7, 11, 4), (1, 1), (3, 1), "SAME", True),
+    ((13, 3), (1,), (1,), "SAME", True),
+    ((13, 3), (1,), (2,), "VALID", False),
+    ((6, 7, 5, 2), (1, 1, 1), (1, 2, 1), "SAME", True),
+    ((9, 10, 6), (3, 3), (2, 2), "SAME", True),  # not pointwise: nn.Conv's path
+]
+
+
+def _rel(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+@pytest.mark.parametrize("shape, kernel, strides, padding, use_bias", CASES)
+def test_dot_matches_nn_conv(shape, kernel, strides, padding, use_bias):
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (2, *shape)).astype(np.float32)
+    reference = nn.Conv(7, kernel, strides=strides, padding=padding, use_bias=use_bias)
+    variables = reference.init(jax.random.PRNGKey(0), x)
+    variables = jax.tree.map(lambda a: rng.uniform(-1, 1, a.shape).astype(np.float32), variables)
+    expected = np.asarray(reference.apply(variables, x))
+    cotangent = rng.uniform(-1, 1, expected.shape).astype(np.float32)
+
+    def loss(v, x, module):
+        return jnp.sum(module.apply(v, x) * cotangent)
+
+    ref_grads = jax.grad(loss, argnums=(0, 1))(variables, x, reference)
+    for impl in ("xla", "dot"):
+        module = Conv(7, kernel, strides=strides, padding=padding, use_bias=use_bias, impl=impl)
+        own = module.init(jax.random.PRNGKey(0), x)
+        assert jax.tree.map(np.shape, own) == jax.tree.map(np.shape, variables)
+        out = np.asarray(jax.jit(module.apply)(variables, x))
+        assert out.shape == expected.shape and _rel(out, expected) <= 1e-6, impl
+        grads = jax.grad(loss, argnums=(0, 1))(variables, x, module)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+            assert _rel(np.asarray(a), np.asarray(b)) <= 1e-5, impl
+
+
+def test_dot_path_is_a_matrix_product():
+    x = jnp.ones((1, 4, 4, 3))
+    module = Conv(5, (1, 1), impl="dot")
+    variables = module.init(jax.random.PRNGKey(0), x)
+    prims = {e.primitive.name for e in jax.make_jaxpr(module.apply)(variables, x).jaxpr.eqns}
+    assert "dot_general" in prims and "conv_general_dilated" not in prims
+
+
+def test_bfloat16_stays_bfloat16():
+    x = jnp.ones((1, 4, 4, 3), jnp.bfloat16)
+    module = Conv(5, (1, 1), impl="dot")
+    variables = jax.tree.map(
+        lambda a: a.astype(jnp.bfloat16), module.init(jax.random.PRNGKey(0), x)
+    )
+    assert module.apply(variables, x).dtype == jnp.bfloat16
+
+
+def test_auto_picks_by_backend(monkeypatch):
+    monkeypatch.delenv("KGEN_CONV", raising=False)
+    assert conv_impl("auto") == ("dot" if jax.default_backend() == "cpu" else "xla")
+    monkeypatch.setenv("KGEN_CONV", "xla")
+    assert conv_impl("auto") == "xla"
+    with pytest.raises(ValueError):
+        conv_impl("fast")
+
+
+KERAS_LAYERS = [
+    (lambda: keras.layers.Conv2D(8, 1, strides=2, padding="same"), (9, 10, 3)),
+    (lambda: keras.layers.Conv2D(8, 1, use_bias=False), (9, 10, 3)),
+    (lambda: keras.layers.Conv1D(4, 1, strides=3, padding="valid"), (11, 3)),
+    (lambda: keras.layers.Conv3D(4, 1, padding="same"), (4, 5, 6, 2)),
+    (lambda: keras.layers.SeparableConv2D(4, 3, strides=2, padding="same"), (9, 10, 3)),
+]
+
+
+@pytest.mark.parametrize("impl", ["xla", "dot"])
+@pytest.mark.parametrize("make, shape", KERAS_LAYERS)
+def test_each_path_matches_keras(make, shape, impl, monkeypatch):
+    monkeypatch.setenv("KGEN_CONV", impl)
+    conversion, _ = assert_layer_parity(make(), shape)
+    assert "rt.Conv" in conversion.source or "rt.SeparableConv" in conversion.source
