@@ -76,7 +76,7 @@ def _lowest(dtype):
 def _max_reduce_window(x, window, strides, pads):
     return lax.reduce_window(
         x,
-        jnp.array(_lowest(x.dtype), x.dtype),
+        _lowest(x.dtype),  # a Python scalar: reduce_window_max, which has a gradient
         lax.max,
         (1, *window, 1),
         (1, *strides, 1),
