@@ -41,14 +41,21 @@ IMPLS = ("auto", "xla", "shift")
 CONV_IMPLS = ("auto", "xla", "dot")
 
 
+def resolve_impl(kind: str, impl: str, choices: tuple[str, ...], env: str) -> str:
+    """The implementation ``impl`` of a fast path resolves to: ``"auto"`` is the
+    environment variable ``env`` if set, else ``choices[-1]`` (the fast path) on CPU
+    and ``"xla"`` elsewhere."""
+    impl = os.environ.get(env, impl) if impl == "auto" else impl
+    if impl not in choices:
+        raise ValueError(f"{kind} impl must be one of {choices}, not {impl!r}")
+    if impl == "auto":
+        return choices[-1] if jax.default_backend() == "cpu" else "xla"
+    return impl
+
+
 def conv_impl(impl: str = "auto") -> str:
     """The implementation of a pointwise :class:`Conv` that ``impl`` resolves to."""
-    impl = os.environ.get("KGEN_CONV", impl) if impl == "auto" else impl
-    if impl not in CONV_IMPLS:
-        raise ValueError(f"conv impl must be one of {CONV_IMPLS}, not {impl!r}")
-    if impl == "auto":
-        return "dot" if jax.default_backend() == "cpu" else "xla"
-    return impl
+    return resolve_impl("conv", impl, CONV_IMPLS, "KGEN_CONV")
 
 
 class Conv(nn.Conv):
@@ -96,12 +103,7 @@ class Conv(nn.Conv):
 
 def depthwise_impl(impl: str = "auto") -> str:
     """The implementation ``impl`` resolves to on the current backend."""
-    impl = os.environ.get("KGEN_DEPTHWISE", impl) if impl == "auto" else impl
-    if impl not in IMPLS:
-        raise ValueError(f"depthwise impl must be one of {IMPLS}, not {impl!r}")
-    if impl == "auto":
-        return "shift" if jax.default_backend() == "cpu" else "xla"
-    return impl
+    return resolve_impl("depthwise", impl, IMPLS, "KGEN_DEPTHWISE")
 
 
 def _pads(size: int, k: int, stride: int, dilation: int, padding) -> tuple[int, int]:

@@ -22,7 +22,6 @@ bins may overlap and differ in size by one.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -31,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from kgen.runtime.conv import _pads
+from kgen.runtime.conv import _pads, resolve_impl
 
 __all__ = ["adaptive_bins", "adaptive_pool", "avg_pool", "max_pool", "pool_impl"]
 
@@ -40,12 +39,7 @@ POOL_IMPLS = ("auto", "xla", "shift")
 
 def pool_impl(impl: str = "auto") -> str:
     """The implementation ``impl`` resolves to on the current backend."""
-    impl = os.environ.get("KGEN_POOL", impl) if impl == "auto" else impl
-    if impl not in POOL_IMPLS:
-        raise ValueError(f"pool impl must be one of {POOL_IMPLS}, not {impl!r}")
-    if impl == "auto":
-        return "shift" if jax.default_backend() == "cpu" else "xla"
-    return impl
+    return resolve_impl("pool", impl, POOL_IMPLS, "KGEN_POOL")
 
 
 def _geometry(x, window, strides, padding):
