@@ -159,20 +159,17 @@ _UNIT_FOLLOWERS = {
 def _fold_units(lg: LoweredGraph, outputs: set) -> None:
     """Fold the units of ``lg`` (see the module doc); ``outputs``: what the graph gives
     back, which may end a unit but never sit inside one."""
+    reads = {id(lnode): _reads(lnode) for lnode in lg.nodes}
     readers: dict[Ref, int] = {}
+    by_ref = {}  # a tensor -> the first node that reads it and nothing else
     for lnode in lg.nodes:
-        for ref in _reads(lnode):
+        for ref in reads[id(lnode)]:
             readers[ref] = readers.get(ref, 0) + 1
-    by_ref = {}
+        if len(reads[id(lnode)]) == 1:
+            by_ref.setdefault(next(iter(reads[id(lnode)])), lnode)
+    units = []
     for lnode in lg.nodes:
-        reads = _reads(lnode)
-        if len(reads) == 1:
-            (ref,) = reads
-            by_ref.setdefault(ref, lnode)
-    units, taken = [], set()
-    for lnode in lg.nodes:
-        node = lnode.node
-        if id(lnode) in taken or not _unit_member(lnode, _UNIT_HEADS) or len(_reads(lnode)) != 1:
+        if not _unit_member(lnode, _UNIT_HEADS) or len(reads[id(lnode)]) != 1:
             continue
         chain = [lnode]
         while True:
@@ -186,11 +183,9 @@ def _fold_units(lg: LoweredGraph, outputs: set) -> None:
         kinds = [_UNIT_FOLLOWERS[n.node.class_name] for n in chain[1:]]
         if not any(kinds) or kinds[-1]:  # a conv-BN-activation unit, at the least
             continue
-        taken.update(id(n) for n in chain)
-        (entry,) = _reads(lnode)
-        stem = _UNIT_HEADS[node.class_name]
-        stem += "".join(_UNIT_FOLLOWERS[n.node.class_name] for n in chain[1:])
-        units.append(("", chain, entry, Ref(chain[-1].id, 0), node.name, stem))
+        (entry,) = reads[id(lnode)]
+        stem = _UNIT_HEADS[lnode.node.class_name] + "".join(kinds)
+        units.append(("", chain, entry, Ref(chain[-1].id, 0), lnode.node.name, stem))
     if units:
         _replace(lg, units)
 
