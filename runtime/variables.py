@@ -193,9 +193,19 @@ def init(module, *inputs, rng=None, **kwargs) -> dict:
     about one XLA compile.  ``inputs`` are example arrays, or ``jax.ShapeDtypeStruct``s
     (zeros of that shape are used: only shapes and dtypes matter to ``init``).
     ``kwargs`` go to ``module.init`` (e.g. ``train=False``).
+
+    The program runs once, so it is compiled with XLA's backend optimisation off
+    (:data:`INIT_COMPILER_OPTIONS`): that halves the compile (MobileNetV2 on CPU: 7.0 s
+    to 3.4 s), which is almost all of ``init``'s time.  The values agree with
+    ``module.init``'s to float rounding, not bit for bit.
     """
     rng = jax.random.PRNGKey(0) if rng is None else rng
     arrays = [
         jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x for x in inputs
     ]
-    return jax.jit(lambda key, *xs: module.init(key, *xs, **kwargs))(rng, *arrays)
+    lowered = jax.jit(lambda key, *xs: module.init(key, *xs, **kwargs)).lower(rng, *arrays)
+    return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)(rng, *arrays)
+
+
+#: XLA options for :func:`init`'s run-once program: its compile time is what counts.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
