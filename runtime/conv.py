@@ -35,7 +35,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["Conv", "DepthwiseConv", "conv_impl", "depthwise_conv", "depthwise_impl"]
+__all__ = [
+    "Conv",
+    "DepthwiseConv",
+    "conv_impl",
+    "depthwise_conv",
+    "depthwise_impl",
+    "is_pointwise",
+    "pointwise_conv",
+]
 
 IMPLS = ("auto", "xla", "shift")
 CONV_IMPLS = ("auto", "xla", "dot")
@@ -80,25 +88,43 @@ class Conv(nn.Conv):
         if self.use_bias:
             bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-        strides = _ntuple(1 if self.strides is None else self.strides, n)
-        if any(s != 1 for s in strides):  # a 1x1 window: 'same' and 'valid' keep every s-th
-            x = x[(slice(None), *(slice(None, None, s) for s in strides))]
-        y = jnp.dot(x, kernel.reshape(channels, self.features))
-        return y if bias is None else y + bias
+        return pointwise_conv(x, kernel, bias, 1 if self.strides is None else self.strides)
 
     def _pointwise(self, inputs) -> bool:
-        n = inputs.ndim - 2
-        kernel = tuple(self.kernel_size) if isinstance(self.kernel_size, Sequence) else None
-        return (
-            n >= 1
-            and kernel is not None
-            and len(kernel) == n
-            and all(k == 1 for k in kernel)
-            and self.feature_group_count == 1
-            and self.input_dilation in (None, 1, (1,) * n)
-            and self.padding in ("SAME", "VALID")
-            and self.mask is None
+        return is_pointwise(
+            inputs.ndim - 2,
+            self.kernel_size,
+            self.feature_group_count,
+            self.input_dilation,
+            self.padding,
+            self.mask,
         )
+
+
+def is_pointwise(n: int, kernel_size, groups: int, input_dilation, padding, mask) -> bool:
+    """Whether a convolution with these settings is a strided matrix product."""
+    kernel = tuple(kernel_size) if isinstance(kernel_size, Sequence) else None
+    return (
+        n >= 1
+        and kernel is not None
+        and len(kernel) == n
+        and all(k == 1 for k in kernel)
+        and groups == 1
+        and input_dilation in (None, 1, (1,) * n)
+        and padding in ("SAME", "VALID")
+        and mask is None
+    )
+
+
+def pointwise_conv(x, kernel, bias, strides):
+    """A 1x1 convolution as ``jnp.dot``: ``x`` (N, *spatial, C), ``kernel`` (1.., C, F)."""
+    n = x.ndim - 2
+    channels, features = kernel.shape[-2:]
+    strides = _ntuple(strides, n)
+    if any(s != 1 for s in strides):  # a 1x1 window: 'same' and 'valid' keep every s-th
+        x = x[(slice(None), *(slice(None, None, s) for s in strides))]
+    y = jnp.dot(x, kernel.reshape(channels, features))
+    return y if bias is None else y + bias
 
 
 def depthwise_impl(impl: str = "auto") -> str:

@@ -45,42 +45,82 @@ class BatchNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x, *, use_running_average: bool = True):
-        # float16/bfloat16 in (mixed precision): statistics and normalisation in float32,
-        # the input's dtype out, as Keras's BatchNormalization does
-        dtype, x = x.dtype, _at_least_float32(x)
         axes = tuple(a % x.ndim for a in self.axis)
         feature_shape = tuple(x.shape[a] for a in axes)
         mean_v = self.variable("batch_stats", "mean", jnp.zeros, feature_shape, jnp.float32)
         var_v = self.variable("batch_stats", "var", jnp.ones, feature_shape, jnp.float32)
         gamma = self.param("scale", nn.initializers.ones, feature_shape) if self.scale else None
         beta = self.param("bias", nn.initializers.zeros, feature_shape) if self.center else None
-        gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
-        if use_running_average:
-            mean, var = mean_v.value, var_v.value
-        else:
-            reduce = tuple(i for i in range(x.ndim) if i not in axes)
-            mean = jnp.mean(x, axis=reduce)
-            # As tf.nn.moments (Keras 3 and tf.keras): no gradient through the mean inside
-            # the variance, a term that is zero in exact arithmetic (deviations sum to 0).
-            centered = x - lax.stop_gradient(jnp.expand_dims(mean, reduce))
-            var = jnp.mean(jnp.square(centered), axis=reduce)
-            # Only when the caller lets batch_stats change (``mutable=["batch_stats"]``): a
-            # tf.keras layer called with ``training=True`` uses batch statistics even
-            # when the generated module runs for inference.
-            if self.is_mutable_collection("batch_stats") and not self.is_initializing():
-                n = 1
-                for i in reduce:
-                    n *= x.shape[i]
-                update_var = var * (n / max(n - 1, 1)) if self.unbiased_update else var
-                m = self.momentum
-                mean_v.value = mean_v.value * m + lax.stop_gradient(mean) * (1.0 - m)
-                var_v.value = var_v.value * m + lax.stop_gradient(update_var) * (1.0 - m)
-        shape = _broadcast_shape(x.ndim, axes, feature_shape)
-        inv = lax.rsqrt(var + self.epsilon)
-        if gamma is not None:
-            inv = inv * gamma
-        shift = -mean * inv if beta is None else beta - mean * inv
-        return (x * inv.reshape(shape) + shift.reshape(shape)).astype(dtype)
+        y, update = batch_norm(
+            x,
+            gamma,
+            beta,
+            mean_v.value,
+            var_v.value,
+            axis=self.axis,
+            epsilon=self.epsilon,
+            use_running_average=use_running_average,
+            unbiased_update=self.unbiased_update,
+        )
+        # Only when the caller lets batch_stats change (``mutable=["batch_stats"]``): a
+        # tf.keras layer called with ``training=True`` uses batch statistics even
+        # when the generated module runs for inference.
+        mutable = self.is_mutable_collection("batch_stats") and not self.is_initializing()
+        if update is not None and mutable:
+            moving = (mean_v.value, var_v.value)
+            mean_v.value, var_v.value = moving_update(moving, update, self.momentum)
+        return y
+
+
+def batch_norm(
+    x,
+    gamma,
+    beta,
+    moving_mean,
+    moving_var,
+    *,
+    axis: Sequence[int],
+    epsilon: float,
+    use_running_average: bool,
+    unbiased_update: bool = False,
+):
+    """Keras's BatchNormalization on ``x`` (see :class:`BatchNorm`), for the linen and
+    the NNX module alike.  Returns ``(y, update)``: ``update`` is None with
+    ``use_running_average``, else the batch ``(mean, variance)`` to move the moving
+    statistics towards (the variance unbiased with ``unbiased_update``), gradient-free.
+    """
+    # float16/bfloat16 in (mixed precision): statistics and normalisation in float32,
+    # the input's dtype out, as Keras's BatchNormalization does
+    dtype, x = x.dtype, _at_least_float32(x)
+    axes = tuple(a % x.ndim for a in axis)
+    feature_shape = tuple(x.shape[a] for a in axes)
+    gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
+    update = None
+    if use_running_average:
+        mean, var = moving_mean, moving_var
+    else:
+        reduce = tuple(i for i in range(x.ndim) if i not in axes)
+        mean = jnp.mean(x, axis=reduce)
+        # As tf.nn.moments (Keras 3 and tf.keras): no gradient through the mean inside
+        # the variance, a term that is zero in exact arithmetic (deviations sum to 0).
+        centered = x - lax.stop_gradient(jnp.expand_dims(mean, reduce))
+        var = jnp.mean(jnp.square(centered), axis=reduce)
+        n = 1
+        for i in reduce:
+            n *= x.shape[i]
+        update_var = var * (n / max(n - 1, 1)) if unbiased_update else var
+        update = (lax.stop_gradient(mean), lax.stop_gradient(update_var))
+    shape = _broadcast_shape(x.ndim, axes, feature_shape)
+    inv = lax.rsqrt(var + epsilon)
+    if gamma is not None:
+        inv = inv * gamma
+    shift = -mean * inv if beta is None else beta - mean * inv
+    return (x * inv.reshape(shape) + shift.reshape(shape)).astype(dtype), update
+
+
+def moving_update(moving: tuple, batch: tuple, momentum: float) -> tuple:
+    """Keras's moving statistics after one batch: ``m * momentum + b * (1 - momentum)``."""
+    return tuple(m * momentum + b * (1.0 - momentum) for m, b in zip(moving, batch))
 
 
 def _at_least_float32(x):

@@ -40,27 +40,37 @@ class LayerNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        # float16/bfloat16 in: computed in float32, the input's dtype out (as Keras)
-        dtype, x = x.dtype, _at_least_float32(x)
         axes = tuple(sorted(a % x.ndim for a in self.axis))
         feature_shape = tuple(x.shape[a] for a in axes)
-        shape = _broadcast_shape(x.ndim, axes, feature_shape)
         use_gamma = self.scale or self.rms_scaling
         use_beta = self.center and not self.rms_scaling
         gamma = self.param("scale", nn.initializers.ones, feature_shape) if use_gamma else None
         beta = self.param("bias", nn.initializers.zeros, feature_shape) if use_beta else None
-        gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
-        mean = jnp.mean(x, axis=axes, keepdims=True)
-        var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
-        inv = lax.rsqrt(var + self.epsilon)
-        if self.rms_scaling:
-            return (x * inv * gamma.reshape(shape)).astype(dtype)
-        if gamma is not None:
-            inv = inv * gamma.reshape(shape)
-        shift = -mean * inv
-        if beta is not None:
-            shift = shift + beta.reshape(shape)
-        return (x * inv + shift).astype(dtype)
+        return layer_norm(
+            x, gamma, beta, axis=self.axis, epsilon=self.epsilon, rms_scaling=self.rms_scaling
+        )
+
+
+def layer_norm(x, gamma, beta, *, axis: Sequence[int], epsilon: float, rms_scaling: bool):
+    """Keras's LayerNormalization on ``x`` (see :class:`LayerNorm`); ``gamma``/``beta``
+    shaped like the normalised dims, or None."""
+    # float16/bfloat16 in: computed in float32, the input's dtype out (as Keras)
+    dtype, x = x.dtype, _at_least_float32(x)
+    axes = tuple(sorted(a % x.ndim for a in axis))
+    feature_shape = tuple(x.shape[a] for a in axes)
+    shape = _broadcast_shape(x.ndim, axes, feature_shape)
+    gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    inv = lax.rsqrt(var + epsilon)
+    if rms_scaling:
+        return (x * inv * gamma.reshape(shape)).astype(dtype)
+    if gamma is not None:
+        inv = inv * gamma.reshape(shape)
+    shift = -mean * inv
+    if beta is not None:
+        shift = shift + beta.reshape(shape)
+    return (x * inv + shift).astype(dtype)
 
 
 def normalize(x, mean, variance, invert: bool = False):
@@ -113,25 +123,32 @@ class GroupNorm(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        dtype, x = x.dtype, _at_least_float32(x)  # as LayerNorm
-        axis = self.axis % x.ndim
-        channels = x.shape[axis]
+        channels = x.shape[self.axis % x.ndim]
         gamma = self.param("scale", nn.initializers.ones, (channels,)) if self.scale else None
         beta = self.param("bias", nn.initializers.zeros, (channels,)) if self.center else None
-        gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
-        per_group = (self.groups, channels // self.groups)
-        grouped = x.reshape(x.shape[:axis] + per_group + x.shape[axis + 1 :])
-        reduce = tuple(i for i in range(1, grouped.ndim) if i != axis)
-        mean = jnp.mean(grouped, axis=reduce, keepdims=True)
-        var = jnp.mean(jnp.square(grouped - mean), axis=reduce, keepdims=True)
-        shape = _broadcast_shape(grouped.ndim, (axis, axis + 1), per_group)
-        inv = lax.rsqrt(var + self.epsilon)
-        if gamma is not None:
-            inv = inv * gamma.reshape(shape)
-        shift = -mean * inv
-        if beta is not None:
-            shift = shift + beta.reshape(shape)
-        return (grouped * inv + shift).reshape(x.shape).astype(dtype)
+        return group_norm(x, gamma, beta, groups=self.groups, axis=self.axis, epsilon=self.epsilon)
+
+
+def group_norm(x, gamma, beta, *, groups: int, axis: int, epsilon: float):
+    """Keras's GroupNormalization on ``x`` (see :class:`GroupNorm`); ``gamma``/``beta``
+    of one entry per channel, or None."""
+    dtype, x = x.dtype, _at_least_float32(x)  # as LayerNorm
+    axis = axis % x.ndim
+    channels = x.shape[axis]
+    gamma, beta = (None if p is None else p.astype(x.dtype) for p in (gamma, beta))
+    per_group = (groups, channels // groups)
+    grouped = x.reshape(x.shape[:axis] + per_group + x.shape[axis + 1 :])
+    reduce = tuple(i for i in range(1, grouped.ndim) if i != axis)
+    mean = jnp.mean(grouped, axis=reduce, keepdims=True)
+    var = jnp.mean(jnp.square(grouped - mean), axis=reduce, keepdims=True)
+    shape = _broadcast_shape(grouped.ndim, (axis, axis + 1), per_group)
+    inv = lax.rsqrt(var + epsilon)
+    if gamma is not None:
+        inv = inv * gamma.reshape(shape)
+    shift = -mean * inv
+    if beta is not None:
+        shift = shift + beta.reshape(shape)
+    return (grouped * inv + shift).reshape(x.shape).astype(dtype)
 
 
 def l2_normalize(x, axis=-1, epsilon=1e-12):
