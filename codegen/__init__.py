@@ -68,6 +68,7 @@ def generate(
     regenerate: str = "",
     metadata: dict | None = None,
     fold: bool = True,
+    api: str = "linen",
 ) -> Generated:
     """trace output -> formatted Flax module source and its variables.
 
@@ -82,7 +83,9 @@ def generate(
     if fold:
         fold_blocks(lowered)
     folded_at = clock()
-    rendered = render(lowered, class_name=class_name, regenerate=regenerate, metadata=metadata)
+    rendered = render(
+        lowered, class_name=class_name, regenerate=regenerate, metadata=metadata, api=api
+    )
     rendered_at = clock()
     source = format_source(rendered.source)
     seconds = {

@@ -48,6 +48,7 @@ NAMESPACES = {
     "jnp": "import jax.numpy as jnp",
     "lax": "from jax import lax",
     "nn": "import flax.linen as nn",
+    "nnx": "from flax import nnx",
     "np": "import numpy as np",
     "einops": "import einops",
     "rt": "from kgen import runtime as rt",

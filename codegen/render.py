@@ -27,6 +27,8 @@ from kgen.codegen.names import (
     sanitize,
     submodule_namespace,
 )
+from kgen.codegen.nnx import check as check_nnx
+from kgen.codegen.nnx import nnx_module
 from kgen.tracer.graph import Dim, Ref, iter_refs, map_refs
 
 __all__ = ["Rendered", "py_literal", "render"]
@@ -137,6 +139,9 @@ class _Class:
     block: bool = False  # a folded block (see codegen/fold.py)
     positional: bool = False  # its calls give the fields by position (else by keyword)
     layer_paths: dict = field(default_factory=dict)  # submodule path -> Keras layer name
+    init: list[str] = field(default_factory=list)  # NNX: the lines of __init__
+    attrs: set = field(default_factory=set)  # NNX: the submodule attribute names
+    stored: list[str] = field(default_factory=list)  # NNX: fields __call__ reads
 
 
 class _ClassRenderer:
@@ -148,6 +153,7 @@ class _ClassRenderer:
         reserved: set,
         field_values: dict | None = None,
         residual: tuple | None = None,
+        api: str = "linen",
     ):
         """``residual``: render a folded block with its residual add under
         ``if self.residual:`` -- ``("tail", None)`` for a block that ends in one,
@@ -158,11 +164,16 @@ class _ClassRenderer:
         self.child_classes = child_classes  # id(LoweredGraph) -> _Class
         self.field_values = field_values or {}  # id(LoweredGraph) -> {field: literal}
         self.locals = Namespace(reserved | {"self", "train"})
+        self.nnx = api == "nnx"
         self.modules = submodule_namespace(digit_first=lg.block is not None)
+        if self.nnx:  # attributes: identifiers, clear of nnx.Module's own names
+            self.modules = Namespace(suffixed=FLAX_RESERVED | _nnx_reserved())
+        self.init_lines: list[str] = []  # NNX: ``self.<name> = <constructor>``
+        self.param_names: list[str] = []  # variables the class owns itself
         self.vars: dict[Ref, str] = {}
         self.module_vars: dict[str, str] = {}  # layer name -> local holding a shared module
         self.module_names: dict[str, str] = {}  # layer name (block id) -> its submodule name=
-        self.used: set[str] = {"nn"}  # namespaces the class body uses
+        self.used: set[str] = {"nnx" if self.nnx else "nn"}  # namespaces the class uses
         self.current_module: str | None = None  # SELF while rendering one statement
         self.loop_index: str | None = None  # the counter of loops over blocks
         self.output_refs = {r for _, r in iter_refs(lg.graph.graph["outputs"])}
@@ -205,6 +216,8 @@ class _ClassRenderer:
 
     def module_ctor(self, lnode, name: str, name_code: str | None = None) -> str:
         mod = lnode.lowered.module
+        if self.nnx:
+            mod = nnx_module(mod, lnode.node)
         fn = mod.fn
         parts = [self.expr(a) for a in mod.args]
         if isinstance(fn, ir.LocalClass):
@@ -213,6 +226,10 @@ class _ClassRenderer:
             positional = self.child_classes[id(lnode.subclass)].positional
             parts += [v if positional else f"{k}={v}" for k, v in values.items()]
         parts += [f"{k}={self.expr(v)}" for k, v in mod.kwargs.items()]
+        if self.nnx:  # built in __init__, called as an attribute
+            parts.append("rngs=rngs")
+            self.init_lines.append(f"self.{name} = {self.expr(fn)}({', '.join(parts)})")
+            return f"self.{name}"
         parts.append(f"name={name_code or repr(name)}")
         return f"{self.expr(fn)}({', '.join(parts)})"
 
@@ -220,6 +237,7 @@ class _ClassRenderer:
         """``table = self.param('table', ...)``: a variable the class owns itself."""
         p = lnode.lowered.expr
         pname = self.modules.create(p.name, fallback="weight")
+        self.param_names.append(pname)
         var = self.locals.create(p.name, fallback="weight")
         self.vars[Ref(lnode.id, 0)] = var
         (array,) = lnode.lowered.variables.values()
@@ -227,6 +245,11 @@ class _ClassRenderer:
         self.used.add("jnp")
         dtype = f"jnp.{np.dtype(p.dtype).name}"
         shape = py_literal(tuple(int(d) for d in p.shape))
+        if self.nnx:
+            kind = "nnx.Param" if p.trainable else "rt.nnx.State"
+            self.used.add("rt" if not p.trainable else "nnx")
+            self.init_lines.append(f"self.{pname} = {kind}(jnp.zeros({shape}, {dtype}))")
+            return f"{var} = self.{pname}.value"
         if p.trainable:
             return f"{var} = self.param({pname!r}, nn.initializers.zeros_init(), {shape}, {dtype})"
         return (
@@ -267,7 +290,9 @@ class _ClassRenderer:
             mname = self.module_names[key]
             if first and sanitize(name, "layer") in FLAX_RESERVED:
                 body.append("# " + _renamed_comment(name))
-            if lnode.calls_of_layer > 1:
+            if self.nnx:  # one attribute, however many calls
+                module_text = self.module_ctor(lnode, mname) if first else f"self.{mname}"
+            elif lnode.calls_of_layer > 1:
                 if first:
                     mvar = self.locals.create(name, fallback="layer")
                     self.module_vars[node.name] = mvar
@@ -327,6 +352,9 @@ class _ClassRenderer:
         """The nodes, with each run of three or more calls of one block class that differ
         only in their number (``conv4_block2`` ... ``conv4_block6``), each fed by the one
         before, gathered into a list: written as a loop."""
+        if self.nnx:  # one attribute per block: no loops over names
+            yield from nodes
+            return
         run: list = []
 
         def flush():
@@ -458,6 +486,8 @@ class _ClassRenderer:
                 used=self.used,
                 block=True,
                 layer_paths=layer_paths,
+                init=self.init_lines,
+                attrs={*self.module_names.values(), *self.param_names},
             )
         shapes = tuple(tuple(s.shape) for s in g.graph["inputs"])
         kind = g.graph.get("class_name", "Functional")
@@ -494,6 +524,8 @@ class _ClassRenderer:
             origin=str(kind),
             hyper=dict(g.graph.get("hyper", {})),
             layer_paths=layer_paths,
+            init=self.init_lines,
+            attrs={*self.module_names.values(), *self.param_names},
         )
 
 
@@ -629,7 +661,7 @@ def _levels(top: LoweredGraph) -> list[list[LoweredGraph]]:
     return [levels[h] for h in sorted(levels)]
 
 
-def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
+def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace, api: str = "linen"):
     """Render every class, children before parents.  Traced calls of one Python class
     whose code comes out the same share one class; when only literal values differ
     (hyper-parameters), those become the shared class's dataclass fields."""
@@ -640,11 +672,12 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
         reserved = set(ir.NAMESPACES) | {c.name for c in classes} | {top_name}
         rendered = []
         for lg in level:
-            cls = _ClassRenderer(lg, "", by_id, reserved, field_values).render()
+            cls = _ClassRenderer(lg, "", by_id, reserved, field_values, api=api).render()
             rendered.append((lg, cls))
 
         def render_as(lg, residual, reserved=reserved):
-            return _ClassRenderer(lg, "", by_id, reserved, field_values, residual).render()
+            renderer = _ClassRenderer(lg, "", by_id, reserved, field_values, residual, api=api)
+            return renderer.render()
 
         for flagged in _merge_residual(_share(rendered), render_as):
             group = [(lg, cls) for lg, cls, _ in flagged]
@@ -666,7 +699,9 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace):
                     cls.input_shapes = ""
             if len(group) > 1:
                 local = {c.name: [f.split(":")[0] for f in c.fields] for c in classes}
-                cls.fields, values = _fields(cls, [c for _, c in group], local)
+                cls.fields, values = _fields(cls, [c for _, c in group], local, api)
+                if api == "nnx":
+                    _nnx_field_reads(cls)
                 if flags[0] is not None:  # blocks with and without the residual add
                     cls.fields.append("residual: bool")
                     values = [{**vals, "residual": flag} for vals, flag in zip(values, flags)]
@@ -729,7 +764,8 @@ def _block_doc(members: list[LoweredGraph]) -> str:
 
 
 def _tree(cls: _Class) -> tuple[ast.Module, list[bytes]]:
-    text = "\n".join([*cls.body, f"return {cls.returns}"]) + "\n"
+    """The class's code as one parse: NNX's ``__init__`` lines, the body, the return."""
+    text = "\n".join([*cls.init, *cls.body, f"return {cls.returns}"]) + "\n"
     return ast.parse(text), [line.encode() for line in text.split("\n")]
 
 
@@ -770,6 +806,8 @@ def _differing(a, b, found: dict, context=(None, None, 0, None)) -> bool:
         return True
     if type(a) is not type(b):
         return False
+    if isinstance(a, ast.Assign) and isinstance(a.targets[0], ast.Attribute):
+        context = (*context[:3], a.targets[0].attr)  # NNX: self.<submodule> = ...
     if isinstance(a, ast.Call):
         owner = context[3]
         for kw in a.keywords:
@@ -839,7 +877,7 @@ def _share(rendered: list) -> list[list]:
 
 
 def _fields(
-    cls: _Class, members: list[_Class], local: dict | None = None
+    cls: _Class, members: list[_Class], local: dict | None = None, api: str = "linen"
 ) -> tuple[list[str], list[dict]]:
     """Turn the literals the members differ in into fields of ``cls``: rewrites its
     body to read ``self.<field>``; returns the field lines and each member's values.
@@ -869,7 +907,8 @@ def _fields(
             text(found[key][1], src) if key in found else first for found, src in diffs
         ]
     hypers = [m.hyper for m in members]
-    names = Namespace(_field_reserved())
+    reserved = _field_reserved() if api == "linen" else _nnx_reserved() | {"rngs"} | cls.attrs
+    names = Namespace(reserved)
     groups: dict = {}  # values -> (base, [site keys]): literals equal in every member
     for key in order:  # are one field (ConvNeXt's LayerScale dim is its conv's features)
         vals = [ast.literal_eval(v) for v in values[key]]
@@ -896,7 +935,9 @@ def _fields(
             line[: node.col_offset] + f"self.{field_of[key]}".encode() + line[node.end_col_offset :]
         )
     decoded = [line.decode() for line in lines[:-1]]  # the text ended with a newline
-    cls.body, cls.returns = decoded[:-1], decoded[-1][len("return ") :]
+    n_init = len(cls.init)
+    cls.init, cls.body = decoded[:n_init], decoded[n_init:-1]
+    cls.returns = decoded[-1][len("return ") :]
     return fields, member_values
 
 
@@ -906,6 +947,23 @@ def _field_reserved() -> set:
     return {"name", "parent", "self", "train"} | {
         n for n in dir(nn.Module) if not n.startswith("_")
     }
+
+
+def _nnx_field_reads(cls: _Class) -> None:
+    """NNX: ``__init__`` reads its fields as arguments; only those that ``__call__`` reads
+    are kept as attributes (``cls.stored``)."""
+    names = [f.split(":")[0] for f in cls.fields]
+    for name in names:
+        pattern = re.compile(rf"\bself\.{name}\b")
+        cls.init = [pattern.sub(name, line) for line in cls.init]
+    body = "\n".join([*cls.body, cls.returns])
+    cls.stored = [n for n in names if re.search(rf"\bself\.{n}\b", body)]
+
+
+def _nnx_reserved() -> set:
+    from flax import nnx
+
+    return {"self", "train"} | {n for n in dir(nnx.Module) if not n.startswith("_")}
 
 
 def _base_name(site: _Site, local: dict) -> str:
@@ -935,9 +993,11 @@ def _parameter_name(call: str, position: int) -> str:
             obj = getattr(base, words[3])
         for part in attr.split("."):
             obj = getattr(obj, part)
+        # A class's own __init__ (an nnx.Module's metaclass hides it from signature())
+        fn = obj.__init__ if isinstance(obj, type) and "__init__" in vars(obj) else obj
         params = [
             p.name
-            for p in inspect.signature(obj).parameters.values()
+            for p in inspect.signature(fn).parameters.values()
             if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"
         ]
         if isinstance(obj, type) and issubclass(obj, object) and params[:1] == ["parent"]:
@@ -999,8 +1059,12 @@ def render(
     class_name: str | None = None,
     regenerate: str = "",
     metadata: dict | None = None,
+    api: str = "linen",
 ) -> Rendered:
     """Source (unformatted) and Flax variables of the module for ``lowered``.
+
+    ``api="nnx"`` writes ``nnx.Module`` classes (see ``codegen/nnx.py``) instead of
+    linen ones: the same statements, with each layer built in ``__init__``.
 
     ``metadata`` (catalog applications): ``{"preprocess": mode, "input_size": n}`` adds
     ``preprocess_mode``/``input_size`` class attributes and a ``preprocess`` staticmethod
@@ -1008,11 +1072,15 @@ def render(
     """
     class_names = Namespace(set(ir.NAMESPACES))
     top_name = class_names.create(class_name or pascal_case(lowered.name), fallback="Model")
-    classes, _ = _render_classes(lowered, top_name, class_names)
+    if api not in ("linen", "nnx"):
+        raise ValueError(f"api {api!r}: expected 'linen' or 'nnx'")
+    if api == "nnx":
+        check_nnx(lowered)
+    classes, _ = _render_classes(lowered, top_name, class_names, api)
     top_attrs, preprocess = _metadata_attrs(metadata or {})
     used = sorted(set().union(*(c.used for c in classes), {"rt"} if preprocess else set()))
     imports = sorted(ir.NAMESPACES[a] for a in used if a != "rt")
-    template = _ENV.get_template("module.py.j2")
+    template = _ENV.get_template("module.py.j2" if api == "linen" else "module_nnx.py.j2")
     source = template.render(
         model=_comment(repr(str(lowered.name))),
         regenerate=_comment(regenerate) if regenerate else "",

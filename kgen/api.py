@@ -46,6 +46,7 @@ class Conversion:
     timings: dict = field(default_factory=dict)  # seconds per step: trace, lower, render, format
     layer_paths: dict = field(default_factory=dict)  # submodule path -> Keras layer name
     folded: bool = True  # repeated blocks are classes (False: one statement per layer)
+    api: str = "linen"  # "nnx": the module is a Flax NNX class
 
     def write(
         self, directory: str | os.PathLike, *, weights: bool = True
@@ -99,6 +100,7 @@ class Conversion:
         """What the ``.safetensors`` records besides the arrays: the module's form and
         the Keras layer each submodule path was converted from."""
         return {
+            "api": self.api,
             "layout": "folded" if self.folded else "flat",
             "keras_layers": json.dumps(self.layer_paths, sort_keys=True),
         }
@@ -109,8 +111,14 @@ class Conversion:
 
     @property
     def module(self):
-        """A fresh instance of the generated top-level class."""
-        return getattr(self.load(), self.class_name)()
+        """A fresh instance of the generated top-level class.  For ``api="nnx"``, an
+        instance holding this conversion's variables (:func:`kgen.runtime.nnx.load`)."""
+        cls = getattr(self.load(), self.class_name)
+        if self.api == "nnx":
+            from kgen.runtime import nnx
+
+            return nnx.load(cls, self.variables)
+        return cls()
 
 
 def _bounded(name: str, limit: int = MAX_NAME_LENGTH) -> str:
@@ -331,6 +339,7 @@ def convert(
     input_dtypes=None,
     trace_lambdas: bool = True,
     fold: bool = True,
+    api: str = "linen",
 ) -> Conversion:
     """Convert a Keras functional or Sequential model (Keras 3 or tf.keras), or a Keras 3
     subclassed model given ``input_shapes``.
@@ -345,7 +354,8 @@ def convert(
     the ``Lambda`` layers of a live model (``trace_lambdas``).  ``input_shapes``: a
     subclassed model's input shapes without the batch dim, one tuple per input
     (``input_dtypes`` defaults to float32 each).  ``fold=False`` writes the flat form:
-    one statement per Keras layer, no classes for repeated blocks.
+    one statement per Keras layer, no classes for repeated blocks.  ``api="nnx"``
+    writes a Flax NNX module (``nnx.Module``) instead of a linen one.
     """
     from kgen.codegen.names import snake_case
     from kgen.pipeline import application_metadata, check_name
@@ -371,6 +381,7 @@ def convert(
         input_dtypes=input_dtypes,
         trace_lambdas=trace_lambdas,
         fold=fold,
+        api=api,
     )
     if module_name is not None:
         conversion.module_name = module_name
@@ -388,6 +399,7 @@ def convert_model(
     input_dtypes=None,
     trace_lambdas: bool = True,
     fold: bool = True,
+    api: str = "linen",
 ) -> Conversion:
     """:func:`convert` with every name and header given: what the pipeline calls.
 
@@ -417,7 +429,12 @@ def convert_model(
         if len(default) > MAX_NAME_LENGTH:
             class_name = _bounded(default)
     gen: Generated = generate(
-        graph, class_name=class_name, regenerate=regenerate, metadata=metadata, fold=fold
+        graph,
+        class_name=class_name,
+        regenerate=regenerate,
+        metadata=metadata,
+        fold=fold,
+        api=api,
     )
     return Conversion(
         source=gen.source,
@@ -431,4 +448,5 @@ def convert_model(
         timings={"trace": traced_at - start, **gen.seconds},
         layer_paths=gen.layer_paths,
         folded=fold,
+        api=api,
     )

@@ -536,9 +536,16 @@ def _check_output_dir(output: str) -> None:
     help="Write repeated blocks as classes (--no-fold: one statement per Keras layer, the "
     "form whose weights files kgen wrote before folding).",
 )
+@click.option(
+    "--api",
+    type=click.Choice(["linen", "nnx"]),
+    default="linen",
+    show_default=True,
+    help="Flax API of the module: linen (nn.Module) or nnx (nnx.Module, built in __init__).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line describing the result.")
 @_app_options
-def emit(source, output, weights, name, fold, as_json, **app_options):
+def emit(source, output, weights, name, fold, api, as_json, **app_options):
     """Convert SOURCE (an application name, a .keras/.h5 file or a tf.keras SavedModel
     directory) to a Flax module.
 
@@ -555,7 +562,9 @@ def emit(source, output, weights, name, fold, as_json, **app_options):
         loaded = _load(src, as_json)
         loaded_at = time.perf_counter()
         with _step("converting", as_json):
-            conversion = pipeline.convert(src, name=name, output=output, loaded=loaded, fold=fold)
+            conversion = pipeline.convert(
+                src, name=name, output=output, loaded=loaded, fold=fold, api=api
+            )
     _raise_if_interrupted()  # nothing is written after an interrupt, even a swallowed one
     written_from = time.perf_counter()
     with _step("writing", as_json):
@@ -632,6 +641,13 @@ def emit(source, output, weights, name, fold, as_json, **app_options):
     show_default=True,
     help="Check the module with repeated blocks as classes (--no-fold: the flat form).",
 )
+@click.option(
+    "--api",
+    type=click.Choice(["linen", "nnx"]),
+    default="linen",
+    show_default=True,
+    help="Check the linen module or the Flax NNX one (kgen emit --api).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
 @click.option(
     "--all",
@@ -653,7 +669,7 @@ def emit(source, output, weights, name, fold, as_json, **app_options):
 )
 @_app_options
 def verify(
-    source, weights, seed, batch, taps, fold, as_json, all_apps, markdown, only, **app_options
+    source, weights, seed, batch, taps, fold, api, as_json, all_apps, markdown, only, **app_options
 ):
     """Convert SOURCE and compare it with Keras on a random batch.
 
@@ -683,7 +699,7 @@ def verify(
         _import_frameworks()
         with _step(f"converting and comparing {source}", as_json):
             result = pipeline.verify(
-                src, randomize=randomize, seed=seed, batch=batch, taps=taps, fold=fold
+                src, randomize=randomize, seed=seed, batch=batch, taps=taps, fold=fold, api=api
             )
     conversion, report, params = result.conversion, result.report, result.params
     if as_json:

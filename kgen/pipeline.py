@@ -155,7 +155,7 @@ class Source:
             return app.name, app.name.lower()
         return catalog.variant_names(app, self.options)
 
-    def command(self, output: str, *, fold: bool = True) -> str:
+    def command(self, output: str, *, fold: bool = True, api: str = "linen") -> str:
         """The ``kgen emit`` command line that writes this source to ``output``."""
         words = ["kgen emit", self.spec]
         if self.weights is not None:
@@ -170,6 +170,8 @@ class Source:
                 words.append(f"{flag} {'none' if value is None else value}")
         if not fold:
             words.append("--no-fold")
+        if api != "linen":
+            words.append(f"--api {api}")
         return " ".join([*words, "-o", output])
 
 
@@ -204,6 +206,7 @@ def convert(
     output: str = "generated",
     loaded=None,
     fold: bool = True,
+    api: str = "linen",
 ):
     """Convert ``source``: a :class:`~kgen.api.Conversion` named as ``kgen emit`` names it.
 
@@ -212,6 +215,7 @@ def convert(
     the model :func:`load` gave, when the caller already has it.  ``fold=False``: the
     flat form, one statement per Keras layer, without classes for repeated blocks (its
     variables are one submodule per layer, as kgen wrote them before folding).
+    ``api="nnx"``: a Flax NNX module instead of a linen one.
     """
     from kgen.api import convert_model, module_file_name
     from kgen.codegen.names import snake_case
@@ -229,12 +233,13 @@ def convert(
     conversion = convert_model(
         loaded.model,
         class_name=class_name,
-        regenerate=source.command(output, fold=fold) if loaded.app else "",
+        regenerate=source.command(output, fold=fold, api=api) if loaded.app else "",
         metadata=metadata,
         input_shapes=loaded.input_shapes,
         # a file's code is never run (and the allowlist agrees); a factory's is the user's
         trace_lambdas=loaded.from_code,
         fold=fold,
+        api=api,
     )
     if module_name is not None:
         conversion.module_name = module_file_name(module_name)
@@ -279,11 +284,12 @@ def verify(
     batch: int = 2,
     taps: int = 8,
     fold: bool = True,
+    api: str = "linen",
 ) -> Verified:
     """Convert ``source`` and compare it with Keras on a random batch (logits for
     applications), after setting every Keras variable to random values unless
     ``randomize`` is false (then the source's own weights are compared).  ``fold=False``
-    checks the flat form (see :func:`convert`)."""
+    checks the flat form (see :func:`convert`); ``api="nnx"`` the Flax NNX module."""
     from kgen.verify import check_model
 
     loaded = load(source, logits=True)
@@ -296,6 +302,7 @@ def verify(
         taps=taps,
         input_shapes=loaded.input_shapes,
         fold=fold,
+        api=api,
     )
     return Verified(conversion, report, int(loaded.model.count_params()), randomize)
 

@@ -241,12 +241,13 @@ def check_model(
     taps: int = 0,
     input_shapes=None,
     fold: bool = True,
+    api: str = "linen",
 ):
     """Randomise (optionally), convert and compare one model. Returns (conversion, report).
 
     ``taps`` > 0 also compares that many intermediate layer outputs (see :func:`with_taps`).
     ``input_shapes``: a subclassed model's (see :func:`kgen.convert`).  ``fold=False``
-    checks the flat form.
+    checks the flat form; ``api="nnx"`` the Flax NNX module.
     """
     import jax
 
@@ -257,12 +258,19 @@ def check_model(
     if taps and conversion is None:
         model = with_taps(model, taps)
     if conversion is None:
-        conversion = convert(model, input_shapes=input_shapes, fold=fold)
+        conversion = convert(model, input_shapes=input_shapes, fold=fold, api=api)
     if inputs is None:
         inputs = random_inputs(conversion.inputs, batch=batch, seed=seed + 1)
     names = [s.name for s in conversion.inputs]
     reference = keras_predict(model, inputs, conversion.input_structure, names)
     module = conversion.module
-    apply = jax.jit(lambda v, *xs: module.apply(v, *xs))
-    result = apply(conversion.variables, *inputs)
+    if conversion.api == "nnx":
+        from flax import nnx
+
+        graphdef, state = nnx.split(module)
+        apply = jax.jit(lambda s, *xs: nnx.merge(graphdef, s)(*xs))
+        result = apply(state, *inputs)
+    else:
+        apply = jax.jit(lambda v, *xs: module.apply(v, *xs))
+        result = apply(conversion.variables, *inputs)
     return conversion, compare(reference, jax.device_get(result), tolerance)

@@ -3,6 +3,7 @@
 Light on purpose: it never imports Keras or TensorFlow.
 """
 
+from kgen.runtime import nnx
 from kgen.runtime.applications import LayerScale
 from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
 from kgen.runtime.categorical import discretize, encode_categorical
@@ -83,6 +84,7 @@ __all__ = [
     "masked_softmax",
     "max_pool",
     "mixed",
+    "nnx",
     "normalize",
     "preprocess_input",
     "relu",
