@@ -33,22 +33,43 @@ def _feature_shape(mod: ir.Module, node: ir.Node):
 
 
 def _with_input(fn: str):
-    return lambda mod, node: ir.Module(ir.Sym(fn), (_in_features(node), *mod.args), mod.kwargs)
+    return lambda mod, node, call: ir.Module(
+        ir.Sym(fn), (_in_features(node), *mod.args), mod.kwargs
+    )
 
 
 def _same(fn: str):
-    return lambda mod, node: ir.Module(ir.Sym(fn), mod.args, mod.kwargs)
+    return lambda mod, node, call: ir.Module(ir.Sym(fn), mod.args, mod.kwargs)
 
 
 def _with_features(fn: str):
-    return lambda mod, node: ir.Module(
+    return lambda mod, node, call: ir.Module(
         ir.Sym(fn), (_feature_shape(mod, node), *mod.args), mod.kwargs
     )
 
 
-def _group_norm(mod: ir.Module, node: ir.Node) -> ir.Module:
+def _group_norm(mod: ir.Module, node: ir.Node, call) -> ir.Module:
     channels = _in_features(node, int(mod.kwargs.get("axis", -1)))
     return ir.Module(ir.Sym("rt.nnx.GroupNorm"), (channels, *mod.args), mod.kwargs)
+
+
+def _rms_norm(mod: ir.Module, node: ir.Node, call) -> ir.Module:
+    if "feature_axes" in mod.kwargs:  # several axes: nnx.RMSNorm's scale is 1-D
+        return _linen_backed(mod, node, call)
+    return ir.Module(ir.Sym("nnx.RMSNorm"), (_in_features(node),), mod.kwargs)
+
+
+def _linen_backed(mod: ir.Module, node: ir.Node, call) -> ir.Module:
+    """``rt.nnx.Linen(<the linen layer>, <example input shapes>)``: a layer whose NNX
+    form is its linen module's variables held as NNX variables (attention, recurrent,
+    noise, locally connected layers).  The example shapes are those of the call's
+    positional tensors (the batch, and any unknown size, as 1): the variables are
+    initialised by calling the linen module once on zeros of those shapes."""
+    positional = len(call.args) if call is not None else 1
+    shapes = tuple(
+        tuple(1 if d is None else int(d) for d in shape) for shape in node.input_shapes[:positional]
+    )
+    return ir.Module(ir.Sym("rt.nnx.Linen"), (ir.Call(mod.fn, mod.args, mod.kwargs), shapes))
 
 
 #: linen constructor -> its NNX rule.
@@ -64,6 +85,27 @@ RULES = {
     "rt.Normalization": _with_features("rt.nnx.Normalization"),
     "rt.GroupNorm": _group_norm,
     "rt.LayerScale": _same("rt.nnx.LayerScale"),
+    "rt.PReLU": _same("rt.nnx.PReLU"),
+    "rt.EinsumDense": _same("rt.nnx.EinsumDense"),
+    "nn.ConvTranspose": _with_input("nnx.ConvTranspose"),
+    "nn.RMSNorm": _rms_norm,
+    **{
+        f"rt.{name}": _linen_backed
+        for name in (
+            "MultiHeadAttention",
+            "Attention",
+            "AdditiveAttention",
+            "SimpleRNN",
+            "GRU",
+            "LSTM",
+            "Bidirectional",
+            "LocallyConnected",
+            "GaussianNoise",
+            "GaussianDropout",
+            "AlphaDropout",
+            "ReversibleEmbedding",
+        )
+    },
 }
 
 
@@ -103,9 +145,31 @@ def check(lowered) -> None:
         )
 
 
-def nnx_module(mod: ir.Module, node: ir.Node) -> ir.Module:
+def nnx_module(mod: ir.Module, node: ir.Node, expr=None) -> ir.Module:
     """The NNX constructor for ``mod`` (a class of the same file is kept as it is);
-    :func:`check` has made sure there is a rule."""
+    :func:`check` has made sure there is a rule.  ``expr``: the node's expression, whose
+    call of the submodule gives the linen-backed layers their example inputs."""
     if isinstance(mod.fn, ir.LocalClass):
         return mod
-    return RULES[mod.fn.path](mod, node)
+    return RULES[mod.fn.path](mod, node, _self_call(expr))
+
+
+def _self_call(expr):
+    """The call of the node's own submodule (``SELF(...)``) inside ``expr``, if any."""
+    if isinstance(expr, ir.Call):
+        if expr.fn is ir.SELF:
+            return expr
+        for part in (expr.fn, *expr.args, *expr.kwargs.values()):
+            found = _self_call(part)
+            if found is not None:
+                return found
+    elif isinstance(expr, (tuple, list)):
+        for part in expr:
+            found = _self_call(part)
+            if found is not None:
+                return found
+    elif isinstance(expr, (ir.Index, ir.Neg)):
+        return _self_call(expr.value)
+    elif isinstance(expr, ir.BinOp):
+        return _self_call(expr.left) or _self_call(expr.right)
+    return None

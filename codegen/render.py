@@ -217,7 +217,7 @@ class _ClassRenderer:
     def module_ctor(self, lnode, name: str, name_code: str | None = None) -> str:
         mod = lnode.lowered.module
         if self.nnx:
-            mod = nnx_module(mod, lnode.node)
+            mod = nnx_module(mod, lnode.node, lnode.lowered.expr)
         fn = mod.fn
         parts = [self.expr(a) for a in mod.args]
         if isinstance(fn, ir.LocalClass):
@@ -249,7 +249,7 @@ class _ClassRenderer:
             kind = "nnx.Param" if p.trainable else "rt.nnx.State"
             self.used.add("rt" if not p.trainable else "nnx")
             self.init_lines.append(f"self.{pname} = {kind}(jnp.zeros({shape}, {dtype}))")
-            return f"{var} = self.{pname}.value"
+            return f"{var} = self.{pname}[...]"
         if p.trainable:
             return f"{var} = self.param({pname!r}, nn.initializers.zeros_init(), {shape}, {dtype})"
         return (
@@ -700,11 +700,11 @@ def _render_classes(top: LoweredGraph, top_name: str, class_names: Namespace, ap
             if len(group) > 1:
                 local = {c.name: [f.split(":")[0] for f in c.fields] for c in classes}
                 cls.fields, values = _fields(cls, [c for _, c in group], local, api)
-                if api == "nnx":
-                    _nnx_field_reads(cls)
                 if flags[0] is not None:  # blocks with and without the residual add
                     cls.fields.append("residual: bool")
                     values = [{**vals, "residual": flag} for vals, flag in zip(values, flags)]
+                if api == "nnx":
+                    _nnx_field_reads(cls)
                 for (lg, _), vals in zip(group, values):
                     field_values[id(lg)] = vals
                 cls.positional = cls.block and not all(

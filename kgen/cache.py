@@ -61,6 +61,7 @@ class Entry:
     class_name: str
     kgen_version: str
     created: str
+    api: str = "linen"
 
     @property
     def size(self) -> int:
@@ -87,7 +88,7 @@ def _plain(options: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
 
 
-def cache_key(source, name: str | None = None) -> str:
+def cache_key(source, name: str | None = None, api: str = "linen") -> str:
     """The cache key of a :class:`~kgen.pipeline.Source` (see the module docstring)."""
     from kgen import __version__
 
@@ -98,6 +99,8 @@ def cache_key(source, name: str | None = None) -> str:
         "options": _plain(source.options),
         "name": name,
     }
+    if api != "linen":  # linen keys stay what they were
+        record["api"] = api
     if source.app is None:  # a model file: its bytes, not its path
         record["source_sha256"] = _file_digest(Path(source.spec))
     if _is_file_choice(source.weights):
@@ -119,6 +122,7 @@ def _read_entry(path: Path) -> Entry | None:
             class_name=data["class"],
             kgen_version=data["kgen"],
             created=data["created"],
+            api=data.get("api", "linen"),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None  # half-written, foreign or damaged: not an entry
@@ -160,17 +164,23 @@ def _import_entry(entry: Entry):
 def _open(entry: Entry):
     from kgen.runtime.variables import load_variables
 
+    path = entry.path / f"{entry.module}.safetensors"
+    if entry.api == "nnx":
+        from kgen.runtime import nnx
+
+        variables = load_variables(path)
+        return nnx.load(_import_entry(entry), variables), variables
     module = _import_entry(entry)()
-    variables = load_variables(entry.path / f"{entry.module}.safetensors", module=module)
+    variables = load_variables(path, module=module)
     return module, variables
 
 
-def _store(source, name, key: str, root: Path) -> Entry:
+def _store(source, name, key: str, root: Path, api: str = "linen") -> Entry:
     """Convert ``source`` into ``root/<key>``, written under a temporary name first so
     that a reader sees a whole entry or none."""
     from kgen import __version__, pipeline
 
-    conversion = pipeline.convert(source, name=name)
+    conversion = pipeline.convert(source, name=name, api=api)
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".{key}.{os.getpid()}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -184,6 +194,7 @@ def _store(source, name, key: str, root: Path) -> Entry:
             "class": conversion.class_name,
             "kgen": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "api": api,
         }
         (tmp / ENTRY_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         try:
@@ -198,7 +209,13 @@ def _store(source, name, key: str, root: Path) -> Entry:
 
 
 def load(
-    source: str, weights: str | None = None, *, name: str | None = None, cache=True, **options
+    source: str,
+    weights: str | None = None,
+    *,
+    name: str | None = None,
+    cache=True,
+    api: str = "linen",
+    **options,
 ):
     """``(module, variables)`` for ``source``, converted once and then served from the cache.
 
@@ -208,7 +225,8 @@ def load(
     ``"none"`` (Keras's fresh initialisation, saved so every load gives the same
     variables) or a Keras weights file; ``options`` such as ``include_top=False``,
     ``input_shape=(160, 160, 3)``.  ``name`` sets the class name.  ``cache=False``
-    converts without reading or writing the cache.
+    converts without reading or writing the cache.  ``api="nnx"`` gives the Flax NNX
+    module instead, already holding its variables (:func:`kgen.runtime.nnx.load`).
 
     >>> module, variables = kgen.load("MobileNetV2", weights="none")  # doctest: +SKIP
     >>> logits = module.apply(variables, x)  # doctest: +SKIP
@@ -220,11 +238,13 @@ def load(
         raise pipeline.SourceError(f"no such model file or application: {source!r}")
     if name is not None:
         pipeline.check_name(name)
+    if api not in ("linen", "nnx"):
+        raise ValueError(f"api {api!r}: expected 'linen' or 'nnx'")
     if not cache or src.is_factory:
-        conversion = pipeline.convert(src, name=name)
+        conversion = pipeline.convert(src, name=name, api=api)
         module = conversion.module
         return module, conversion.variables
-    key = cache_key(src, name)
+    key = cache_key(src, name, api)
     root = cache_dir()
     entry = _read_entry(root / key)
     if entry is None:
@@ -234,5 +254,5 @@ def load(
                 f"{source!r} is not in the cache ({root}), and converting it needs the "
                 f"conversion packages ({', '.join(missing)} missing): {pipeline.INSTALL_CONVERT}"
             )
-        entry = _store(src, name, key, root)
+        entry = _store(src, name, key, root, api)
     return _open(entry)

@@ -102,7 +102,11 @@ def check_training(
     inputs=None,
     tolerance: float = TOLERANCE,
     dtype: str = "float32",
+    api: str = "linen",
 ) -> TrainingReport:
+    """One training step of ``model`` against its conversion (see the module doc);
+    ``api="nnx"`` checks the Flax NNX module, called through
+    :func:`kgen.runtime.nnx.functional`."""
     import jax
     import jax.numpy as jnp
     import tensorflow as tf
@@ -114,7 +118,7 @@ def check_training(
     wide = dtype == "float64"
     randomize(model, seed)
     _zero_dropout(model)
-    conversion = convert(model)
+    conversion = convert(model, api=api)
     if inputs is None:
         inputs = random_inputs(conversion.inputs, batch=batch, seed=seed + 1)
     if wide:  # the same model and batch, in float64 on both sides
@@ -150,11 +154,21 @@ def check_training(
     module = conversion.module
     variables = conversion.variables
     mutable = [c for c in variables if c != "params"]
+    if conversion.api == "nnx":
+        from kgen.runtime.nnx import functional
+
+        nnx_apply = functional(module)
+
+        def apply(variables, *xs, train, mutable, rngs):
+            out, new = nnx_apply(variables, *xs, train=train)
+            return out, {c: new[c] for c in mutable}
+    else:
+        apply = module.apply
     if wide:
         variables = jax.tree_util.tree_map(_widen, variables)
 
     def loss_fn(params):
-        result, updates = module.apply(
+        result, updates = apply(
             {**variables, "params": params},
             *inputs,
             train=True,

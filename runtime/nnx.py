@@ -43,12 +43,16 @@ __all__ = [
     "BatchNorm",
     "Conv",
     "DepthwiseConv",
+    "EinsumDense",
     "GroupNorm",
     "LayerNorm",
     "LayerScale",
+    "Linen",
     "Normalization",
+    "PReLU",
     "SeparableConv",
     "State",
+    "functional",
     "load",
     "load_variables",
     "variables",
@@ -61,6 +65,18 @@ class State(nnx.Variable):
 
 #: linen collection -> the NNX variable type that holds it.
 COLLECTIONS = {"params": nnx.Param, "batch_stats": nnx.BatchStat, "state": State}
+
+
+def _value(var: nnx.Variable):
+    """A variable's value, in every flax this supports (``.value`` is deprecated in 0.12)."""
+    return var.get_value() if hasattr(var, "get_value") else var.value
+
+
+def _set(var: nnx.Variable, value) -> None:
+    if hasattr(var, "set_value"):
+        var.set_value(value)
+    else:  # flax < 0.12
+        var.value = value
 
 
 def _features(shape) -> tuple[int, ...]:
@@ -80,8 +96,8 @@ class Conv(nnx.Conv):
         fast = is_pointwise(n, self.kernel_size, groups, dilation, self.padding, self.mask)
         if not fast or conv_impl(self.impl) == "xla":
             return super().__call__(inputs)
-        kernel = self.kernel.value
-        bias = None if self.bias is None else self.bias.value
+        kernel = _value(self.kernel)
+        bias = None if self.bias is None else _value(self.bias)
         x, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         return pointwise_conv(x, kernel, bias, 1 if self.strides is None else self.strides)
 
@@ -114,13 +130,13 @@ class DepthwiseConv(nnx.Module):
     def __call__(self, x):
         y = depthwise_conv(
             x,
-            self.kernel.value,
+            _value(self.kernel),
             strides=self.strides,
             padding=self.padding,
             dilation=self.kernel_dilation,
             impl=self.impl,
         )
-        return y if self.bias is None else y + self.bias.value.astype(y.dtype)
+        return y if self.bias is None else y + _value(self.bias).astype(y.dtype)
 
 
 class SeparableConv(nnx.Module):
@@ -191,18 +207,20 @@ class BatchNorm(nnx.Module):
     def __call__(self, x, *, use_running_average: bool = True):
         y, update = batch_norm(
             x,
-            None if self.scale is None else self.scale.value,
-            None if self.bias is None else self.bias.value,
-            self.mean.value,
-            self.var.value,
+            None if self.scale is None else _value(self.scale),
+            None if self.bias is None else _value(self.bias),
+            _value(self.mean),
+            _value(self.var),
             axis=self.axis,
             epsilon=self.epsilon,
             use_running_average=use_running_average,
             unbiased_update=self.unbiased_update,
         )
         if update is not None:
-            moving = (self.mean.value, self.var.value)
-            self.mean.value, self.var.value = moving_update(moving, update, self.momentum)
+            moving = (_value(self.mean), _value(self.var))
+            mean, var = moving_update(moving, update, self.momentum)
+            _set(self.mean, mean)
+            _set(self.var, var)
         return y
 
 
@@ -229,8 +247,8 @@ class LayerNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros(shape)) if center and not rms_scaling else None
 
     def __call__(self, x):
-        gamma = None if self.scale is None else self.scale.value
-        beta = None if self.bias is None else self.bias.value
+        gamma = None if self.scale is None else _value(self.scale)
+        beta = None if self.bias is None else _value(self.bias)
         return layer_norm(
             x, gamma, beta, axis=self.axis, epsilon=self.epsilon, rms_scaling=self.rms_scaling
         )
@@ -257,8 +275,8 @@ class GroupNorm(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((num_features,))) if center else None
 
     def __call__(self, x):
-        gamma = None if self.scale is None else self.scale.value
-        beta = None if self.bias is None else self.bias.value
+        gamma = None if self.scale is None else _value(self.scale)
+        beta = None if self.bias is None else _value(self.bias)
         return group_norm(x, gamma, beta, groups=self.groups, axis=self.axis, epsilon=self.epsilon)
 
 
@@ -284,8 +302,8 @@ class Normalization(nnx.Module):
     def __call__(self, x):
         axes = tuple(sorted(a % x.ndim for a in self.axis))
         shape = [x.shape[d] if d in axes else 1 for d in range(x.ndim)]
-        mean = self.mean.value.reshape(shape)
-        return normalize(x, mean, self.variance.value.reshape(shape), self.invert)
+        mean = _value(self.mean).reshape(shape)
+        return normalize(x, mean, _value(self.variance).reshape(shape), self.invert)
 
 
 class LayerScale(nnx.Module):
@@ -295,7 +313,94 @@ class LayerScale(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((dim,)))
 
     def __call__(self, x):
-        return x * self.gamma.value
+        return x * _value(self.gamma)
+
+
+class PReLU(nnx.Module):
+    """Keras ``PReLU`` (:class:`kgen.runtime.PReLU`): ``alpha`` shaped like the input
+    minus the batch dim, shared axes 1."""
+
+    def __init__(self, alpha_shape: Sequence[int], *, rngs: nnx.Rngs | None = None):
+        self.alpha = nnx.Param(jnp.zeros(tuple(alpha_shape)))
+
+    def __call__(self, x):
+        alpha = _value(self.alpha)
+        return jax.nn.relu(x) - alpha * jax.nn.relu(-x)
+
+
+class EinsumDense(nnx.Module):
+    """Keras ``EinsumDense`` (:class:`kgen.runtime.EinsumDense`)."""
+
+    def __init__(
+        self,
+        equation: str,
+        kernel_shape: Sequence[int],
+        bias_shape: Sequence[int] | None = None,
+        *,
+        rngs: nnx.Rngs,
+    ):
+        self.equation = equation
+        init = nnx.initializers.lecun_normal()
+        self.kernel = nnx.Param(init(rngs.params(), tuple(kernel_shape)))
+        self.bias = None if bias_shape is None else nnx.Param(jnp.zeros(tuple(bias_shape)))
+
+    def __call__(self, x):
+        y = jnp.einsum(self.equation, x, _value(self.kernel))
+        return y if self.bias is None else y + _value(self.bias)
+
+
+class _Scope(nnx.Module):
+    """One level of a linen layer's variable tree, as attributes."""
+
+
+class Linen(nnx.Module):
+    """A kgen linen runtime layer as an NNX module: its variables are NNX variables of
+    this module, under the linen names (``self.query.kernel``...), and a call applies the
+    linen module to them.  For the layers whose computation lives in one linen module
+    (attention, recurrent, noise and locally connected layers), this keeps one
+    implementation for both APIs.
+
+    ``input_shapes``: example shapes of the call's positional inputs; the variables are
+    initialised by ``module.init`` on zeros of those shapes (under ``nnx.eval_shape``,
+    as :func:`load` builds, nothing is computed).  Calls get the ``dropout`` rng stream.
+    """
+
+    def __init__(self, module, input_shapes: Sequence[Sequence[int]], *, rngs: nnx.Rngs):
+        self.module = module
+        examples = [jnp.zeros(tuple(shape), jnp.float32) for shape in input_shapes]
+        keys = {"params": rngs.params(), "dropout": rngs.dropout()}
+        variables = module.init(keys, *examples)
+        self.collections = tuple(sorted(variables))
+        for collection, tree in variables.items():
+            if collection not in COLLECTIONS:
+                raise ValueError(f"{type(module).__name__}: unknown collection {collection!r}")
+            _attach(self, tree, COLLECTIONS[collection])
+        self.rngs = rngs["dropout"].fork() if hasattr(rngs, "__getitem__") else rngs
+
+    def __call__(self, *args, **kwargs):
+        variables = {c: {} for c in self.collections}
+        for path, var in _leaves(self).items():
+            if path[0] == "rngs":
+                continue
+            collection = next(c for c, k in COLLECTIONS.items() if isinstance(var, k))
+            node = variables[collection]
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = _value(var)
+        key = self.rngs() if callable(self.rngs) else self.rngs.dropout()
+        return self.module.apply(variables, *args, rngs={"dropout": key}, **kwargs)
+
+
+def _attach(owner, tree: dict, kind) -> None:
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            child = getattr(owner, key, None)
+            if child is None:
+                child = _Scope()
+                setattr(owner, key, child)
+            _attach(child, value, kind)
+        else:
+            setattr(owner, key, kind(value))
 
 
 def _leaves(module) -> dict[tuple, nnx.Variable]:
@@ -311,34 +416,45 @@ def load_variables(module, variables: dict) -> None:
     """Fill ``module`` (a generated NNX class) from ``{collection: nested dict}``, as
     :func:`kgen.runtime.load_variables` returns it.  Every variable of the module must be
     given once, with its shape; anything else is a :class:`WeightsError`."""
-    from kgen.runtime.variables import flatten
-
     held = _leaves(module)
     seen = set()
     for collection, tree in variables.items():
         kind = COLLECTIONS.get(collection)
         if kind is None:
             raise WeightsError(f"unknown collection {collection!r} for an NNX module")
-        for key, array in flatten(tree).items():
+        for key, array in _flat(tree).items():
             path = tuple(key.split("/"))
             var = held.get(path)
             if var is None or not isinstance(var, kind):
                 raise WeightsError(f"{collection}/{key} is not a {kind.__name__} of the module")
-            if tuple(var.value.shape) != tuple(array.shape):
+            if tuple(_value(var).shape) != tuple(array.shape):
                 raise WeightsError(
                     f"{collection}/{key}: shape {tuple(array.shape)}, the module has "
-                    f"{tuple(var.value.shape)}"
+                    f"{tuple(_value(var).shape)}"
                 )
-            var.value = jnp.asarray(array, dtype=var.value.dtype)
+            _set(var, jnp.asarray(array))
             seen.add(path)
     missing = sorted("/".join(p) for p in set(held) - seen)
     if missing:
         raise WeightsError(f"{len(missing)} variables not given, e.g. {missing[0]}")
 
 
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """``{"a/b": leaf}`` of a nested dict, the leaves as they are (arrays or tracers)."""
+    out = {}
+    for key, value in tree.items():
+        path = f"{prefix}/{key}" if prefix else str(key)
+        out.update(_flat(value, path) if isinstance(value, dict) else {path: value})
+    return out
+
+
 def variables(module) -> dict:
     """The module's weights as ``{collection: nested dict}`` (numpy), the layout that
     :func:`kgen.runtime.save_variables` writes and :func:`load_variables` reads."""
+    return _collections(module, np.asarray)
+
+
+def _collections(module, convert=lambda a: a) -> dict:
     from kgen.runtime.variables import unflatten
 
     kinds = {kind: name for name, kind in COLLECTIONS.items()}
@@ -347,8 +463,26 @@ def variables(module) -> dict:
         collection = next((n for k, n in kinds.items() if isinstance(var, k)), None)
         if collection is None:
             raise WeightsError(f"{'/'.join(path)}: a {type(var).__name__}, not a weight")
-        flat.setdefault(collection, {})["/".join(path)] = np.asarray(var.value)
+        flat.setdefault(collection, {})["/".join(path)] = convert(_value(var))
     return {c: unflatten(f) for c, f in flat.items()}
+
+
+def functional(module):
+    """``module`` as a pure function of its weights, for ``jax.grad``/``jax.jit`` over the
+    same ``{collection: nested dict}`` that linen's ``apply`` takes:
+    ``apply(variables, *inputs, **call_kwargs) -> (outputs, variables after the call)``
+    (BatchNorm's moving statistics move when called with ``train=True``).  The module
+    itself is left as it is; its rng streams start from their current state each call.
+    """
+    graphdef, rng_state, weights = nnx.split(module, nnx.RngState, ...)
+    abstract = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), weights)
+
+    def apply(variables: dict, *inputs, **kwargs):
+        copy = nnx.merge(graphdef, rng_state, abstract, copy=True)
+        load_variables(copy, variables)
+        return copy(*inputs, **kwargs), _collections(copy)
+
+    return apply
 
 
 def load(cls, weights: str | os.PathLike | dict, *, seed: int = 0, **kwargs):
@@ -370,6 +504,6 @@ def _reseed(module, seed: int) -> None:
     root = jax.random.key(seed)
     for i, (_, value) in enumerate(nnx.iter_graph(module)):
         if isinstance(value, nnx.RngKey):
-            value.value = jax.random.fold_in(root, i)
+            _set(value, jax.random.fold_in(root, i))
         elif isinstance(value, nnx.RngCount):
-            value.value = jnp.zeros((), jnp.uint32)
+            _set(value, jnp.zeros((), jnp.uint32))
