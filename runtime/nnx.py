@@ -53,6 +53,7 @@ __all__ = [
     "SeparableConv",
     "State",
     "functional",
+    "init",
     "load",
     "load_variables",
     "variables",
@@ -497,6 +498,21 @@ def load(cls, weights: str | os.PathLike | dict, *, seed: int = 0, **kwargs):
     load_variables(module, weights)
     _reseed(module, seed)
     return module
+
+
+def init(cls, *, seed: int = 0, **kwargs):
+    """A freshly initialised instance of the generated NNX class ``cls``, its
+    initialisers compiled together under ``jax.jit`` (as :func:`kgen.runtime.init` does for
+    linen) instead of run one by one: ``cls(rngs=nnx.Rngs(seed))`` with the same values
+    up to float rounding.  ``kwargs`` go to ``cls``."""
+    from kgen.runtime.variables import INIT_COMPILER_OPTIONS
+
+    def make():
+        return nnx.split(cls(**kwargs, rngs=nnx.Rngs(seed)))
+
+    graphdef, _ = nnx.eval_shape(make)
+    lowered = jax.jit(lambda: make()[1]).lower()
+    return nnx.merge(graphdef, lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)())
 
 
 def _reseed(module, seed: int) -> None:
