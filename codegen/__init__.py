@@ -27,8 +27,10 @@ from kgen.codegen.ir import (
     Sym,
 )
 from kgen.codegen.lower import lower
+from kgen.codegen.partition import annotate, has_attention
 from kgen.codegen.registry import Unsupported, register, registered
 from kgen.codegen.render import render
+from kgen.errors import KgenError
 
 __all__ = [
     "NOT_TRAIN",
@@ -69,16 +71,27 @@ def generate(
     metadata: dict | None = None,
     fold: bool = True,
     api: str = "linen",
+    logical_axes: bool | None = None,
 ) -> Generated:
     """trace output -> formatted Flax module source and its variables.
 
     lower -> fold -> render -> format.  ``fold=False`` keeps the flat form: one
     statement per Keras layer, no block classes (see ``codegen/fold.py``).
     ``metadata``: optional ``{"preprocess": mode, "input_size": n}`` (see ``render``).
+    ``api="nnx"`` writes Flax NNX classes instead of linen ones (``codegen/nnx.py``).
+    ``logical_axes``: name the kernels' axes for tensor parallelism
+    (``codegen/partition.py``); None (the default) does so for linen modules of models
+    with attention layers.
     """
     clock = time.perf_counter
     start = clock()
     lowered = lower(graph)
+    if logical_axes is None:
+        logical_axes = api == "linen" and has_attention(lowered)
+    if logical_axes:
+        if api != "linen":
+            raise KgenError("logical axis names are written for linen modules only (--api linen)")
+        annotate(lowered)
     lowered_at = clock()
     if fold:
         fold_blocks(lowered)

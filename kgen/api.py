@@ -340,6 +340,7 @@ def convert(
     trace_lambdas: bool = True,
     fold: bool = True,
     api: str = "linen",
+    logical_axes: bool | None = None,
 ) -> Conversion:
     """Convert a Keras functional or Sequential model (Keras 3 or tf.keras), or a Keras 3
     subclassed model given ``input_shapes``.
@@ -355,7 +356,9 @@ def convert(
     subclassed model's input shapes without the batch dim, one tuple per input
     (``input_dtypes`` defaults to float32 each).  ``fold=False`` writes the flat form:
     one statement per Keras layer, no classes for repeated blocks.  ``api="nnx"``
-    writes a Flax NNX module (``nnx.Module``) instead of a linen one.
+    writes a Flax NNX module (``nnx.Module``) instead of a linen one.  ``logical_axes``
+    names the axes of Dense, EinsumDense, Embedding and attention kernels for tensor
+    parallelism (default: for linen modules of models with attention layers).
     """
     from kgen.codegen.names import snake_case
     from kgen.pipeline import application_metadata, check_name
@@ -382,6 +385,7 @@ def convert(
         trace_lambdas=trace_lambdas,
         fold=fold,
         api=api,
+        logical_axes=logical_axes,
     )
     if module_name is not None:
         conversion.module_name = module_name
@@ -400,6 +404,7 @@ def convert_model(
     trace_lambdas: bool = True,
     fold: bool = True,
     api: str = "linen",
+    logical_axes: bool | None = None,
 ) -> Conversion:
     """:func:`convert` with every name and header given: what the pipeline calls.
 
@@ -435,6 +440,7 @@ def convert_model(
         metadata=metadata,
         fold=fold,
         api=api,
+        logical_axes=logical_axes,
     )
     return Conversion(
         source=gen.source,

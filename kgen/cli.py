@@ -543,9 +543,16 @@ def _check_output_dir(output: str) -> None:
     show_default=True,
     help="Flax API of the module: linen (nn.Module) or nnx (nnx.Module, built in __init__).",
 )
+@click.option(
+    "--logical-axes/--no-logical-axes",
+    default=None,
+    help="Name the axes of Dense, EinsumDense, Embedding and attention kernels for tensor "
+    "parallelism (nn.with_logical_partitioning). Default: on for linen modules of models "
+    "with attention layers.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line describing the result.")
 @_app_options
-def emit(source, output, weights, name, fold, api, as_json, **app_options):
+def emit(source, output, weights, name, fold, api, logical_axes, as_json, **app_options):
     """Convert SOURCE (an application name, a .keras/.h5 file or a tf.keras SavedModel
     directory) to a Flax module.
 
@@ -563,7 +570,13 @@ def emit(source, output, weights, name, fold, api, as_json, **app_options):
         loaded_at = time.perf_counter()
         with _step("converting", as_json):
             conversion = pipeline.convert(
-                src, name=name, output=output, loaded=loaded, fold=fold, api=api
+                src,
+                name=name,
+                output=output,
+                loaded=loaded,
+                fold=fold,
+                api=api,
+                logical_axes=logical_axes,
             )
     _raise_if_interrupted()  # nothing is written after an interrupt, even a swallowed one
     written_from = time.perf_counter()

@@ -207,6 +207,7 @@ def convert(
     loaded=None,
     fold: bool = True,
     api: str = "linen",
+    logical_axes: bool | None = None,
 ):
     """Convert ``source``: a :class:`~kgen.api.Conversion` named as ``kgen emit`` names it.
 
@@ -240,6 +241,7 @@ def convert(
         trace_lambdas=loaded.from_code,
         fold=fold,
         api=api,
+        logical_axes=logical_axes,
     )
     if module_name is not None:
         conversion.module_name = module_file_name(module_name)

@@ -68,17 +68,27 @@ class EinsumProjection(nn.Module):
     out_dims: Sequence[int]
     bound_dims: int = 1
     use_bias: bool = True
+    kernel_axes: Sequence[str] | None = None  # logical axis names (see logical_init)
 
     @nn.compact
     def __call__(self, x):
         out_dims = tuple(self.out_dims)
         equation = projection_equation(x.ndim - self.bound_dims, self.bound_dims, len(out_dims))
         kernel_shape = tuple(x.shape[x.ndim - self.bound_dims :]) + out_dims
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), kernel_shape)
+        axes = self.kernel_axes
+        kernel_init = logical_init(nn.initializers.lecun_normal(), axes)
+        kernel = self.param("kernel", kernel_init, kernel_shape)
         y = jnp.einsum(equation, x, kernel)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, out_dims)
+            bias_axes = None if axes is None else tuple(axes[self.bound_dims :])
+            y = y + self.param("bias", logical_init(nn.initializers.zeros, bias_axes), out_dims)
         return y
+
+
+def logical_init(init, axes: Sequence[str] | None):
+    """``init`` carrying logical axis names (``nn.with_logical_partitioning``), so that
+    ``nn.get_partition_spec`` of the initialised variables names each kernel's axes."""
+    return init if axes is None else nn.with_logical_partitioning(init, tuple(axes))
 
 
 def _and(a, b):
@@ -107,6 +117,8 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     use_gate: bool = False
     sliding_window: int | None = None
+    #: Name the projections' axes ("embed", "heads", "kv") for tensor parallelism.
+    logical_axes: bool = False
 
     @nn.compact
     def __call__(
@@ -127,13 +139,22 @@ class MultiHeadAttention(nn.Module):
         mask = self._attention_mask(
             query, value, query_mask, value_mask, key_mask, attention_mask, use_causal_mask
         )
+        into = ("embed", "heads", "kv") if self.logical_axes else None
         gate = None
         if self.use_gate:
-            gate = EinsumProjection((heads, value_dim), use_bias=self.use_bias, name="gate")(query)
+            gate = EinsumProjection(
+                (heads, value_dim), use_bias=self.use_bias, kernel_axes=into, name="gate"
+            )(query)
             gate = jax.nn.sigmoid(gate)
-        q = EinsumProjection((heads, self.key_dim), use_bias=self.use_bias, name="query")(query)
-        k = EinsumProjection((heads, self.key_dim), use_bias=self.use_bias, name="key")(key)
-        v = EinsumProjection((heads, value_dim), use_bias=self.use_bias, name="value")(value)
+        q = EinsumProjection(
+            (heads, self.key_dim), use_bias=self.use_bias, kernel_axes=into, name="query"
+        )(query)
+        k = EinsumProjection(
+            (heads, self.key_dim), use_bias=self.use_bias, kernel_axes=into, name="key"
+        )(key)
+        v = EinsumProjection(
+            (heads, value_dim), use_bias=self.use_bias, kernel_axes=into, name="value"
+        )(value)
 
         rank = q.ndim
         if self.attention_axes is None:
@@ -156,8 +177,15 @@ class MultiHeadAttention(nn.Module):
         if gate is not None:
             output = output * gate
         out_dims = tuple(self.output_shape) if self.output_shape else (query.shape[-1],)
+        out_axes = None
+        if self.logical_axes:
+            out_axes = ("heads", "kv", "embed", *(["mlp"] * (len(out_dims) - 1)))
         output = EinsumProjection(
-            out_dims, bound_dims=2, use_bias=self.use_bias, name="attention_output"
+            out_dims,
+            bound_dims=2,
+            use_bias=self.use_bias,
+            kernel_axes=out_axes,
+            name="attention_output",
         )(output)
         if return_attention_scores:
             return output, weights

@@ -203,8 +203,12 @@ def init(module, *inputs, rng=None, **kwargs) -> dict:
     arrays = [
         jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x for x in inputs
     ]
+    from flax.core import meta
+
     lowered = jax.jit(lambda key, *xs: module.init(key, *xs, **kwargs)).lower(rng, *arrays)
-    return lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)(rng, *arrays)
+    # Plain arrays, the layout of a weights file: a module with logical axis names
+    # (kgen emit --logical-axes) would give them boxed in nn.Partitioned.
+    return meta.unbox(lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)(rng, *arrays))
 
 
 #: XLA options for :func:`init`'s run-once program: its compile time is what counts.
