@@ -272,7 +272,8 @@ def _float64_copy(model):
 
     def clone(layer):
         config = layer.get_config()
-        config["dtype"] = "float64"
+        if isinstance(layer, lib.layers.Layer):  # not an op node (keras.ops.add...),
+            config["dtype"] = "float64"  # which computes in its inputs' dtype
         return layer.__class__.from_config(config)
 
     copy = lib.models.clone_model(model, clone_function=clone)
