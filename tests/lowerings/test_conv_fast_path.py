@@ -1,9 +1,11 @@
-"""The pointwise fast path of ``rt.Conv`` (kgen/runtime/conv.py) against Flax's
-``nn.Conv`` and against Keras.
+"""The CPU fast paths of ``rt.Conv`` (kgen/runtime/conv.py) against Flax's ``nn.Conv``
+and against Keras.
 
-On CPU a convolution whose kernel is 1 in every spatial dim runs as a matrix product
-("dot"); elsewhere, and for every other kernel, it is ``nn.Conv``'s own ("xla").  These
-tests force each one and compare values, gradients and parameters.
+On CPU ("dot") a convolution whose kernel is 1 in every spatial dim runs as a matrix
+product, and a 'valid' convolution with a larger kernel runs with one zero of padding
+after each spatial dim, then cropped; elsewhere, and for every other convolution, it is
+``nn.Conv``'s own ("xla").  These tests force each one and compare values, gradients
+and parameters.
 """
 
 import flax.linen as nn
@@ -25,7 +27,14 @@ CASES = [
     ((13, 3), (1,), (1,), "SAME", True),
     ((13, 3), (1,), (2,), "VALID", False),
     ((6, 7, 5, 2), (1, 1, 1), (1, 2, 1), "SAME", True),
-    ((9, 10, 6), (3, 3), (2, 2), "SAME", True),  # not pointwise: nn.Conv's path
+    ((9, 10, 6), (3, 3), (2, 2), "SAME", True),  # neither: nn.Conv's path
+    # 'valid' with a kernel > 1: padded by one after each spatial dim, then cropped
+    ((9, 10, 6), (3, 3), (1, 1), "VALID", True),
+    ((11, 12, 4), (3, 3), (2, 2), "VALID", False),
+    ((23, 22, 3), (7, 7), (2, 2), "VALID", True),
+    ((10, 9, 4), (3, 2), (3, 2), "VALID", True),
+    ((13, 3), (3,), (2,), "VALID", True),
+    ((6, 7, 5, 2), (2, 2, 2), (1, 2, 1), "VALID", True),
 ]
 
 
@@ -66,6 +75,32 @@ def test_dot_path_is_a_matrix_product():
     assert "dot_general" in prims and "conv_general_dilated" not in prims
 
 
+@pytest.mark.parametrize("dilation, groups", [((2, 1), 1), ((1, 1), 2), ((2, 3), 2)])
+def test_valid_path_with_dilation_and_groups_is_bitwise_nn_conv(dilation, groups):
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 13, 14, 4)).astype(np.float32))
+    kwargs = {"kernel_dilation": dilation, "feature_group_count": groups, "padding": "VALID"}
+    reference = nn.Conv(6, (3, 3), strides=(2, 1), **kwargs)
+    variables = reference.init(jax.random.PRNGKey(0), x)
+    module = Conv(6, (3, 3), strides=(2, 1), impl="dot", **kwargs)
+    own = module.init(jax.random.PRNGKey(0), x)  # the same parameters, the same values
+    assert all(
+        np.array_equal(a, b) for a, b in zip(jax.tree.leaves(own), jax.tree.leaves(variables))
+    )
+    np.testing.assert_array_equal(module.apply(variables, x), reference.apply(variables, x))
+
+
+def test_valid_path_pads_one_zero_after_each_dim():
+    x = jnp.ones((1, 9, 9, 3))
+    module = Conv(5, (3, 3), padding="VALID", impl="dot")
+    variables = module.init(jax.random.PRNGKey(0), x)
+    convs = [
+        e for e in jax.make_jaxpr(module.apply)(variables, x).jaxpr.eqns
+        if e.primitive.name == "conv_general_dilated"
+    ]  # fmt: skip
+    assert [tuple(map(tuple, e.params["padding"])) for e in convs] == [((0, 1), (0, 1))]
+    assert module.apply(variables, x).shape == (1, 7, 7, 5)
+
+
 def test_bfloat16_stays_bfloat16():
     x = jnp.ones((1, 4, 4, 3), jnp.bfloat16)
     module = Conv(5, (1, 1), impl="dot")
@@ -90,6 +125,9 @@ KERAS_LAYERS = [
     (lambda: keras.layers.Conv1D(4, 1, strides=3, padding="valid"), (11, 3)),
     (lambda: keras.layers.Conv3D(4, 1, padding="same"), (4, 5, 6, 2)),
     (lambda: keras.layers.SeparableConv2D(4, 3, strides=2, padding="same"), (9, 10, 3)),
+    (lambda: keras.layers.Conv2D(8, 3, strides=2, padding="valid"), (11, 10, 3)),
+    (lambda: keras.layers.Conv2D(6, 3, groups=2, dilation_rate=2), (11, 10, 4)),
+    (lambda: keras.layers.Conv1D(4, 5, strides=2), (17, 3)),
 ]
 
 
