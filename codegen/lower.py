@@ -44,6 +44,25 @@ class LoweredGraph:
         return self.block.prefix if self.block is not None else self.graph.graph["name"]
 
 
+def walk(lowered: LoweredGraph):
+    """Every node of ``lowered`` and of the graphs under it (nested models, traced
+    layers, folded blocks), each graph once."""
+    seen: set[int] = set()
+
+    def visit(lg):
+        if id(lg) in seen:
+            return
+        seen.add(id(lg))
+        for lnode in lg.nodes:
+            yield lnode
+            if lnode.subclass is not None:
+                yield from visit(lnode.subclass)
+        for child in lg.children:
+            yield from visit(child)
+
+    return visit(lowered)
+
+
 class _Problems:
     def __init__(self):
         self.unsupported: dict[str, list[str]] = defaultdict(list)  # class -> layer names

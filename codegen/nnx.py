@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from kgen.codegen import ir
+from kgen.codegen.lower import walk
 from kgen.errors import UnsupportedError
 
 
@@ -118,22 +119,10 @@ def check(lowered) -> None:
     """Raise one :class:`UnsupportedError` naming every layer of ``lowered`` (nested
     models and traced layers included) whose submodule has no NNX rule."""
     missing: dict[str, list[str]] = defaultdict(list)
-    seen: set[int] = set()
-
-    def walk(lg) -> None:
-        if id(lg) in seen:
-            return
-        seen.add(id(lg))
-        for lnode in lg.nodes:
-            mod = lnode.lowered.module if lnode.lowered is not None else None
-            if mod is not None and isinstance(mod.fn, ir.Sym) and mod.fn.path not in RULES:
-                missing[f"{lnode.node.class_name} ({mod.fn.path})"].append(lnode.node.name)
-            if lnode.subclass is not None:
-                walk(lnode.subclass)
-        for child in lg.children:
-            walk(child)
-
-    walk(lowered)
+    for lnode in walk(lowered):
+        mod = lnode.lowered.module if lnode.lowered is not None else None
+        if mod is not None and isinstance(mod.fn, ir.Sym) and mod.fn.path not in RULES:
+            missing[f"{lnode.node.class_name} ({mod.fn.path})"].append(lnode.node.name)
     if missing:
         listed = "; ".join(
             f"{what} x{len(names)} ({', '.join(repr(n) for n in names[:3])}"

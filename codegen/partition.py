@@ -25,27 +25,11 @@ from __future__ import annotations
 from collections import Counter
 
 from kgen.codegen import ir
+from kgen.codegen.lower import walk
 
 __all__ = ["annotate", "has_attention", "model_width"]
 
 _ATTENTION = {"rt.MultiHeadAttention"}
-
-
-def _nodes(lowered):
-    seen: set[int] = set()
-
-    def walk(lg):
-        if id(lg) in seen:
-            return
-        seen.add(id(lg))
-        for lnode in lg.nodes:
-            yield lnode
-            if lnode.subclass is not None:
-                yield from walk(lnode.subclass)
-        for child in lg.children:
-            yield from walk(child)
-
-    return walk(lowered)
 
 
 def _ctor(lnode) -> str | None:
@@ -55,13 +39,13 @@ def _ctor(lnode) -> str | None:
 
 def has_attention(lowered) -> bool:
     """Whether the model has attention layers: the default for ``--logical-axes``."""
-    return any(_ctor(lnode) in _ATTENTION for lnode in _nodes(lowered))
+    return any(_ctor(lnode) in _ATTENTION for lnode in walk(lowered))
 
 
 def model_width(lowered) -> int | None:
     """The feature size of the residual stream (see the module doc)."""
     residual, dense = Counter(), Counter()
-    for lnode in _nodes(lowered):
+    for lnode in walk(lowered):
         shapes = lnode.node.input_shapes
         if not shapes or not shapes[0]:
             continue
@@ -88,7 +72,7 @@ def annotate(lowered) -> None:
     def name(size) -> str:
         return "embed" if size == width else "mlp"
 
-    for lnode in _nodes(lowered):
+    for lnode in walk(lowered):
         ctor, low = _ctor(lnode), lnode.lowered
         if ctor is None:
             continue

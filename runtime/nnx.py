@@ -381,10 +381,7 @@ class Linen(nnx.Module):
     def __call__(self, *args, **kwargs):
         variables = {c: {} for c in self.collections}
         for path, var in _leaves(self).items():
-            if path[0] == "rngs":
-                continue
-            collection = next(c for c, k in COLLECTIONS.items() if isinstance(var, k))
-            node = variables[collection]
+            node = variables[_collection_of(var)]
             for key in path[:-1]:
                 node = node.setdefault(key, {})
             node[path[-1]] = _value(var)
@@ -402,6 +399,11 @@ def _attach(owner, tree: dict, kind) -> None:
             _attach(child, value, kind)
         else:
             setattr(owner, key, kind(value))
+
+
+def _collection_of(var: nnx.Variable) -> str | None:
+    """The linen collection a variable belongs to (see :data:`COLLECTIONS`)."""
+    return next((name for name, kind in COLLECTIONS.items() if isinstance(var, kind)), None)
 
 
 def _leaves(module) -> dict[tuple, nnx.Variable]:
@@ -458,10 +460,9 @@ def variables(module) -> dict:
 def _collections(module, convert=lambda a: a) -> dict:
     from kgen.runtime.variables import unflatten
 
-    kinds = {kind: name for name, kind in COLLECTIONS.items()}
     flat: dict[str, dict] = {}
     for path, var in _leaves(module).items():
-        collection = next((n for k, n in kinds.items() if isinstance(var, k)), None)
+        collection = _collection_of(var)
         if collection is None:
             raise WeightsError(f"{'/'.join(path)}: a {type(var).__name__}, not a weight")
         flat.setdefault(collection, {})["/".join(path)] = convert(_value(var))

@@ -33,6 +33,8 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from kgen.examples.data_parallel import _rel
+
 __all__ = ["RULES", "build_keras_model", "run"]
 
 #: Logical axis -> mesh axis (None: replicated).
@@ -65,14 +67,6 @@ def build_keras_model(vocab: int = 64, steps: int = 12, dim: int = 32, heads: in
     pooled = layers.GlobalAveragePooling1D(name="pool")(x)
     logits = layers.Dense(4, name="logits")(pooled)
     return keras.Model(tokens, logits, name="text_classifier")
-
-
-def _rel(reference, got) -> float:
-    worst = 0.0
-    for r, g in zip(jax.tree_util.tree_leaves(reference), jax.tree_util.tree_leaves(got)):
-        r, g = np.asarray(r, np.float64), np.asarray(g, np.float64)
-        worst = max(worst, float(np.max(np.abs(g - r)) / max(np.max(np.abs(r)), 1e-30)))
-    return worst
 
 
 def run(batch: int = 8, seed: int = 0) -> dict:
