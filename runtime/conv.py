@@ -1,4 +1,5 @@
-"""Convolutions with fast paths where XLA is slow: depthwise, and pointwise (1x1).
+"""Convolutions with fast paths where XLA is slow on CPU: depthwise, pointwise (1x1), and
+padding chosen so that XLA picks its faster kernel.
 
 **Pointwise.**  :class:`Conv` is Flax's ``nn.Conv`` (same fields, same parameters), but
 on CPU a convolution whose kernel is 1 in every spatial dim, with one group, runs as a
@@ -8,14 +9,21 @@ InceptionV3's 1x1 shapes (e.g. (8, 56, 56, 256) -> 64: 23.9 ms against 12.3 ms, 
 TensorFlow's 13.3 ms), while at 3x3 it is within 10-20% of TensorFlow's and stays.
 ``KGEN_CONV=xla|dot`` forces one; elsewhere than CPU XLA's convolution stays.
 
-**'valid' padding.**  On CPU, XLA's convolution with no padding at all is 1.1-4.6x
-slower than the same convolution given one row and column of zero padding at the end,
-which computes the same windows (InceptionV3's stem: 3x3 over (8, 149, 149, 32) -> 32,
-130 ms against 28 ms; TensorFlow 19-23 ms; ResNet50's 7x7/2 stem over (8, 230, 230, 3):
-45 ms against 16 ms).  So :class:`Conv` computes a 'valid' convolution with a kernel
-larger than 1 that way and crops the extra outputs (:func:`valid_conv`); the values are
-the same bit for bit in every case measured.  It follows ``KGEN_CONV`` too (``xla``:
-off).
+**Padding chosen for XLA's CPU backend.**  XLA's CPU compiler (jaxlib 0.10) hands a 2D
+float32 convolution to YNNPACK unless an output is longer than its input, where its
+Eigen kernel runs instead; and it runs a convolution with no padding at all slower
+than the same one with some.  Measured one convolution at a time at the catalog's
+shapes (docs/performance.md, Run 4), Eigen was 1.1-2.2x faster at stride 1 on mid-sized
+inputs with 8 images (InceptionV3's 3x3 over (8, 147, 147, 32) -> 64: 54 -> 36 ms;
+ResNet50's 3x3 over (8, 56, 56, 64) -> 64: 9.3 -> 5.7 ms; DenseNet121's
+(8, 56, 56, 128) -> 32: 12.0 -> 7.4 ms) and YNNPACK faster on small batches of small
+images and on VGG16's largest layers.  So :func:`padded_conv` computes a 'valid' or
+'same' convolution with a kernel larger than 1 with the padding after its widest
+spatial dim grown until that output is one longer than the input, then crops, where
+:func:`eigen_pays`; else a 'valid' one with one zero of padding after each spatial dim
+(InceptionV3's stem: 3x3 over (8, 149, 149, 32) -> 32, 130 ms against 28 ms), then
+crops.  Both compute the same windows, so the same values to float rounding.  They
+follow ``KGEN_CONV`` too (``xla``: off).
 
 **Depthwise.**
 
@@ -50,9 +58,11 @@ __all__ = [
     "conv_impl",
     "depthwise_conv",
     "depthwise_impl",
+    "eigen_pays",
+    "is_padded",
     "is_pointwise",
+    "padded_conv",
     "pointwise_conv",
-    "valid_conv",
 ]
 
 IMPLS = ("auto", "xla", "shift")
@@ -89,8 +99,8 @@ class Conv(nn.Conv):
     def __call__(self, inputs):
         if conv_impl(self.impl) == "xla":
             return super().__call__(inputs)
-        if self._valid(inputs):
-            return self._valid_conv(inputs)
+        if self._padded(inputs):
+            return self._padded_conv(inputs)
         if not self._pointwise(inputs):
             return super().__call__(inputs)
         n = inputs.ndim - 2
@@ -104,19 +114,12 @@ class Conv(nn.Conv):
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         return pointwise_conv(x, kernel, bias, 1 if self.strides is None else self.strides)
 
-    def _valid(self, inputs) -> bool:
-        kernel = tuple(self.kernel_size) if isinstance(self.kernel_size, Sequence) else None
-        return (
-            kernel is not None
-            and inputs.ndim == len(kernel) + 2
-            and self.padding == "VALID"
-            and any(k > 1 for k in kernel)
-            and self.input_dilation in (None, 1, (1,) * len(kernel))
-            and self.mask is None
-        )
+    def _padded(self, inputs) -> bool:
+        n = inputs.ndim - 2
+        return is_padded(n, self.kernel_size, self.input_dilation, self.padding, self.mask)
 
-    def _valid_conv(self, inputs):
-        """The parameters ``nn.Conv`` makes, and :func:`valid_conv` of them."""
+    def _padded_conv(self, inputs):
+        """The parameters ``nn.Conv`` makes, and :func:`padded_conv` of them."""
         n = inputs.ndim - 2
         groups = self.feature_group_count
         in_features = inputs.shape[-1]
@@ -130,7 +133,9 @@ class Conv(nn.Conv):
         x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
         strides = _ntuple(1 if self.strides is None else self.strides, n)
         dilation = _ntuple(1 if self.kernel_dilation is None else self.kernel_dilation, n)
-        y = valid_conv(x, kernel, strides, dilation, groups, precision=self.precision)
+        y = padded_conv(
+            x, kernel, strides, dilation, self.padding, groups, precision=self.precision
+        )
         return y if bias is None else y + bias
 
     def _pointwise(self, inputs) -> bool:
@@ -159,28 +164,83 @@ def is_pointwise(n: int, kernel_size, groups: int, input_dilation, padding, mask
     )
 
 
-def valid_conv(x, kernel, strides, dilation, groups: int = 1, precision=None):
-    """A 'valid' convolution computed with one zero of padding after each spatial dim,
-    then cropped to the 'valid' output: the same windows, so the same values (bitwise,
-    as measured), but XLA's CPU convolution with no padding at all is 1.1-4.6x slower
-    than with some (8 images, 3x3 over (149, 149, 32) -> 32: 130 ms against 28 ms)."""
+def is_padded(n: int, kernel_size, input_dilation, padding, mask) -> bool:
+    """Whether :func:`padded_conv` computes a convolution with these settings: 'valid'
+    or 'same', a kernel larger than 1 somewhere, no input dilation or mask."""
+    kernel = tuple(kernel_size) if isinstance(kernel_size, Sequence) else None
+    return (
+        kernel is not None
+        and len(kernel) == n
+        and padding in ("VALID", "SAME")
+        and any(k > 1 for k in kernel)
+        and input_dilation in (None, 1, (1,) * n)
+        and mask is None
+    )
+
+
+def padded_conv(x, kernel, strides, dilation, padding="VALID", groups: int = 1, precision=None):
+    """A 'valid' or 'same' convolution computed with padding chosen for XLA's CPU
+    backend, then cropped to the requested output: the same windows, so the same values
+    to float rounding (see the module doc).
+
+    - Where :func:`eigen_pays` (2D, stride 1, mid-sized), the padding after the largest
+      spatial dim grows until that dim's output is one longer than its input, which
+      sends the convolution to XLA's Eigen kernel instead of YNNPACK's.
+    - Else a 'valid' convolution gets one zero after each spatial dim.
+    - Else (a 'same' one) the padding is 'same''s own.
+    """
     n = x.ndim - 2
+    sizes = x.shape[1:-1]
     kernel_size = kernel.shape[:n]
-    out = [
-        (size - ((k - 1) * d + 1)) // s + 1
-        for size, k, d, s in zip(x.shape[1:-1], kernel_size, dilation, strides)
+    pads = [
+        _pads(sz, k, s, d, padding) for sz, k, s, d in zip(sizes, kernel_size, strides, dilation)
     ]
+    eff = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+    out = [(sz + lo + hi - e) // s + 1 for sz, (lo, hi), e, s in zip(sizes, pads, eff, strides)]
+    padded = list(pads)
+    if eigen_pays(x.shape, kernel.shape, strides, groups, x.dtype):
+        d = max(range(n), key=lambda i: sizes[i])
+        lo = pads[d][0]
+        padded[d] = (lo, eff[d] - lo)  # output sizes[d] + 1 long
+    elif all(p == (0, 0) for p in pads):
+        padded = [(0, 1)] * n
     y = lax.conv_general_dilated(
         x,
         kernel,
         window_strides=tuple(strides),
-        padding=[(0, 1)] * n,
+        padding=padded,
         rhs_dilation=tuple(dilation),
         dimension_numbers=_DIMENSIONS[n],
         feature_group_count=groups,
         precision=precision,
     )
+    if padded == pads:
+        return y
     return y[(slice(None), *(slice(0, o) for o in out))]
+
+
+#: Where XLA's Eigen convolution beat YNNPACK's on this CPU (see :func:`eigen_pays`).
+EIGEN_MIN_PIXELS = 4096
+EIGEN_MAX_IMAGE = 750_000
+
+
+def eigen_pays(x_shape, kernel_shape, strides, groups: int, dtype) -> bool:
+    """Whether a convolution runs faster on XLA's Eigen kernel than on YNNPACK's, as
+    measured at the catalog's shapes on a 2-core x86 CPU (docs/performance.md, Run 4):
+    2D, float32, stride 1, one group, at least 16 input features, at least
+    :data:`EIGEN_MIN_PIXELS` output pixels in the batch (below that YNNPACK won), and
+    at most :data:`EIGEN_MAX_IMAGE` input elements per image (VGG16's 224x224x64 and
+    112x112x64 layers were 10-15% faster on YNNPACK)."""
+    n = len(x_shape) - 2
+    if n != 2 or groups != 1 or jnp.dtype(dtype) != jnp.float32 or any(s != 1 for s in strides):
+        return False
+    batch, height, width, channels = x_shape
+    return (
+        channels >= 16
+        and batch * height * width >= EIGEN_MIN_PIXELS
+        and height * width * channels <= EIGEN_MAX_IMAGE
+        and all(k <= size for k, size in zip(kernel_shape[:2], (height, width)))
+    )
 
 
 def pointwise_conv(x, kernel, bias, strides):

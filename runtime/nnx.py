@@ -33,7 +33,9 @@ from kgen.runtime.conv import (
     _ntuple,
     conv_impl,
     depthwise_conv,
+    is_padded,
     is_pointwise,
+    padded_conv,
     pointwise_conv,
 )
 from kgen.runtime.layers import batch_norm, moving_update
@@ -85,7 +87,7 @@ def _features(shape) -> tuple[int, ...]:
 
 
 class Conv(nnx.Conv):
-    """``nnx.Conv`` with :class:`kgen.runtime.Conv`'s pointwise fast path on CPU."""
+    """``nnx.Conv`` with :class:`kgen.runtime.Conv`'s CPU paths (pointwise, padded)."""
 
     def __init__(self, in_features: int, out_features: int, kernel_size, *, impl="auto", **kw):
         super().__init__(in_features, out_features, kernel_size, **kw)
@@ -94,13 +96,19 @@ class Conv(nnx.Conv):
     def __call__(self, inputs):
         n = inputs.ndim - 2
         groups, dilation = self.feature_group_count, self.input_dilation
-        fast = is_pointwise(n, self.kernel_size, groups, dilation, self.padding, self.mask)
-        if not fast or conv_impl(self.impl) == "xla":
+        pointwise = is_pointwise(n, self.kernel_size, groups, dilation, self.padding, self.mask)
+        padded = is_padded(n, self.kernel_size, dilation, self.padding, self.mask)
+        if not (pointwise or padded) or conv_impl(self.impl) == "xla":
             return super().__call__(inputs)
         kernel = _value(self.kernel)
         bias = None if self.bias is None else _value(self.bias)
         x, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        return pointwise_conv(x, kernel, bias, 1 if self.strides is None else self.strides)
+        strides = _ntuple(1 if self.strides is None else self.strides, n)
+        if pointwise:
+            return pointwise_conv(x, kernel, bias, strides)
+        dilation = _ntuple(1 if self.kernel_dilation is None else self.kernel_dilation, n)
+        y = padded_conv(x, kernel, strides, dilation, self.padding, groups, self.precision)
+        return y if bias is None else y + bias
 
 
 class DepthwiseConv(nnx.Module):

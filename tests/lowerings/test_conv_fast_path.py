@@ -2,8 +2,10 @@
 and against Keras.
 
 On CPU ("dot") a convolution whose kernel is 1 in every spatial dim runs as a matrix
-product, and a 'valid' convolution with a larger kernel runs with one zero of padding
-after each spatial dim, then cropped; elsewhere, and for every other convolution, it is
+product; a 'valid' or 'same' convolution with a larger kernel runs with its padding
+after one spatial dim grown until that output is longer than its input, then cropped,
+where ``eigen_pays``, and else a 'valid' one with one zero of padding after each
+spatial dim, then cropped; elsewhere, and for every other convolution, it is
 ``nn.Conv``'s own ("xla").  These tests force each one and compare values, gradients
 and parameters.
 """
@@ -16,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import assert_layer_parity
 
-from kgen.runtime.conv import Conv, conv_impl
+from kgen.runtime.conv import Conv, conv_impl, eigen_pays
 
 CASES = [
     # (input shape without batch, kernel, strides, padding, use_bias)
@@ -35,6 +37,11 @@ CASES = [
     ((10, 9, 4), (3, 2), (3, 2), "VALID", True),
     ((13, 3), (3,), (2,), "VALID", True),
     ((6, 7, 5, 2), (2, 2, 2), (1, 2, 1), "VALID", True),
+    # stride 1, 2 x 48 x 48 pixels, 16 features: eigen_pays, one output longer, cropped
+    ((48, 48, 16), (3, 3), (1, 1), "SAME", True),
+    ((48, 47, 16), (5, 4), (1, 1), "SAME", False),
+    ((48, 48, 16), (3, 3), (1, 1), "VALID", True),
+    ((47, 49, 16), (1, 7), (1, 1), "SAME", True),
 ]
 
 
@@ -101,6 +108,47 @@ def test_valid_path_pads_one_zero_after_each_dim():
     assert module.apply(variables, x).shape == (1, 7, 7, 5)
 
 
+def _conv_paddings(module, x):
+    variables = module.init(jax.random.PRNGKey(0), x)
+    eqns = jax.make_jaxpr(module.apply)(variables, x).jaxpr.eqns
+    convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+    return [tuple(map(tuple, e.params["padding"])) for e in convs], module.apply(variables, x)
+
+
+@pytest.mark.parametrize(
+    "padding, kernel, expected",
+    [("SAME", (3, 3), ((1, 1), (1, 2))), ("VALID", (3, 5), ((0, 0), (0, 5)))],
+)
+def test_eigen_path_makes_the_widest_output_one_longer(padding, kernel, expected):
+    # XLA's CPU compiler sends a 2D float32 convolution to YNNPACK unless an output is
+    # longer than its input; there Eigen's kernel runs, which measured faster here.
+    x = jnp.ones((2, 46, 50, 16))
+    paddings, y = _conv_paddings(Conv(5, kernel, padding=padding, impl="dot"), x)
+    assert paddings == [expected]
+    assert (
+        y.shape
+        == nn.Conv(5, kernel, padding=padding).init_with_output(jax.random.PRNGKey(0), x)[0].shape
+    )
+
+
+def test_eigen_pays_where_measured():
+    x = (8, 56, 56, 64)
+    assert eigen_pays(x, (3, 3, 64, 64), (1, 1), 1, jnp.float32)
+    assert not eigen_pays(x, (3, 3, 64, 64), (2, 2), 1, jnp.float32)  # strided
+    assert not eigen_pays(x, (3, 3, 32, 64), (1, 1), 2, jnp.float32)  # grouped
+    assert not eigen_pays(x, (3, 3, 64, 64), (1, 1), 1, jnp.bfloat16)
+    assert not eigen_pays((1, 56, 56, 64), (3, 3, 64, 64), (1, 1), 1, jnp.float32)  # few pixels
+    assert not eigen_pays((8, 224, 224, 64), (3, 3, 64, 64), (1, 1), 1, jnp.float32)  # VGG's
+    assert not eigen_pays((8, 224, 224, 3), (3, 3, 3, 64), (1, 1), 1, jnp.float32)  # 3 features
+    assert not eigen_pays((8, 56, 64), (3, 64, 64), (1,), 1, jnp.float32)  # 1D
+
+
+def test_same_path_off_the_eigen_rule_is_nn_conv_unchanged():
+    x = jnp.ones((1, 9, 9, 3))
+    paddings, _ = _conv_paddings(Conv(5, (3, 3), padding="SAME", impl="dot"), x)
+    assert paddings == [((1, 1), (1, 1))]
+
+
 def test_bfloat16_stays_bfloat16():
     x = jnp.ones((1, 4, 4, 3), jnp.bfloat16)
     module = Conv(5, (1, 1), impl="dot")
@@ -128,6 +176,8 @@ KERAS_LAYERS = [
     (lambda: keras.layers.Conv2D(8, 3, strides=2, padding="valid"), (11, 10, 3)),
     (lambda: keras.layers.Conv2D(6, 3, groups=2, dilation_rate=2), (11, 10, 4)),
     (lambda: keras.layers.Conv1D(4, 5, strides=2), (17, 3)),
+    (lambda: keras.layers.Conv2D(8, 3, padding="same"), (48, 48, 16)),
+    (lambda: keras.layers.Conv2D(8, (3, 5), dilation_rate=2), (48, 50, 16)),
 ]
 
 
@@ -137,3 +187,16 @@ def test_each_path_matches_keras(make, shape, impl, monkeypatch):
     monkeypatch.setenv("KGEN_CONV", impl)
     conversion, _ = assert_layer_parity(make(), shape)
     assert "rt.Conv" in conversion.source or "rt.SeparableConv" in conversion.source
+
+
+@pytest.mark.parametrize("kernel, padding", [((3, 3), "SAME"), ((3, 5), "VALID"), ((1, 1), "SAME")])
+def test_nnx_conv_paths_match_nnx_conv(kernel, padding):
+    from flax import nnx
+
+    from kgen.runtime import nnx as rt_nnx
+
+    x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, 46, 50, 16)).astype(np.float32))
+    reference = nnx.Conv(16, 6, kernel, padding=padding, rngs=nnx.Rngs(0))
+    own = rt_nnx.Conv(16, 6, kernel, padding=padding, impl="dot", rngs=nnx.Rngs(0))
+    expected = np.asarray(reference(x))
+    assert _rel(np.asarray(own(x)), expected) <= 1e-6
