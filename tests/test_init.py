@@ -117,3 +117,12 @@ def test_threefry_is_jax_bit_for_bit(size):
     ours = host_init.threefry2x32(k1, k2, x1, x2)
     for a, b in zip(ours, expected):
         np.testing.assert_array_equal(a, np.asarray(b))
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (host_init._CHUNK + 5,)])
+def test_random_bits_small_and_chunked_are_jax_bit_for_bit(shape):
+    key = jax.random.PRNGKey(7)
+    expected = np.asarray(jax.random.bits(key, shape, jnp.uint32))
+    np.testing.assert_array_equal(host_init._random_bits(np.asarray(key), 32, shape), expected)
+    u = np.random.default_rng(0).uniform(-0.99, 0.99, shape).astype(np.float32)
+    np.testing.assert_allclose(host_init._erf_inv(None, u), jax.lax.erf_inv(u), rtol=1e-6)
