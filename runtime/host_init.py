@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.extend import core as jcore
 
-__all__ = ["Unsupported", "evaluate", "init_variables"]
+__all__ = ["Unsupported", "evaluate", "evaluate_function", "init_variables"]
 
 
 class Unsupported(Exception):
@@ -36,19 +36,27 @@ class Unsupported(Exception):
 def init_variables(module, *inputs, rng, **kwargs):
     """``module.init(rng, *inputs, **kwargs)`` evaluated on the host (see the module doc),
     as a pytree of ``jax.Array``s; :class:`Unsupported` where it cannot be."""
+    return evaluate_function(lambda key, *xs: module.init(key, *xs, **kwargs), rng, *inputs)
+
+
+def evaluate_function(fn, *args):
+    """``fn(*args)`` traced to a jaxpr, the equations its outputs do not depend on
+    dropped, and the rest evaluated with numpy: a pytree of ``jax.Array``s."""
     from jax._src.interpreters import partial_eval as pe
 
-    closed, out_shape = jax.make_jaxpr(
-        lambda key, *xs: module.init(key, *xs, **kwargs), return_shape=True
-    )(rng, *inputs)
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     jaxpr, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
-    args = [_host(a) for a, u in zip([rng, *inputs], used) if u]
-    outs = evaluate(jaxpr, closed.consts, args)
-    leaves = [
-        jax.numpy.asarray(np.asarray(v, s.dtype).reshape(s.shape))
-        for v, s in zip(outs, jax.tree.leaves(out_shape))
-    ]
+    values = [_host(a) for a, u in zip(jax.tree.leaves(args), used) if u]
+    outs = evaluate(jaxpr, closed.consts, values)
+    leaves = [_device(v, s) for v, s in zip(outs, jax.tree.leaves(out_shape))]
     return jax.tree.unflatten(jax.tree.structure(out_shape), leaves)
+
+
+def _device(value, shape):
+    if isinstance(value, _Key):  # a typed key array (an NNX module's rng streams)
+        data = jax.numpy.asarray(value.data.reshape(*shape.shape, 2))
+        return jax.random.wrap_key_data(data, impl="threefry2x32")
+    return jax.numpy.asarray(np.asarray(value, shape.dtype).reshape(shape.shape))
 
 
 def _host(value):
@@ -250,15 +258,19 @@ def _scalar_key(keys: _Key):
     return keys.data
 
 
-def _wrap(eqn, base):
+def _check_impl(eqn) -> None:
     impl = eqn.params["impl"]
     if getattr(impl, "name", None) != "threefry2x32":
         raise Unsupported(f"PRNG implementation {getattr(impl, 'name', impl)}")
+
+
+def _wrap(eqn, base):
+    _check_impl(eqn)
     return _Key(base)
 
 
 def _seed(eqn, seed):
-    _wrap(eqn, None)
+    _check_impl(eqn)
     seed = np.asarray(seed)
     if seed.shape:
         raise Unsupported("batched seeds")

@@ -509,17 +509,28 @@ def load(cls, weights: str | os.PathLike | dict, *, seed: int = 0, **kwargs):
     return module
 
 
-def init(cls, *, seed: int = 0, **kwargs):
-    """A freshly initialised instance of the generated NNX class ``cls``, its
-    initialisers compiled together under ``jax.jit`` (as :func:`kgen.runtime.init` does for
-    linen) instead of run one by one: ``cls(rngs=nnx.Rngs(seed))`` with the same values
-    up to float rounding.  ``kwargs`` go to ``cls``."""
+def init(cls, *, seed: int = 0, method: str = "auto", **kwargs):
+    """A freshly initialised instance of the generated NNX class ``cls``: the values of
+    ``cls(rngs=nnx.Rngs(seed))`` up to float rounding, without running its initialisers
+    one by one.  ``method`` as for :func:`kgen.runtime.init`: ``"host"`` evaluates them
+    with numpy (:mod:`kgen.runtime.host_init`), ``"jit"`` compiles them together under
+    ``jax.jit``, ``"auto"`` is ``"host"`` where it can.  ``kwargs`` go to ``cls``."""
+    from kgen.runtime.host_init import Unsupported, evaluate_function
     from kgen.runtime.variables import INIT_COMPILER_OPTIONS
+
+    if method not in ("auto", "host", "jit"):
+        raise ValueError(f"method must be 'auto', 'host' or 'jit', not {method!r}")
 
     def make():
         return nnx.split(cls(**kwargs, rngs=nnx.Rngs(seed)))
 
     graphdef, _ = nnx.eval_shape(make)
+    if method != "jit":
+        try:
+            return nnx.merge(graphdef, evaluate_function(lambda: make()[1]))
+        except Unsupported:
+            if method == "host":
+                raise
     lowered = jax.jit(lambda: make()[1]).lower()
     return nnx.merge(graphdef, lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)())
 

@@ -255,10 +255,23 @@ def test_emit_load_and_save_round_trip(tmp_path):
     # initialisers in one program (same values to float rounding)
     fresh = rt_nnx.variables(cls(rngs=nnx.Rngs(0)))
     assert jax.tree_util.tree_structure(fresh) == jax.tree_util.tree_structure(variables)
-    compiled = rt_nnx.variables(rt_nnx.init(cls, seed=0))
-    assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(fresh)
-    for a, b in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(fresh)):
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for method in ("host", "jit"):
+        compiled = rt_nnx.variables(rt_nnx.init(cls, seed=0, method=method))
+        assert jax.tree_util.tree_structure(compiled) == jax.tree_util.tree_structure(fresh)
+        for a, b in zip(jax.tree_util.tree_leaves(compiled), jax.tree_util.tree_leaves(fresh)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # the host path's rng streams are the eager model's: the same dropout masks
+    streams = [
+        (path, v)
+        for path, v in nnx.iter_graph(rt_nnx.init(cls, seed=0, method="host"))
+        if isinstance(v, nnx.RngKey)
+    ]
+    eager_streams = [
+        (path, v) for path, v in nnx.iter_graph(cls(rngs=nnx.Rngs(0))) if isinstance(v, nnx.RngKey)
+    ]
+    assert [p for p, _ in streams] == [p for p, _ in eager_streams]
+    for (_, a), (_, b) in zip(streams, eager_streams):
+        np.testing.assert_array_equal(jax.random.key_data(a[...]), jax.random.key_data(b[...]))
     bad = jax.tree_util.tree_map(lambda a: a, variables)
     node = bad["params"]
     while isinstance(next(iter(node.values())), dict):
