@@ -145,5 +145,5 @@ class ConvNeXtSmall(nn.Module):
             )
         x = jnp.mean(x, axis=(1, 2))
         x = rt.LayerNorm(epsilon=1e-06, name="convnext_small_head_layernorm")(x)
-        x = jax.nn.softmax(nn.Dense(1000, name="convnext_small_head_dense")(x))
+        x = rt.softmax(nn.Dense(1000, name="convnext_small_head_dense")(x))
         return x

@@ -81,5 +81,5 @@ class DenseNet201(nn.Module):
         x = rt.BatchNorm(epsilon=1.001e-05, name="bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

@@ -456,5 +456,5 @@ class EfficientNetV2L(nn.Module):
         x = jax.nn.silu(x)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(0.2, name="top_dropout")(x, deterministic=not train)
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

@@ -178,5 +178,5 @@ class InceptionResNetV2(nn.Module):
         )
         x = jax.nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

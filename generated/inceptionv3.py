@@ -174,5 +174,5 @@ class InceptionV3(nn.Module):
         x = Mixed9(name="mixed9")(x, train=train)
         x = Mixed9(name="mixed10")(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

@@ -109,5 +109,5 @@ class MobileNet(nn.Module):
         x = nn.Dropout(0.001, name="dropout")(x, deterministic=not train)
         x = rt.Conv(1000, (1, 1), padding="SAME", name="conv_preds")(x)
         x = jnp.reshape(x, (-1, 1000))
-        x = jax.nn.softmax(x)
+        x = rt.softmax(x)
         return x

@@ -136,5 +136,5 @@ class MobileNetV2(nn.Module):
         )
         x = jax.nn.relu6(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

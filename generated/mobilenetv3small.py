@@ -257,5 +257,5 @@ class MobileNetV3Small(nn.Module):
         x = nn.Dropout(0.2, name="dropout")(x, deterministic=not train)
         x = rt.Conv(1000, (1, 1), padding="SAME", name="logits")(x)
         x = einops.rearrange(x, "b h w d -> b (h w d)")
-        x = jax.nn.softmax(x)
+        x = rt.softmax(x)
         return x

@@ -120,5 +120,5 @@ class ResNet50(nn.Module):
         x = ConvBlock(512, 2048, name="conv5_block2")(x, train=train)
         x = ConvBlock(512, 2048, name="conv5_block3")(x, train=train)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

@@ -137,5 +137,5 @@ class ResNet50V2(nn.Module):
         x = rt.BatchNorm(epsilon=1.001e-05, name="post_bn")(x, use_running_average=not train)
         x = jax.nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

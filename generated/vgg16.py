@@ -65,5 +65,5 @@ class VGG16(nn.Module):
         x = einops.rearrange(x, "b h w d -> b (h w d)")
         x = jax.nn.relu(nn.Dense(4096, name="fc1")(x))
         x = jax.nn.relu(nn.Dense(4096, name="fc2")(x))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

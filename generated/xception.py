@@ -133,5 +133,5 @@ class Xception(nn.Module):
         )
         x = jax.nn.relu(x)
         x = jnp.mean(x, axis=(1, 2))
-        x = jax.nn.softmax(nn.Dense(1000, name="predictions")(x))
+        x = rt.softmax(nn.Dense(1000, name="predictions")(x))
         return x

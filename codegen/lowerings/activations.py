@@ -33,9 +33,9 @@ _KERAS3 = {
     "hard_swish": ("jax.nn.hard_silu", {}),
     "hard_tanh": ("jax.nn.hard_tanh", {}),
     "mish": ("jax.nn.mish", {}),
-    "log_softmax": ("jax.nn.log_softmax", {}),
+    "log_softmax": ("rt.log_softmax", {}),
     "log_sigmoid": ("jax.nn.log_sigmoid", {}),
-    "softmax": ("jax.nn.softmax", {}),
+    "softmax": ("rt.softmax", {}),
     "squareplus": ("jax.nn.squareplus", {"b": 4.0}),
     "sparsemax": ("rt.sparsemax", {}),
 }
@@ -152,7 +152,8 @@ def lower_softmax(node: Node) -> Lowered:
         if node.source != "keras3":
             raise Unsupported("mask", "a tensor", "a mask in Keras 3 models")
         return Lowered(Call(Sym("rt.masked_softmax"), (node.input, mask), kwargs))
-    return Lowered(Call(Sym("jax.nn.softmax"), (node.input,), kwargs))
+    fn = "rt.softmax" if isinstance(axis, int) else "jax.nn.softmax"
+    return Lowered(Call(Sym(fn), (node.input,), kwargs))
 
 
 @register("PReLU", family="activations", handles={"shared_axes"})

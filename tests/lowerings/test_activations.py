@@ -3,11 +3,14 @@
 Inputs span [-5, 5] so every threshold, clip and kink of the activations is crossed.
 """
 
+import jax
+import jax.numpy as jnp
 import keras
 import numpy as np
 import pytest
 from helpers import assert_layer_parity, rand
 
+from kgen import runtime as rt
 from kgen.codegen.lowerings.activations import SUPPORTED
 
 SHAPE = (5, 6)
@@ -98,3 +101,23 @@ def test_prelu(shared_axes):
         inputs=[wide(3, 4, 5)],
         tolerance=TIGHT,
     )
+
+
+@pytest.mark.parametrize(
+    "fn, plain", [(rt.softmax, jax.nn.softmax), (rt.log_softmax, jax.nn.log_softmax)]
+)
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_cpu_softmax_path_is_jax_nn_softmax(fn, plain, axis):
+    # The CPU path finds the maximum by argmax (XLA fuses a reduce_max with the dense
+    # layers before it and reruns them: VGG16's head, 20x); the plain one is jax's.
+    x = np.random.default_rng(3).normal(0, 20, (4, 7, 5)).astype(np.float32)
+    x[0, 0] = -np.inf
+    x[1, 2, 3] = np.nan
+    expected = np.asarray(plain(x, axis=axis))
+    for impl in ("argmax", "xla"):
+        np.testing.assert_allclose(fn(x, axis=axis, impl=impl), expected, rtol=1e-6, atol=1e-7)
+    g = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
+    y = np.nan_to_num(x, nan=0.0, neginf=-30.0)
+    ours = jax.grad(lambda v: jnp.sum(fn(v, axis=axis, impl="argmax") * g))(y)
+    theirs = jax.grad(lambda v: jnp.sum(plain(v, axis=axis) * g))(y)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
