@@ -528,6 +528,14 @@ def _onnx_export_process(source, inputs, path: str, timeout: float) -> tuple[str
     return answer
 
 
+#: Seconds between one engine's timed call and the next's.  An engine's worker threads
+#: spin for a while after a call before they sleep (ONNX Runtime's intra-op threads,
+#: TensorFlow's and XLA's pools), and on a 2-core machine that took CPU from the call
+#: after it: ResNet50's generated module at batch 1 measured 50.7 ms right after the
+#: other engines' calls and 40.8 ms after a 0.5 s pause.
+SETTLE_S = 0.5
+
+
 def bench_source(
     source,
     *,
@@ -538,12 +546,14 @@ def bench_source(
     seed: int = 0,
     timeout: float = 1800.0,
     progress=None,
+    settle_s: float = SETTLE_S,
 ) -> ModelBench:
     """Benchmark ``source`` (a :class:`kgen.pipeline.Source`) on every engine in
     ``engines`` (default: all of :data:`ENGINES`), at each batch size in ``batches``:
     ``repeats`` timed calls per engine and batch, engines alternated.  An engine that
     cannot run (a package missing, an export that fails, a worker that crashes) is
-    reported absent with its reason; the others go on."""
+    reported absent with its reason; the others go on.  Each timed call starts
+    ``settle_s`` seconds after the one before (see :data:`SETTLE_S`)."""
     from kgen import pipeline
 
     wanted = list(ENGINES) if engines is None else [e for e in ENGINES if e in engines]
@@ -584,11 +594,11 @@ def bench_source(
                 result.onnx_export_s = seconds
             jobs["onnxruntime"] = {"onnx": path}
         del loaded
-        _run_engines(result, wanted, jobs, absent, inputs, timeout, say)
+        _run_engines(result, wanted, jobs, absent, inputs, timeout, say, settle_s)
     return result
 
 
-def _run_engines(result, wanted, jobs, absent, inputs, timeout, say) -> None:
+def _run_engines(result, wanted, jobs, absent, inputs, timeout, say, settle_s) -> None:
     running: dict[str, _Engine] = {}
 
     def drop(key, exc):
@@ -627,6 +637,7 @@ def _run_engines(result, wanted, jobs, absent, inputs, timeout, say) -> None:
                 for key in order[shift:] + order[:shift]:
                     if key not in running:
                         continue
+                    time.sleep(settle_s)  # the last engine's spinning threads go idle
                     try:
                         ms = running[key].ask("run")
                     except _EngineGone as exc:

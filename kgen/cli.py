@@ -933,6 +933,14 @@ def _parse_engines(ctx, param, value):
 )
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option(
+    "--settle",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Pause before each timed call, so that the last engine's spinning threads have gone idle.",
+)
+@click.option(
     "--engines",
     callback=_parse_engines,
     default=None,
@@ -967,7 +975,17 @@ def _parse_engines(ctx, param, value):
 )
 @_app_options
 def bench(
-    source, batches, repeats, engines, flat, as_json, all_apps, models, markdown, **app_options
+    source,
+    batches,
+    repeats,
+    settle,
+    engines,
+    flat,
+    as_json,
+    all_apps,
+    models,
+    markdown,
+    **app_options,
 ):
     """Inference time of the generated module beside Keras on TF (graph and XLA), Keras
     on JAX, ONNX Runtime and the flat form: same batch, one process per engine, engines
@@ -1008,6 +1026,7 @@ def bench(
     if all_apps:
         command = "kgen bench --all" + (f" --models {models}" if models is not None else "")
         command += f" --batch {','.join(map(str, batches))} --repeats {repeats}"
+        command += f" --settle {settle:g}" if settle != 0.5 else ""
         command += f" --engines {','.join(engines)}" if engines is not None else ""
         command += " --no-flat" if not flat else ""
         command += f" --markdown {markdown}" if markdown else ""
@@ -1020,7 +1039,12 @@ def bench(
             keras.backend.clear_session()
             results.append(
                 kbench.bench_source(
-                    src, batches=batches, repeats=repeats, engines=wanted, progress=progress
+                    src,
+                    batches=batches,
+                    repeats=repeats,
+                    engines=wanted,
+                    progress=progress,
+                    settle_s=settle,
                 )
             )
         if not as_json:

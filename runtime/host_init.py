@@ -11,7 +11,8 @@ what is left with numpy, primitive by primitive.
 The values are ``module.init``'s with the same key: the random bits bit for bit (the
 threefry2x32 hash and counter layout of :mod:`jax._src.random.threefry2x32`, with
 ``jax_threefry_partitionable`` as set), and the float transforms to float rounding
-(``erf_inv`` is scipy's, not XLA's polynomial).  A jaxpr with anything else (another
+(numpy's float steps are not fused as XLA's are; ``erf_inv`` is scipy's below a million
+values).  A jaxpr with anything else (another
 PRNG implementation, a QR for an orthogonal initialiser, a primitive not listed here)
 raises :class:`Unsupported`, and the caller compiles instead.
 """
@@ -42,7 +43,11 @@ def init_variables(module, *inputs, rng, **kwargs):
 def evaluate_function(fn, *args):
     """``fn(*args)`` traced to a jaxpr, the equations its outputs do not depend on
     dropped, and the rest evaluated with numpy: a pytree of ``jax.Array``s."""
-    from jax._src.interpreters import partial_eval as pe
+    try:  # jax internals: another jax version may lay them out otherwise
+        from jax._src.interpreters import partial_eval as pe
+        from jax._src.random import threefry2x32  # noqa: F401  (the kernels' primitive)
+    except ImportError as e:
+        raise Unsupported(f"this jax version ({jax.__version__}): {e}") from None
 
     closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*args)
     jaxpr, used = pe.dce_jaxpr(closed.jaxpr, [True] * len(closed.jaxpr.outvars))
@@ -87,7 +92,7 @@ def evaluate(jaxpr, consts, args) -> list:
         return env[v]
 
     for var, value in zip(jaxpr.constvars, consts):
-        env[var] = np.asarray(value)
+        env[var] = _host(value)
     for var, value in zip(jaxpr.invars, args):
         env[var] = value
     for eqn in jaxpr.eqns:

@@ -30,7 +30,7 @@ def tiny_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_bench(tiny_file):
     """Every engine on the tiny model, two batch sizes, one timed call each."""
-    return bench.bench_source(Source.of(tiny_file, "none"), batches=(2, 1), repeats=1)
+    return bench.bench_source(Source.of(tiny_file, "none"), batches=(2, 1), repeats=1, settle_s=0.0)
 
 
 def test_every_engine_runs_or_says_why(tiny_bench):
@@ -113,7 +113,7 @@ def test_onnx_absent_without_its_packages(monkeypatch):
 def test_cli_json_one_engine_and_batch_lists(tiny_file):
     result = run_cli(
         "bench", tiny_file, "--batch", "2,1", "--batch", "2", "--repeats", "1", "--json",
-        "--engines", "kgen",
+        "--engines", "kgen", "--settle", "0",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
@@ -133,6 +133,7 @@ def test_cli_json_one_engine_and_batch_lists(tiny_file):
         (["MobileNetV2", "--all"], "either a SOURCE or --all"),
         (["--all", "--models", "MobileNetV9"], "MobileNetV9"),
         (["MobileNetV2", "--markdown", "x.md"], "go with --all"),
+        (["MobileNetV2", "--settle", "-1"], "--settle"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, words):
