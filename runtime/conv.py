@@ -228,7 +228,7 @@ def eigen_pays(x_shape, kernel_shape, strides, groups: int, dtype) -> bool:
     """Whether a convolution runs faster on XLA's Eigen kernel than on YNNPACK's, as
     measured at the catalog's shapes on a 2-core x86 CPU (docs/performance.md, Run 4):
     2D, float32, stride 1, one group, at least 16 input features, at least
-    :data:`EIGEN_MIN_PIXELS` output pixels in the batch (below that YNNPACK won), and
+    :data:`EIGEN_MIN_PIXELS` input pixels in the batch (below that YNNPACK won), and
     at most :data:`EIGEN_MAX_IMAGE` input elements per image (VGG16's 224x224x64 and
     112x112x64 layers were 10-15% faster on YNNPACK)."""
     n = len(x_shape) - 2
