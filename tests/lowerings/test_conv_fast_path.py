@@ -200,3 +200,22 @@ def test_nnx_conv_paths_match_nnx_conv(kernel, padding):
     own = rt_nnx.Conv(16, 6, kernel, padding=padding, impl="dot", rngs=nnx.Rngs(0))
     expected = np.asarray(reference(x))
     assert _rel(np.asarray(own(x)), expected) <= 1e-6
+
+
+@pytest.mark.parametrize("groups, padding, strides", [(3, "SAME", (1, 1)), (4, "VALID", (2, 2))])
+def test_grouped_convolution_runs_group_by_group(groups, padding, strides):
+    x = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (2, 11, 12, 12)).astype(np.float32))
+    kwargs = {"feature_group_count": groups, "padding": padding, "strides": strides}
+    reference = nn.Conv(8 * groups // 2, (3, 3), **kwargs)
+    variables = reference.init(jax.random.PRNGKey(0), x)
+    module = Conv(8 * groups // 2, (3, 3), impl="dot", **kwargs)
+    np.testing.assert_allclose(
+        module.apply(variables, x), reference.apply(variables, x), rtol=1e-5, atol=1e-6
+    )
+    eqns = jax.make_jaxpr(module.apply)(variables, x).jaxpr.eqns
+    convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
+    assert len(convs) == groups and all(e.params["feature_group_count"] == 1 for e in convs)
+    grads = jax.grad(lambda v: jnp.sum(module.apply(v, x) ** 2))(variables)
+    expected = jax.grad(lambda v: jnp.sum(reference.apply(v, x) ** 2))(variables)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
