@@ -515,24 +515,13 @@ def init(cls, *, seed: int = 0, method: str = "auto", **kwargs):
     one by one.  ``method`` as for :func:`kgen.runtime.init`: ``"host"`` evaluates them
     with numpy (:mod:`kgen.runtime.host_init`), ``"jit"`` compiles them together under
     ``jax.jit``, ``"auto"`` is ``"host"`` where it can.  ``kwargs`` go to ``cls``."""
-    from kgen.runtime.host_init import Unsupported, evaluate_function
-    from kgen.runtime.variables import INIT_COMPILER_OPTIONS
-
-    if method not in ("auto", "host", "jit"):
-        raise ValueError(f"method must be 'auto', 'host' or 'jit', not {method!r}")
+    from kgen.runtime.variables import initialise
 
     def make():
         return nnx.split(cls(**kwargs, rngs=nnx.Rngs(seed)))
 
     graphdef, _ = nnx.eval_shape(make)
-    if method != "jit":
-        try:
-            return nnx.merge(graphdef, evaluate_function(lambda: make()[1]))
-        except Unsupported:
-            if method == "host":
-                raise
-    lowered = jax.jit(lambda: make()[1]).lower()
-    return nnx.merge(graphdef, lowered.compile(compiler_options=INIT_COMPILER_OPTIONS)())
+    return nnx.merge(graphdef, initialise(lambda: make()[1], method=method))
 
 
 def _reseed(module, seed: int) -> None:
