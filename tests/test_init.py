@@ -126,3 +126,40 @@ def test_random_bits_small_and_chunked_are_jax_bit_for_bit(shape):
     np.testing.assert_array_equal(host_init._random_bits(np.asarray(key), 32, shape), expected)
     u = np.random.default_rng(0).uniform(-0.99, 0.99, shape).astype(np.float32)
     np.testing.assert_allclose(host_init._erf_inv(None, u), jax.lax.erf_inv(u), rtol=1e-6)
+
+
+def _per_column(key, shape, dtype=jnp.float32):
+    """A uniform draw scaled per column: a broadcast the streamed path must not flatten."""
+    return jax.random.uniform(key, shape, dtype) * jnp.arange(1, shape[-1] + 1, dtype=dtype)
+
+
+class _Large(nn.Module):
+    """Kernels of over a million values (streamed block by block) of each kind."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(1031, (3, 3), use_bias=False)(x)  # lecun_normal: truncated normal
+        x = nn.Dense(1031, kernel_init=nn.initializers.glorot_uniform())(x)
+        return nn.Dense(1031, kernel_init=_per_column)(x)
+
+
+def test_large_arrays_are_streamed_and_equal_module_init(monkeypatch):
+    x = jax.ShapeDtypeStruct((1, 3, 3, 128), jnp.float32)
+    made = []
+    materialise = host_init._materialise
+    monkeypatch.setattr(
+        host_init,
+        "_materialise",
+        lambda v: made.append(v.shape) or materialise(v) if isinstance(v, host_init._Stream) else v,
+    )
+    host = rt.init(_Large(), x, rng=jax.random.key(11), method="host")
+    jit = rt.init(_Large(), x, rng=jax.random.key(11), method="jit")
+    assert sorted(made) == sorted([(3, 3, 128, 1031), (1031, 1031), (1031, 1031)])
+    for name in ("Conv_0", "Dense_0", "Dense_1"):
+        a, b = host["params"][name]["kernel"], jit["params"][name]["kernel"]
+        assert a.size > host_init._CHUNK and a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-7)
+    # uniform: the same bits and float steps, so bit for bit, streamed or not
+    np.testing.assert_array_equal(
+        host["params"]["Dense_0"]["kernel"], jit["params"]["Dense_0"]["kernel"]
+    )
