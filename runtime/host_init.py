@@ -358,6 +358,8 @@ def _streamed(eqn, values):
         return None
     out = eqn.outvars[0].aval
     if name in _RESHAPES:
+        if eqn.params.get("dimensions") is not None and name == "reshape":
+            return None  # a reshape that transposes first: not the same flat order
         (x,) = values
         return _Stream(out.shape, x.dtype, x.block)
     if name not in _ELEMENTWISE:
