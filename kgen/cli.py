@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from kgen.bench import SETTLE_S
 from kgen.errors import KgenError
 
 TF_LOG_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
@@ -934,7 +935,7 @@ def _parse_engines(ctx, param, value):
 @click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
 @click.option(
     "--settle",
-    default=0.5,
+    default=SETTLE_S,
     show_default=True,
     type=click.FloatRange(min=0),
     metavar="SECONDS",
@@ -1026,7 +1027,7 @@ def bench(
     if all_apps:
         command = "kgen bench --all" + (f" --models {models}" if models is not None else "")
         command += f" --batch {','.join(map(str, batches))} --repeats {repeats}"
-        command += f" --settle {settle:g}" if settle != 0.5 else ""
+        command += f" --settle {settle:g}" if settle != SETTLE_S else ""
         command += f" --engines {','.join(engines)}" if engines is not None else ""
         command += " --no-flat" if not flat else ""
         command += f" --markdown {markdown}" if markdown else ""

@@ -193,11 +193,17 @@ def _split(key, shape):
 
 
 def _random_bits(key, bit_width, shape):
+    """The random bits of ``jax.random.bits(key, shape)`` as an array."""
+    return _materialise(_lazy_random_bits(key, bit_width, shape))
+
+
+def _lazy_random_bits(key, bit_width, shape):
+    """The same bits, a :class:`_Stream` where the array is large."""
     if bit_width != 32 or not _partitionable():
         raise Unsupported(f"{bit_width}-bit random bits (partitionable: {_partitionable()})")
     n = math.prod(shape)
     if n >= _CHUNK and n < 1 << 32:
-        return _materialise(_bits_stream(key, shape))
+        return _bits_stream(key, shape)
     b1, b2 = threefry2x32(key[0], key[1], *_iota_2x32(shape))
     return (b1 ^ b2).reshape(shape)
 
@@ -348,12 +354,6 @@ def _streamed(eqn, values):
     """The equation's output as a :class:`_Stream` when an input is one and the
     equation can be computed block by block; else ``None`` (computed whole)."""
     name = eqn.primitive.name
-    if name == "random_bits" and isinstance(values[0], _Key):
-        shape = eqn.params["shape"]
-        n = math.prod(shape)
-        if eqn.params["bit_width"] == 32 and _partitionable() and _CHUNK <= n < 1 << 32:
-            return _bits_stream(_scalar_key(values[0]), shape)
-        return None
     if not any(isinstance(v, _Stream) for v in values) or eqn.primitive.multiple_results:
         return None
     out = eqn.outvars[0].aval
@@ -480,7 +480,7 @@ _RULES = {
     "random_unwrap": lambda eqn, key: key.data,
     "random_fold_in": lambda eqn, key, msg: _Key(_fold_in(_scalar_key(key), msg)),
     "random_split": lambda eqn, key: _Key(_split(_scalar_key(key), eqn.params["shape"])),
-    "random_bits": lambda eqn, key: _random_bits(
+    "random_bits": lambda eqn, key: _lazy_random_bits(  # large: a stream
         _scalar_key(key), eqn.params["bit_width"], eqn.params["shape"]
     ),
     "threefry2x32": lambda eqn, k1, k2, x1, x2: [
