@@ -25,6 +25,14 @@ spatial dim grown until that output is one longer than the input, then crops, wh
 crops.  Both compute the same windows, so the same values to float rounding.  They
 follow ``KGEN_CONV`` too (``xla``: off).
 
+**Few input channels.**  An image model's first convolution reads 1 to 4 channels (RGB),
+where XLA's CPU kernels are at their slowest: InceptionV3's 3x3 stride-2 stem over
+(8, 299, 299, 3) took 17.8 ms, against 4.8 ms for TensorFlow.  With so few products per
+output, :func:`few_channel_conv` writes it as a sum over the taps and input channels of
+a strided slice of the padded input, one channel wide, times that kernel row, which XLA
+fuses into one loop: 5.9 ms there (:func:`few_channels_pay` has the rule and the
+measurements).
+
 **Depthwise.**
 
 XLA on CPU runs ``conv_general_dilated`` with ``feature_group_count == channels`` at a
@@ -44,6 +52,7 @@ force one (tests compare them), as does the ``KGEN_DEPTHWISE`` environment varia
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -59,6 +68,8 @@ __all__ = [
     "depthwise_conv",
     "depthwise_impl",
     "eigen_pays",
+    "few_channel_conv",
+    "few_channels_pay",
     "is_padded",
     "is_pointwise",
     "padded_conv",
@@ -186,6 +197,7 @@ def padded_conv(x, kernel, strides, dilation, padding="VALID", groups: int = 1, 
     - Where :func:`eigen_pays` (2D, stride 1, mid-sized), the padding after the largest
       spatial dim grows until that dim's output is one longer than its input, which
       sends the convolution to XLA's Eigen kernel instead of YNNPACK's.
+    - Where :func:`few_channels_pay` (1 to 4 input channels), :func:`few_channel_conv`.
     - Else a 'valid' convolution gets one zero after each spatial dim.
     - Else (a 'same' one) the padding is 'same''s own.
 
@@ -215,6 +227,8 @@ def padded_conv(x, kernel, strides, dilation, padding="VALID", groups: int = 1, 
     pads = [
         _pads(sz, k, s, d, padding) for sz, k, s, d in zip(sizes, kernel_size, strides, dilation)
     ]
+    if few_channels_pay(x.shape, kernel.shape, strides, groups, x.dtype):
+        return few_channel_conv(x, kernel, strides, dilation, pads)
     eff = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
     out = [(sz + lo + hi - e) // s + 1 for sz, (lo, hi), e, s in zip(sizes, pads, eff, strides)]
     padded = list(pads)
@@ -267,6 +281,48 @@ def eigen_pays(x_shape, kernel_shape, strides, groups: int, dtype) -> bool:
         and height * width * channels <= EIGEN_MAX_IMAGE
         and all(k <= size for k, size in zip(kernel_shape[:2], (height, width)))
     )
+
+
+#: :func:`few_channel_conv` runs convolutions over at most this many input channels ...
+FEW_CHANNELS = 4
+#: ... with at most this many products (taps times input channels) per output value.
+FEW_CHANNEL_TERMS = 75
+
+
+def few_channels_pay(x_shape, kernel_shape, strides, groups: int, dtype) -> bool:
+    """Whether :func:`few_channel_conv` runs a convolution faster than XLA's own kernel,
+    as measured on 2-core x86 CPUs (docs/performance.md, Run 6): 2D, float32, one
+    group, at most :data:`FEW_CHANNELS` input channels, at most
+    :data:`FEW_CHANNEL_TERMS` products per output, and windows that overlap in some
+    dim.  Batch 8 (batch 1), XLA's time over this path's: 3x3 over 3 channels at
+    stride 2 (InceptionV3, MobileNetV2, ResNetRS) 3.0-4.7x (2.0-2.9x), at stride 1
+    (VGG16) 1.6x (1.6x); 3x3 over one channel 2.0x (2.0x); 5x5 over 3 channels 1.8x
+    (2.8x).  It lost where a window has 147 products (ResNet50's 7x7 over 3 channels:
+    0.75x, 0.27x) and on ConvNeXt's 4x4 stride-4 patches (0.83x, 0.86x), which do
+    not overlap."""
+    n = len(x_shape) - 2
+    if n != 2 or groups != 1 or jnp.dtype(dtype) != jnp.float32:
+        return False
+    *window, channels, _ = kernel_shape
+    return (
+        channels <= FEW_CHANNELS
+        and math.prod(window) * channels <= FEW_CHANNEL_TERMS
+        and any(s < k for s, k in zip(strides, window))
+    )
+
+
+def few_channel_conv(x, kernel, strides, dilation, pads):
+    """A convolution of ``x`` (N, *spatial, C) with ``kernel`` (*k, C, F), one group,
+    padded by ``pads`` ((lo, hi) per spatial dim), as the sum over the kernel's taps and
+    the C input channels of a strided slice of the input, one channel wide, times that
+    tap's (F,) kernel row."""
+    x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    acc = None
+    for tap, piece in _tap_slices(x, kernel.shape[:-2], strides, dilation):
+        for c in range(x.shape[-1]):
+            term = piece[..., c : c + 1] * kernel[(*tap, c)]
+            acc = term if acc is None else acc + term
+    return acc
 
 
 def pointwise_conv(x, kernel, bias, strides):
@@ -338,22 +394,30 @@ def depthwise_conv(
     if mult > 1:  # output channel c * M + m reads input channel c
         x = jnp.repeat(x, mult, axis=-1)
     x = jnp.pad(x, [(0, 0), *pads, (0, 0)])
+    kernel = kernel.reshape(*kernel_size, features).astype(x.dtype)
+    acc = None
+    for tap, piece in _tap_slices(x, kernel_size, strides, dilation):
+        piece = piece * kernel[tap]
+        acc = piece if acc is None else acc + piece
+    return acc
+
+
+def _tap_slices(x, kernel_size, strides, dilation):
+    """For each tap of a kernel over the padded ``x`` (N, *spatial, C), in row-major
+    order: the tap, and the strided slice of ``x`` (N, *out, C) it multiplies."""
+    n = len(kernel_size)
     out_shape = [
         (x.shape[1 + i] - ((kernel_size[i] - 1) * dilation[i] + 1)) // strides[i] + 1
         for i in range(n)
     ]
-    kernel = kernel.reshape(*kernel_size, features).astype(x.dtype)
-    acc = None
     for tap in _taps(kernel_size):
         start = [0, *(t * d for t, d in zip(tap, dilation)), 0]
         limit = [
             x.shape[0],
             *(s + (o - 1) * st + 1 for s, o, st in zip(start[1:-1], out_shape, strides)),
-            features,
+            x.shape[-1],
         ]
-        piece = lax.slice(x, start, limit, [1, *strides, 1]) * kernel[tap]
-        acc = piece if acc is None else acc + piece
-    return acc
+        yield tap, lax.slice(x, start, limit, [1, *strides, 1])
 
 
 _DIMENSIONS = {

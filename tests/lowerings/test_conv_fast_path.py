@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from helpers import assert_layer_parity
 
-from kgen.runtime.conv import Conv, conv_impl, eigen_pays
+from kgen.runtime.conv import Conv, conv_impl, eigen_pays, few_channels_pay
 
 CASES = [
     # (input shape without batch, kernel, strides, padding, use_bias)
@@ -42,6 +42,11 @@ CASES = [
     ((48, 47, 16), (5, 4), (1, 1), "SAME", False),
     ((48, 48, 16), (3, 3), (1, 1), "VALID", True),
     ((47, 49, 16), (1, 7), (1, 1), "SAME", True),
+    # 1 to 4 input channels: few_channels_pay, a sum of one-channel slices times kernel rows
+    ((12, 11, 3), (3, 3), (1, 1), "SAME", True),
+    ((15, 14, 3), (3, 3), (2, 2), "VALID", False),
+    ((16, 13, 1), (5, 3), (2, 1), "SAME", True),
+    ((10, 9, 2), (2, 4), (1, 3), "VALID", True),
 ]
 
 
@@ -84,7 +89,7 @@ def test_dot_path_is_a_matrix_product():
 
 @pytest.mark.parametrize("dilation, groups", [((2, 1), 1), ((1, 1), 2), ((2, 3), 2)])
 def test_valid_path_with_dilation_and_groups_is_bitwise_nn_conv(dilation, groups):
-    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 13, 14, 4)).astype(np.float32))
+    x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (2, 13, 14, 10)).astype(np.float32))
     kwargs = {"kernel_dilation": dilation, "feature_group_count": groups, "padding": "VALID"}
     reference = nn.Conv(6, (3, 3), strides=(2, 1), **kwargs)
     variables = reference.init(jax.random.PRNGKey(0), x)
@@ -97,7 +102,7 @@ def test_valid_path_with_dilation_and_groups_is_bitwise_nn_conv(dilation, groups
 
 
 def test_valid_path_pads_one_zero_after_each_dim():
-    x = jnp.ones((1, 9, 9, 3))
+    x = jnp.ones((1, 9, 9, 8))
     module = Conv(5, (3, 3), padding="VALID", impl="dot")
     variables = module.init(jax.random.PRNGKey(0), x)
     convs = [
@@ -143,8 +148,46 @@ def test_eigen_pays_where_measured():
     assert not eigen_pays((8, 56, 64), (3, 64, 64), (1,), 1, jnp.float32)  # 1D
 
 
+def _primitives(module, x):
+    variables = module.init(jax.random.PRNGKey(0), x)
+    return {e.primitive.name for e in jax.make_jaxpr(module.apply)(variables, x).jaxpr.eqns}
+
+
+@pytest.mark.parametrize("dilation", [(1, 1), (2, 3)])
+def test_few_channel_path_is_slices_times_kernel_rows(dilation):
+    # XLA's CPU kernels are slowest on an image's first convolution (RGB in): this
+    # path writes it as a sum of one-channel slices times kernel rows, which XLA fuses.
+    x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 17, 15, 3)).astype(np.float32))
+    kwargs = {"strides": (2, 1), "padding": "SAME", "kernel_dilation": dilation}
+    module = Conv(6, (3, 3), impl="dot", **kwargs)
+    prims = _primitives(module, x)
+    assert "conv_general_dilated" not in prims and "dot_general" not in prims
+    reference = nn.Conv(6, (3, 3), **kwargs)
+    variables = jax.tree.map(
+        lambda a: np.random.default_rng(4).uniform(-1, 1, a.shape).astype(np.float32),
+        reference.init(jax.random.PRNGKey(0), x),
+    )
+    assert (
+        _rel(np.asarray(module.apply(variables, x)), np.asarray(reference.apply(variables, x)))
+        <= 1e-6
+    )
+
+
+def test_few_channels_pay_where_measured():
+    f32 = jnp.float32
+    assert few_channels_pay((8, 299, 299, 3), (3, 3, 3, 32), (2, 2), 1, f32)  # InceptionV3
+    assert few_channels_pay((8, 224, 224, 3), (3, 3, 3, 64), (1, 1), 1, f32)  # VGG16
+    assert few_channels_pay((1, 28, 28, 1), (5, 5, 1, 32), (1, 1), 1, f32)  # grey, 25 terms
+    assert not few_channels_pay((8, 230, 230, 3), (7, 7, 3, 64), (2, 2), 1, f32)  # 147 terms
+    assert not few_channels_pay((8, 224, 224, 3), (4, 4, 3, 96), (4, 4), 1, f32)  # patches
+    assert not few_channels_pay((8, 56, 56, 8), (3, 3, 8, 8), (1, 1), 1, f32)  # 8 channels
+    assert not few_channels_pay((8, 56, 56, 4), (3, 3, 2, 8), (1, 1), 2, f32)  # grouped
+    assert not few_channels_pay((8, 224, 224, 3), (3, 3, 3, 64), (1, 1), 1, jnp.bfloat16)
+    assert not few_channels_pay((8, 56, 3), (3, 3, 8), (1,), 1, f32)  # 1D
+
+
 def test_same_path_off_the_eigen_rule_is_nn_conv_unchanged():
-    x = jnp.ones((1, 9, 9, 3))
+    x = jnp.ones((1, 9, 9, 8))
     paddings, _ = _conv_paddings(Conv(5, (3, 3), padding="SAME", impl="dot"), x)
     assert paddings == [((1, 1), (1, 1))]
 
@@ -178,6 +221,8 @@ KERAS_LAYERS = [
     (lambda: keras.layers.Conv1D(4, 5, strides=2), (17, 3)),
     (lambda: keras.layers.Conv2D(8, 3, padding="same"), (48, 48, 16)),
     (lambda: keras.layers.Conv2D(8, (3, 5), dilation_rate=2), (48, 50, 16)),
+    (lambda: keras.layers.Conv2D(8, 3, padding="same", dilation_rate=2), (13, 12, 3)),
+    (lambda: keras.layers.Conv2D(8, 5, strides=2, padding="same"), (15, 16, 1)),
 ]
 
 
@@ -204,7 +249,7 @@ def test_nnx_conv_paths_match_nnx_conv(kernel, padding):
 
 @pytest.mark.parametrize("groups, padding, strides", [(3, "SAME", (1, 1)), (4, "VALID", (2, 2))])
 def test_grouped_convolution_runs_group_by_group(groups, padding, strides):
-    x = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (2, 11, 12, 12)).astype(np.float32))
+    x = jnp.asarray(np.random.default_rng(5).uniform(-1, 1, (2, 11, 12, 24)).astype(np.float32))
     kwargs = {"feature_group_count": groups, "padding": padding, "strides": strides}
     reference = nn.Conv(8 * groups // 2, (3, 3), **kwargs)
     variables = reference.init(jax.random.PRNGKey(0), x)
