@@ -291,7 +291,7 @@ FEW_CHANNEL_TERMS = 75
 
 def few_channels_pay(x_shape, kernel_shape, strides, groups: int, dtype) -> bool:
     """Whether :func:`few_channel_conv` runs a convolution faster than XLA's own kernel,
-    as measured on 2-core x86 CPUs (docs/performance.md, Run 6): 2D, float32, one
+    as measured on a 2-core AMD EPYC VM (docs/performance.md, Run 6): 2D, float32, one
     group, at most :data:`FEW_CHANNELS` input channels, at most
     :data:`FEW_CHANNEL_TERMS` products per output, and windows that overlap in some
     dim.  Batch 8 (batch 1), XLA's time over this path's: 3x3 over 3 channels at
