@@ -37,6 +37,7 @@ __all__ = [
     "ModelBench",
     "bench_source",
     "family_representatives",
+    "machine_description",
     "markdown_report",
 ]
 
@@ -671,6 +672,44 @@ def _cell(value: float | None, fmt: str) -> str:
     return "" if value is None or not math.isfinite(value) else format(value, fmt)
 
 
+#: Environment variables that change what a run measures, named in its report when set.
+TIMING_ENVIRONMENT = (
+    "GLIBC_TUNABLES",
+    "XLA_FLAGS",
+    "TF_ENABLE_ONEDNN_OPTS",
+    "OMP_NUM_THREADS",
+    "KGEN_CONV",
+    "KGEN_DEPTHWISE",
+    "KGEN_POOL",
+    "KGEN_SOFTMAX",
+)
+
+
+def machine_description() -> str:
+    """What a run ran on, in one line: the CPU (``/proc/cpuinfo``'s model name, else
+    ``platform.processor()``), its logical cores, the versions of the frameworks timed,
+    and those of :data:`TIMING_ENVIRONMENT` that are set.  Ratios measured on one CPU do
+    not carry over to another (docs/performance.md, Runs 5 and 6)."""
+    import importlib.metadata
+    import platform
+
+    cpu = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as info:
+        cpu = next((line.split(":", 1)[1].strip() for line in info if "model name" in line), "")
+    parts = [f"{cpu or platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs"]
+    versions = []
+    for package in ("jax", "jaxlib", "tensorflow", "keras", "onnxruntime"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+    parts.append(", ".join(versions))
+    set_vars = [f"{k}={os.environ[k]}" for k in TIMING_ENVIRONMENT if os.environ.get(k)]
+    parts.append(
+        "environment: "
+        + (", ".join(set_vars) if set_vars else "none of " + ", ".join(TIMING_ENVIRONMENT))
+    )
+    return "; ".join(parts)
+
+
 def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
     """The ``--all`` tables: throughput and ratio per engine and batch, start-up costs
     and memory, and the spread of the timed calls."""
@@ -680,6 +719,8 @@ def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
         f"Produced by `{command}`. Images/s from the median time per batch; in",
         f"brackets the ratio to `{BASELINE}` (Keras on TF, `tf.function` graph): above 1 is",
         "faster. Empty: the engine is absent (reasons below the tables).",
+        "",
+        f"Machine: {machine_description()}.",
         "",
         "| model | batch | " + " | ".join(keys) + " |",
         "|---|---:|" + "---:|" * len(keys),

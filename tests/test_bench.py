@@ -6,6 +6,7 @@ Structure only: no test compares or bounds a wall-clock time.
 import importlib.util
 import json
 import math
+import os
 
 import keras
 import pytest
@@ -92,9 +93,19 @@ def test_text_and_markdown_reports(tiny_bench):
             assert f"absent: {engine.reason}" in text
     table = bench.markdown_report([tiny_bench], "kgen bench --all")
     assert "Produced by `kgen bench --all`" in table
+    assert f"{os.cpu_count()} logical CPUs" in table  # the machine, since ratios depend on it
     rows = [line for line in table.splitlines() if line.startswith(f"| {tiny_bench.name} |")]
     assert len(rows) == 2 + 1 + 2  # throughput per batch, start-up, spread per batch
     assert all(row.count("|") == len(bench.ENGINES) + 3 for row in rows[:2])
+
+
+def test_machine_description_names_what_changes_timings(monkeypatch):
+    for name in bench.TIMING_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    plain = bench.machine_description()
+    assert "jax " in plain and "environment: none of GLIBC_TUNABLES" in plain
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_max=0")
+    assert "environment: GLIBC_TUNABLES=glibc.malloc.mmap_max=0" in bench.machine_description()
 
 
 def test_onnx_absent_without_its_packages(monkeypatch):
