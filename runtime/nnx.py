@@ -29,12 +29,15 @@ import numpy as np
 from flax import nnx
 
 from kgen.errors import WeightsError
+from kgen.runtime import onednn
 from kgen.runtime.conv import (
     _ntuple,
     conv_impl,
     depthwise_conv,
     is_padded,
     is_pointwise,
+    onednn_pads,
+    onednn_pays,
     padded_conv,
     pointwise_conv,
 )
@@ -96,18 +99,34 @@ class Conv(nnx.Conv):
     def __call__(self, inputs):
         n = inputs.ndim - 2
         groups, dilation = self.feature_group_count, self.input_dilation
+        impl = conv_impl(self.impl)
         pointwise = is_pointwise(n, self.kernel_size, groups, dilation, self.padding, self.mask)
         padded = is_padded(n, self.kernel_size, dilation, self.padding, self.mask)
-        if not (pointwise or padded) or conv_impl(self.impl) == "xla":
+        if impl == "xla" or not (impl in ("onednn", "auto") or pointwise or padded):
             return super().__call__(inputs)
         kernel = _value(self.kernel)
         bias = None if self.bias is None else _value(self.bias)
         x, kernel, bias = self.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
         strides = _ntuple(1 if self.strides is None else self.strides, n)
-        if pointwise:
+        kernel_dilation = _ntuple(1 if self.kernel_dilation is None else self.kernel_dilation, n)
+        pads = None
+        if impl in ("onednn", "auto"):
+            shape_info = (x.shape[1:-1], kernel.shape[:n], strides, kernel_dilation)
+            pads = onednn_pads(n, self.padding, dilation, self.mask, x.dtype, shape_info)
+            pays = pads is not None and (
+                impl == "onednn"
+                or onednn_pays(x.shape, kernel.shape, strides, kernel_dilation, pads)
+            )
+            pads = pads if pays else None
+        if pads is not None:
+            y = onednn.conv(x, kernel, strides, pads, kernel_dilation, groups)
+        elif pointwise:
             return pointwise_conv(x, kernel, bias, strides)
-        dilation = _ntuple(1 if self.kernel_dilation is None else self.kernel_dilation, n)
-        y = padded_conv(x, kernel, strides, dilation, self.padding, groups, self.precision)
+        elif padded:
+            dilation = kernel_dilation
+            y = padded_conv(x, kernel, strides, dilation, self.padding, groups, self.precision)
+        else:
+            return super().__call__(inputs)
         return y if bias is None else y + bias
 
 

@@ -1,7 +1,7 @@
 """The CPU fast paths of ``rt.Conv`` (kgen/runtime/conv.py) against Flax's ``nn.Conv``
 and against Keras.
 
-On CPU ("dot") a convolution whose kernel is 1 in every spatial dim runs as a matrix
+With ``impl="dot"`` a convolution whose kernel is 1 in every spatial dim runs as a matrix
 product; a 'valid' or 'same' convolution with a larger kernel runs with its padding
 after one spatial dim grown until that output is longer than its input, then cropped,
 where ``eigen_pays``, and else a 'valid' one with one zero of padding after each
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from helpers import assert_layer_parity
 
+from kgen.runtime import onednn
 from kgen.runtime.conv import Conv, conv_impl, eigen_pays, few_channels_pay
 
 CASES = [
@@ -68,7 +69,7 @@ def test_dot_matches_nn_conv(shape, kernel, strides, padding, use_bias):
         return jnp.sum(module.apply(v, x) * cotangent)
 
     ref_grads = jax.grad(loss, argnums=(0, 1))(variables, x, reference)
-    for impl in ("xla", "dot"):
+    for impl in ("xla", "dot", "onednn") if onednn.available() else ("xla", "dot"):
         module = Conv(7, kernel, strides=strides, padding=padding, use_bias=use_bias, impl=impl)
         own = module.init(jax.random.PRNGKey(0), x)
         assert jax.tree.map(np.shape, own) == jax.tree.map(np.shape, variables)
@@ -203,7 +204,8 @@ def test_bfloat16_stays_bfloat16():
 
 def test_auto_picks_by_backend(monkeypatch):
     monkeypatch.delenv("KGEN_CONV", raising=False)
-    assert conv_impl("auto") == ("dot" if jax.default_backend() == "cpu" else "xla")
+    cpu = "auto" if onednn.available() else "dot"  # "auto": per convolution
+    assert conv_impl("auto") == (cpu if jax.default_backend() == "cpu" else "xla")
     monkeypatch.setenv("KGEN_CONV", "xla")
     assert conv_impl("auto") == "xla"
     with pytest.raises(ValueError):
@@ -226,9 +228,11 @@ KERAS_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["xla", "dot"])
+@pytest.mark.parametrize("impl", ["xla", "dot", "onednn"])
 @pytest.mark.parametrize("make, shape", KERAS_LAYERS)
 def test_each_path_matches_keras(make, shape, impl, monkeypatch):
+    if impl == "onednn" and not onednn.available():
+        pytest.skip("XLA's oneDNN convolution is not available here (not x86-64 CPU)")
     monkeypatch.setenv("KGEN_CONV", impl)
     conversion, _ = assert_layer_parity(make(), shape)
     assert "rt.Conv" in conversion.source or "rt.SeparableConv" in conversion.source
