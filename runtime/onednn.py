@@ -17,7 +17,11 @@ kernels), explicit ``(lo, hi)`` padding, strides, kernel dilation and feature gr
   linear in each operand, so the tangent is ``plain_conv(dx, w) + plain_conv(x, dw)``,
   which JAX also transposes for reverse mode.  Training gets oneDNN's forward pass and
   XLA's backward pass.
-- **vmap** runs the call once per mapped element (``vmap_method="sequential"``).
+- **vmap** of the input joins the mapped axis to the batch; a mapped kernel runs one
+  call per element.
+- **jax.export** gets :func:`plain_conv`: an exported program may only hold custom
+  calls with compatibility guarantees, which this one has not; so do other platforms
+  than CPU, where the program is lowered for several.
 - **Where it runs** is decided once per process by :func:`available`: a CPU backend,
   x86-64, and a jaxlib release on :data:`VERIFIED_JAXLIB`; there it runs a handful of
   small convolutions (1, 2 and 3 spatial dims; strides, uneven padding, dilation,
@@ -96,20 +100,71 @@ def plain_conv(x, kernel, strides, pads, dilation, groups: int = 1):
 
 
 def _call(x, kernel, strides, pads, dilation, groups):
-    out = jax.eval_shape(
-        functools.partial(plain_conv, strides=strides, pads=pads, dilation=dilation, groups=groups),
-        x,
-        kernel,
-    )
-    config = backend_config(x.ndim - 2, kernel.shape[:-2], strides, pads, dilation, groups)
-    call = jax.ffi.ffi_call(
-        TARGET,
-        out,
-        custom_call_api_version=1,
-        legacy_backend_config=config,
-        vmap_method="sequential",
-    )
-    return call(x, kernel)
+    params = {"strides": strides, "pads": pads, "dilation": dilation, "groups": groups}
+    return _primitive().bind(x, kernel, **params)
+
+
+@functools.cache
+def _primitive():
+    """The ``kgen_onednn_conv`` primitive: on CPU the custom call, except when lowered
+    for ``jax.export`` (whose programs may only hold custom calls with compatibility
+    guarantees) and on other platforms, where it is :func:`plain_conv`.  Built on first
+    use, from jax's lowering API, which :func:`available` has vouched for."""
+    from jax._src.interpreters import mlir as jax_mlir
+    from jax.extend.core import Primitive
+    from jax.interpreters import batching, mlir
+
+    prim = Primitive("kgen_onednn_conv")
+
+    def impl(x, kernel, **params):
+        return jax.jit(functools.partial(prim.bind, **params))(x, kernel)
+
+    def abstract(x, kernel, **params):
+        out = jax.eval_shape(functools.partial(plain_conv, **params), x, kernel)
+        return jax.core.ShapedArray(out.shape, out.dtype)
+
+    def lower_plain(ctx, x, kernel, **params):
+        return mlir.lower_fun(functools.partial(plain_conv, **params), multiple_results=False)(
+            ctx, x, kernel
+        )
+
+    def lower_cpu(ctx, x, kernel, *, strides, pads, dilation, groups):
+        if ctx.module_context.lowering_parameters.for_export:
+            return lower_plain(
+                ctx, x, kernel, strides=strides, pads=pads, dilation=dilation, groups=groups
+            )
+        (x_aval, k_aval), (out_aval,) = ctx.avals_in, ctx.avals_out
+        n = len(x_aval.shape) - 2
+        config = backend_config(n, k_aval.shape[:n], strides, pads, dilation, groups)
+        call = jax_mlir.custom_call(
+            TARGET,
+            result_types=[jax_mlir.aval_to_ir_type(ctx.module_context, out_aval)],
+            operands=[x, kernel],
+            backend_config=config,
+            api_version=1,
+        )
+        return call.results
+
+    def batch(args, dims, **params):
+        (x, kernel), (x_dim, k_dim) = args, dims
+        if k_dim is None:  # the mapped axis joins the batch
+            x = jnp.moveaxis(x, x_dim, 0)
+            y = prim.bind(x.reshape(-1, *x.shape[2:]), kernel, **params)
+            return y.reshape(*x.shape[:2], *y.shape[1:]), 0
+        size = kernel.shape[k_dim]
+        kernel = jnp.moveaxis(kernel, k_dim, 0)
+        if x_dim is None:
+            x = jnp.broadcast_to(x, (size, *x.shape))
+        else:
+            x = jnp.moveaxis(x, x_dim, 0)
+        return lax.map(lambda pair: prim.bind(*pair, **params), (x, kernel)), 0
+
+    prim.def_impl(impl)
+    prim.def_abstract_eval(abstract)
+    mlir.register_lowering(prim, lower_plain)
+    mlir.register_lowering(prim, lower_cpu, platform="cpu")
+    batching.primitive_batchers[prim] = batch
+    return prim
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))

@@ -95,6 +95,33 @@ def test_vmap_and_gradient_in_one_operand():
 
 
 @needs_onednn
+def test_vmap_of_the_kernel_and_eager_calls():
+    if not onednn.available():
+        pytest.skip("XLA's oneDNN convolution did not pass its check here")
+    x, kernel = _operands((2, 8, 9, 4), (3, 3, 4, 5))
+    kernels = jnp.stack([kernel, -2 * kernel, kernel[::-1]])
+    args = ((2, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    got = jax.vmap(lambda k: onednn.conv(x, k, *args))(kernels)
+    want = jax.vmap(lambda k: onednn.plain_conv(x, k, *args))(kernels)
+    assert got.shape == want.shape and _rel(got, want) <= 1e-5
+    assert _rel(onednn.conv(x, kernel, *args), onednn.plain_conv(x, kernel, *args)) <= 1e-5
+
+
+@needs_onednn
+def test_export_gets_xla_convolution():
+    # jax.export refuses custom calls without compatibility guarantees, so an exported
+    # program holds XLA's convolution; it runs and matches.
+    if not onednn.available():
+        pytest.skip("XLA's oneDNN convolution did not pass its check here")
+    x = jnp.asarray(np.random.default_rng(3).uniform(-1, 1, (2, 30, 30, 16)), jnp.float32)
+    module = Conv(32, (3, 3), padding="SAME", impl="onednn")
+    variables = module.init(jax.random.PRNGKey(0), x)
+    exported = jax.export.export(jax.jit(module.apply))(variables, x)
+    assert onednn.TARGET not in exported.mlir_module()
+    assert _rel(exported.call(variables, x), module.apply(variables, x)) <= 1e-5
+
+
+@needs_onednn
 def test_compiled_program_calls_onednn():
     if not onednn.available():
         pytest.skip("XLA's oneDNN convolution did not pass its check here")
