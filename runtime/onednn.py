@@ -22,8 +22,10 @@ kernels), explicit ``(lo, hi)`` padding, strides, kernel dilation and feature gr
 - **jax.export** gets :func:`plain_conv`: an exported program may only hold custom
   calls with compatibility guarantees, which this one has not; so do other platforms
   than CPU, where the program is lowered for several.
-- **Where it runs** is decided once per process by :func:`available`: a CPU backend,
-  x86-64, and a jaxlib release on :data:`VERIFIED_JAXLIB`; there it runs a handful of
+- **Where it runs** is decided once per process by :func:`available`: a CPU backend
+  with one device (XLA's SPMD partitioner knows no sharding rule for the custom call
+  and would compute a data-parallel batch whole on every device), x86-64, and a jaxlib
+  release on :data:`VERIFIED_JAXLIB`; there it runs a handful of
   small convolutions (1, 2 and 3 spatial dims; strides, uneven padding, dilation,
   groups) through the call and through :func:`plain_conv` and requires them to agree.
   The custom call's configuration is XLA's internal format, which has changed between
@@ -231,6 +233,8 @@ def available() -> bool:
     """Whether :func:`conv` runs here (see the module doc).  Decided once per process,
     outside any trace."""
     if jax.default_backend() != "cpu":
+        return False
+    if jax.device_count() != 1:  # the partitioner would replicate the call's operands
         return False
     if platform.machine().lower() not in ("x86_64", "amd64"):
         return False

@@ -147,6 +147,15 @@ def test_check_rejects_wrong_numbers_and_errors(monkeypatch):
     assert not onednn.agrees()
 
 
+def test_not_with_several_devices(monkeypatch):
+    # XLA's SPMD partitioner has no sharding rule for the custom call: a data-parallel
+    # program would gather the whole batch on every device (tests/test_fine_tune.py).
+    monkeypatch.setattr(onednn, "agrees", lambda: True)
+    monkeypatch.setattr(onednn, "jaxlib_release", lambda: onednn.VERIFIED_JAXLIB[0])
+    monkeypatch.setattr(jax, "device_count", lambda: 4)
+    assert not onednn.available.__wrapped__()
+
+
 def test_only_verified_jaxlib_releases(monkeypatch):
     # A configuration the kernel reads differently can crash the process (an older
     # XLA's offsets did here), so an unverified jaxlib is not even tried.
