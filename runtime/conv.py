@@ -1,14 +1,17 @@
 """Convolutions with fast paths where XLA is slow on CPU: oneDNN's kernel, depthwise,
 pointwise (1x1), and padding chosen so that XLA picks its faster kernel.
 
-**oneDNN.**  On CPU, where :func:`kgen.runtime.onednn.available` (x86-64, and a jaxlib
-whose oneDNN convolution passes its check), :class:`Conv` runs every float32
-convolution with 1 to 3 spatial dims, 'same', 'valid', 'causal' or explicit
-non-negative padding, and no input dilation, through XLA's own oneDNN kernel
-(:mod:`kgen.runtime.onednn`): 1.1-2.3x faster than XLA's CPU convolutions at the
-catalog's shapes, pointwise ones included.  ``KGEN_CONV=onednn`` requires it,
+**oneDNN.**  On CPU, where :func:`kgen.runtime.onednn.available` (one x86-64 device
+and a verified jaxlib whose oneDNN convolution passes its check), :class:`Conv` runs a
+float32 convolution with 1 to 3 spatial dims, 'same', 'valid', 'causal' or explicit
+non-negative padding, no input dilation, and at least :data:`ONEDNN_MIN_FLOPS` of work
+(:func:`onednn_pays`) through XLA's own oneDNN kernel (:mod:`kgen.runtime.onednn`):
+1.1-2.3x faster than XLA's CPU convolutions at the catalog's shapes, pointwise and
+grouped ones included (docs/performance.md, Run 7).  ``KGEN_CONV=onednn`` sends every
+such convolution there whatever its size (and is an error where it is not available),
 ``KGEN_CONV=dot`` keeps the XLA paths below, ``KGEN_CONV=xla`` is ``nn.Conv``'s own.
-Where oneDNN is not available, ``auto`` means ``dot``.
+Where oneDNN is not available, ``auto`` means ``dot``; the paths below also take the
+convolutions oneDNN does not.
 
 **Pointwise.**  :class:`Conv` is Flax's ``nn.Conv`` (same fields, same parameters), but
 on CPU a convolution whose kernel is 1 in every spatial dim, with one group, runs as a
@@ -16,7 +19,8 @@ matrix product of the (strided) input with the ``(in, out)`` kernel: XLA's CPU
 convolution took 1.5-2x the time of ``jnp.dot`` at ResNet50's, DenseNet's and
 InceptionV3's 1x1 shapes (e.g. (8, 56, 56, 256) -> 64: 23.9 ms against 12.3 ms, and
 TensorFlow's 13.3 ms), while at 3x3 it is within 10-20% of TensorFlow's and stays.
-``KGEN_CONV=xla|dot`` forces one; elsewhere than CPU XLA's convolution stays.
+``KGEN_CONV=xla|dot`` forces one (``auto``: where oneDNN does not take it); elsewhere
+than CPU XLA's convolution stays.
 
 **Padding chosen for XLA's CPU backend.**  XLA's CPU compiler (jaxlib 0.10) hands a 2D
 float32 convolution to YNNPACK unless an output is longer than its input, where its
