@@ -25,9 +25,9 @@ kernels), explicit ``(lo, hi)`` padding, strides, kernel dilation and feature gr
 - **Where it runs** is decided once per process by :func:`available`: a CPU backend
   with one device (XLA's SPMD partitioner knows no sharding rule for the custom call
   and would compute a data-parallel batch whole on every device), x86-64, and a jaxlib
-  release on :data:`VERIFIED_JAXLIB`; there it runs a handful of
-  small convolutions (1, 2 and 3 spatial dims; strides, uneven padding, dilation,
-  groups) through the call and through :func:`plain_conv` and requires them to agree.
+  release on :data:`VERIFIED_JAXLIB`; there it runs a handful of small convolutions
+  (1, 2 and 3 spatial dims; strides, uneven padding, dilation, groups) through the call
+  and through :func:`plain_conv` and requires them to agree.
   The custom call's configuration is XLA's internal format, which has changed between
   XLA releases (strides, pads and spatial dims used to be stored one higher), and a
   configuration the kernel reads differently can crash the process rather than raise,
