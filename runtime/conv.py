@@ -87,6 +87,7 @@ __all__ = [
     "few_channels_pay",
     "is_padded",
     "is_pointwise",
+    "onednn_padding",
     "onednn_pads",
     "onednn_pays",
     "padded_conv",
@@ -142,13 +143,28 @@ def onednn_pays(x_shape, kernel_shape, strides, dilation, pads) -> bool:
     XLA kernel (20 small convolutions in one program, AMD EPYC VM), which small ones
     do not earn back: at batch 1, MobileNetV3Small took 8.3 ms against 4.8 with every
     convolution on oneDNN."""
-    n = len(x_shape) - 2
     *window, per_group, features = kernel_shape
     out = 1
     for size, k, s, d, (lo, hi) in zip(x_shape[1:-1], window, strides, dilation, pads):
         out *= max((size + lo + hi - (k - 1) * d - 1) // s + 1, 0)
     flops = 2 * x_shape[0] * out * math.prod(window) * per_group * features
-    return n >= 1 and flops >= ONEDNN_MIN_FLOPS
+    return flops >= ONEDNN_MIN_FLOPS
+
+
+def onednn_padding(
+    x_shape, kernel_shape, strides, dilation, padding, input_dilation, mask, dtype, require_pay
+) -> list | None:
+    """The padding oneDNN computes a convolution with (:func:`onednn_pads`), or None
+    where it does not take it or, with ``require_pay``, where :func:`onednn_pays` says
+    no.  ``kernel_shape`` is ``(*window, in // groups, out)``."""
+    n = len(x_shape) - 2
+    shape_info = (x_shape[1:-1], tuple(kernel_shape[:n]), strides, dilation)
+    pads = onednn_pads(n, padding, input_dilation, mask, dtype, shape_info)
+    if pads is None:
+        return None
+    if require_pay and not onednn_pays(x_shape, kernel_shape, strides, dilation, pads):
+        return None
+    return pads
 
 
 def onednn_pads(n: int, padding, input_dilation, mask, dtype, shape_info) -> list | None:
@@ -232,14 +248,18 @@ class Conv(nn.Conv):
             dtype = jnp.result_type(inputs.dtype, self.param_dtype)
         strides = _ntuple(1 if self.strides is None else self.strides, n)
         dilation = _ntuple(1 if self.kernel_dilation is None else self.kernel_dilation, n)
-        shape_info = (inputs.shape[1:-1], tuple(self.kernel_size), strides, dilation)
-        pads = onednn_pads(n, self.padding, self.input_dilation, self.mask, dtype, shape_info)
         kernel_shape = (*self.kernel_size, inputs.shape[-1] // groups, self.features)
-        if pads is None or (
-            require_pay and not onednn_pays(inputs.shape, kernel_shape, strides, dilation, pads)
-        ):
-            return None
-        return pads
+        return onednn_padding(
+            inputs.shape,
+            kernel_shape,
+            strides,
+            dilation,
+            self.padding,
+            self.input_dilation,
+            self.mask,
+            dtype,
+            require_pay,
+        )
 
     def _own_conv(self, inputs, onednn_padding=None):
         """The parameters ``nn.Conv`` makes, and the convolution of them: oneDNN's with
@@ -360,7 +380,7 @@ def padded_conv(x, kernel, strides, dilation, padding="VALID", groups: int = 1, 
         window_strides=tuple(strides),
         padding=padded,
         rhs_dilation=tuple(dilation),
-        dimension_numbers=_DIMENSIONS[n],
+        dimension_numbers=onednn.LAYOUTS[n],
         feature_group_count=groups,
         precision=precision,
     )
@@ -503,7 +523,7 @@ def depthwise_conv(
             window_strides=tuple(strides),
             padding=pads,
             rhs_dilation=tuple(dilation),
-            dimension_numbers=_DIMENSIONS[n],
+            dimension_numbers=onednn.LAYOUTS[n],
             feature_group_count=channels,
         )
     mult = features // channels
@@ -534,13 +554,6 @@ def _tap_slices(x, kernel_size, strides, dilation):
             x.shape[-1],
         ]
         yield tap, lax.slice(x, start, limit, [1, *strides, 1])
-
-
-_DIMENSIONS = {
-    1: ("NWC", "WIO", "NWC"),
-    2: ("NHWC", "HWIO", "NHWC"),
-    3: ("NDHWC", "DHWIO", "NDHWC"),
-}
 
 
 def _taps(kernel_size) -> list[tuple[int, ...]]:

@@ -36,8 +36,7 @@ from kgen.runtime.conv import (
     depthwise_conv,
     is_padded,
     is_pointwise,
-    onednn_pads,
-    onednn_pays,
+    onednn_padding,
     padded_conv,
     pointwise_conv,
 )
@@ -111,13 +110,17 @@ class Conv(nnx.Conv):
         kernel_dilation = _ntuple(1 if self.kernel_dilation is None else self.kernel_dilation, n)
         pads = None
         if impl in ("onednn", "auto"):
-            shape_info = (x.shape[1:-1], kernel.shape[:n], strides, kernel_dilation)
-            pads = onednn_pads(n, self.padding, dilation, self.mask, x.dtype, shape_info)
-            pays = pads is not None and (
-                impl == "onednn"
-                or onednn_pays(x.shape, kernel.shape, strides, kernel_dilation, pads)
+            pads = onednn_padding(
+                x.shape,
+                kernel.shape,
+                strides,
+                kernel_dilation,
+                self.padding,
+                dilation,
+                self.mask,
+                x.dtype,
+                require_pay=impl == "auto",
             )
-            pads = pads if pays else None
         if pads is not None:
             y = onednn.conv(x, kernel, strides, pads, kernel_dilation, groups)
         elif pointwise:

@@ -46,7 +46,15 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["TARGET", "VERIFIED_JAXLIB", "available", "backend_config", "conv", "plain_conv"]
+__all__ = [
+    "LAYOUTS",
+    "TARGET",
+    "VERIFIED_JAXLIB",
+    "available",
+    "backend_config",
+    "conv",
+    "plain_conv",
+]
 
 TARGET = "__onednn$convolution"
 
@@ -54,7 +62,8 @@ TARGET = "__onednn$convolution"
 #: as written here, checked by tests/lowerings/test_conv_onednn.py.
 VERIFIED_JAXLIB = ((0, 10),)
 
-_LAYOUTS = {
+#: ``lax.conv_general_dilated``'s dimension numbers for channels-last data, by spatial dims.
+LAYOUTS = {
     1: ("NWC", "WIO", "NWC"),
     2: ("NHWC", "HWIO", "NHWC"),
     3: ("NDHWC", "DHWIO", "NDHWC"),
@@ -96,7 +105,7 @@ def plain_conv(x, kernel, strides, pads, dilation, groups: int = 1):
         window_strides=tuple(strides),
         padding=[tuple(p) for p in pads],
         rhs_dilation=tuple(dilation),
-        dimension_numbers=_LAYOUTS[x.ndim - 2],
+        dimension_numbers=LAYOUTS[x.ndim - 2],
         feature_group_count=groups,
     )
 
@@ -130,14 +139,12 @@ def _primitive():
             ctx, x, kernel
         )
 
-    def lower_cpu(ctx, x, kernel, *, strides, pads, dilation, groups):
+    def lower_cpu(ctx, x, kernel, **params):
         if ctx.module_context.lowering_parameters.for_export:
-            return lower_plain(
-                ctx, x, kernel, strides=strides, pads=pads, dilation=dilation, groups=groups
-            )
+            return lower_plain(ctx, x, kernel, **params)
         (x_aval, k_aval), (out_aval,) = ctx.avals_in, ctx.avals_out
         n = len(x_aval.shape) - 2
-        config = backend_config(n, k_aval.shape[:n], strides, pads, dilation, groups)
+        config = backend_config(n, k_aval.shape[:n], **params)
         call = jax_mlir.custom_call(
             TARGET,
             result_types=[jax_mlir.aval_to_ir_type(ctx.module_context, out_aval)],
