@@ -63,11 +63,16 @@ MEMORY_NOTE = (
 class BatchTiming:
     batch: int
     warmup_s: float  # first call at this batch size: tracing and compiling included
-    times_ms: list[float]
+    times_ms: list[float]  # steady state: calls right after a call of the same engine
+    idle_ms: list[float] = field(default_factory=list)  # each round's first call, after the pause
 
     @property
     def median_ms(self) -> float:
         return statistics.median(self.times_ms)
+
+    @property
+    def idle_median_ms(self) -> float | None:
+        return statistics.median(self.idle_ms) if self.idle_ms else None
 
     @property
     def images_per_s(self) -> float:
@@ -96,17 +101,22 @@ class ModelBench:
     source: object  # kgen.pipeline.Source
     batches: list[int]
     repeats: int
+    calls: int = 1  # calls per engine and round, back to back after the pause
     convert_s: float | None = None  # kgen's conversion (trace, lower, render, format)
     convert_flat_s: float | None = None
     onnx_export_s: float | None = None
     engines: dict[str, EngineResult] = field(default_factory=dict)
     error: str = ""  # the model itself could not be loaded or converted
 
-    def ratio(self, engine: str, batch: int) -> float | None:
-        """Throughput of ``engine`` divided by Keras-TF graph's: above 1 is faster."""
+    def ratio(self, engine: str, batch: int, idle: bool = False) -> float | None:
+        """Throughput of ``engine`` divided by Keras-TF graph's, in steady state (or, with
+        ``idle``, of the first call after each pause): above 1 is faster."""
         base, this = self.engines.get(BASELINE), self.engines.get(engine)
         if base is None or this is None or batch not in base.batches or batch not in this.batches:
             return None
+        if idle:
+            b, t = base.batches[batch].idle_median_ms, this.batches[batch].idle_median_ms
+            return None if b is None or t is None else b / t
         return base.batches[batch].median_ms / this.batches[batch].median_ms
 
     def to_dict(self) -> dict:
@@ -122,6 +132,9 @@ class ModelBench:
                     "images_per_s": t.images_per_s,
                     "ratio_to_keras_tf": self.ratio(key, b),
                     "times_ms": t.times_ms,
+                    "idle_median_ms": t.idle_median_ms,
+                    "idle_ratio_to_keras_tf": self.ratio(key, b, idle=True),
+                    "idle_ms": t.idle_ms,
                 }
             engines[key] = {
                 "description": ENGINES[key],
@@ -140,6 +153,7 @@ class ModelBench:
             "options": dict(self.source.options),
             "batches": self.batches,
             "repeats": self.repeats,
+            "calls": self.calls,
             "baseline": BASELINE,
             "convert_s": self.convert_s,
             "convert_flat_s": self.convert_flat_s,
@@ -163,7 +177,8 @@ class ModelBench:
         if self.onnx_export_s is not None:
             head += f", ONNX export {_s(self.onnx_export_s)}"
         out = [
-            head + f"; medians of {self.repeats}, engines alternated, one process each",
+            head + f"; {self.repeats} rounds of {self.calls} calls, engines alternated, "
+            "one process each; steady state, then the first call after the pause",
         ]
         for b in self.batches:
             out.append(f"  batch {b}:")
@@ -172,11 +187,13 @@ class ModelBench:
                     out.append(f"    {key:13} absent: {e.reason}")
                     continue
                 t = e.batches[b]
-                ratio = self.ratio(key, b)
+                ratio, idle = self.ratio(key, b), self.ratio(key, b, idle=True)
                 shown = "" if ratio is None else f" x{ratio:.2f}"
+                after = "" if idle is None else f" x{idle:.2f}"
                 out.append(
                     f"    {key:13} {t.median_ms:9.2f} ms [{min(t.times_ms):.2f}-"
                     f"{max(t.times_ms):.2f}] {t.images_per_s:8.1f} img/s{shown:7} "
+                    f"after idle {t.idle_median_ms:.2f} ms{after}, "
                     f"warm-up {t.warmup_s:.2f} s, peak RSS {_mb(e.peak_rss_mb)}"
                 )
         return out
@@ -310,7 +327,8 @@ _FRAMEWORK = {
 
 def _worker(engine: str, job: dict, connection) -> None:
     """In the spawned process: build ``engine``, then answer the parent's requests:
-    ``("batch", inputs)`` warms up at a new batch size, ``("run",)`` times one call,
+    ``("batch", inputs)`` warms up at a new batch size, ``("run", n)`` times ``n`` calls
+    back to back,
     ``("stop",)`` reports the peak memory and exits."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     null = os.open(os.devnull, os.O_WRONLY)
@@ -353,9 +371,12 @@ def _worker(engine: str, job: dict, connection) -> None:
                 call(inputs)  # one more, untimed: caches and allocators settle
                 connection.send(("ok", {"warmup_s": warmup, "init_s": init}))
             elif request[0] == "run":
-                begin = time.perf_counter()
-                call(inputs)
-                connection.send(("ok", (time.perf_counter() - begin) * 1e3))
+                times = []
+                for _ in range(request[1]):
+                    begin = time.perf_counter()
+                    call(inputs)
+                    times.append((time.perf_counter() - begin) * 1e3)
+                connection.send(("ok", times))
             else:
                 connection.send(("ok", {"peak_rss_mb": _rss_mb()}))
                 return
@@ -529,12 +550,15 @@ def _onnx_export_process(source, inputs, path: str, timeout: float) -> tuple[str
     return answer
 
 
-#: Seconds between one engine's timed call and the next's.  An engine's worker threads
+#: Seconds between one engine's timed calls and the next engine's.  An engine's worker threads
 #: spin for a while after a call before they sleep (ONNX Runtime's intra-op threads,
 #: TensorFlow's and XLA's pools), and on a 2-core machine that took CPU from the call
 #: after it: ResNet50's generated module at batch 1 measured 50.7 ms right after the
 #: other engines' calls and 40.8 ms after a 0.5 s pause.
 SETTLE_S = 0.5
+#: Timed calls per engine and round, back to back after the pause: the first is the
+#: call after idle time, the others the steady state the throughput comes from.
+CALLS = 4
 
 
 def bench_source(
@@ -548,18 +572,22 @@ def bench_source(
     timeout: float = 1800.0,
     progress=None,
     settle_s: float = SETTLE_S,
+    calls: int = CALLS,
 ) -> ModelBench:
     """Benchmark ``source`` (a :class:`kgen.pipeline.Source`) on every engine in
     ``engines`` (default: all of :data:`ENGINES`), at each batch size in ``batches``:
-    ``repeats`` timed calls per engine and batch, engines alternated.  An engine that
-    cannot run (a package missing, an export that fails, a worker that crashes) is
-    reported absent with its reason; the others go on.  Each timed call starts
-    ``settle_s`` seconds after the one before (see :data:`SETTLE_S`)."""
+    ``repeats`` rounds, engines alternated, and in each round every engine makes ``calls``
+    timed calls back to back, starting ``settle_s`` seconds after the last engine's
+    (see :data:`SETTLE_S`).  The first call of each round is the call after idle time
+    (``idle_ms``), the others the steady state (``times_ms``, which with ``calls=1`` holds
+    the calls after idle time).  An engine that cannot run (a package missing, an export
+    that fails, a worker that crashes) is reported absent with its reason; the others go
+    on."""
     from kgen import pipeline
 
     wanted = list(ENGINES) if engines is None else [e for e in ENGINES if e in engines]
     batches = list(dict.fromkeys(int(b) for b in batches))
-    result = ModelBench(name or source.spec, source, batches, repeats)
+    result = ModelBench(name or source.spec, source, batches, repeats, calls)
     say = progress or (lambda text: None)
     with tempfile.TemporaryDirectory(prefix="kgen-bench-") as tmp:
         say(f"{result.name}: loading and converting")
@@ -640,11 +668,13 @@ def _run_engines(result, wanted, jobs, absent, inputs, timeout, say, settle_s) -
                         continue
                     time.sleep(settle_s)  # the last engine's spinning threads go idle
                     try:
-                        ms = running[key].ask("run")
+                        ms = running[key].ask("run", result.calls)
                     except _EngineGone as exc:
                         drop(key, exc)
                         continue
-                    result.engines[key].batches[batch].times_ms.append(ms)
+                    timing = result.engines[key].batches[batch]
+                    timing.idle_ms.append(ms[0])
+                    timing.times_ms += ms[1:] or ms[:1]
         for key in list(running):
             with contextlib.suppress(_EngineGone):
                 result.engines[key].peak_rss_mb = running[key].ask("stop")["peak_rss_mb"]
@@ -710,44 +740,47 @@ def machine_description() -> str:
     return "; ".join(parts)
 
 
-def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
-    """The ``--all`` tables: throughput and ratio per engine and batch, start-up costs
-    and memory, and the spread of the timed calls."""
-    keys = list(ENGINES)
-    batches = list(dict.fromkeys(b for r in results for b in r.batches))
-    lines = [
-        f"Produced by `{command}`. Images/s from the median time per batch; in",
-        f"brackets the ratio to `{BASELINE}` (Keras on TF, `tf.function` graph): above 1 is",
-        "faster. Empty: the engine is absent (reasons below the tables).",
-        "",
-        f"Machine: {machine_description()}.",
-        "",
-        "| model | batch | " + " | ".join(keys) + " |",
-        "|---|---:|" + "---:|" * len(keys),
-    ]
-    reasons = []
+def _batch_rows(results: list[ModelBench], keys: list[str], cell) -> list[str]:
+    """One Markdown row per model and batch size, ``cell(result, engine, batch, timing)``
+    per engine that ran (empty for an absent one)."""
+    rows = []
     for r in results:
         if r.error:
-            reasons.append(f"- {r.name}: {r.error}")
             continue
-        for b in batches:
-            if b not in r.batches:
-                continue
+        for b in r.batches:
             cells = []
             for k in keys:
                 e = r.engines.get(k)
-                if e is None or not e.available:
-                    cells.append("")
-                    continue
-                ratio = r.ratio(k, b)
-                extra = "" if ratio is None else f" ({ratio:.2f})"
-                cells.append(f"{e.batches[b].images_per_s:.1f}{extra}")
-            lines.append(f"| {r.name} | {b} | " + " | ".join(cells) + " |")
-        for k in keys:
-            e = r.engines.get(k)
-            if e is not None and not e.available:
-                reasons.append(f"- {r.name}, {k}: {e.reason}")
-    lines += [
+                cells.append("" if e is None or not e.available else cell(r, k, b, e.batches[b]))
+            rows.append(f"| {r.name} | {b} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _with_ratio(text: str, ratio: float | None) -> str:
+    return text if ratio is None else f"{text} ({ratio:.2f})"
+
+
+def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
+    """The ``--all`` tables: steady-state throughput and ratio per engine and batch,
+    start-up costs and memory, the spread of the steady-state calls, and the calls after
+    idle time."""
+    keys = list(ENGINES)
+    header = ["| model | batch | " + " | ".join(keys) + " |", "|---|---:|" + "---:|" * len(keys)]
+    lines = [
+        f"Produced by `{command}`. Images/s from the median time per batch in steady",
+        "state (calls right after a call of the same engine); in brackets the ratio to",
+        f"`{BASELINE}` (Keras on TF, `tf.function` graph): above 1 is faster. Empty: the",
+        "engine is absent (reasons below the tables). The first call after each pause is",
+        "in the last table.",
+        "",
+        f"Machine: {machine_description()}.",
+        "",
+        *header,
+        *_batch_rows(
+            results,
+            keys,
+            lambda r, k, b, t: _with_ratio(f"{t.images_per_s:.1f}", r.ratio(k, b)),
+        ),
         "",
         "Start-up and memory: kgen's conversion (folded; flat), `rt.init` of the generated",
         "module, the ONNX export, and per engine the first call at the first batch size",
@@ -758,8 +791,10 @@ def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
         + " |",
         "|---|---:|---:|---:|" + "---:|" * len(keys),
     ]
+    reasons = []
     for r in results:
         if r.error:
+            reasons.append(f"- {r.name}: {r.error}")
             continue
         kgen = r.engines.get("kgen")
         flat = "" if r.convert_flat_s is None else f"; {r.convert_flat_s:.1f}"
@@ -772,30 +807,34 @@ def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
             e = r.engines.get(k)
             if e is None or not e.available:
                 cells.append("")
+                if e is not None:
+                    reasons.append(f"- {r.name}, {k}: {e.reason}")
                 continue
             first = e.batches[r.batches[0]]
             cells.append(f"{first.warmup_s:.1f} / {_cell(e.peak_rss_mb, '.0f')}")
         lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Spread: milliseconds per batch, median [min-max] of the timed calls.",
+        "Spread: milliseconds per batch, median [min-max] of the steady-state calls.",
         "",
-        "| model | batch | " + " | ".join(keys) + " |",
-        "|---|---:|" + "---|" * len(keys),
+        *header,
+        *_batch_rows(
+            results,
+            keys,
+            lambda r, k, b, t: f"{t.median_ms:.1f} [{min(t.times_ms):.1f}-{max(t.times_ms):.1f}]",
+        ),
+        "",
+        "After idle time: milliseconds per batch of each round's first call, which starts",
+        "after the pause that lets the last engine's threads go idle (median; in brackets",
+        f"the ratio to `{BASELINE}`'s).",
+        "",
+        *header,
+        *_batch_rows(
+            results,
+            keys,
+            lambda r, k, b, t: _with_ratio(f"{t.idle_median_ms:.1f}", r.ratio(k, b, idle=True)),
+        ),
     ]
-    for r in results:
-        if r.error:
-            continue
-        for b in r.batches:
-            cells = []
-            for k in keys:
-                e = r.engines.get(k)
-                if e is None or not e.available:
-                    cells.append("")
-                    continue
-                t = e.batches[b]
-                cells.append(f"{t.median_ms:.1f} [{min(t.times_ms):.1f}-{max(t.times_ms):.1f}]")
-            lines.append(f"| {r.name} | {b} | " + " | ".join(cells) + " |")
     if reasons:
         lines += ["", "Absent engines:", "", *reasons]
     if pending:

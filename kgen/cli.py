@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from kgen.bench import SETTLE_S
+from kgen.bench import CALLS, SETTLE_S
 from kgen.errors import KgenError
 
 TF_LOG_ENV = {"TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "tensorflow"}
@@ -939,7 +939,17 @@ def _parse_engines(ctx, param, value):
     show_default=True,
     type=click.FloatRange(min=0),
     metavar="SECONDS",
-    help="Pause before each timed call, so that the last engine's spinning threads have gone idle.",
+    help="Pause before each engine's turn, so that the last engine's spinning threads "
+    "have gone idle.",
+)
+@click.option(
+    "--calls",
+    default=CALLS,
+    show_default=True,
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Timed calls per engine and round, back to back after the pause: the first is "
+    "reported as the call after idle time, the others give the steady-state throughput.",
 )
 @click.option(
     "--engines",
@@ -980,6 +990,7 @@ def bench(
     batches,
     repeats,
     settle,
+    calls,
     engines,
     flat,
     as_json,
@@ -1028,6 +1039,7 @@ def bench(
         command = "kgen bench --all" + (f" --models {models}" if models is not None else "")
         command += f" --batch {','.join(map(str, batches))} --repeats {repeats}"
         command += f" --settle {settle:g}" if settle != SETTLE_S else ""
+        command += f" --calls {calls}" if calls != CALLS else ""
         command += f" --engines {','.join(engines)}" if engines is not None else ""
         command += " --no-flat" if not flat else ""
         command += f" --markdown {markdown}" if markdown else ""
@@ -1046,6 +1058,7 @@ def bench(
                     engines=wanted,
                     progress=progress,
                     settle_s=settle,
+                    calls=calls,
                 )
             )
         if not as_json:

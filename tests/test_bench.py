@@ -30,8 +30,11 @@ def tiny_file(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_bench(tiny_file):
-    """Every engine on the tiny model, two batch sizes, one timed call each."""
-    return bench.bench_source(Source.of(tiny_file, "none"), batches=(2, 1), repeats=1, settle_s=0.0)
+    """Every engine on the tiny model, two batch sizes, one round of two timed calls: one
+    after the pause, one in steady state."""
+    return bench.bench_source(
+        Source.of(tiny_file, "none"), batches=(2, 1), repeats=1, settle_s=0.0, calls=2
+    )
 
 
 def test_every_engine_runs_or_says_why(tiny_bench):
@@ -44,9 +47,11 @@ def test_every_engine_runs_or_says_why(tiny_bench):
         assert set(engine.batches) == {2, 1}, key
         assert engine.peak_rss_mb > 0 and engine.import_rss_mb > 0
         for batch, timing in engine.batches.items():
-            assert len(timing.times_ms) == 1 and timing.warmup_s >= 0
+            assert len(timing.times_ms) == 1 and len(timing.idle_ms) == 1
+            assert timing.warmup_s >= 0
             assert math.isfinite(timing.images_per_s) and timing.images_per_s > 0
             assert math.isfinite(tiny_bench.ratio(key, batch)), (key, batch)
+            assert math.isfinite(tiny_bench.ratio(key, batch, idle=True)), (key, batch)
     # these run wherever kgen's tests run; Keras on JAX in its own process included
     for key in ("keras_tf", "keras_jax", "kgen", "kgen_flat"):
         assert tiny_bench.engines[key].available, tiny_bench.engines[key].reason
@@ -64,6 +69,7 @@ def test_every_engine_runs_or_says_why(tiny_bench):
 def test_json_has_every_number(tiny_bench):
     data = json.loads(json.dumps(tiny_bench.to_dict(), allow_nan=False))
     assert data["baseline"] == "keras_tf" and data["batches"] == [2, 1]
+    assert data["calls"] == 2
     for key in ("convert_s", "convert_flat_s", "init_s", "onnx_export_s", "memory", "repeats"):
         assert key in data
     for key, engine in data["engines"].items():
@@ -80,6 +86,9 @@ def test_json_has_every_number(tiny_bench):
                 "images_per_s",
                 "ratio_to_keras_tf",
                 "times_ms",
+                "idle_median_ms",
+                "idle_ratio_to_keras_tf",
+                "idle_ms",
             }
             assert timing["min_ms"] <= timing["median_ms"] <= timing["max_ms"]
 
@@ -95,8 +104,10 @@ def test_text_and_markdown_reports(tiny_bench):
     assert "Produced by `kgen bench --all`" in table
     assert f"{os.cpu_count()} logical CPUs" in table  # the machine, since ratios depend on it
     rows = [line for line in table.splitlines() if line.startswith(f"| {tiny_bench.name} |")]
-    assert len(rows) == 2 + 1 + 2  # throughput per batch, start-up, spread per batch
-    assert all(row.count("|") == len(bench.ENGINES) + 3 for row in rows[:2])
+    # throughput per batch, start-up, spread per batch, after idle time per batch
+    assert len(rows) == 2 + 1 + 2 + 2
+    assert all(row.count("|") == len(bench.ENGINES) + 3 for row in rows[:2] + rows[3:])
+    assert "after idle" in text and "After idle time" in table
 
 
 def test_machine_description_names_what_changes_timings(monkeypatch):
@@ -124,13 +135,14 @@ def test_onnx_absent_without_its_packages(monkeypatch):
 def test_cli_json_one_engine_and_batch_lists(tiny_file):
     result = run_cli(
         "bench", tiny_file, "--batch", "2,1", "--batch", "2", "--repeats", "1", "--json",
-        "--engines", "kgen", "--settle", "0",
+        "--engines", "kgen", "--settle", "0", "--calls", "1",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["batches"] == [2, 1] and list(data["engines"]) == ["kgen"]
     timing = data["engines"]["kgen"]["batches"]["1"]
     assert timing["ratio_to_keras_tf"] is None  # no baseline asked for
+    assert timing["times_ms"] == timing["idle_ms"] and len(timing["idle_ms"]) == 1  # --calls 1
     assert timing["images_per_s"] > 0
 
 
@@ -145,6 +157,7 @@ def test_cli_json_one_engine_and_batch_lists(tiny_file):
         (["--all", "--models", "MobileNetV9"], "MobileNetV9"),
         (["MobileNetV2", "--markdown", "x.md"], "go with --all"),
         (["MobileNetV2", "--settle", "-1"], "--settle"),
+        (["MobileNetV2", "--calls", "0"], "--calls"),
     ],
 )
 def test_bad_input_is_one_line_exit_2(args, words):
