@@ -932,7 +932,13 @@ def _parse_engines(ctx, param, value):
     metavar="N[,N...]",
     help="Batch size; repeat it or give a list (--batch 8 --batch 1, --batch 8,1). Default 8.",
 )
-@click.option("--repeats", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--repeats",
+    default=10,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Rounds per batch size: turns of each engine, engines alternated.",
+)
 @click.option(
     "--settle",
     default=SETTLE_S,
@@ -1004,8 +1010,9 @@ def bench(
     alternated.
 
     Per engine and batch: warm-up (compile) seconds, median and [min-max] milliseconds
-    per batch, images/s, the ratio to Keras-TF graph (above 1: faster), and the peak RSS
-    of the engine's own process; and kgen's conversion and rt.init times.  Applications
+    per batch in steady state, images/s, the ratio to Keras-TF graph (above 1: faster),
+    the same for the first call after each idle pause, and the peak RSS of the engine's
+    own process; and kgen's conversion and rt.init times.  Applications
     are built with random weights (offline).  ONNX Runtime needs the bench extra
     (pip install 'kgen-flax[bench]'); an engine that cannot run is shown absent, with why.
     """
