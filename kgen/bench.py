@@ -114,10 +114,9 @@ class ModelBench:
         base, this = self.engines.get(BASELINE), self.engines.get(engine)
         if base is None or this is None or batch not in base.batches or batch not in this.batches:
             return None
-        if idle:
-            b, t = base.batches[batch].idle_median_ms, this.batches[batch].idle_median_ms
-            return None if b is None or t is None else b / t
-        return base.batches[batch].median_ms / this.batches[batch].median_ms
+        b, t = base.batches[batch], this.batches[batch]
+        b, t = (b.idle_median_ms, t.idle_median_ms) if idle else (b.median_ms, t.median_ms)
+        return None if b is None or t is None else b / t
 
     def to_dict(self) -> dict:
         engines = {}
@@ -328,8 +327,7 @@ _FRAMEWORK = {
 def _worker(engine: str, job: dict, connection) -> None:
     """In the spawned process: build ``engine``, then answer the parent's requests:
     ``("batch", inputs)`` warms up at a new batch size, ``("run", n)`` times ``n`` calls
-    back to back,
-    ``("stop",)`` reports the peak memory and exits."""
+    back to back, ``("stop",)`` reports the peak memory and exits."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)  # Keras's and TensorFlow's own prints
@@ -550,10 +548,10 @@ def _onnx_export_process(source, inputs, path: str, timeout: float) -> tuple[str
     return answer
 
 
-#: Seconds between one engine's timed calls and the next engine's.  An engine's worker threads
-#: spin for a while after a call before they sleep (ONNX Runtime's intra-op threads,
-#: TensorFlow's and XLA's pools), and on a 2-core machine that took CPU from the call
-#: after it: ResNet50's generated module at batch 1 measured 50.7 ms right after the
+#: Seconds between one engine's timed calls and the next engine's.  An engine's worker
+#: threads spin for a while after a call before they sleep (ONNX Runtime's intra-op
+#: threads, TensorFlow's and XLA's pools), and on a 2-core machine that took CPU from the
+#: call after it: ResNet50's generated module at batch 1 measured 50.7 ms right after the
 #: other engines' calls and 40.8 ms after a 0.5 s pause.
 SETTLE_S = 0.5
 #: Timed calls per engine and round, back to back after the pause: the first is the

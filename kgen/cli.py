@@ -1012,9 +1012,9 @@ def bench(
     Per engine and batch: warm-up (compile) seconds, median and [min-max] milliseconds
     per batch in steady state, images/s, the ratio to Keras-TF graph (above 1: faster),
     the same for the first call after each idle pause, and the peak RSS of the engine's
-    own process; and kgen's conversion and rt.init times.  Applications
-    are built with random weights (offline).  ONNX Runtime needs the bench extra
-    (pip install 'kgen-flax[bench]'); an engine that cannot run is shown absent, with why.
+    own process; and kgen's conversion and rt.init times.  Applications are built with
+    random weights (offline).  ONNX Runtime needs the bench extra (pip install
+    'kgen-flax[bench]'); an engine that cannot run is shown absent, with why.
     """
     from kgen import bench as kbench
 
