@@ -6,12 +6,15 @@ Every engine runs in a process of its own (spawned, so none inherits another's
 framework): Keras on TensorFlow as a ``tf.function`` graph and with ``jit_compile=True``,
 Keras on JAX (``model.stateless_call`` under ``jax.jit``, ``KERAS_BACKEND=jax``), ONNX
 Runtime on a tf2onnx export (the ``bench`` extra), and the generated module under
-``jax.jit``, folded and flat.  The parent process loads the model once, converts it
-(kgen's own time), writes the generated modules and the ONNX file, and then drives the
-workers over pipes: each worker builds its engine from the same :class:`Source` (never a
-pickled model), warms it up, and times one call per request.  The parent asks each engine
-in turn, starting each round with the next one, so machine drift hits them equally; the
-idle workers wait on their pipes and do not compete for the CPU.
+``jax.jit``, folded and flat, with its convolution kernels packed for the batch size by
+``kgen.runtime.pack`` (as a server would once, and as TensorFlow's oneDNN kernels keep
+their reordered filters; ``pack_s`` in ``--json``).  The parent process loads the model
+once, converts it (kgen's own time), writes the generated modules and the ONNX file, and
+then drives the workers over pipes: each worker builds its engine from the same
+:class:`Source` (never a pickled model), warms it up, and times the calls each request asks for.
+The parent asks each engine in turn, starting each round with the next one, so machine
+drift hits them equally; the idle workers wait on their pipes and do not compete for the
+CPU.
 
 Peak memory is each worker's own high-water mark of resident memory (``VmHWM`` in
 ``/proc/self/status`` on Linux, ``ru_maxrss`` elsewhere): the framework, the model,
@@ -47,8 +50,8 @@ ENGINES = {
     "keras_tf_xla": "Keras on TF, tf.function(jit_compile=True)",
     "keras_jax": "Keras on JAX, stateless_call under jax.jit",
     "onnxruntime": "ONNX Runtime (CPU) on a tf2onnx export",
-    "kgen": "generated module under jax.jit",
-    "kgen_flat": "generated module, flat form (--no-fold), under jax.jit",
+    "kgen": "generated module under jax.jit, kernels packed by rt.pack",
+    "kgen_flat": "generated module, flat form (--no-fold), under jax.jit, kernels packed",
 }
 BASELINE = "keras_tf"
 ONNX_INSTALL = "pip install 'kgen-flax[bench]'"
@@ -65,6 +68,7 @@ class BatchTiming:
     warmup_s: float  # first call at this batch size: tracing and compiling included
     times_ms: list[float]  # steady state: calls right after a call of the same engine
     idle_ms: list[float] = field(default_factory=list)  # each round's first call, after the pause
+    pack_s: float | None = None  # kgen engines: rt.pack of the variables for this batch size
 
     @property
     def median_ms(self) -> float:
@@ -125,6 +129,7 @@ class ModelBench:
             for b, t in e.batches.items():
                 per_batch[str(b)] = {
                     "warmup_s": t.warmup_s,
+                    "pack_s": t.pack_s,
                     "median_ms": t.median_ms,
                     "min_ms": min(t.times_ms),
                     "max_ms": max(t.times_ms),
@@ -293,7 +298,7 @@ def _kgen(job):
 
     import jax
 
-    from kgen.runtime import init, load_variables
+    from kgen.runtime import init, load_variables, pack
 
     spec = importlib.util.spec_from_file_location(f"kgen_bench_{os.getpid()}", job["module"])
     generated = importlib.util.module_from_spec(spec)
@@ -301,7 +306,8 @@ def _kgen(job):
     module = getattr(generated, job["class_name"])()
     variables = jax.device_put(load_variables(job["weights"]))
     fn = jax.jit(lambda v, *xs: module.apply(v, *xs))
-    state = {"init": None}
+    state = {"init": None, "pack": None}
+    packed = {"shapes": None, "variables": variables}
 
     def call(xs):
         if state["init"] is None:  # the first call: time rt.init before compiling apply
@@ -309,7 +315,13 @@ def _kgen(job):
             start = time.perf_counter()
             jax.block_until_ready(init(module, *xs))
             state["init"] = time.perf_counter() - start
-        return jax.block_until_ready(fn(variables, *xs))
+        shapes = [x.shape for x in xs]
+        if shapes != packed["shapes"]:  # a new batch size: kernels packed for it, as served
+            start = time.perf_counter()
+            packed["variables"] = jax.block_until_ready(pack(module, variables, *xs))
+            packed["shapes"] = shapes
+            state["pack"] = time.perf_counter() - start
+        return jax.block_until_ready(fn(packed["variables"], *xs))
 
     return call, state
 
@@ -362,12 +374,14 @@ def _worker(engine: str, job: dict, connection) -> None:
             if request[0] == "batch":
                 inputs = request[1]
                 before = state.get("init")  # kgen: rt.init is timed once, at the first batch
+                state["pack"] = None  # kgen: rt.pack, at each batch size
                 begin = time.perf_counter()
                 call(inputs)
                 init = state.get("init") if before is None else None
-                warmup = time.perf_counter() - begin - (init or 0.0)
+                packing = state.get("pack")
+                warmup = time.perf_counter() - begin - (init or 0.0) - (packing or 0.0)
                 call(inputs)  # one more, untimed: caches and allocators settle
-                connection.send(("ok", {"warmup_s": warmup, "init_s": init}))
+                connection.send(("ok", {"warmup_s": warmup, "init_s": init, "pack_s": packing}))
             elif request[0] == "run":
                 times = []
                 for _ in range(request[1]):
@@ -656,7 +670,8 @@ def _run_engines(result, wanted, jobs, absent, inputs, timeout, say, settle_s) -
                     continue
                 if warm["init_s"] is not None:
                     result.engines[key].init_s = warm["init_s"]
-                result.engines[key].batches[batch] = BatchTiming(batch, warm["warmup_s"], [])
+                timing = BatchTiming(batch, warm["warmup_s"], [], pack_s=warm.get("pack_s"))
+                result.engines[key].batches[batch] = timing
             say(f"{result.name}: batch {batch}, {result.repeats} rounds")
             for round_ in range(result.repeats):
                 order = list(running)

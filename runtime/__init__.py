@@ -7,7 +7,7 @@ from kgen.runtime import nnx
 from kgen.runtime.applications import LayerScale
 from kgen.runtime.attention import AdditiveAttention, Attention, MultiHeadAttention
 from kgen.runtime.categorical import discretize, encode_categorical
-from kgen.runtime.conv import Conv, DepthwiseConv
+from kgen.runtime.conv import Conv, DepthwiseConv, pack
 from kgen.runtime.einsum import EinsumDense
 from kgen.runtime.image import auto_contrast
 from kgen.runtime.layers import BatchNorm, PReLU, ReversibleEmbedding, SeparableConv
@@ -88,6 +88,7 @@ __all__ = [
     "mixed",
     "nnx",
     "normalize",
+    "pack",
     "preprocess_input",
     "relu",
     "resize",

@@ -32,6 +32,21 @@ kernels), explicit ``(lo, hi)`` padding, strides, kernel dilation and feature gr
   XLA releases (strides, pads and spatial dims used to be stored one higher), and a
   configuration the kernel reads differently can crash the process rather than raise,
   so releases are allowed by name, not tried: elsewhere kgen keeps XLA's convolution.
+
+**Packed kernels, for inference.**  Given the kernel as the parameters hold it
+(``HWIO``), XLA's thunk reorders it into oneDNN's blocked layout on every call: in
+ResNet50V2 at batch 1 that was 11 ms of a 48 ms call (``ONEDNN_VERBOSE=1``), memory
+traffic TensorFlow does not pay, since its oneDNN kernels keep the reordered filter.
+:func:`conv_packed` takes the kernel already in that layout (:func:`pack`, computed
+once by ``kgen.runtime.pack``, beside the parameters), with the call's
+``weights_prepacked`` option.  oneDNN picks the layout per problem, batch size
+included, so :func:`packed_block` asks it, per convolution and process: it runs the
+call once with a kernel buffer whose values are their own indices and an input that
+reads one known element, which gives the block size ``B`` of the layout
+``(ceil(O / B), *spatial, I, B)`` (``Acdb64a`` and its kin in oneDNN's names), then
+checks a random convolution through the packed call against :func:`plain_conv`.  Where
+the answer is not that family, or the check fails, there is no packed path and the
+plain one runs.
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from __future__ import annotations
 import functools
 import importlib.metadata
 import json
+import math
 import platform
 
 import jax
@@ -53,6 +69,10 @@ __all__ = [
     "available",
     "backend_config",
     "conv",
+    "conv_packed",
+    "pack",
+    "packed_block",
+    "packed_shape",
     "plain_conv",
 ]
 
@@ -70,10 +90,14 @@ LAYOUTS = {
 }
 
 
-def backend_config(n: int, kernel_size, strides, pads, dilation, groups: int) -> str:
+def backend_config(
+    n: int, kernel_size, strides, pads, dilation, groups: int, packed_kernel=None
+) -> str:
     """XLA's ``OneDnnConvolutionConfig`` (as JSON) for a channels-last convolution with
     ``n`` spatial dims: data dims (batch, spatial..., feature), kernel dims (spatial...,
-    in, out); strides and pads as they are, dilations as XLA counts them (1: none)."""
+    in, out); strides and pads as they are, dilations as XLA counts them (1: none).
+    ``packed_kernel``: the kernel's logical shape, where the kernel operand is already in
+    oneDNN's layout (``weights_prepacked``)."""
     data = {"batch_dim": 0, "feature_dim": n + 1, "spatial_dims": list(range(1, n + 1))}
     kernel = {
         "input_feature_dim": n,
@@ -94,6 +118,9 @@ def backend_config(n: int, kernel_size, strides, pads, dilation, groups: int) ->
         },
         "feature_groups": int(groups),
     }
+    if packed_kernel is not None:
+        kernel["shape"] = [int(d) for d in packed_kernel]
+        config["optimization_config"] = {"weights_prepacked": True}
     return json.dumps({"onednn_conv_config": config}, sort_keys=True)
 
 
@@ -210,6 +237,194 @@ def conv(x, kernel, strides, pads, dilation, groups: int = 1):
         _ints(dilation, n),
         int(groups),
     )
+
+
+def conv_packed(x, packed, kernel, strides, pads, dilation):
+    """:func:`conv` (one group) with the kernel also given in oneDNN's layout:
+    ``packed`` is :func:`pack` of ``kernel`` with the block :func:`packed_block` gives
+    for this very convolution (the caller checks).  The call reads ``packed`` and skips
+    the reorder; derivatives, ``jax.export`` and other platforms use ``kernel``, as
+    does the forward pass under differentiation, so a stale ``packed`` never trains."""
+    n = x.ndim - 2
+    return _conv_packed(
+        x,
+        packed,
+        kernel,
+        _ints(strides, n),
+        tuple((int(lo), int(hi)) for lo, hi in pads),
+        _ints(dilation, n),
+    )
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3, 4, 5))
+def _conv_packed(x, packed, kernel, strides, pads, dilation):
+    params = {"strides": strides, "pads": pads, "dilation": dilation}
+    return _packed_primitive().bind(x, packed, kernel, **params)
+
+
+def _conv_packed_jvp(strides, pads, dilation, primals, tangents):
+    x, _, kernel = primals
+    dx, _, dkernel = tangents
+    return _conv_jvp(strides, pads, dilation, 1, (x, kernel), (dx, dkernel))
+
+
+_conv_packed.defjvp(_conv_packed_jvp, symbolic_zeros=True)
+
+
+@functools.cache
+def _packed_primitive():
+    """``kgen_onednn_conv_packed``: operands ``x``, the packed kernel and the kernel;
+    on CPU the custom call on the first two with ``weights_prepacked``, elsewhere (and
+    for ``jax.export``) :func:`plain_conv` of the first and the last."""
+    from jax._src.interpreters import mlir as jax_mlir
+    from jax.extend.core import Primitive
+    from jax.interpreters import batching, mlir
+
+    prim = Primitive("kgen_onednn_conv_packed")
+
+    def plain(x, packed, kernel, **params):
+        return plain_conv(x, kernel, **params)
+
+    def impl(x, packed, kernel, **params):
+        return jax.jit(functools.partial(prim.bind, **params))(x, packed, kernel)
+
+    def abstract(x, packed, kernel, **params):
+        out = jax.eval_shape(functools.partial(plain_conv, **params), x, kernel)
+        return jax.core.ShapedArray(out.shape, out.dtype)
+
+    def lower_plain(ctx, *args, **params):
+        lowered = mlir.lower_fun(functools.partial(plain, **params), multiple_results=False)
+        return lowered(ctx, *args)
+
+    def lower_cpu(ctx, x, packed, kernel, **params):
+        if ctx.module_context.lowering_parameters.for_export:
+            return lower_plain(ctx, x, packed, kernel, **params)
+        (x_aval, _, k_aval), (out_aval,) = ctx.avals_in, ctx.avals_out
+        n = len(x_aval.shape) - 2
+        config = backend_config(n, k_aval.shape[:n], groups=1, packed_kernel=k_aval.shape, **params)
+        call = jax_mlir.custom_call(
+            TARGET,
+            result_types=[jax_mlir.aval_to_ir_type(ctx.module_context, out_aval)],
+            operands=[x, packed],
+            backend_config=config,
+            api_version=1,
+        )
+        return call.results
+
+    def batch(args, dims, **params):
+        (x, packed, kernel), (x_dim, p_dim, k_dim) = args, dims
+        if p_dim is None and k_dim is None:  # the mapped axis joins the batch
+            x = jnp.moveaxis(x, x_dim, 0)
+            y = prim.bind(x.reshape(-1, *x.shape[2:]), packed, kernel, **params)
+            return y.reshape(*x.shape[:2], *y.shape[1:]), 0
+        # a mapped kernel: the plain convolution of each (the packed one is a copy)
+        size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+        x = _mapped_first(x, x_dim, size)
+        kernel = _mapped_first(kernel, k_dim, size)
+        return lax.map(lambda pair: plain_conv(*pair, **params), (x, kernel)), 0
+
+    prim.def_impl(impl)
+    prim.def_abstract_eval(abstract)
+    mlir.register_lowering(prim, lower_plain)
+    mlir.register_lowering(prim, lower_cpu, platform="cpu")
+    batching.primitive_batchers[prim] = batch
+    return prim
+
+
+def _mapped_first(a, dim, size):
+    if dim is None:
+        return jnp.broadcast_to(a, (size, *a.shape))
+    return jnp.moveaxis(a, dim, 0)
+
+
+def packed_shape(kernel_shape, block: int) -> tuple[int, ...]:
+    """The shape :func:`pack` gives a ``(*k, I, O)`` kernel: ``(ceil(O / block), *k, I,
+    block)``."""
+    *k, i, o = (int(d) for d in kernel_shape)
+    return (-(-o // block), *k, i, block)
+
+
+def pack(kernel, block: int):
+    """``kernel`` (``*k, I, O``) in oneDNN's blocked layout for ``block``: output
+    features in blocks of ``block`` (the last zero-padded), outermost; then the kernel's
+    spatial dims, the input features, and the ``block`` features of the block."""
+    *k, i, o = kernel.shape
+    n = len(k)
+    blocks, *_ = packed_shape(kernel.shape, block)
+    kernel = jnp.pad(kernel, [(0, 0)] * (n + 1) + [(0, blocks * block - o)])
+    kernel = kernel.reshape(*k, i, blocks, block)
+    return jnp.transpose(kernel, (n + 1, *range(n + 1), n + 2))
+
+
+#: The largest block :func:`packed_block` accepts, and the slack its probe's kernel
+#: buffer carries past the logical kernel, so that no layout oneDNN might pick for the
+#: probe (output features padded by up to this, input features by up to 64) reads past
+#: the buffer.
+MAX_BLOCK = 256
+
+
+@functools.cache
+def packed_block(x_shape, kernel_shape, strides, pads, dilation) -> int | None:
+    """The block of oneDNN's kernel layout for this one-group convolution, as oneDNN
+    picks it in this process (see the module doc), or None where it is not
+    :func:`pack`'s layout or the check fails.  Cached; shapes and settings as tuples of
+    ints."""
+    *k, i, o = kernel_shape
+    n = len(k)
+    if not available() or i < 2 or len(x_shape) != n + 2:
+        return None
+    params = {"strides": tuple(strides), "pads": tuple(pads), "dilation": tuple(dilation)}
+    call = jax.jit(functools.partial(_packed_primitive().bind, **params))
+    size = (o + MAX_BLOCK) * math.prod(k) * (i + 64)
+    try:
+        with jax.ensure_compile_time_eval():
+            block = _probe_block(call, x_shape, kernel_shape, size, params)
+            if block is None or not _packed_agrees(
+                call, x_shape, kernel_shape, block, size, params
+            ):
+                return None
+    except Exception:  # any failure means: no packed path here
+        return None
+    return block
+
+
+def _probe_block(call, x_shape, kernel_shape, size, params) -> int | None:
+    """Run the packed call with a kernel buffer holding its own indices and an input
+    that is 1 at input feature 1 of a pixel whose window starts there: the output at
+    that window's first feature is the buffer's element at (tap 0, input feature 1,
+    output feature 0), which in :func:`pack`'s layout is the block size."""
+    shapes = [jax.ShapeDtypeStruct(s, jnp.float32) for s in (x_shape, kernel_shape)]
+    out = jax.eval_shape(functools.partial(plain_conv, **params), *shapes)
+    first = [-(-lo // s) for (lo, _), s in zip(params["pads"], params["strides"])]
+    if any(p >= size_out for p, size_out in zip(first, out.shape[1:-1])):
+        return None
+    start = [p * s - lo for p, s, (lo, _) in zip(first, params["strides"], params["pads"])]
+    if any(r >= size_in for r, size_in in zip(start, x_shape[1:-1])):
+        return None
+    x = np.zeros(x_shape, np.float32)
+    x[(0, *start, 1)] = 1.0
+    buffer = np.arange(size, dtype=np.float32)
+    kernel = np.zeros(kernel_shape, np.float32)
+    y = np.asarray(call(x, buffer, kernel))
+    value = float(y[(0, *first, 0)])
+    if not value.is_integer() or not 1 <= value <= MAX_BLOCK:
+        return None
+    return int(value)
+
+
+def _packed_agrees(call, x_shape, kernel_shape, block, size, params) -> bool:
+    """Whether the packed call, given :func:`pack` of a random kernel (in a buffer as
+    long as the probe's), computes :func:`plain_conv`'s result."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, x_shape).astype(np.float32)
+    kernel = rng.uniform(-1, 1, kernel_shape).astype(np.float32)
+    flat = np.asarray(pack(jnp.asarray(kernel), block)).reshape(-1)
+    if flat.size > size:
+        return False
+    buffer = np.concatenate([flat, np.zeros(size - flat.size, np.float32)])
+    got = np.asarray(call(x, buffer, kernel))
+    want = np.asarray(plain_conv(jnp.asarray(x), jnp.asarray(kernel), **params))
+    return bool(np.max(np.abs(got - want)) <= 1e-4 * max(float(np.max(np.abs(want))), 1.0))
 
 
 def _ints(values, n: int) -> tuple[int, ...]:

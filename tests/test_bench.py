@@ -58,6 +58,8 @@ def test_every_engine_runs_or_says_why(tiny_bench):
     assert tiny_bench.ratio("keras_tf", 2) == 1.0
     assert tiny_bench.convert_s > 0 and tiny_bench.convert_flat_s > 0
     assert tiny_bench.engines["kgen"].init_s > 0
+    for key in ("kgen", "kgen_flat"):  # rt.pack ran at each batch size (0 or more kernels)
+        assert all(t.pack_s > 0 for t in tiny_bench.engines[key].batches.values())
     onnx = tiny_bench.engines["onnxruntime"]
     have_onnx = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime"))
     if not have_onnx:
@@ -80,6 +82,7 @@ def test_json_has_every_number(tiny_bench):
         for timing in engine["batches"].values():
             assert set(timing) == {
                 "warmup_s",
+                "pack_s",
                 "median_ms",
                 "min_ms",
                 "max_ms",
