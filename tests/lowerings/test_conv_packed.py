@@ -125,8 +125,10 @@ def test_probe_declines_what_it_cannot_pack(monkeypatch):
     # shapes that do not fit together: the check fails and says no, without raising
     assert onednn.packed_block((1, 8, 8, 5), (3, 3, 4, 4), (1, 1), ((1, 1),) * 2, (1, 1)) is None
     # a layout oneDNN does not use: the check against XLA's convolution catches it
-    pack = onednn.pack
-    monkeypatch.setattr(onednn, "pack", lambda kernel, block: pack(kernel[..., ::-1], block))
+    pack = onednn._pack
+    monkeypatch.setattr(
+        onednn, "_pack", lambda xp, kernel, block: pack(xp, kernel[..., ::-1], block)
+    )
     onednn.packed_block.cache_clear()
     try:
         assert onednn.packed_block(*CASES[0]) is None
