@@ -73,6 +73,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from kgen.runtime import onednn
@@ -226,9 +227,7 @@ def pack(module, variables, *inputs, **kwargs) -> dict:
     variables = {name: value for name, value in variables.items() if name != PACKED}
     if not onednn.available():
         return variables
-    arrays = [
-        jnp.zeros(x.shape, x.dtype) if isinstance(x, jax.ShapeDtypeStruct) else x for x in inputs
-    ]
+    shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in inputs]
 
     def packed(variables, *arrays):
         token = _PACKING.set(True)
@@ -238,8 +237,34 @@ def pack(module, variables, *inputs, **kwargs) -> dict:
             _PACKING.reset(token)
         return state.get(PACKED, {})
 
-    kernels = jax.jit(packed)(variables, *arrays)
+    # Traced, not compiled: which convolutions pack, and with which block (the last
+    # dim); the kernels are then packed on the host from the parameters.
+    layout = jax.eval_shape(packed, variables, *shapes)
+    from flax.core import meta
+
+    kernels = _packed_on_host(layout, meta.unbox(variables.get("params", {})))
     return {**variables, PACKED: kernels} if kernels else variables
+
+
+def _packed_on_host(layout: dict, params: dict) -> dict:
+    """The :data:`PACKED` collection of ``layout`` (its shapes) from the kernels at the
+    same module paths in ``params``; an entry whose kernel is not there, or does not
+    pack to that shape, is left out (that convolution runs unpacked)."""
+    out = {}
+    for name, node in layout.items():
+        if isinstance(node, dict):
+            sub = _packed_on_host(node, params.get(name, {}) if isinstance(params, dict) else {})
+            if sub:
+                out[name] = sub
+            continue
+        kernel = params.get(name) if isinstance(params, dict) else None
+        if name != "kernel" or kernel is None:
+            continue
+        kernel = np.asarray(kernel, dtype=node.dtype)
+        if onednn.packed_shape(kernel.shape, node.shape[-1]) != tuple(node.shape):
+            continue
+        out[name] = jnp.asarray(onednn.pack(kernel, node.shape[-1]))
+    return out
 
 
 class Conv(nn.Conv):

@@ -348,8 +348,9 @@ def packed_shape(kernel_shape, block: int) -> tuple[int, ...]:
 def pack(kernel, block: int):
     """``kernel`` (``*k, I, O``) in oneDNN's blocked layout for ``block``: output
     features in blocks of ``block`` (the last zero-padded), outermost; then the kernel's
-    spatial dims, the input features, and the ``block`` features of the block."""
-    return _pack(jnp, kernel, block)
+    spatial dims, the input features, and the ``block`` features of the block.  A numpy
+    array is packed with numpy, on the host."""
+    return _pack(np if isinstance(kernel, np.ndarray) else jnp, kernel, block)
 
 
 def _pack(xp, kernel, block: int):
