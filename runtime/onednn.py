@@ -427,8 +427,8 @@ def _packed_agrees(call, x_shape, kernel_shape, block, size, params) -> bool:
     last image, each of which reads the whole kernel (:func:`available` has checked
     padding, strides and dilation against XLA's convolution already)."""
     rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, x_shape).astype(np.float32)
-    kernel = rng.uniform(-1, 1, kernel_shape).astype(np.float32)
+    x = rng.standard_normal(x_shape, dtype=np.float32)
+    kernel = rng.standard_normal(kernel_shape, dtype=np.float32)
     flat = _pack(np, kernel, block).reshape(-1)
     if flat.size > size:
         return False
