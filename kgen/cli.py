@@ -662,6 +662,13 @@ def emit(source, output, weights, name, fold, api, logical_axes, as_json, **app_
     show_default=True,
     help="Check the linen module or the Flax NNX one (kgen emit --api).",
 )
+@click.option(
+    "--pack/--no-pack",
+    default=True,
+    show_default=True,
+    help="Also compare the linen module with its convolution kernels packed for oneDNN "
+    "(kgen.runtime.pack), as outputs named packed:NAME, where any kernel packs here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON line with the results.")
 @click.option(
     "--all",
@@ -683,7 +690,19 @@ def emit(source, output, weights, name, fold, api, logical_axes, as_json, **app_
 )
 @_app_options
 def verify(
-    source, weights, seed, batch, taps, fold, api, as_json, all_apps, markdown, only, **app_options
+    source,
+    weights,
+    seed,
+    batch,
+    taps,
+    fold,
+    api,
+    pack,
+    as_json,
+    all_apps,
+    markdown,
+    only,
+    **app_options,
 ):
     """Convert SOURCE and compare it with Keras on a random batch.
 
@@ -713,7 +732,14 @@ def verify(
         _import_frameworks()
         with _step(f"converting and comparing {source}", as_json):
             result = pipeline.verify(
-                src, randomize=randomize, seed=seed, batch=batch, taps=taps, fold=fold, api=api
+                src,
+                randomize=randomize,
+                seed=seed,
+                batch=batch,
+                taps=taps,
+                fold=fold,
+                api=api,
+                packed=pack,
             )
     conversion, report, params = result.conversion, result.report, result.params
     if as_json:

@@ -287,11 +287,14 @@ def verify(
     taps: int = 8,
     fold: bool = True,
     api: str = "linen",
+    packed: bool = True,
 ) -> Verified:
     """Convert ``source`` and compare it with Keras on a random batch (logits for
     applications), after setting every Keras variable to random values unless
     ``randomize`` is false (then the source's own weights are compared).  ``fold=False``
-    checks the flat form (see :func:`convert`); ``api="nnx"`` the Flax NNX module."""
+    checks the flat form (see :func:`convert`); ``api="nnx"`` the Flax NNX module.
+    ``packed``: compare the linen module once more with its convolution kernels packed
+    (``rt.pack``), where any pack here (:func:`kgen.verify.check_model`)."""
     from kgen.verify import check_model
 
     loaded = load(source, logits=True)
@@ -305,6 +308,7 @@ def verify(
         input_shapes=loaded.input_shapes,
         fold=fold,
         api=api,
+        packed=packed,
     )
     return Verified(conversion, report, int(loaded.model.count_params()), randomize)
 

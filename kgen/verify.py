@@ -4,7 +4,7 @@ on the same batch, and report the relative error ``max|delta| / max|reference|``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -242,12 +242,16 @@ def check_model(
     input_shapes=None,
     fold: bool = True,
     api: str = "linen",
+    packed: bool = False,
 ):
     """Randomise (optionally), convert and compare one model. Returns (conversion, report).
 
     ``taps`` > 0 also compares that many intermediate layer outputs (see :func:`with_taps`).
     ``input_shapes``: a subclassed model's (see :func:`kgen.convert`).  ``fold=False``
-    checks the flat form; ``api="nnx"`` the Flax NNX module.
+    checks the flat form; ``api="nnx"`` the Flax NNX module.  ``packed``: also run the
+    linen module with its convolution kernels packed for these inputs
+    (:func:`kgen.runtime.pack`) and compare that too, as outputs named ``packed:NAME``,
+    where any kernel packs here.
     """
     import jax
 
@@ -273,4 +277,13 @@ def check_model(
     else:
         apply = jax.jit(lambda v, *xs: module.apply(v, *xs))
         result = apply(conversion.variables, *inputs)
-    return conversion, compare(reference, jax.device_get(result), tolerance)
+    report = compare(reference, jax.device_get(result), tolerance)
+    if packed and conversion.api != "nnx":
+        from kgen.runtime import pack
+        from kgen.runtime.conv import PACKED
+
+        served = pack(module, conversion.variables, *inputs)
+        if PACKED in served:
+            again = compare(reference, jax.device_get(apply(served, *inputs)), tolerance)
+            report.outputs += [replace(o, name=f"packed:{o.name}") for o in again.outputs]
+    return conversion, report

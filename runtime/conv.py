@@ -74,6 +74,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.core import meta
 from jax import lax
 
 from kgen.runtime import onednn
@@ -220,7 +221,8 @@ def pack(module, variables, *inputs, **kwargs) -> dict:
     at ``inputs`` (the layout can depend on the batch size: pack for the size you run;
     at other sizes a convolution whose layout differs runs as before).  The values are
     the same.  The parameters are untouched; the collection is a copy of them, so pack
-    again after changing them.  Derivatives, and the forward pass under
+    again after changing them, and save the variables without it (it is for this
+    process's oneDNN, not a weights format).  Derivatives, and the forward pass under
     differentiation, use the parameters.  Elsewhere than where
     :func:`kgen.runtime.onednn.available`, ``variables`` come back as they are.
     """
@@ -240,8 +242,6 @@ def pack(module, variables, *inputs, **kwargs) -> dict:
     # Traced, not compiled: which convolutions pack, and with which block (the last
     # dim); the kernels are then packed on the host from the parameters.
     layout = jax.eval_shape(packed, variables, *shapes)
-    from flax.core import meta
-
     kernels = _packed_on_host(layout, meta.unbox(variables.get("params", {})))
     return {**variables, PACKED: kernels} if kernels else variables
 

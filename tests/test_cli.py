@@ -175,9 +175,22 @@ def test_verify_application_passes_with_every_variable_randomised():
 
 
 def test_verify_taps_can_be_turned_off():
-    result = run_cli("verify", "MobileNet", "--batch", "1", "--taps", "0", "--json")
+    result = run_cli("verify", "MobileNet", "--batch", "1", "--taps", "0", "--no-pack", "--json")
     assert result.exit_code == 0, result.stdout + result.stderr
     assert [o["name"] for o in json.loads(result.stdout)["outputs"]] == ["output"]
+
+
+def test_verify_compares_packed_kernels_too():
+    """Where oneDNN runs, verify compares the module a second time with its kernels packed
+    (rt.pack), against Keras; MobileNet at batch 1 has convolutions that pack."""
+    from kgen.runtime import onednn
+
+    result = run_cli("verify", "MobileNet", "--batch", "1", "--taps", "0", "--json")
+    assert result.exit_code == 0, result.stdout + result.stderr
+    outputs = json.loads(result.stdout)["outputs"]
+    expected = ["output", "packed:output"] if onednn.available() else ["output"]
+    assert [o["name"] for o in outputs] == expected
+    assert all(o["max_rel"] <= 1e-4 for o in outputs)
 
 
 def test_verify_randomises_every_variable(tiny_file, monkeypatch):
