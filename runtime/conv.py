@@ -215,7 +215,7 @@ def pack(module, variables, *inputs, **kwargs) -> dict:
     ``inputs`` (arrays or ``jax.ShapeDtypeStruct``; ``kwargs`` go to ``module.apply``).
 
     On CPU XLA's oneDNN call otherwise reorders each kernel into that layout on every
-    call (:mod:`kgen.runtime.onednn`, "Packed kernels"): ResNet50V2 at batch 1 spent 11
+    call (:mod:`kgen.runtime.onednn`, "Packed kernels"): ResNet50V2 at batch 1 spent 12
     of 48 ms per call there.  With the collection, ``module.apply`` reads the packed
     copy instead, for every convolution whose input shape oneDNN packs the same way as
     at ``inputs`` (the layout can depend on the batch size: pack for the size you run;

@@ -35,7 +35,7 @@ kernels), explicit ``(lo, hi)`` padding, strides, kernel dilation and feature gr
 
 **Packed kernels, for inference.**  Given the kernel as the parameters hold it
 (``HWIO``), XLA's thunk reorders it into oneDNN's blocked layout on every call: in
-ResNet50V2 at batch 1 that was 11 ms of a 48 ms call (``ONEDNN_VERBOSE=1``), memory
+ResNet50V2 at batch 1 that was 12 ms of a 48 ms call (``ONEDNN_VERBOSE=1``), memory
 traffic TensorFlow does not pay, since its oneDNN kernels keep the reordered filter.
 :func:`conv_packed` takes the kernel already in that layout (:func:`pack`, computed
 once by ``kgen.runtime.pack``, beside the parameters), with the call's
