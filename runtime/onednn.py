@@ -149,9 +149,8 @@ def _primitive():
     for ``jax.export`` (whose programs may only hold custom calls with compatibility
     guarantees) and on other platforms, where it is :func:`plain_conv`.  Built on first
     use, from jax's lowering API, which :func:`available` has vouched for."""
-    from jax._src.interpreters import mlir as jax_mlir
     from jax.extend.core import Primitive
-    from jax.interpreters import batching, mlir
+    from jax.interpreters import mlir
 
     prim = Primitive("kgen_onednn_conv")
 
@@ -170,31 +169,24 @@ def _primitive():
     def lower_cpu(ctx, x, kernel, **params):
         if ctx.module_context.lowering_parameters.for_export:
             return lower_plain(ctx, x, kernel, **params)
-        (x_aval, k_aval), (out_aval,) = ctx.avals_in, ctx.avals_out
+        x_aval, k_aval = ctx.avals_in
         n = len(x_aval.shape) - 2
-        config = backend_config(n, k_aval.shape[:n], **params)
-        call = jax_mlir.custom_call(
-            TARGET,
-            result_types=[jax_mlir.aval_to_ir_type(ctx.module_context, out_aval)],
-            operands=[x, kernel],
-            backend_config=config,
-            api_version=1,
-        )
-        return call.results
+        return _custom_call(ctx, [x, kernel], backend_config(n, k_aval.shape[:n], **params))
 
     def batch(args, dims, **params):
         (x, kernel), (x_dim, k_dim) = args, dims
         if k_dim is None:  # the mapped axis joins the batch
-            x = jnp.moveaxis(x, x_dim, 0)
-            y = prim.bind(x.reshape(-1, *x.shape[2:]), kernel, **params)
-            return y.reshape(*x.shape[:2], *y.shape[1:]), 0
+            return _joined_batch(prim, x, x_dim, [kernel], params)
         size = kernel.shape[k_dim]
-        kernel = jnp.moveaxis(kernel, k_dim, 0)
-        if x_dim is None:
-            x = jnp.broadcast_to(x, (size, *x.shape))
-        else:
-            x = jnp.moveaxis(x, x_dim, 0)
+        x, kernel = _mapped_first(x, x_dim, size), _mapped_first(kernel, k_dim, size)
         return lax.map(lambda pair: prim.bind(*pair, **params), (x, kernel)), 0
+
+    return _registered(prim, impl, abstract, lower_plain, lower_cpu, batch)
+
+
+def _registered(prim, impl, abstract, lower_plain, lower_cpu, batch):
+    """``prim`` with its rules: lowered by ``lower_cpu`` on CPU, ``lower_plain`` elsewhere."""
+    from jax.interpreters import batching, mlir
 
     prim.def_impl(impl)
     prim.def_abstract_eval(abstract)
@@ -202,6 +194,29 @@ def _primitive():
     mlir.register_lowering(prim, lower_cpu, platform="cpu")
     batching.primitive_batchers[prim] = batch
     return prim
+
+
+def _custom_call(ctx, operands, config: str):
+    """The ``__onednn$convolution`` custom call on ``operands``, for a lowering rule."""
+    from jax._src.interpreters import mlir as jax_mlir
+
+    (out_aval,) = ctx.avals_out
+    call = jax_mlir.custom_call(
+        TARGET,
+        result_types=[jax_mlir.aval_to_ir_type(ctx.module_context, out_aval)],
+        operands=operands,
+        backend_config=config,
+        api_version=1,
+    )
+    return call.results
+
+
+def _joined_batch(prim, x, x_dim, rest, params):
+    """A batching rule's answer where only ``x`` is mapped: the mapped axis joins the
+    batch of one call."""
+    x = jnp.moveaxis(x, x_dim, 0)
+    y = prim.bind(x.reshape(-1, *x.shape[2:]), *rest, **params)
+    return y.reshape(*x.shape[:2], *y.shape[1:]), 0
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
@@ -277,9 +292,8 @@ def _packed_primitive():
     """``kgen_onednn_conv_packed``: operands ``x``, the packed kernel and the kernel;
     on CPU the custom call on the first two with ``weights_prepacked``, elsewhere (and
     for ``jax.export``) :func:`plain_conv` of the first and the last."""
-    from jax._src.interpreters import mlir as jax_mlir
     from jax.extend.core import Primitive
-    from jax.interpreters import batching, mlir
+    from jax.interpreters import mlir
 
     prim = Primitive("kgen_onednn_conv_packed")
 
@@ -300,36 +314,22 @@ def _packed_primitive():
     def lower_cpu(ctx, x, packed, kernel, **params):
         if ctx.module_context.lowering_parameters.for_export:
             return lower_plain(ctx, x, packed, kernel, **params)
-        (x_aval, _, k_aval), (out_aval,) = ctx.avals_in, ctx.avals_out
+        x_aval, _, k_aval = ctx.avals_in
         n = len(x_aval.shape) - 2
         config = backend_config(n, k_aval.shape[:n], groups=1, packed_kernel=k_aval.shape, **params)
-        call = jax_mlir.custom_call(
-            TARGET,
-            result_types=[jax_mlir.aval_to_ir_type(ctx.module_context, out_aval)],
-            operands=[x, packed],
-            backend_config=config,
-            api_version=1,
-        )
-        return call.results
+        return _custom_call(ctx, [x, packed], config)
 
     def batch(args, dims, **params):
         (x, packed, kernel), (x_dim, p_dim, k_dim) = args, dims
         if p_dim is None and k_dim is None:  # the mapped axis joins the batch
-            x = jnp.moveaxis(x, x_dim, 0)
-            y = prim.bind(x.reshape(-1, *x.shape[2:]), packed, kernel, **params)
-            return y.reshape(*x.shape[:2], *y.shape[1:]), 0
+            return _joined_batch(prim, x, x_dim, [packed, kernel], params)
         # a mapped kernel: the plain convolution of each (the packed one is a copy)
         size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
         x = _mapped_first(x, x_dim, size)
         kernel = _mapped_first(kernel, k_dim, size)
         return lax.map(lambda pair: plain_conv(*pair, **params), (x, kernel)), 0
 
-    prim.def_impl(impl)
-    prim.def_abstract_eval(abstract)
-    mlir.register_lowering(prim, lower_plain)
-    mlir.register_lowering(prim, lower_cpu, platform="cpu")
-    batching.primitive_batchers[prim] = batch
-    return prim
+    return _registered(prim, impl, abstract, lower_plain, lower_cpu, batch)
 
 
 def _mapped_first(a, dim, size):

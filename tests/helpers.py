@@ -35,6 +35,22 @@ def assert_layer_parity(layer, *input_shapes, seed=0, inputs=None, tolerance=TOL
     return assert_parity(model, seed=seed, inputs=inputs, tolerance=tolerance)
 
 
+def rel_error(got, want) -> float:
+    """max |got - want| / max |want|."""
+    got, want = np.asarray(got), np.asarray(want)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30))
+
+
+def conv_operands(x_shape, k_shape, seed=0):
+    """A random input and kernel in [-1, 1], as float32 jax arrays."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.uniform(-1, 1, x_shape).astype(np.float32))
+    kernel = jnp.asarray(rng.uniform(-1, 1, k_shape).astype(np.float32))
+    return x, kernel
+
+
 def rand(*shape, seed=0, low=-1.0, high=1.0):
     return np.random.default_rng(seed).uniform(low, high, size=shape).astype(np.float32)
 

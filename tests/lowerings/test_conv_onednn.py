@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import conv_operands, rel_error
 
 from kgen.runtime import onednn
 from kgen.runtime.conv import Conv, conv_impl, onednn_pads, onednn_pays
@@ -34,18 +35,6 @@ CASES = [
 ]
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
-def _operands(x_shape, k_shape, seed=0):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.uniform(-1, 1, x_shape).astype(np.float32))
-    kernel = jnp.asarray(rng.uniform(-1, 1, k_shape).astype(np.float32))
-    return x, kernel
-
-
 @needs_onednn
 def test_available_on_this_jaxlib():
     # kgen's pinned jaxlib carries oneDNN on x86-64; if a release changes the custom
@@ -58,11 +47,11 @@ def test_available_on_this_jaxlib():
 def test_values_and_derivatives_match_xla(x_shape, k_shape, strides, pads, dilation, groups):
     if not onednn.available():
         pytest.skip("XLA's oneDNN convolution did not pass its check here")
-    x, kernel = _operands(x_shape, k_shape)
+    x, kernel = conv_operands(x_shape, k_shape)
     args = (strides, pads, dilation, groups)
     want = onednn.plain_conv(x, kernel, *args)
     got = jax.jit(lambda x, k: onednn.conv(x, k, *args))(x, kernel)
-    assert got.shape == want.shape and _rel(got, want) <= 1e-5
+    assert got.shape == want.shape and rel_error(got, want) <= 1e-5
 
     cotangent = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, want.shape), jnp.float32)
 
@@ -72,39 +61,39 @@ def test_values_and_derivatives_match_xla(x_shape, k_shape, strides, pads, dilat
     got_grads = jax.jit(jax.grad(loss(onednn.conv), argnums=(0, 1)))(x, kernel)
     want_grads = jax.grad(loss(onednn.plain_conv), argnums=(0, 1))(x, kernel)
     for a, b in zip(got_grads, want_grads):
-        assert _rel(a, b) <= 1e-5
+        assert rel_error(a, b) <= 1e-5
 
-    dx, dk = _operands(x_shape, k_shape, seed=2)
+    dx, dk = conv_operands(x_shape, k_shape, seed=2)
     _, got_t = jax.jvp(lambda x, k: onednn.conv(x, k, *args), (x, kernel), (dx, dk))
     _, want_t = jax.jvp(lambda x, k: onednn.plain_conv(x, k, *args), (x, kernel), (dx, dk))
-    assert _rel(got_t, want_t) <= 1e-5
+    assert rel_error(got_t, want_t) <= 1e-5
 
 
 @needs_onednn
 def test_vmap_and_gradient_in_one_operand():
     if not onednn.available():
         pytest.skip("XLA's oneDNN convolution did not pass its check here")
-    x, kernel = _operands((3, 2, 8, 9, 4), (3, 3, 4, 5))
+    x, kernel = conv_operands((3, 2, 8, 9, 4), (3, 3, 4, 5))
     args = ((1, 2), ((1, 1), (0, 2)), (1, 1), 1)
     got = jax.vmap(lambda x: onednn.conv(x, kernel, *args))(x)
     want = jax.vmap(lambda x: onednn.plain_conv(x, kernel, *args))(x)
-    assert _rel(got, want) <= 1e-5
+    assert rel_error(got, want) <= 1e-5
     grad_k = jax.grad(lambda k: jnp.sum(onednn.conv(x[0], k, *args) ** 2))(kernel)
     want_k = jax.grad(lambda k: jnp.sum(onednn.plain_conv(x[0], k, *args) ** 2))(kernel)
-    assert _rel(grad_k, want_k) <= 1e-5
+    assert rel_error(grad_k, want_k) <= 1e-5
 
 
 @needs_onednn
 def test_vmap_of_the_kernel_and_eager_calls():
     if not onednn.available():
         pytest.skip("XLA's oneDNN convolution did not pass its check here")
-    x, kernel = _operands((2, 8, 9, 4), (3, 3, 4, 5))
+    x, kernel = conv_operands((2, 8, 9, 4), (3, 3, 4, 5))
     kernels = jnp.stack([kernel, -2 * kernel, kernel[::-1]])
     args = ((2, 1), ((1, 1), (1, 1)), (1, 1), 1)
     got = jax.vmap(lambda k: onednn.conv(x, k, *args))(kernels)
     want = jax.vmap(lambda k: onednn.plain_conv(x, k, *args))(kernels)
-    assert got.shape == want.shape and _rel(got, want) <= 1e-5
-    assert _rel(onednn.conv(x, kernel, *args), onednn.plain_conv(x, kernel, *args)) <= 1e-5
+    assert got.shape == want.shape and rel_error(got, want) <= 1e-5
+    assert rel_error(onednn.conv(x, kernel, *args), onednn.plain_conv(x, kernel, *args)) <= 1e-5
 
 
 @needs_onednn
@@ -118,7 +107,7 @@ def test_export_gets_xla_convolution():
     variables = module.init(jax.random.PRNGKey(0), x)
     exported = jax.export.export(jax.jit(module.apply))(variables, x)
     assert onednn.TARGET not in exported.mlir_module()
-    assert _rel(exported.call(variables, x), module.apply(variables, x)) <= 1e-5
+    assert rel_error(exported.call(variables, x), module.apply(variables, x)) <= 1e-5
 
 
 @needs_onednn
@@ -255,7 +244,7 @@ def test_module_matches_nn_conv(shape, kernel, strides, padding, groups, dilatio
     own = module.init(jax.random.PRNGKey(0), x)
     assert jax.tree.map(np.shape, own) == jax.tree.map(np.shape, variables)
     expected = reference.apply(variables, x)
-    assert _rel(jax.jit(module.apply)(variables, x), expected) <= 1e-5
+    assert rel_error(jax.jit(module.apply)(variables, x), expected) <= 1e-5
 
     def loss(m):
         return lambda v: jnp.sum(m.apply(v, x) ** 2)
@@ -264,7 +253,7 @@ def test_module_matches_nn_conv(shape, kernel, strides, padding, groups, dilatio
         jax.tree.leaves(jax.grad(loss(module))(variables)),
         jax.tree.leaves(jax.grad(loss(reference))(variables)),
     ):
-        assert _rel(a, b) <= 1e-5
+        assert rel_error(a, b) <= 1e-5
 
 
 @needs_onednn
@@ -279,4 +268,4 @@ def test_nnx_module_matches_nnx_conv():
     for kernel, padding in [((3, 3), "SAME"), ((1, 1), "VALID"), ((3, 5), [(1, 2), (0, 0)])]:
         reference = nnx.Conv(8, 6, kernel, padding=padding, rngs=nnx.Rngs(0))
         own = rt_nnx.Conv(8, 6, kernel, padding=padding, impl="onednn", rngs=nnx.Rngs(0))
-        assert _rel(own(x), reference(x)) <= 1e-5
+        assert rel_error(own(x), reference(x)) <= 1e-5

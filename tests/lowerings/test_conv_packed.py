@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import conv_operands, rel_error
 
 from kgen import runtime as rt
 from kgen.runtime import onednn
@@ -37,18 +38,6 @@ CASES = [
 ]
 
 
-def _rel(a, b) -> float:
-    a, b = np.asarray(a), np.asarray(b)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
-
-
-def _operands(x_shape, k_shape, seed=0):
-    rng = np.random.default_rng(seed)
-    x = jnp.asarray(rng.uniform(-1, 1, x_shape).astype(np.float32))
-    kernel = jnp.asarray(rng.uniform(-1, 1, k_shape).astype(np.float32))
-    return x, kernel
-
-
 def _needs_onednn():
     if not onednn.available():
         pytest.skip("XLA's oneDNN convolution did not pass its check here")
@@ -59,13 +48,13 @@ def test_packed_call_matches_xla(x_shape, k_shape, strides, pads, dilation):
     _needs_onednn()
     block = onednn.packed_block(x_shape, k_shape, strides, pads, dilation)
     assert block is not None, "oneDNN's layout for this convolution was not found"
-    x, kernel = _operands(x_shape, k_shape)
+    x, kernel = conv_operands(x_shape, k_shape)
     packed = onednn.pack(kernel, block)
     assert packed.shape == onednn.packed_shape(k_shape, block)
     args = (strides, pads, dilation)
     got = jax.jit(lambda x, p, k: onednn.conv_packed(x, p, k, *args))(x, packed, kernel)
     want = onednn.plain_conv(x, kernel, *args)
-    assert _rel(got, want) <= 1e-5
+    assert rel_error(got, want) <= 1e-5
 
     def loss(f):
         return lambda x, k: jnp.sum(f(x, k) ** 2)
@@ -74,7 +63,7 @@ def test_packed_call_matches_xla(x_shape, k_shape, strides, pads, dilation):
     got = jax.jit(jax.grad(packed_loss, argnums=(0, 1)))(x, kernel)
     want = jax.grad(loss(lambda x, k: onednn.plain_conv(x, k, *args)), argnums=(0, 1))(x, kernel)
     for a, b in zip(got, want):
-        assert _rel(a, b) <= 1e-5
+        assert rel_error(a, b) <= 1e-5
 
 
 def test_pack_layout():
@@ -90,32 +79,32 @@ def test_forward_under_differentiation_ignores_a_stale_packed_kernel():
     _needs_onednn()
     x_shape, k_shape, strides, pads, dilation = CASES[0]
     block = onednn.packed_block(x_shape, k_shape, strides, pads, dilation)
-    x, kernel = _operands(x_shape, k_shape)
+    x, kernel = conv_operands(x_shape, k_shape)
     stale = onednn.pack(kernel * 2, block)
     args = (strides, pads, dilation)
     y, dy = jax.jvp(
         lambda x: onednn.conv_packed(x, stale, kernel, *args), (x,), (jnp.ones_like(x),)
     )
-    assert _rel(y, onednn.plain_conv(x, kernel, *args)) <= 1e-5
-    assert _rel(dy, onednn.plain_conv(jnp.ones_like(x), kernel, *args)) <= 1e-5
+    assert rel_error(y, onednn.plain_conv(x, kernel, *args)) <= 1e-5
+    assert rel_error(dy, onednn.plain_conv(jnp.ones_like(x), kernel, *args)) <= 1e-5
 
 
 def test_vmap_of_the_packed_call():
     _needs_onednn()
     x_shape, k_shape, strides, pads, dilation = CASES[1]
     args = (strides, pads, dilation)
-    xs = jnp.stack([_operands(x_shape, k_shape, seed)[0] for seed in range(3)])
-    _, kernel = _operands(x_shape, k_shape)
+    xs = jnp.stack([conv_operands(x_shape, k_shape, seed)[0] for seed in range(3)])
+    _, kernel = conv_operands(x_shape, k_shape)
     joined = (3 * x_shape[0], *x_shape[1:])
     block = onednn.packed_block(joined, k_shape, strides, pads, dilation)
     packed = onednn.pack(kernel, block)
     got = jax.vmap(lambda x: onednn.conv_packed(x, packed, kernel, *args))(xs)
     want = jax.vmap(lambda x: onednn.plain_conv(x, kernel, *args))(xs)
-    assert _rel(got, want) <= 1e-5
+    assert rel_error(got, want) <= 1e-5
     kernels = jnp.stack([kernel, -kernel])
     got = jax.vmap(lambda k: onednn.conv_packed(xs[0], onednn.pack(k, block), k, *args))(kernels)
     want = jax.vmap(lambda k: onednn.plain_conv(xs[0], k, *args))(kernels)
-    assert _rel(got, want) <= 1e-5
+    assert rel_error(got, want) <= 1e-5
 
 
 def test_probe_declines_what_it_cannot_pack(monkeypatch):
@@ -153,7 +142,7 @@ def _net_variables(x):
 
 def test_pack_makes_the_collection_the_module_reads():
     _needs_onednn()
-    x = _operands((4, 16, 16, 5), (1,))[0]
+    x = conv_operands((4, 16, 16, 5), (1,))[0]
     variables = _net_variables(x)
     packed = rt.pack(_Net(), variables, x)
     assert set(packed) == {"params", PACKED}
@@ -162,19 +151,19 @@ def test_pack_makes_the_collection_the_module_reads():
     assert packed[PACKED]["stem"]["kernel"].ndim == 5
     apply = jax.jit(_Net().apply)
     want = apply(variables, x)
-    assert _rel(apply(packed, x), want) <= 1e-5
+    assert rel_error(apply(packed, x), want) <= 1e-5
     lowered = jax.jit(_Net().apply).lower(packed, x).as_text()
     assert lowered.count("weights_prepacked") == 2
     # packing again replaces the collection, not adds to it
     assert jax.tree.map(np.shape, rt.pack(_Net(), packed, x)) == jax.tree.map(np.shape, packed)
     # another batch size: right whatever oneDNN does there
-    x2 = _operands((1, 16, 16, 5), (1,), seed=4)[0]
-    assert _rel(apply(packed, x2), apply(variables, x2)) <= 1e-5
+    x2 = conv_operands((1, 16, 16, 5), (1,), seed=4)[0]
+    assert rel_error(apply(packed, x2), apply(variables, x2)) <= 1e-5
 
 
 def test_packed_kernel_for_another_layout_is_not_used():
     _needs_onednn()
-    x = _operands((2, 16, 16, 5), (1,))[0]
+    x = conv_operands((2, 16, 16, 5), (1,))[0]
     variables = _net_variables(x)
     packed = rt.pack(_Net(), variables, x)
     block = packed[PACKED]["stem"]["kernel"].shape[-1]
@@ -184,12 +173,12 @@ def test_packed_kernel_for_another_layout_is_not_used():
     foreign = {**packed, PACKED: foreign}
     lowered = jax.jit(_Net().apply).lower(foreign, x).as_text()
     assert lowered.count("weights_prepacked") == 1
-    assert _rel(jax.jit(_Net().apply)(foreign, x), _Net().apply(variables, x)) <= 1e-5
+    assert rel_error(jax.jit(_Net().apply)(foreign, x), _Net().apply(variables, x)) <= 1e-5
 
 
 def test_gradients_with_packed_variables_are_the_plain_ones():
     _needs_onednn()
-    x = _operands((2, 16, 16, 5), (1,))[0]
+    x = conv_operands((2, 16, 16, 5), (1,))[0]
     variables = _net_variables(x)
     packed = rt.pack(_Net(), variables, x)
 
@@ -199,12 +188,12 @@ def test_gradients_with_packed_variables_are_the_plain_ones():
     got = jax.grad(loss)(variables["params"], {PACKED: packed[PACKED]})
     want = jax.grad(loss)(variables["params"], {})
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-        assert _rel(a, b) <= 1e-5
+        assert rel_error(a, b) <= 1e-5
 
 
 def test_export_and_init_do_not_see_packing():
     _needs_onednn()
-    x = _operands((2, 16, 16, 5), (1,))[0]
+    x = conv_operands((2, 16, 16, 5), (1,))[0]
     variables = _net_variables(x)
     assert set(_Net().init(jax.random.PRNGKey(0), x)) == {"params"}
     packed = rt.pack(_Net(), variables, x)
@@ -213,7 +202,7 @@ def test_export_and_init_do_not_see_packing():
 
 
 def test_pack_without_onednn_returns_the_variables(monkeypatch):
-    x = _operands((2, 16, 16, 5), (1,))[0]
+    x = conv_operands((2, 16, 16, 5), (1,))[0]
     variables = _net_variables(x)
     monkeypatch.setattr(onednn, "available", lambda: False)
     assert rt.pack(_Net(), variables, x) == variables
@@ -249,4 +238,4 @@ def test_converted_model_with_packed_kernels_matches_keras(monkeypatch):
         assert len(packed[PACKED]) == 4
         got = jax.jit(module.apply)(packed, x)
         want = np.asarray(model(x, training=False))
-        assert _rel(got, want) <= 1e-4
+        assert rel_error(got, want) <= 1e-4
