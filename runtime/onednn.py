@@ -44,9 +44,9 @@ included, so :func:`packed_block` asks it, per convolution and process: it runs 
 call once with a kernel buffer whose values are their own indices and an input that
 reads one known element, which gives the block size ``B`` of the layout
 ``(ceil(O / B), *spatial, I, B)`` (``Acdb64a`` and its kin in oneDNN's names), then
-checks a random convolution through the packed call against :func:`plain_conv`.  Where
-the answer is not that family, or the check fails, there is no packed path and the
-plain one runs.
+checks the packed call on a random kernel against a float64 convolution on the host at
+a few output positions, each of which reads the whole kernel.  Where the answer is not
+that family, or the check fails, there is no packed path and the plain one runs.
 """
 
 from __future__ import annotations
@@ -434,7 +434,7 @@ def _packed_agrees(call, x_shape, kernel_shape, block, size, params) -> bool:
         return False
     buffer = np.concatenate([flat, np.zeros(size - flat.size, np.float32)])
     got = np.asarray(call(x, buffer, kernel))
-    spans = [sorted({0, size // 2, size - 1}) for size in got.shape[1:-1]]
+    spans = [sorted({0, length // 2, length - 1}) for length in got.shape[1:-1]]
     worst, scale = 0.0, 1.0
     for image in sorted({0, x_shape[0] - 1}):
         for position in itertools.product(*spans):
