@@ -6,11 +6,15 @@ Every engine runs in a process of its own (spawned, so none inherits another's
 framework): Keras on TensorFlow as a ``tf.function`` graph and with ``jit_compile=True``,
 Keras on JAX (``model.stateless_call`` under ``jax.jit``, ``KERAS_BACKEND=jax``), ONNX
 Runtime on a tf2onnx export (the ``bench`` extra), and the generated module under
-``jax.jit``, folded and flat, with its convolution kernels packed for the batch size by
-``kgen.runtime.pack`` (as a server would once, and as TensorFlow's oneDNN kernels keep
-their reordered filters; ``pack_s`` in ``--json``).  The parent process loads the model
-once, converts it (kgen's own time), writes the generated modules and the ONNX file, and
-then drives the workers over pipes: each worker builds its engine from the same
+``jax.jit``, folded and flat, served as kgen's README says: its convolution kernels packed
+for the batch size by ``kgen.runtime.pack`` (as a server would once, and as TensorFlow's
+oneDNN kernels keep their reordered filters; ``pack_s`` in ``--json``), and, unless
+``keep_memory=False``, in a process that keeps the buffers XLA frees for the next call
+(``kgen.runtime.keep_memory``, called before JAX starts: malloc keeps large blocks, and
+calls run on the worker's main thread, as TensorFlow's allocator keeps its memory; the
+other engines' processes are left as they start).  The parent process
+loads the model once, converts it (kgen's own time), writes the generated modules and the
+ONNX file, and then drives the workers over pipes: each worker builds its engine from the same
 :class:`Source` (never a pickled model), warms it up, and times the calls each request asks for.
 The parent asks each engine in turn, starting each round with the next one, so machine
 drift hits them equally; the idle workers wait on their pipes and do not compete for the
@@ -50,8 +54,8 @@ ENGINES = {
     "keras_tf_xla": "Keras on TF, tf.function(jit_compile=True)",
     "keras_jax": "Keras on JAX, stateless_call under jax.jit",
     "onnxruntime": "ONNX Runtime (CPU) on a tf2onnx export",
-    "kgen": "generated module under jax.jit, kernels packed by rt.pack",
-    "kgen_flat": "generated module, flat form (--no-fold), under jax.jit, kernels packed",
+    "kgen": "generated module under jax.jit, rt.pack, rt.keep_memory",
+    "kgen_flat": "generated module, flat (--no-fold), under jax.jit, rt.pack, rt.keep_memory",
 }
 BASELINE = "keras_tf"
 ONNX_INSTALL = "pip install 'kgen-flax[bench]'"
@@ -90,6 +94,7 @@ class EngineResult:
     import_s: float | None = None  # importing its framework in its own process
     load_s: float | None = None  # building or loading the model there
     init_s: float | None = None  # kgen engines: rt.init of the module (jit-compiled)
+    keep_memory: bool | None = None  # kgen engines: rt.keep_memory() took effect
     import_rss_mb: float | None = None
     peak_rss_mb: float | None = None
     batches: dict[int, BatchTiming] = field(default_factory=dict)
@@ -106,6 +111,7 @@ class ModelBench:
     batches: list[int]
     repeats: int
     calls: int = 1  # calls per engine and round, back to back after the pause
+    keep_memory: bool = True  # the kgen engines' processes call rt.keep_memory()
     convert_s: float | None = None  # kgen's conversion (trace, lower, render, format)
     convert_flat_s: float | None = None
     onnx_export_s: float | None = None
@@ -148,6 +154,7 @@ class ModelBench:
                 "load_s": e.load_s,
                 "init_s": e.init_s,
                 "import_rss_mb": e.import_rss_mb,
+                "keep_memory": e.keep_memory,
                 "peak_rss_mb": e.peak_rss_mb,
                 "batches": per_batch,
             }
@@ -158,6 +165,7 @@ class ModelBench:
             "batches": self.batches,
             "repeats": self.repeats,
             "calls": self.calls,
+            "keep_memory": self.keep_memory,
             "baseline": BASELINE,
             "convert_s": self.convert_s,
             "convert_flat_s": self.convert_flat_s,
@@ -353,6 +361,11 @@ def _worker(engine: str, job: dict, connection) -> None:
         importlib.import_module(_FRAMEWORK[engine])
         imported = time.perf_counter()
         import_rss = _rss_mb("VmRSS")
+        kept = None
+        if job.get("keep_memory"):  # kgen's serving recipe, before JAX starts its backend
+            from kgen.runtime import keep_memory
+
+            kept = keep_memory()
         state = {}
         if engine in ("keras_tf", "keras_tf_xla"):
             call = _keras_tf(job, xla=engine == "keras_tf_xla")
@@ -366,6 +379,7 @@ def _worker(engine: str, job: dict, connection) -> None:
             "import_s": imported - start,
             "load_s": time.perf_counter() - imported,
             "import_rss_mb": import_rss,
+            "keep_memory": kept,
         }
         connection.send(("ready", ready))
         inputs = None
@@ -585,6 +599,7 @@ def bench_source(
     progress=None,
     settle_s: float = SETTLE_S,
     calls: int = CALLS,
+    keep_memory: bool = True,
 ) -> ModelBench:
     """Benchmark ``source`` (a :class:`kgen.pipeline.Source`) on every engine in
     ``engines`` (default: all of :data:`ENGINES`), at each batch size in ``batches``:
@@ -594,12 +609,13 @@ def bench_source(
     (``idle_ms``), the others the steady state (``times_ms``, which with ``calls=1`` holds
     the calls after idle time).  An engine that cannot run (a package missing, an export
     that fails, a worker that crashes) is reported absent with its reason; the others go
-    on."""
+    on.  With ``keep_memory`` (the default) the kgen engines' processes call
+    :func:`kgen.runtime.keep_memory` first, as kgen's serving recipe does."""
     from kgen import pipeline
 
     wanted = list(ENGINES) if engines is None else [e for e in ENGINES if e in engines]
     batches = list(dict.fromkeys(int(b) for b in batches))
-    result = ModelBench(name or source.spec, source, batches, repeats, calls)
+    result = ModelBench(name or source.spec, source, batches, repeats, calls, keep_memory)
     say = progress or (lambda text: None)
     with tempfile.TemporaryDirectory(prefix="kgen-bench-") as tmp:
         say(f"{result.name}: loading and converting")
@@ -623,6 +639,7 @@ def bench_source(
         for key in ("kgen", "kgen_flat"):
             if key in jobs:
                 jobs[key]["class_name"] = conversion.class_name
+                jobs[key]["keep_memory"] = keep_memory
         for key in ("keras_tf", "keras_tf_xla", "keras_jax"):
             jobs[key] = {"source": source}
         absent = {}
@@ -773,6 +790,21 @@ def _with_ratio(text: str, ratio: float | None) -> str:
     return text if ratio is None else f"{text} ({ratio:.2f})"
 
 
+def _serving_note(results: list[ModelBench]) -> str:
+    kept = all(r.keep_memory for r in results)
+    return (
+        "The kgen engines run as kgen's README serves a module: kernels packed for the batch "
+        "size (`rt.pack`), "
+        + (
+            "in a process that keeps what XLA frees for the next call (`rt.keep_memory()`, "
+            "called before JAX starts: malloc keeps large blocks, and calls run on the main "
+            "thread); the other engines' processes are left as they start."
+            if kept
+            else "with the process's malloc left as it starts (`--no-keep-memory`)."
+        )
+    )
+
+
 def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
     """The ``--all`` tables: steady-state throughput and ratio per engine and batch,
     start-up costs and memory, the spread of the steady-state calls, and the calls after
@@ -785,6 +817,8 @@ def markdown_report(results: list[ModelBench], command: str, pending=()) -> str:
         f"`{BASELINE}` (Keras on TF, `tf.function` graph): above 1 is faster. Empty: the",
         "engine is absent (reasons below the tables). The first call after each pause is",
         "in the last table.",
+        "",
+        _serving_note(results),
         "",
         f"Machine: {machine_description()}.",
         "",

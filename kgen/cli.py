@@ -997,6 +997,13 @@ def _parse_engines(ctx, param, value):
     show_default=True,
     help="Also time the flat form (--no-fold): its XLA compile and run time.",
 )
+@click.option(
+    "--keep-memory/--no-keep-memory",
+    default=True,
+    show_default=True,
+    help="The kgen engines' processes call rt.keep_memory() before JAX starts, as kgen's "
+    "serving recipe does (the buffers XLA frees are kept for the next call).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @click.option(
     "--all",
@@ -1025,6 +1032,7 @@ def bench(
     calls,
     engines,
     flat,
+    keep_memory,
     as_json,
     all_apps,
     models,
@@ -1075,6 +1083,7 @@ def bench(
         command += f" --calls {calls}" if calls != CALLS else ""
         command += f" --engines {','.join(engines)}" if engines is not None else ""
         command += " --no-flat" if not flat else ""
+        command += " --no-keep-memory" if not keep_memory else ""
         command += f" --markdown {markdown}" if markdown else ""
     results = []
     for src in sources:
@@ -1092,6 +1101,7 @@ def bench(
                     progress=progress,
                     settle_s=settle,
                     calls=calls,
+                    keep_memory=keep_memory,
                 )
             )
         if not as_json:

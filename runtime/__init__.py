@@ -12,6 +12,7 @@ from kgen.runtime.einsum import EinsumDense
 from kgen.runtime.image import auto_contrast
 from kgen.runtime.layers import BatchNorm, PReLU, ReversibleEmbedding, SeparableConv
 from kgen.runtime.local import LocallyConnected
+from kgen.runtime.memory import keep_memory
 from kgen.runtime.noise import AlphaDropout, GaussianDropout, GaussianNoise
 from kgen.runtime.normalization import (
     GroupNorm,
@@ -79,6 +80,7 @@ __all__ = [
     "hard_shrink",
     "hard_sigmoid_tf_keras",
     "init",
+    "keep_memory",
     "l2_normalize",
     "leaky_relu",
     "load_variables",

@@ -14,6 +14,7 @@ from helpers import run_cli
 
 from kgen import bench
 from kgen.pipeline import Source
+from kgen.runtime import memory
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,12 @@ def test_every_engine_runs_or_says_why(tiny_bench):
     assert tiny_bench.engines["kgen"].init_s > 0
     for key in ("kgen", "kgen_flat"):  # rt.pack ran at each batch size (0 or more kernels)
         assert all(t.pack_s > 0 for t in tiny_bench.engines[key].batches.values())
+    # kgen's serving recipe: rt.keep_memory() in the kgen engines' processes only
+    glibc = memory._glibc() is not None
+    assert tiny_bench.keep_memory is True
+    for key, engine in tiny_bench.engines.items():
+        if engine.available:
+            assert engine.keep_memory == (glibc if key.startswith("kgen") else None), key
     onnx = tiny_bench.engines["onnxruntime"]
     have_onnx = all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime"))
     if not have_onnx:
@@ -72,7 +79,15 @@ def test_json_has_every_number(tiny_bench):
     data = json.loads(json.dumps(tiny_bench.to_dict(), allow_nan=False))
     assert data["baseline"] == "keras_tf" and data["batches"] == [2, 1]
     assert data["calls"] == 2
-    for key in ("convert_s", "convert_flat_s", "init_s", "onnx_export_s", "memory", "repeats"):
+    for key in (
+        "convert_s",
+        "convert_flat_s",
+        "init_s",
+        "onnx_export_s",
+        "memory",
+        "repeats",
+        "keep_memory",
+    ):
         assert key in data
     for key, engine in data["engines"].items():
         assert {"description", "available", "reason", "peak_rss_mb", "import_s", "load_s"} <= set(
@@ -111,6 +126,14 @@ def test_text_and_markdown_reports(tiny_bench):
     assert len(rows) == 2 + 1 + 2 + 2
     assert all(row.count("|") == len(bench.ENGINES) + 3 for row in rows[:2] + rows[3:])
     assert "after idle" in text and "After idle time" in table
+    assert "`rt.keep_memory()`, called before JAX starts" in table
+    tiny_bench.keep_memory = False  # as --no-keep-memory reports it
+    try:
+        assert "malloc left as it starts (`--no-keep-memory`)" in bench.markdown_report(
+            [tiny_bench], "kgen bench --all --no-keep-memory"
+        )
+    finally:
+        tiny_bench.keep_memory = True
 
 
 def test_machine_description_names_what_changes_timings(monkeypatch):
@@ -138,11 +161,12 @@ def test_onnx_absent_without_its_packages(monkeypatch):
 def test_cli_json_one_engine_and_batch_lists(tiny_file):
     result = run_cli(
         "bench", tiny_file, "--batch", "2,1", "--batch", "2", "--repeats", "1", "--json",
-        "--engines", "kgen", "--settle", "0", "--calls", "1",
+        "--engines", "kgen", "--settle", "0", "--calls", "1", "--no-keep-memory",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["batches"] == [2, 1] and list(data["engines"]) == ["kgen"]
+    assert data["keep_memory"] is False and data["engines"]["kgen"]["keep_memory"] is None
     timing = data["engines"]["kgen"]["batches"]["1"]
     assert timing["ratio_to_keras_tf"] is None  # no baseline asked for
     assert timing["times_ms"] == timing["idle_ms"] and len(timing["idle_ms"]) == 1  # --calls 1
