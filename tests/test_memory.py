@@ -30,7 +30,7 @@ _FAULTS = textwrap.dedent(
         jax.numpy.ones(1).block_until_ready()
         assert keep_memory() is True  # a later call: already in effect, no error
         assert jax.config.values["jax_cpu_enable_async_dispatch"] is False
-    import jax, jax.numpy as jnp
+    import jax.numpy as jnp
     x = jnp.ones((8, 112, 112, 96))
     w = jnp.ones((96, 4))
     f = jax.jit(lambda x: jnp.sum(jnp.tanh(x).reshape(-1, 96) @ w))
